@@ -1,0 +1,1 @@
+"""The `queryrec` command line: one Typer app, every subcommand callable in-process."""

@@ -1,0 +1,92 @@
+"""`queryrec` entry point.
+
+`main(argv)` runs one command in-process and returns its exit code, so tests call it
+directly. User-fixable errors (`QueryRecError`) print one line on stderr and exit 2;
+usage errors exit 2 with Typer's message; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from queryrec.errors import QueryRecError
+
+app = typer.Typer(
+    name="queryrec",
+    help="QueryRec: CTR prediction with search-query representations (CIKM 2024).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="KuaiSAR-format data: generate and prepare.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the five CSVs into.")],
+    preset: Annotated[
+        str, typer.Option("--preset", help="Size: tiny | small | kuaisar-small.")
+    ] = "small",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (output is deterministic).")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
+) -> None:
+    """Write synthetic KuaiSAR-format logs (rec_inter, src_inter, user/item features, follows)."""
+    from queryrec.data.synth import preset_config, run_synth
+
+    manifest = run_synth(out, preset_config(preset, seed), force=force)
+    rows = manifest["rows"]
+    assert isinstance(rows, dict)
+    print(f"wrote {out}: " + ", ".join(f"{name} {count:,} rows" for name, count in rows.items()))
+
+
+@data_app.command("prepare")
+def data_prepare(
+    raw: Annotated[Path, typer.Option("--raw", help="Folder with the KuaiSAR CSVs.")],
+    out: Annotated[Path, typer.Option("--out", help="Dataset folder to write.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
+) -> None:
+    """Build the dataset (id maps, timelines, time-split samples, schema.json, statistics)."""
+    from queryrec.data.prepare import PrepareConfig, run_prepare
+
+    report = run_prepare(raw, out, PrepareConfig(), force=force)
+    print(report)
+
+
+@app.command("demo")
+def demo(
+    workdir: Annotated[Path, typer.Option("--workdir", help="Folder for all demo outputs.")] = Path(
+        "demo-work"
+    ),
+) -> None:
+    """Run the main job end to end on the `small` preset (currently: synth, prepare)."""
+    from queryrec.demo import run_demo
+
+    run_demo(workdir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one `queryrec` command; return its exit code instead of exiting."""
+    try:
+        # Standalone mode: Typer prints usage errors itself and ends with SystemExit.
+        app(args=argv, prog_name="queryrec")
+    except QueryRecError as error:
+        print(f"queryrec: error: {error}", file=sys.stderr)
+        return 2
+    except SystemExit as done:
+        code = done.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    run()
