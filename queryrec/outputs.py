@@ -24,7 +24,9 @@ def atomic_output_dir(out_dir: Path, *, force: bool = False) -> Iterator[Path]:
     if out_dir.exists() and not out_dir.is_dir():
         raise QueryRecError(f"{out_dir}: exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise OutputExistsError(f"{out_dir}: output directory is not empty (use --force to replace it)")
+        raise OutputExistsError(
+            f"{out_dir}: output directory is not empty (use --force to replace it)"
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:

@@ -53,8 +53,18 @@ class FileSpec:
 REC_INTER = FileSpec(
     name="rec_inter.csv",
     header=(
-        "user_id", "item_id", "duration_ms", "playing_time", "timestamp", "forward",
-        "like", "follow", "search_item_related", "search", "click", "time",
+        "user_id",
+        "item_id",
+        "duration_ms",
+        "playing_time",
+        "timestamp",
+        "forward",
+        "like",
+        "follow",
+        "search_item_related",
+        "search",
+        "click",
+        "time",
     ),
     required={
         "user_id": Column(ColumnKind.ID),
@@ -68,8 +78,15 @@ REC_INTER = FileSpec(
 SRC_INTER = FileSpec(
     name="src_inter.csv",
     header=(
-        "keyword", "item_id", "click_cnt", "search_session_id", "item_type", "user_id",
-        "search_session_timestamp", "search_source", "search_session_time",
+        "keyword",
+        "item_id",
+        "click_cnt",
+        "search_session_id",
+        "item_type",
+        "user_id",
+        "search_session_timestamp",
+        "search_source",
+        "search_session_time",
     ),
     required={
         "user_id": Column(ColumnKind.ID),
@@ -115,8 +132,14 @@ def _category_columns() -> tuple[str, ...]:
 ITEM_FEATURES = FileSpec(
     name="item_features.csv",
     header=(
-        "item_id", "caption", "author_id", "item_type", "upload_time", "upload_type",
-        "music_id", *_category_columns(),
+        "item_id",
+        "caption",
+        "author_id",
+        "item_type",
+        "upload_time",
+        "upload_type",
+        "music_id",
+        *_category_columns(),
     ),
     required={
         "item_id": Column(ColumnKind.ID),

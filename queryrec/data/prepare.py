@@ -127,7 +127,9 @@ def _dense_map(raw_ids: pl.Series) -> pl.DataFrame:
     return pl.DataFrame(
         {
             "raw_id": unique,
-            "index": pl.int_range(FIRST_INDEX, FIRST_INDEX + len(unique), dtype=pl.Int32, eager=True),
+            "index": pl.int_range(
+                FIRST_INDEX, FIRST_INDEX + len(unique), dtype=pl.Int32, eager=True
+            ),
         }
     )
 
@@ -157,7 +159,12 @@ def _map_tokens(frame: pl.DataFrame, column: str, words: pl.DataFrame) -> pl.Ser
     )
     regrouped = exploded.group_by("_row").agg(pl.col("index").sort_by("_pos").drop_nulls())
     mapped = rows.select("_row").join(regrouped, on="_row", how="left", maintain_order="left")
-    return mapped["index"].fill_null(pl.lit([], pl.List(pl.Int32))).cast(pl.List(pl.Int32)).alias(column)
+    return (
+        mapped["index"]
+        .fill_null(pl.lit([], pl.List(pl.Int32)))
+        .cast(pl.List(pl.Int32))
+        .alias(column)
+    )
 
 
 class _DatasetBuilder:
@@ -168,8 +175,12 @@ class _DatasetBuilder:
         self.cfg = config
         self.rec = tables[REC_INTER.name]
         self.src = tables[SRC_INTER.name]
-        self.users_raw = tables[USER_FEATURES.name].unique("user_id", keep="first", maintain_order=True)
-        self.items_raw = tables[ITEM_FEATURES.name].unique("item_id", keep="first", maintain_order=True)
+        self.users_raw = tables[USER_FEATURES.name].unique(
+            "user_id", keep="first", maintain_order=True
+        )
+        self.items_raw = tables[ITEM_FEATURES.name].unique(
+            "item_id", keep="first", maintain_order=True
+        )
         self.social = tables.get(SOCIAL_NETWORK.name)
         self.row_counts = {name: table.height for name, table in tables.items()}
 
@@ -210,9 +221,7 @@ class _DatasetBuilder:
         )
         self.items_known = item_rows
         self.word_map = _dense_map(
-            pl.concat(
-                [self.src["keyword"].explode(), item_rows["caption"].explode()]
-            ).alias("word")
+            pl.concat([self.src["keyword"].explode(), item_rows["caption"].explode()]).alias("word")
         )
         self.author_map = _dense_map(item_rows.filter(pl.col("author_id") != 0)["author_id"])
         category_maps = []
@@ -220,34 +229,44 @@ class _DatasetBuilder:
             id_col, name_col = f"{level}_level_category_id", f"{level}_level_category_name"
             names = item_rows.select(
                 pl.col(id_col).alias("raw_id"),
-                (pl.col(name_col) if name_col in item_rows.columns else pl.lit(None, pl.String)).alias(
-                    "name"
-                ),
+                (
+                    pl.col(name_col) if name_col in item_rows.columns else pl.lit(None, pl.String)
+                ).alias("name"),
             ).filter(pl.col("raw_id") != 0)
             level_map = _dense_map(names["raw_id"]).join(
                 names.unique("raw_id", keep="first"), on="raw_id", how="left"
             )
-            category_maps.append(level_map.with_columns(pl.lit(level_number, pl.Int8).alias("level")))
+            category_maps.append(
+                level_map.with_columns(pl.lit(level_number, pl.Int8).alias("level"))
+            )
         self.category_map = pl.concat(category_maps).select("level", "raw_id", "index", "name")
         self.item_type_codes = _code_map(
-            item_rows["item_type"] if "item_type" in item_rows.columns else pl.Series([], dtype=pl.String)
+            item_rows["item_type"]
+            if "item_type" in item_rows.columns
+            else pl.Series([], dtype=pl.String)
         )
         self.source_codes = _code_map(
-            self.src["search_source"] if "search_source" in self.src.columns else pl.Series([], dtype=pl.String)
+            self.src["search_source"]
+            if "search_source" in self.src.columns
+            else pl.Series([], dtype=pl.String)
         )
         self.profile_codes = {f: _code_map(self.users_raw[f]) for f in USER_PROFILE_FIELDS}
 
     # ------------------------------------------------------------------ features
     def build_features(self) -> None:
         n_items = FIRST_INDEX + self.item_map.height
-        rows = self.items_known.join(self.item_map, left_on="item_id", right_on="raw_id", how="inner")
+        rows = self.items_known.join(
+            self.item_map, left_on="item_id", right_on="raw_id", how="inner"
+        )
         rows = rows.with_columns(
             _map_tokens(rows, "caption", self.word_map),
             pl.when(pl.col("author_id") == 0)
             .then(pl.lit(PADDING_INDEX, pl.Int32))
             .otherwise(
                 pl.col("author_id").replace_strict(
-                    self.author_map["raw_id"], self.author_map["index"], default=UNKNOWN_INDEX,
+                    self.author_map["raw_id"],
+                    self.author_map["index"],
+                    default=UNKNOWN_INDEX,
                     return_dtype=pl.Int32,
                 )
             )
@@ -262,7 +281,9 @@ class _DatasetBuilder:
                 .then(pl.lit(PADDING_INDEX, pl.Int32))
                 .otherwise(
                     pl.col(id_col).replace_strict(
-                        level_map["raw_id"], level_map["index"], default=UNKNOWN_INDEX,
+                        level_map["raw_id"],
+                        level_map["index"],
+                        default=UNKNOWN_INDEX,
                         return_dtype=pl.Int32,
                     )
                 )
@@ -273,24 +294,29 @@ class _DatasetBuilder:
             columns["item_type"] = pl.lit(PADDING_INDEX, pl.Int16)
         rows = rows.with_columns(**columns)
         feature_cols = ["author", *[f"category_{i}" for i in range(1, 5)], "item_type", "caption"]
-        full = pl.DataFrame({"index": pl.int_range(0, n_items, dtype=pl.Int32, eager=True)}).join(
-            rows.select("index", *feature_cols).with_columns(pl.lit(True).alias("has_features")),
-            on="index",
-            how="left",
-        ).sort("index")
+        full = (
+            pl.DataFrame({"index": pl.int_range(0, n_items, dtype=pl.Int32, eager=True)})
+            .join(
+                rows.select("index", *feature_cols).with_columns(
+                    pl.lit(True).alias("has_features")
+                ),
+                on="index",
+                how="left",
+            )
+            .sort("index")
+        )
         self.item_features = full.with_columns(
             *[pl.col(c).fill_null(UNKNOWN_INDEX) for c in feature_cols if c != "caption"],
             pl.col("caption").fill_null(pl.lit([], pl.List(pl.Int32))),
             pl.col("has_features").fill_null(False),
         ).with_columns(
             # Padding and unknown rows: all zeros / unknown, no caption.
-            pl.when(pl.col("index") < FIRST_INDEX).then(False).otherwise(pl.col("has_features")).alias(
-                "has_features"
-            )
+            pl.when(pl.col("index") < FIRST_INDEX)
+            .then(False)
+            .otherwise(pl.col("has_features"))
+            .alias("has_features")
         )
-        self.items_without_features = int(
-            (~self.item_features["has_features"]).sum() - FIRST_INDEX
-        )
+        self.items_without_features = int((~self.item_features["has_features"]).sum() - FIRST_INDEX)
 
         n_users = FIRST_INDEX + self.user_map.height
         profile = self.users_raw.join(self.user_map, left_on="user_id", right_on="raw_id").select(
@@ -309,24 +335,27 @@ class _DatasetBuilder:
     # ------------------------------------------------------------------ timelines
     def _user_item_index(self, frame: pl.DataFrame) -> pl.DataFrame:
         return frame.join(
-            self.user_map.rename({"index": "user"}), left_on="user_id", right_on="raw_id", how="left",
+            self.user_map.rename({"index": "user"}),
+            left_on="user_id",
+            right_on="raw_id",
+            how="left",
             maintain_order="left",
         ).join(
-            self.item_map.rename({"index": "item"}), left_on="item_id", right_on="raw_id", how="left",
+            self.item_map.rename({"index": "item"}),
+            left_on="item_id",
+            right_on="raw_id",
+            how="left",
             maintain_order="left",
         )
 
     def build_timelines(self) -> None:
         feed = self._user_item_index(self.rec.select("user_id", "item_id", "timestamp", "click"))
-        self.feed = (
-            feed.select(
-                pl.col("user").cast(pl.Int32),
-                pl.col("item").cast(pl.Int32),
-                pl.col("timestamp").alias("ts"),
-                pl.col("click").cast(pl.Int8),
-            )
-            .sort(["user", "ts"], maintain_order=True)
-        )
+        self.feed = feed.select(
+            pl.col("user").cast(pl.Int32),
+            pl.col("item").cast(pl.Int32),
+            pl.col("timestamp").alias("ts"),
+            pl.col("click").cast(pl.Int8),
+        ).sort(["user", "ts"], maintain_order=True)
         src = self._user_item_index(self.src).with_row_index("_row")
         if "search_source" not in src.columns:
             src = src.with_columns(pl.lit(None, pl.String).alias("search_source"))
@@ -336,7 +365,10 @@ class _DatasetBuilder:
             pl.col("keyword").sort_by("_row").first().alias("keyword"),
             pl.col("keyword").n_unique().alias("_n_keywords"),
             pl.col("item").sort_by("_row").alias("shown"),
-            pl.col("item").sort_by("_row").filter(pl.col("click_cnt").sort_by("_row") > 0).alias("clicked"),
+            pl.col("item")
+            .sort_by("_row")
+            .filter(pl.col("click_cnt").sort_by("_row") > 0)
+            .alias("clicked"),
             pl.col("search_source").sort_by("_row").first().alias("search_source"),
         )
         self.inconsistent_sessions = int(
@@ -400,7 +432,9 @@ class _DatasetBuilder:
             pl.col("item").is_in(train_items.implode()).alias("item_seen_in_train"),
         ).drop("click")
         self.samples = {
-            name: samples.filter(pl.col("split") == code).drop("split").sort(["ts", "user", "feed_pos"])
+            name: samples.filter(pl.col("split") == code)
+            .drop("split")
+            .sort(["ts", "user", "feed_pos"])
             for code, name in enumerate(SPLITS)
         }
 

@@ -111,12 +111,12 @@ def _cast_column(path: Path, text: pl.Series, column_spec: Column) -> pl.Series:
         return parsed.fill_null([]) if nullable else parsed
 
     as_float = text.cast(pl.Float64, strict=False)
-    bad_number = text.is_not_null() & (as_float.is_null() | as_float.is_nan() | as_float.is_infinite())
+    bad_number = text.is_not_null() & (
+        as_float.is_null() | as_float.is_nan() | as_float.is_infinite()
+    )
     if bad_number.any():
         index = _row(bad_number) - 1
-        raise DataFormatError(
-            path, f"{text[index]!r} is not a number", row=index + 1, column=name
-        )
+        raise DataFormatError(path, f"{text[index]!r} is not a number", row=index + 1, column=name)
 
     if kind is ColumnKind.ID:
         as_int = text.cast(pl.Int64, strict=False)

@@ -57,6 +57,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from sklearn.metrics import roc_auc_score
 
 from queryrec.data.kuaisar import (
     BEIJING_OFFSET_MS,
@@ -69,7 +70,6 @@ from queryrec.data.kuaisar import (
     USER_FEATURES,
 )
 from queryrec.errors import QueryRecError
-from sklearn.metrics import roc_auc_score
 from queryrec.outputs import atomic_output_dir
 from queryrec.progress import step
 
@@ -100,23 +100,45 @@ class SynthPreset:
 
 PRESETS: dict[str, SynthPreset] = {
     "tiny": SynthPreset(
-        name="tiny", n_users=150, n_topics=12, feed_items_per_topic=120,
-        search_only_items_per_topic=15, words_per_topic=15, n_generic_words=60,
-        authors_per_topic=10, feed_rows_per_user=70, search_sessions_per_user=8,
-        shown_per_session=8, days=4.0,
+        name="tiny",
+        n_users=150,
+        n_topics=12,
+        feed_items_per_topic=120,
+        search_only_items_per_topic=15,
+        words_per_topic=15,
+        n_generic_words=60,
+        authors_per_topic=10,
+        feed_rows_per_user=70,
+        search_sessions_per_user=8,
+        shown_per_session=8,
+        days=4.0,
     ),
     "small": SynthPreset(
-        name="small", n_users=2_500, n_topics=40, feed_items_per_topic=1_500,
-        search_only_items_per_topic=150, words_per_topic=30, n_generic_words=400,
-        authors_per_topic=80, feed_rows_per_user=120, search_sessions_per_user=10.3,
+        name="small",
+        n_users=2_500,
+        n_topics=40,
+        feed_items_per_topic=1_500,
+        search_only_items_per_topic=150,
+        words_per_topic=30,
+        n_generic_words=400,
+        authors_per_topic=80,
+        feed_rows_per_user=120,
+        search_sessions_per_user=10.3,
         shown_per_session=11.85,
     ),
     # The real KuaiSAR-small release: 25,877 users, 7,493,101 feed rows, 267,608 search
     # sessions over 3,171,231 search rows, nine days.
     "kuaisar-small": SynthPreset(
-        name="kuaisar-small", n_users=25_877, n_topics=200, feed_items_per_topic=8_000,
-        search_only_items_per_topic=1_500, words_per_topic=150, n_generic_words=3_000,
-        authors_per_topic=600, feed_rows_per_user=289.6, search_sessions_per_user=10.34,
+        name="kuaisar-small",
+        n_users=25_877,
+        n_topics=200,
+        feed_items_per_topic=20_000,
+        search_only_items_per_topic=5_000,
+        words_per_topic=150,
+        n_generic_words=3_000,
+        authors_per_topic=600,
+        feed_rows_per_user=289.6,
+        search_sessions_per_user=10.34,
         shown_per_session=11.85,
     ),
 }
@@ -140,6 +162,8 @@ class Story:
     session_click_prob_intent: float = 0.63
     session_click_prob_background: float = 0.53
     search_on_topic_share: float = 0.75  # shown items of the searched topic
+    search_keyword_match_share: float = 0.7  # of those, items whose caption has the key word
+    subtopic_word_share: float = 0.7  # query / caption topic words from the subtopic's words
     search_only_share: float = 0.12  # shown items that are USER, LIVE, ...
     feed_taste_share: float = 0.55
     feed_intent_share_start: float = 0.10
@@ -166,16 +190,38 @@ class SynthConfig:
 
 # First-level categories (Chinese name, English name) and second-level suffixes.
 _FIRST_LEVEL = [
-    ("搞笑", "Funny"), ("美食", "Food"), ("游戏", "Games"), ("音乐", "Music"),
-    ("体育", "Sports"), ("影视", "Film and TV"), ("舞蹈", "Dance"), ("旅行", "Travel"),
-    ("汽车", "Cars"), ("科技", "Technology"), ("时尚", "Fashion"), ("萌宠", "Pets"),
-    ("母婴", "Parenting"), ("教育", "Education"), ("健身", "Fitness"), ("二次元", "Anime"),
-    ("情感", "Relationships"), ("三农", "Rural life"), ("财经", "Finance"), ("摄影", "Photography"),
+    ("搞笑", "Funny"),
+    ("美食", "Food"),
+    ("游戏", "Games"),
+    ("音乐", "Music"),
+    ("体育", "Sports"),
+    ("影视", "Film and TV"),
+    ("舞蹈", "Dance"),
+    ("旅行", "Travel"),
+    ("汽车", "Cars"),
+    ("科技", "Technology"),
+    ("时尚", "Fashion"),
+    ("萌宠", "Pets"),
+    ("母婴", "Parenting"),
+    ("教育", "Education"),
+    ("健身", "Fitness"),
+    ("二次元", "Anime"),
+    ("情感", "Relationships"),
+    ("三农", "Rural life"),
+    ("财经", "Finance"),
+    ("摄影", "Photography"),
 ]
 _SECOND_SUFFIX = [
-    ("段子", "jokes"), ("日常", "daily"), ("教程", "tutorials"), ("合集", "collections"),
-    ("解说", "commentary"), ("精选", "picks"), ("挑战", "challenges"), ("资讯", "news"),
-    ("测评", "reviews"), ("现场", "live shows"),
+    ("段子", "jokes"),
+    ("日常", "daily"),
+    ("教程", "tutorials"),
+    ("合集", "collections"),
+    ("解说", "commentary"),
+    ("精选", "picks"),
+    ("挑战", "challenges"),
+    ("资讯", "news"),
+    ("测评", "reviews"),
+    ("现场", "live shows"),
 ]
 _THIRD_SUFFIX = [("入门", "basics"), ("进阶", "advanced"), ("热门", "trending")]
 _FOURTH = [("其他", "other"), ("原创", "original")]
@@ -217,9 +263,7 @@ def run_synth(out_dir: Path, config: SynthConfig, *, force: bool = False) -> dic
 def preset_config(preset: str, seed: int) -> SynthConfig:
     """The config for a named preset; a clear error for an unknown name."""
     if preset not in PRESETS:
-        raise QueryRecError(
-            f"unknown preset '{preset}' (choose one of: {', '.join(PRESETS)})"
-        )
+        raise QueryRecError(f"unknown preset '{preset}' (choose one of: {', '.join(PRESETS)})")
     return SynthConfig(preset=PRESETS[preset], seed=seed)
 
 
@@ -289,6 +333,9 @@ class _World:
         n_words = n_topics * p.words_per_topic + p.n_generic_words
         self.word_ids = _distinct_ids(rng, n_words, 1, max(50 * n_words, 1000))
         self.word_cdf = _zipf_cdf(p.words_per_topic, 0.9)
+        self.n_subtopics = len(_THIRD_SUFFIX)
+        self.sub_words = p.words_per_topic // self.n_subtopics
+        self.subtopic_word_cdf = _zipf_cdf(self.sub_words, 0.9)
         self.generic_cdf = _zipf_cdf(p.n_generic_words, 1.0)
 
         # Items: topic t owns feed items [t*F, (t+1)*F) (rank = position in the pool) and
@@ -314,7 +361,10 @@ class _World:
             SEARCH_ONLY_ITEM_TYPES, size=n_topics * o, p=[0.45, 0.3, 0.15, 0.05, 0.05]
         )
         self.item_duration_ms = np.round(rng.lognormal(np.log(25_000), 0.7, self.n_items), -2)
-        self.item_subtopic = rng.integers(0, len(_THIRD_SUFFIX), self.n_items)
+        # Subtopics interleave over rank, so every subtopic has popular and rare items; so
+        # do the subtopic's key words: every item has one key word, always in its caption.
+        self.item_subtopic = rank % self.n_subtopics
+        self.item_keyword = (rank // self.n_subtopics) % self.sub_words
 
         # Users: taste over topics (Gumbel top-k by popularity, Dirichlet weights).
         n = p.n_users
@@ -326,7 +376,9 @@ class _World:
         weights /= weights.sum(axis=1, keepdims=True)
         self.taste = np.zeros((n, n_topics), dtype=np.float64)
         np.put_along_axis(self.taste, top, weights, axis=1)
-        self.taste_cdf = np.cumsum(self.taste, axis=1)
+        # Sparse form for sampling: each user's few taste topics and their cumulative weights.
+        self.taste_top = top  # (n_users, taste_topics_max)
+        self.taste_top_cdf = np.cumsum(weights, axis=1)
         self.activity = rng.lognormal(0.0, 0.8, n)
         self.activity /= self.activity.mean()
         self.search_propensity = rng.lognormal(0.0, 0.6, n)
@@ -338,10 +390,36 @@ class _World:
 
     def _taste_topics(self, users: np.ndarray) -> np.ndarray:
         u = self.rng.random(len(users))
-        return (self.taste_cdf[users] < u[:, None]).sum(axis=1).clip(max=self.p.n_topics - 1)
+        slot = (self.taste_top_cdf[users] < u[:, None]).sum(axis=1)
+        return self.taste_top[users, np.minimum(slot, self.s.taste_topics_max - 1)]
 
     def _popular_topics(self, size: int) -> np.ndarray:
         return self.topic_order[_draw(self.topic_cdf, self.rng, size)]
+
+    def _topic_words(self, topics: np.ndarray, subtopics: np.ndarray) -> np.ndarray:
+        """One word per element: mostly from the subtopic's words, else from the topic's."""
+        p, rng = self.p, self.rng
+        n = len(topics)
+        in_sub = subtopics * self.sub_words + _draw(self.subtopic_word_cdf, rng, n)
+        in_topic = _draw(self.word_cdf, rng, n)
+        local = np.where(rng.random(n) < self.s.subtopic_word_share, in_sub, in_topic)
+        return topics * p.words_per_topic + local
+
+    def _items_of(
+        self,
+        topics: np.ndarray,
+        subtopics: np.ndarray | None = None,
+        keywords: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Feed items drawn by popularity within each topic (and subtopic and key word)."""
+        f = self.p.feed_items_per_topic
+        rank = _draw(self.item_cdf, self.rng, len(topics))
+        if subtopics is not None and keywords is not None:
+            # Ranks r with r % n_sub == subtopic and (r // n_sub) % sub_words == keyword.
+            block = self.n_subtopics * self.sub_words
+            rank = rank - rank % block + subtopics + self.n_subtopics * keywords
+            rank = np.where(rank >= f, rank - block, rank)
+        return topics * f + rank
 
     def _time_key(self, users: np.ndarray, times: np.ndarray) -> np.ndarray:
         """A sortable (user, time) key; times may start up to 60 days before t0."""
@@ -375,10 +453,11 @@ class _World:
     def build_search_sessions(self) -> None:
         p, s, rng = self.p, self.s, self.rng
         n_ep = len(self.ep_user)
-        ep_per_user = np.bincount(self.ep_user, minlength=p.n_users)
+        # Jumps inside the log trigger searches (the first episode began before it).
+        in_log = self.ep_start >= self.t0
         intent_total = p.search_sessions_per_user * (1 - s.background_search_share)
-        lam_intent = intent_total / ep_per_user.mean()
-        n_intent = rng.poisson(lam_intent * self.search_propensity[self.ep_user])
+        lam_intent = intent_total * p.n_users / max(int(in_log.sum()), 1)
+        n_intent = rng.poisson(lam_intent * self.search_propensity[self.ep_user] * in_log)
         i_ep = np.repeat(np.arange(n_ep), n_intent)
         i_time = self.ep_start[i_ep] + (
             rng.exponential(s.intent_search_delay_hours, len(i_ep)) * HOUR_MS
@@ -415,8 +494,13 @@ class _World:
         self.q_offsets = np.concatenate([[0], np.cumsum(q_len)])
         owner = np.repeat(np.arange(n_ss), q_len)
         is_generic = _rank_within(q_len) >= np.repeat(n_topic_words, q_len)
-        topic_word = self.ss_topic[owner] * p.words_per_topic + _draw(
-            self.word_cdf, rng, len(owner)
+        self.ss_subtopic = rng.integers(0, self.n_subtopics, n_ss)
+        self.ss_keyword = _draw(self.subtopic_word_cdf, rng, n_ss)
+        topic_word = self._topic_words(self.ss_topic[owner], self.ss_subtopic[owner])
+        # The first word of a query is the key word of the subtopic searched for.
+        first = _rank_within(q_len) == 0
+        topic_word[first] = (
+            self.ss_topic * p.words_per_topic + self.ss_subtopic * self.sub_words + self.ss_keyword
         )
         generic_word = p.n_topics * p.words_per_topic + _draw(self.generic_cdf, rng, len(owner))
         self.q_words = self.word_ids[np.where(is_generic, generic_word, topic_word)]
@@ -434,7 +518,15 @@ class _World:
         r_topic = np.where(on_topic | search_only, self.ss_topic[r_owner], 0)
         off = ~(on_topic | search_only)
         r_topic[off] = self._popular_topics(int(off.sum()))
-        feed_item = r_topic * p.feed_items_per_topic + _draw(self.item_cdf, rng, n_rows)
+        # The engine favours items whose caption holds the query's key word.
+        matched = on_topic & (rng.random(n_rows) < s.search_keyword_match_share)
+        sub_rows = np.flatnonzero(matched)
+        feed_item = self._items_of(r_topic)
+        feed_item[sub_rows] = self._items_of(
+            r_topic[sub_rows],
+            self.ss_subtopic[r_owner[sub_rows]],
+            self.ss_keyword[r_owner[sub_rows]],
+        )
         so_item = (
             self.n_feed_items
             + r_topic * p.search_only_items_per_topic
@@ -473,7 +565,9 @@ class _World:
         b_sit = np.repeat(np.arange(len(sit_user)), n_batch)
         gaps = rng.integers(15_000, 120_000, len(b_sit))
         gaps[_rank_within(n_batch) == 0] = 0
-        offsets = np.cumsum(gaps) - np.repeat(np.cumsum(gaps)[np.cumsum(n_batch) - n_batch], n_batch)
+        offsets = np.cumsum(gaps) - np.repeat(
+            np.cumsum(gaps)[np.cumsum(n_batch) - n_batch], n_batch
+        )
         b_user = sit_user[b_sit]
         b_time = sit_time[b_sit] + offsets
         size = 1 + rng.binomial(9, 0.4, len(b_user))
@@ -486,16 +580,16 @@ class _World:
         intent_topic = self.ep_topic[ep]
         age_h = (time - self.ep_start[ep]) / HOUR_MS
         ramp = np.clip(age_h / s.feed_intent_ramp_hours, 0.0, 1.0)
-        p_intent = s.feed_intent_share_start + (
-            s.feed_intent_share_end - s.feed_intent_share_start
-        ) * ramp
+        p_intent = (
+            s.feed_intent_share_start + (s.feed_intent_share_end - s.feed_intent_share_start) * ramp
+        )
         u = rng.random(n_rows)
         topic = self._popular_topics(n_rows)
         taste_rows = u < s.feed_taste_share
         topic[taste_rows] = self._taste_topics(user[taste_rows])
         intent_rows = (u >= s.feed_taste_share) & (u < s.feed_taste_share + p_intent)
         topic[intent_rows] = intent_topic[intent_rows]
-        item = topic * p.feed_items_per_topic + _draw(self.item_cdf, rng, n_rows)
+        item = self._items_of(topic)
 
         is_intent = topic == intent_topic
         logit_without_intent = (
@@ -514,9 +608,12 @@ class _World:
         self.fd_user, self.fd_time, self.fd_item = user[order], time[order], item[order]
         self.fd_click = click[order]
         self.fd_prob = prob[order]
-        self.fd_prob_without_intent = 1.0 / (
-            1.0 + np.exp(-(logit_without_intent + _solve_intercept(logit_without_intent, 0.5)))
-        )[order]
+        self.fd_prob_without_intent = (
+            1.0
+            / (1.0 + np.exp(-(logit_without_intent + _solve_intercept(logit_without_intent, 0.5))))[
+                order
+            ]
+        )
         self.fd_is_intent = is_intent[order]
 
     # ------------------------------------------------------------------ writing
@@ -618,7 +715,14 @@ class _World:
         length[rng.random(n) < 0.03] = 0  # some items have no caption words
         owner = np.repeat(np.arange(n), length)
         is_generic = _rank_within(length) >= np.repeat(n_topic_words, length)
-        topic_word = topic[owner] * p.words_per_topic + _draw(self.word_cdf, rng, len(owner))
+        topic_word = self._topic_words(topic[owner], self.item_subtopic[items][owner])
+        first = _rank_within(length) == 0  # the item's key word
+        key_items = items[owner[first]]
+        topic_word[first] = (
+            self.item_topic[key_items] * p.words_per_topic
+            + self.item_subtopic[key_items] * self.sub_words
+            + self.item_keyword[key_items]
+        )
         generic_word = p.n_topics * p.words_per_topic + _draw(self.generic_cdf, rng, len(owner))
         words = self.word_ids[np.where(is_generic, generic_word, topic_word)]
         shuffle = np.lexsort((rng.random(len(owner)), owner))

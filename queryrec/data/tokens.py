@@ -18,7 +18,9 @@ import polars as pl
 # ASCII digits and blanks only: Python's and Rust's `\d` / `\s` also match other scripts.
 _INT = r"-?(?:0|[1-9][0-9]{0,17})"  # JSON integers: no leading zeros
 _BLANK = r"[ \t]*"
-TOKEN_LIST_PATTERN = rf"^{_BLANK}\[{_BLANK}(?:{_INT}{_BLANK}(?:,{_BLANK}{_INT}{_BLANK})*)?\]{_BLANK}$"
+TOKEN_LIST_PATTERN = (
+    rf"^{_BLANK}\[{_BLANK}(?:{_INT}{_BLANK}(?:,{_BLANK}{_INT}{_BLANK})*)?\]{_BLANK}$"
+)
 _TOKEN_LIST_RE = re.compile(TOKEN_LIST_PATTERN)
 
 

@@ -65,11 +65,15 @@ def load_schema(
     """
     path = Path(dataset_dir) / SCHEMA_FILE
     if not path.is_file():
-        raise SchemaMismatchError(f"{path}: not found (is this a folder written by 'queryrec data prepare'?)")
+        raise SchemaMismatchError(
+            f"{path}: not found (is this a folder written by 'queryrec data prepare'?)"
+        )
     try:
         body: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise SchemaMismatchError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise SchemaMismatchError(
+            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})"
+        ) from None
     version = body.get("format_version")
     if version != SCHEMA_FORMAT_VERSION:
         raise SchemaMismatchError(

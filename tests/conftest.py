@@ -1,0 +1,35 @@
+"""Shared fixtures: one tiny synthetic raw folder and its prepared dataset per test session."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from queryrec.data.prepare import PrepareConfig, run_prepare
+from queryrec.data.synth import preset_config, run_synth
+
+
+@pytest.fixture(scope="session")
+def tiny_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `tiny` preset, seed 0 (read-only: copy it before changing anything)."""
+    out = tmp_path_factory.mktemp("raw") / "tiny"
+    run_synth(out, preset_config("tiny", 0))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_raw` prepared with the default config (read-only)."""
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    run_prepare(tiny_raw, out, PrepareConfig())
+    return out
+
+
+@pytest.fixture
+def raw_copy(tiny_raw: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny raw folder that a test may break."""
+    copy = tmp_path / "raw"
+    shutil.copytree(tiny_raw, copy)
+    return copy
