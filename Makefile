@@ -34,7 +34,7 @@ check: lint typecheck test
 
 # Benchmark of `data prepare` at the real KuaiSAR-small scale (see docs/BENCHMARKS.md).
 bench-prepare: install
-	bash benchmarks/prepare_kuaisar_small.sh
+	$(BIN)/python benchmarks/prepare_kuaisar_small.py
 
 clean:
 	rm -rf $(VENV) demo-work bench-work .pytest_cache .mypy_cache .ruff_cache

@@ -16,12 +16,12 @@ DEMO_PRESET = "small"
 DEMO_SEED = 0
 
 
-def run_demo(workdir: Path) -> None:
+def run_demo(workdir: Path, preset: str = DEMO_PRESET) -> None:
     """Run every stage that exists so far; outputs go under `workdir`."""
     workdir = Path(workdir)
     raw_dir, data_dir = workdir / "raw", workdir / "data"
-    say(f"[demo] 1/2 synth: {DEMO_PRESET} preset, seed {DEMO_SEED} -> {raw_dir}")
-    run_synth(raw_dir, preset_config(DEMO_PRESET, DEMO_SEED), force=True)
+    say(f"[demo] 1/2 synth: {preset} preset, seed {DEMO_SEED} -> {raw_dir}")
+    run_synth(raw_dir, preset_config(preset, DEMO_SEED), force=True)
     say(f"[demo] 2/2 prepare: {raw_dir} -> {data_dir}")
     report = run_prepare(raw_dir, data_dir, PrepareConfig(), force=True)
     print(report)

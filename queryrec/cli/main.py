@@ -62,11 +62,14 @@ def demo(
     workdir: Annotated[Path, typer.Option("--workdir", help="Folder for all demo outputs.")] = Path(
         "demo-work"
     ),
+    preset: Annotated[
+        str, typer.Option("--preset", help="Data size (tiny for a quick check).", hidden=True)
+    ] = "small",
 ) -> None:
     """Run the main job end to end on the `small` preset (currently: synth, prepare)."""
     from queryrec.demo import run_demo
 
-    run_demo(workdir)
+    run_demo(workdir, preset)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -187,10 +187,19 @@ class _DatasetBuilder:
     # ------------------------------------------------------------------ split
     def choose_split(self) -> None:
         ts = self.rec["timestamp"]
+        distinct = np.unique(ts.to_numpy())
+        t_min, t_max = int(distinct[0]), int(distinct[-1])
         train_q = 1.0 - self.cfg.valid_fraction - self.cfg.test_fraction
+        valid_q = 1.0 - self.cfg.test_fraction
         valid_start = int(ts.quantile(train_q, interpolation="lower") or 0)
-        test_start = int(ts.quantile(1.0 - self.cfg.test_fraction, interpolation="lower") or 0)
-        t_min, t_max = int(ts.min() or 0), int(ts.max() or 0)  # type: ignore[arg-type]
+        test_start = int(ts.quantile(valid_q, interpolation="lower") or 0)
+        # Heavily tied timestamps can put both quantiles on one value, or the first cut on
+        # the first timestamp: move a cut to the next distinct timestamp then.
+        if valid_start == t_min and len(distinct) > 1:
+            valid_start = int(distinct[1])
+        if test_start <= valid_start:
+            later = distinct[distinct > valid_start]
+            test_start = int(later[0]) if len(later) else valid_start
         if not (t_min < valid_start < test_start):
             raise DataFormatError(
                 self.raw_dir / REC_INTER.name,

@@ -28,7 +28,7 @@ Generative story (all knobs in `Story`; sizes in `SynthPreset`)
 * **Searches reveal the new intent first.** Right after an episode starts the user
   searches for its topic (Poisson count, exponential delay of a few hours), while the feed
   recommender only slowly learns the new intent: the share of intent-topic items in the
-  feed ramps from `feed_intent_share_start` to `feed_intent_share_end` over a day. So the
+  feed ramps from `feed_intent_share_start` to `feed_intent_share_end` over two days. So the
   query history shows the shift before the feed click history does. Background searches
   about taste topics (and the current intent) happen at random times.
 * **Click-less searches that still carry signal.** About 40 % of search sessions have no
@@ -132,7 +132,7 @@ PRESETS: dict[str, SynthPreset] = {
         name="kuaisar-small",
         n_users=25_877,
         n_topics=200,
-        feed_items_per_topic=20_000,
+        feed_items_per_topic=60_000,
         search_only_items_per_topic=5_000,
         words_per_topic=150,
         n_generic_words=3_000,
@@ -152,12 +152,12 @@ class Story:
     taste_topics_max: int = 5
     topic_popularity_zipf: float = 0.8  # exponent of topic popularity over topic rank
     item_popularity_zipf: float = 1.05  # exponent of exposure over item rank in a topic
-    episode_mean_hours: float = 30.0
+    episode_mean_hours: float = 48.0
     outside_taste_prob: float = 0.65
     intent_strength_range: tuple[float, float] = (0.6, 1.4)
     intent_searches_per_episode: float = 1.0  # times the user's search propensity
     intent_search_delay_hours: float = 2.0  # mean delay of intent searches after a jump
-    background_search_share: float = 0.3  # of a user's sessions, not tied to a jump
+    background_search_share: float = 0.15  # of a user's sessions, not tied to a jump
     background_search_on_intent: float = 0.4  # background searches about the current intent
     session_click_prob_intent: float = 0.63
     session_click_prob_background: float = 0.53
@@ -166,11 +166,11 @@ class Story:
     subtopic_word_share: float = 0.7  # query / caption topic words from the subtopic's words
     search_only_share: float = 0.12  # shown items that are USER, LIVE, ...
     feed_taste_share: float = 0.55
-    feed_intent_share_start: float = 0.10
-    feed_intent_share_end: float = 0.25
-    feed_intent_ramp_hours: float = 24.0
+    feed_intent_share_start: float = 0.05
+    feed_intent_share_end: float = 0.20
+    feed_intent_ramp_hours: float = 48.0
     click_weight_taste: float = 2.5  # times the taste weight of the item's topic (0..1)
-    click_weight_intent: float = 2.2  # times the episode's intent strength
+    click_weight_intent: float = 2.4  # times the episode's intent strength
     click_weight_popularity: float = 0.35
     item_quality_std: float = 0.5
     user_bias_std: float = 0.5
@@ -754,41 +754,27 @@ class _World:
             "upload_type": rng.choice(_UPLOAD_TYPES, size=n, p=_UPLOAD_TYPE_WEIGHTS).astype(str),
             "music_id": music.astype(np.int64),
         }
-        suffix = topic // n_groups % len(_SECOND_SUFFIX)
+        names = _category_names(p.n_topics, n_groups)
+        sub = self.item_subtopic[items]
+        which = rng.integers(0, len(_FOURTH), n)
+        empty = np.array([_EMPTY_CN, _EMPTY_EN])
         has_third = rng.random(n) < 0.6
         has_fourth = rng.random(n) < 0.1
+        levels = {
+            "first": (group + 1, names["first"][topic]),
+            "second": (100 + topic, names["second"][topic]),
+            "third": (
+                np.where(has_third, 1000 + topic * len(_THIRD_SUFFIX) + sub, 0),
+                np.where(has_third[:, None], names["third"][sub], empty),
+            ),
+            "fourth": (
+                np.where(has_fourth, 90_000 + which, 0),
+                np.where(has_fourth[:, None], names["fourth"][which], empty),
+            ),
+        }
         for level in CATEGORY_LEVELS:
-            if level == "first":
-                ids = group + 1
-                cn = np.array([_FIRST_LEVEL[g][0] for g in group], dtype=object)
-                en = np.array([_FIRST_LEVEL[g][1] for g in group], dtype=object)
-            elif level == "second":
-                ids = 100 + topic
-                round_ = topic // (n_groups * len(_SECOND_SUFFIX))
-                cn = np.array(
-                    [
-                        _FIRST_LEVEL[g][0] + _SECOND_SUFFIX[x][0] + (str(r + 1) if r else "")
-                        for g, x, r in zip(group, suffix, round_, strict=True)
-                    ],
-                    dtype=object,
-                )
-                en = np.array(
-                    [
-                        f"{_FIRST_LEVEL[g][1]} {_SECOND_SUFFIX[x][1]}" + (f" {r + 1}" if r else "")
-                        for g, x, r in zip(group, suffix, round_, strict=True)
-                    ],
-                    dtype=object,
-                )
-            elif level == "third":
-                sub = self.item_subtopic[items]
-                ids = np.where(has_third, 1000 + topic * len(_THIRD_SUFFIX) + sub, 0)
-                cn = np.where(has_third, [_THIRD_SUFFIX[x][0] for x in sub], _EMPTY_CN)
-                en = np.where(has_third, [_THIRD_SUFFIX[x][1] for x in sub], _EMPTY_EN)
-            else:
-                which = rng.integers(0, len(_FOURTH), n)
-                ids = np.where(has_fourth, 90_000 + which, 0)
-                cn = np.where(has_fourth, [_FOURTH[x][0] for x in which], _EMPTY_CN)
-                en = np.where(has_fourth, [_FOURTH[x][1] for x in which], _EMPTY_EN)
+            ids, cn_en = levels[level]
+            cn, en = cn_en[:, 0], cn_en[:, 1]
             columns[f"{level}_level_category_id"] = np.asarray(ids, dtype=np.int64)
             columns[f"{level}_level_category_name"] = np.asarray(cn).astype(str)
             columns[f"{level}_level_category_name_en"] = np.asarray(en).astype(str)
@@ -828,6 +814,26 @@ class _World:
                 ),
             },
         }
+
+
+def _category_names(n_topics: int, n_groups: int) -> dict[str, np.ndarray]:
+    """(Chinese, English) names: per topic for levels 1-2, per subtopic / value for 3-4."""
+    first, second = [], []
+    for topic in range(n_topics):
+        group = topic % n_groups
+        suffix = topic // n_groups % len(_SECOND_SUFFIX)
+        round_ = topic // (n_groups * len(_SECOND_SUFFIX))
+        cn, en = _FIRST_LEVEL[group]
+        first.append((cn, en))
+        tag_cn, tag_en = _SECOND_SUFFIX[suffix]
+        extra = f"{round_ + 1}" if round_ else ""
+        second.append((cn + tag_cn + extra, f"{en} {tag_en}" + (f" {extra}" if extra else "")))
+    return {
+        "first": np.array(first),  # (n_topics, 2)
+        "second": np.array(second),  # (n_topics, 2)
+        "third": np.array(_THIRD_SUFFIX),  # (n_subtopics, 2)
+        "fourth": np.array(_FOURTH),  # (n_values, 2)
+    }
 
 
 def _solve_intercept(logit: np.ndarray, rate: float) -> float:

@@ -201,3 +201,28 @@ def test_timelines_are_time_ordered_per_user(tiny_data: Path) -> None:
         user, ts = frame["user"].to_numpy(), frame["ts"].to_numpy()
         order = np.lexsort((ts, user))
         assert (order == np.arange(len(order))).all()
+
+
+def test_heavily_tied_timestamps_still_split(raw_copy: Path, tmp_path: Path) -> None:
+    """Three distinct feed times (e.g. day-granular data) give three non-empty splits."""
+    rec = pl.read_csv(raw_copy / REC_INTER.name, infer_schema=False)
+    n = rec.height
+    stamps = ["1684742000000.0"] * (n - 2) + ["1684828400000.0", "1684914800000.0"]
+    rec.with_columns(pl.Series("timestamp", stamps)).write_csv(raw_copy / REC_INTER.name)
+    out = tmp_path / "data"
+    run_prepare(raw_copy, out)
+    sizes = [
+        pl.read_parquet(out / f"samples/{s}.parquet").height for s in ("train", "valid", "test")
+    ]
+    assert sizes == [n - 2, 1, 1]
+
+
+def test_single_timestamp_cannot_be_split(
+    raw_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rec = pl.read_csv(raw_copy / REC_INTER.name, infer_schema=False)
+    rec.with_columns(pl.lit("1684742000000.0").alias("timestamp")).write_csv(
+        raw_copy / REC_INTER.name
+    )
+    assert main(["data", "prepare", "--raw", str(raw_copy), "--out", str(tmp_path / "d")]) == 2
+    assert "column 'timestamp'" in capsys.readouterr().err
