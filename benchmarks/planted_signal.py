@@ -27,7 +27,13 @@ from queryrec.features.dataset import PreparedDataset
 HOUR_MS = 3_600_000
 
 
-def features(ds: PreparedDataset, samples: pl.DataFrame, topic: np.ndarray, caption_sets: list[set[int]], popularity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def features(
+    ds: PreparedDataset,
+    samples: pl.DataFrame,
+    topic: np.ndarray,
+    caption_sets: list[set[int]],
+    popularity: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     users = samples["user"].to_numpy()
     items = samples["item"].to_numpy()
     ts = samples["ts"].to_numpy()
@@ -37,7 +43,9 @@ def features(ds: PreparedDataset, samples: pl.DataFrame, topic: np.ndarray, capt
     same = (topic[hist.items] == cand_topic) & valid
     n = np.maximum(hist.lengths, 1)
     recent = same[:, -10:].sum(1) / np.maximum(valid[:, -10:].sum(1), 1)
-    history = np.column_stack([same.sum(1) / n, recent, np.log1p(hist.lengths), np.log1p(popularity[items])])
+    history = np.column_stack(
+        [same.sum(1) / n, recent, np.log1p(hist.lengths), np.log1p(popularity[items])]
+    )
 
     queries = ds.query_history(users, samples["search_end"].to_numpy(), 3, 8)
     age_h = np.where(queries.session >= 0, (ts[:, None] - queries.ts) / HOUR_MS, 1e6)
@@ -49,13 +57,15 @@ def features(ds: PreparedDataset, samples: pl.DataFrame, topic: np.ndarray, capt
             session = queries.session[row, slot]
             if session < 0:
                 continue
-            shown = ds.shown_items[ds.shown_offsets[session]:ds.shown_offsets[session + 1]]
+            shown = ds.shown_items[ds.shown_offsets[session] : ds.shown_offsets[session + 1]]
             if len(shown):
                 topics, counts = np.unique(topic[shown], return_counts=True)
                 topic_match[row, slot] = topics[counts.argmax()] == topic[items[row]]
             words = set(queries.tokens[row, slot][queries.tokens[row, slot] > 0].tolist())
             word_match[row, slot] = bool(words & caption_sets[items[row]])
-    query = np.column_stack([topic_match * decay, word_match * decay, topic_match[:, -1], decay[:, -1]])
+    query = np.column_stack(
+        [topic_match * decay, word_match * decay, topic_match[:, -1], decay[:, -1]]
+    )
     return history, np.column_stack([history, query])
 
 
@@ -76,9 +86,14 @@ def main() -> int:
     result: dict[str, float] = {}
     train_a, train_b = features(ds, train, topic, caption_sets, popularity)
     test_a, test_b = features(ds, test, topic, caption_sets, popularity)
-    for name, x_train, x_test in (("history", train_a, test_a), ("history+queries", train_b, test_b)):
+    for name, x_train, x_test in (
+        ("history", train_a, test_a),
+        ("history+queries", train_b, test_b),
+    ):
         scaler = StandardScaler().fit(x_train)
-        model = LogisticRegression(max_iter=1000).fit(scaler.transform(x_train), train["label"].to_numpy())
+        model = LogisticRegression(max_iter=1000).fit(
+            scaler.transform(x_train), train["label"].to_numpy()
+        )
         score = model.predict_proba(scaler.transform(x_test))[:, 1]
         result[name] = float(roc_auc_score(test["label"].to_numpy(), score))
     result["relative_lift"] = result["history+queries"] / result["history"] - 1
