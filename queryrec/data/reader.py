@@ -80,7 +80,10 @@ def read_table(raw_dir: Path, spec: FileSpec) -> pl.DataFrame:
     except pl.exceptions.PolarsError as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataFormatError(path, f"not a readable CSV file: {first_line}") from None
-    raw.columns = [header[positions[c]] for c in wanted]  # drop a BOM polars may keep
+    # Name columns as read_header does (a BOM or blanks polars may keep are dropped), then
+    # order them as the spec lists them.
+    raw.columns = [name.lstrip("\ufeff").strip() for name in raw.columns]
+    raw = raw.select(wanted)
     if spec.must_have_rows and raw.height == 0:
         raise DataFormatError(path, "file has a header but no data rows")
     return pl.DataFrame([_cast_column(path, raw[c], spec.columns[c]) for c in wanted])

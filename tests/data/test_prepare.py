@@ -126,8 +126,8 @@ def test_real_archive_folder_is_read_as_is(tiny_raw: Path, tiny_data: Path, tmp_
 def test_column_order_extra_columns_bom_and_float_formats(
     tiny_raw: Path, tiny_data: Path, tmp_path: Path
 ) -> None:
-    """Columns are matched by name; BOM, extra columns, scientific-notation floats and
-    integral-float ids (as pandas writes them) read the same."""
+    """Columns are matched by name; a BOM, blanks around header names, extra columns,
+    scientific-notation floats and integral-float ids (as pandas writes them) read the same."""
     raw = tmp_path / "raw"
     shutil.copytree(tiny_raw, raw)
     rec = pl.read_csv(raw / REC_INTER.name, infer_schema=False)
@@ -141,6 +141,8 @@ def test_column_order_extra_columns_bom_and_float_formats(
     rec.select(list(reversed(rec.columns))).write_csv(raw / REC_INTER.name)
     text = (raw / SRC_INTER.name).read_text(encoding="utf-8")
     (raw / SRC_INTER.name).write_text("\ufeff" + text, encoding="utf-8")
+    users = (raw / USER_FEATURES.name).read_text(encoding="utf-8").split("\n", 1)
+    (raw / USER_FEATURES.name).write_text(users[0].replace(",", " , ") + "\n" + users[1])
     items = pl.read_csv(raw / ITEM_FEATURES.name, infer_schema=False)
     items.select(list(reversed(items.columns))).write_csv(raw / ITEM_FEATURES.name)
     out = tmp_path / "data"
