@@ -34,6 +34,8 @@ Generative story (all knobs in `Story`; sizes in `SynthPreset`)
 * **Click-less searches that still carry signal.** About 40 % of search sessions have no
   click (`session_click_prob`); their shown items are nevertheless mostly items of the
   searched topic. Clicked sessions click 1-3 on-topic items, favouring top positions.
+* **Daily rhythm.** Feed sittings, searches and intent jumps follow a Beijing-time daily
+  activity curve (quiet from 2 to 6 am, busiest in the evening).
 * **Feed labels near 1:1.** The feed serves batches of items with one shared timestamp
   (ties), and the click model's intercept is solved so that the overall click rate is
   `target_click_rate` (0.5).
@@ -226,6 +228,11 @@ _SECOND_SUFFIX = [
 _THIRD_SUFFIX = [("入门", "basics"), ("进阶", "advanced"), ("热门", "trending")]
 _FOURTH = [("其他", "other"), ("原创", "original")]
 _EMPTY_CN, _EMPTY_EN = "空", "empty"
+# Relative activity per Beijing hour 0-23: quiet at night, busiest in the evening.
+_HOURLY_ACTIVITY = np.array(
+    [0.6, 0.4, 0.25, 0.15, 0.1, 0.1, 0.2, 0.4, 0.6, 0.7, 0.75, 0.8,
+     0.95, 0.9, 0.8, 0.8, 0.8, 0.85, 0.9, 1.0, 1.0, 1.0, 0.95, 0.8]
+)  # fmt: skip
 _SEARCH_SOURCES = ["USER_INPUT", "HISTORY", "RECOMMEND_QUERY", "SUGGESTION", "TRENDING"]
 _SEARCH_SOURCE_WEIGHTS = [0.62, 0.14, 0.1, 0.1, 0.04]
 _UPLOAD_TYPES = ["ShortImport", "LongImport", "Web", "PictureSet", "ShortCamera"]
@@ -421,6 +428,19 @@ class _World:
             rank = np.where(rank >= f, rank - block, rank)
         return topics * f + rank
 
+    def _active_times(self, low: int, high: int, size: int) -> np.ndarray:
+        """Unix-ms times in [low, high) that follow the daily rhythm (Beijing hours)."""
+        accept_prob = _HOURLY_ACTIVITY / _HOURLY_ACTIVITY.max()
+        times = np.empty(size, dtype=np.int64)
+        todo = np.arange(size)
+        while len(todo):
+            draw = self.rng.integers(low, high, len(todo))
+            hour = (draw + BEIJING_OFFSET_MS) // HOUR_MS % 24
+            keep = self.rng.random(len(todo)) < accept_prob[hour]
+            times[todo[keep]] = draw[keep]
+            todo = todo[~keep]
+        return times
+
     def _time_key(self, users: np.ndarray, times: np.ndarray) -> np.ndarray:
         """A sortable (user, time) key; times may start up to 60 days before t0."""
         span = 200 * DAY_MS
@@ -433,7 +453,7 @@ class _World:
         counts = 1 + rng.poisson(span_h / s.episode_mean_hours, p.n_users)
         user = np.repeat(np.arange(p.n_users), counts)
         first = _rank_within(counts) == 0
-        start = rng.integers(self.t0, self.t1, len(user))
+        start = self._active_times(self.t0, self.t1, len(user))
         # The first episode is already under way when the log starts.
         start[first] = self.t0 - (rng.exponential(s.episode_mean_hours, first.sum()) * HOUR_MS)
         order = np.lexsort((start, user))
@@ -471,7 +491,7 @@ class _World:
         n_bg = rng.poisson(lam_bg * self.search_propensity)
         n_bg[(n_bg == 0) & (np.bincount(i_user, minlength=p.n_users) == 0)] = 1  # S&R users
         b_user = np.repeat(np.arange(p.n_users), n_bg)
-        b_time = rng.integers(self.t0, self.t1, len(b_user))
+        b_time = self._active_times(self.t0, self.t1, len(b_user))
         b_topic = self._taste_topics(b_user)
         on_intent = rng.random(len(b_user)) < s.background_search_on_intent
         b_topic[on_intent] = self.ep_topic[self._episode_at(b_user, b_time)][on_intent]
@@ -560,7 +580,7 @@ class _World:
         rows_per_sitting = batches_mean * batch_size_mean
         n_sit = np.maximum(1, rng.poisson(p.feed_rows_per_user * self.activity / rows_per_sitting))
         sit_user = np.repeat(np.arange(p.n_users), n_sit)
-        sit_time = rng.integers(self.t0, self.t1 - HOUR_MS, len(sit_user))
+        sit_time = self._active_times(self.t0, self.t1 - HOUR_MS, len(sit_user))
         n_batch = 1 + rng.poisson(batches_mean - 1, len(sit_user))
         b_sit = np.repeat(np.arange(len(sit_user)), n_batch)
         gaps = rng.integers(15_000, 120_000, len(b_sit))
