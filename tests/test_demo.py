@@ -15,7 +15,8 @@ def test_demo_runs_end_to_end_and_reruns(
 ) -> None:
     workdir = tmp_path / "demo"
     for _ in range(2):  # the demo owns its folder: a second run replaces it
-        assert main(["demo", "--workdir", str(workdir), "--preset", "tiny"]) == 0
+        assert main(["demo", "--workdir", str(workdir), "--preset", "tiny", "--epochs", "1"]) == 0
         out = capsys.readouterr().out
         assert "# Dataset statistics" in out and "| test |" in out
+        assert "| din |" in out and "| queryrec |" in out
     load_schema(workdir / "data")

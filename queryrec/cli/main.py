@@ -15,6 +15,9 @@ import typer
 
 from queryrec.errors import QueryRecError
 
+# Mirrors queryrec.models.registry.DEFAULT_BENCH_MODELS without importing torch at start-up.
+DEFAULT_MODELS = ("din", "dcn", "queryrec", "queryrec-dcn", "queryrec-no-next", "queryrec-no-cl")
+
 app = typer.Typer(
     name="queryrec",
     help="QueryRec: CTR prediction with search-query representations (CIKM 2024).",
@@ -57,6 +60,58 @@ def data_prepare(
     print(report)
 
 
+@app.command("train")
+def train_command(
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder from 'data prepare'.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="din | dcn | queryrec | queryrec-dcn | queryrec-no-next | queryrec-no-cl.",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Run folder (checkpoint, metrics).")],
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
+    epochs: Annotated[
+        int, typer.Option("--epochs", help="Upper bound; early stopping on validation AUC.")
+    ] = 4,
+) -> None:
+    """Train one model; under torchrun it runs as DDP (gloo on CPU, NCCL on GPUs)."""
+    from queryrec.models.registry import model_spec
+    from queryrec.training.config import TrainConfig
+    from queryrec.training.loop import train
+
+    model_spec(model)  # a clear error for an unknown name before any data is read
+    result = train(data, out, TrainConfig(model=model, seed=seed, device=device, epochs=epochs))
+    print(
+        f"{model} seed {seed}: test AUC {result.test['auc']:.4f}, GAUC {result.test['gauc']:.4f}, "
+        f"logloss {result.test['logloss']:.4f} (best epoch {result.best_epoch}); run in {out}"
+    )
+
+
+@app.command("bench")
+def bench_command(
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder from 'data prepare'.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for results.json, RESULTS.md, plots.")],
+    models: Annotated[
+        str, typer.Option("--models", help="Comma-separated model names.")
+    ] = ",".join(DEFAULT_MODELS),
+    seeds: Annotated[int, typer.Option("--seeds", help="Seeds per model (0..N-1).")] = 3,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
+    epochs: Annotated[int, typer.Option("--epochs", help="Upper bound per run.")] = 4,
+) -> None:
+    """Train every model for N seeds; write the paper-style comparison."""
+    from queryrec.bench import run_bench
+    from queryrec.training.config import TrainConfig
+
+    names = tuple(name.strip() for name in models.split(",") if name.strip())
+    base = TrainConfig(device=device, epochs=epochs, progress=False)
+    results = run_bench(data, out, names, seeds, base)
+    print((out / "RESULTS.md").read_text())
+    del results
+
+
 @app.command("demo")
 def demo(
     workdir: Annotated[Path, typer.Option("--workdir", help="Folder for all demo outputs.")] = Path(
@@ -65,11 +120,14 @@ def demo(
     preset: Annotated[
         str, typer.Option("--preset", help="Data size (tiny for a quick check).", hidden=True)
     ] = "small",
+    epochs: Annotated[
+        int, typer.Option("--epochs", help="Training epochs per model.", hidden=True)
+    ] = 3,
 ) -> None:
-    """Run the main job end to end on the `small` preset (currently: synth, prepare)."""
+    """Run the main job end to end on the `small` preset: synth, prepare, train DIN and QueryRec."""
     from queryrec.demo import run_demo
 
-    run_demo(workdir, preset)
+    run_demo(workdir, preset, epochs)
 
 
 def main(argv: list[str] | None = None) -> int:

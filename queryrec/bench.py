@@ -1,0 +1,159 @@
+"""`queryrec bench`: every model for N seeds on one dataset, the paper-style table and plots.
+
+Writes to BENCH_DIR:
+- `results.json` (DESIGN.md schema: per model mean/std of test AUC, GAUC, logloss, seeds,
+  training time and throughput; the slice "no_click_recent_queries");
+- `RESULTS.md`, the table with Imp % over DIN (mean ± std over seeds) and the slice;
+- `valid_auc_per_epoch.png` and `test_auc_per_model.png`;
+- one run folder per model and seed (checkpoint and metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from queryrec.evaluation.metrics import improvement
+from queryrec.features.dataset import PreparedDataset
+from queryrec.models.registry import DEFAULT_BENCH_MODELS, model_spec
+from queryrec.progress import say
+from queryrec.training.config import TrainConfig
+from queryrec.training.loop import TrainResult, train
+
+REFERENCE_MODEL = "din"
+
+
+def run_bench(
+    data_dir: Path,
+    out_dir: Path,
+    models: tuple[str, ...] = DEFAULT_BENCH_MODELS,
+    seeds: int = 3,
+    base: TrainConfig | None = None,
+) -> dict[str, Any]:
+    """Train every (model, seed) in turn; write results.json, RESULTS.md and the plots."""
+    for name in models:
+        model_spec(name)  # fail before training anything
+    base = base or TrainConfig(progress=False)
+    dataset = PreparedDataset(Path(data_dir))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[TrainResult]] = {}
+    started = time.perf_counter()
+    for name in models:
+        for seed in range(seeds):
+            cfg = TrainConfig(**{**base.__dict__, "model": name, "seed": seed})
+            result = train(
+                dataset.root, out_dir / "runs" / f"{name}-seed{seed}", cfg, dataset=dataset
+            )
+            runs.setdefault(name, []).append(result)
+            say(
+                f"[bench] {name} seed {seed}: test AUC {result.test['auc']:.4f} "
+                f"({time.perf_counter() - started:.0f}s elapsed)"
+            )
+    results = summarise(dataset, runs)
+    results["bench_seconds"] = time.perf_counter() - started
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out_dir / "RESULTS.md").write_text(render_results(results))
+    plot_results(runs, results, out_dir)
+    return results
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(dataset: PreparedDataset, runs: dict[str, list[TrainResult]]) -> dict[str, Any]:
+    """The results.json body."""
+    models: dict[str, Any] = {}
+    slices: dict[str, Any] = {"no_click_recent_queries": {}}
+    for name, results in runs.items():
+        auc_mean, auc_std = _mean_std([r.test["auc"] for r in results])
+        gauc_mean, gauc_std = _mean_std([r.test["gauc"] for r in results])
+        logloss_mean, logloss_std = _mean_std([r.test["logloss"] for r in results])
+        models[name] = {
+            "auc_mean": auc_mean, "auc_std": auc_std,
+            "gauc_mean": gauc_mean, "gauc_std": gauc_std,
+            "logloss_mean": logloss_mean, "logloss_std": logloss_std,
+            "seeds": len(results),
+            "train_seconds_mean": statistics.fmean(r.train_seconds for r in results),
+            "samples_per_second_mean": statistics.fmean(r.samples_per_second for r in results),
+            "best_epochs": [r.best_epoch for r in results],
+        }  # fmt: skip
+        slice_mean, slice_std = _mean_std(
+            [r.slices["no_click_recent_queries"]["auc"] for r in results]
+        )
+        slices["no_click_recent_queries"][name] = {
+            "auc_mean": slice_mean, "auc_std": slice_std,
+            "n": results[0].slices["no_click_recent_queries"]["n"],
+        }  # fmt: skip
+    return {
+        "dataset": str(dataset.root),
+        "schema_hash": dataset.content_hash,
+        "split": dataset.schema["split"],
+        "models": models,
+        "slices": slices,
+    }
+
+
+def render_results(results: dict[str, Any]) -> str:
+    """RESULTS.md: the paper-style table (test split, mean ± std over seeds)."""
+    models = results["models"]
+    reference = models.get(REFERENCE_MODEL, {}).get("auc_mean")
+    lines = [
+        "# Results",
+        "",
+        f"Dataset `{results['dataset']}` (schema {results['schema_hash'][:12]}), test split from "
+        f"{results['split']['test_start']}; mean ± std over seeds.",
+        "",
+        "| Model | AUC | Imp % vs DIN | GAUC | logloss | seeds | samples/s | AUC, last query without click |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in models.items():
+        imp = f"{improvement(m['auc_mean'], reference):+.2f}" if reference else "-"
+        sliced = results["slices"]["no_click_recent_queries"][name]
+        lines.append(
+            f"| {name} | {m['auc_mean']:.4f} ± {m['auc_std']:.4f} | {imp} | "
+            f"{m['gauc_mean']:.4f} ± {m['gauc_std']:.4f} | {m['logloss_mean']:.4f} ± {m['logloss_std']:.4f} | "
+            f"{m['seeds']} | {m['samples_per_second_mean']:,.0f} | "
+            f"{sliced['auc_mean']:.4f} ± {sliced['auc_std']:.4f} |"
+        )
+    lines += ["", f"Bench time: {results.get('bench_seconds', 0):.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def plot_results(
+    runs: dict[str, list[TrainResult]], results: dict[str, Any], out_dir: Path
+) -> None:
+    """Validation AUC per epoch per model (seed 0) and test AUC per model with error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, model_runs in runs.items():
+        history = model_runs[0].history
+        ax.plot(
+            [h["epoch"] for h in history], [h["valid_auc"] for h in history], marker="o", label=name
+        )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation AUC (seed 0)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "valid_auc_per_epoch.png", dpi=120)
+    plt.close(fig)
+
+    names = list(results["models"])
+    means = [results["models"][n]["auc_mean"] for n in names]
+    stds = [results["models"][n]["auc_std"] for n in names]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(names, means, yerr=stds, capsize=4)
+    ax.set_ylim(min(means) - 0.02, max(means) + 0.02)
+    ax.set_ylabel("test AUC (mean ± std)")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(out_dir / "test_auc_per_model.png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""Offline evaluation: AUC, logloss, GAUC, relative improvement and the paper's slices."""

@@ -1,0 +1,99 @@
+"""One CTR model class for every model name: a backbone plus, for QueryRec, the query tower.
+
+`din` / `dcn` are the backbones alone. `queryrec` / `queryrec-dcn` add the user's query
+representation e_{q_u^t} (query vectors -> SAS encoder) as one more input field, and are
+trained with the auxiliary losses L_next and L_cl (see `queryrec.losses`). The ablations
+differ only in loss weights (`queryrec.models.registry`).
+
+Inputs (all int64, padding 0; see `queryrec.training.batches` for how they are built):
+    user (B,), item (B,), hour (B,) Beijing hour of the impression,
+    click_history (B, H) left-padded item indices, query_history (B, L, T) left-padded
+    word indices of the queries strictly before the impression.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from queryrec.models.config import ModelConfig
+from queryrec.models.dcn import DCNBackbone
+from queryrec.models.din import DINBackbone
+from queryrec.models.layers import ItemTower
+from queryrec.models.query_vector import QueryVector
+from queryrec.models.sas_encoder import SASEncoder
+
+BACKBONES = {"din": DINBackbone, "dcn": DCNBackbone}
+
+
+class CTRModel(nn.Module):
+    """Backbone ("din" or "dcn") over user, item, context and click-history fields,
+    optionally with the SAS query representation as an extra field (cfg.use_query)."""
+
+    user_profile: Tensor  # (U, P) buffer: profile field codes per user index
+
+    def __init__(
+        self, cfg: ModelConfig, backbone: str, item_side: dict[str, Tensor], user_profile: Tensor
+    ):
+        super().__init__()
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
+        v, d = cfg.vocab, cfg.dim
+        self.cfg = cfg
+        self.words = nn.Embedding(v.words, d, padding_idx=0)
+        self.items = ItemTower(cfg, self.words, item_side)
+        self.user = nn.Embedding(v.users, d, padding_idx=0)
+        self.profile = nn.ModuleList(nn.Embedding(n, d, padding_idx=0) for n in v.profile)
+        self.register_buffer("user_profile", user_profile.long(), persistent=False)  # (U, P)
+        self.hour = nn.Embedding(24, d)
+        self.query_vector: QueryVector | None = None
+        self.sas: SASEncoder | None = None
+        if cfg.use_query:
+            self.query_vector = QueryVector(self.words, cfg.project_query_vector)
+            self.sas = SASEncoder(cfg)
+        n_fields = 3 + len(v.profile)  # user, hour, candidate caption, profile fields
+        self.backbone = BACKBONES[backbone](cfg, n_fields, 1 if cfg.use_query else 0)
+        for module in self.modules():  # small embeddings; padding rows stay zero
+            if isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.padding_idx is not None:
+                    with torch.no_grad():
+                        module.weight[module.padding_idx].zero_()
+
+    def query_representation(self, query_history: Tensor) -> Tensor:
+        """query_history (B, L, T) -> e_{q_u^t} (B, d)."""
+        assert self.query_vector is not None and self.sas is not None
+        vectors = self.query_vector(query_history)  # (B, L, d)
+        valid = (query_history > 0).any(dim=-1)  # (B, L): a query with at least one word
+        return self.sas(vectors, valid)
+
+    def forward(
+        self,
+        user: Tensor,
+        item: Tensor,
+        hour: Tensor,
+        click_history: Tensor,
+        query_history: Tensor,
+    ) -> Tensor:
+        """-> logits (B,); sigmoid gives P(click)."""
+        logits, _ = self.forward_with_query(user, item, hour, click_history, query_history)
+        return logits
+
+    def forward_with_query(
+        self,
+        user: Tensor,
+        item: Tensor,
+        hour: Tensor,
+        click_history: Tensor,
+        query_history: Tensor,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Logits (B,) and the query representation (B, d) (None without the query tower)."""
+        profile = self.user_profile[user]  # (B, P)
+        fields = [self.user(user), self.hour(hour), self.items.caption(item)]
+        fields += [table(profile[:, i]) for i, table in enumerate(self.profile)]
+        candidate = self.items.base(item)  # (B, d), comparable with the history vectors
+        history = self.items.base(click_history)  # (B, H, d)
+        query = self.query_representation(query_history) if self.cfg.use_query else None
+        extra = [query] if query is not None else []
+        logits = self.backbone(fields, candidate, history, click_history > 0, extra)
+        return logits, query

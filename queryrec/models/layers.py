@@ -1,0 +1,153 @@
+"""Layers shared by the paper models: MLP, masked mean, item tower, DIN attention, cross net.
+
+Every `forward` here is pure tensor code (no I/O, numpy or device moves) so that the
+models export to ONNX unchanged. Index 0 is padding everywhere (`padding_idx=0`), so a
+padded id contributes a zero vector.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from queryrec.models.config import ModelConfig
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean over the second-to-last axis of `values` where `mask` is true; 0 where none is.
+
+    values (..., T, d), mask (..., T) -> (..., d)
+    """
+    weights = mask.to(values.dtype).unsqueeze(-1)  # (..., T, 1)
+    total = (values * weights).sum(dim=-2)  # (..., d)
+    count = weights.sum(dim=-2).clamp(min=1.0)  # (..., 1)
+    return total / count
+
+
+class MLP(nn.Module):
+    """Linear -> ReLU -> dropout blocks, optionally ending in a linear output layer."""
+
+    def __init__(
+        self, in_dim: int, hidden: tuple[int, ...], dropout: float, out_dim: int | None = None
+    ):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_dim
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
+            width = size
+        if out_dim is not None:
+            layers.append(nn.Linear(width, out_dim))
+            width = out_dim
+        self.net = nn.Sequential(*layers)
+        self.out_dim = width
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class ItemTower(nn.Module):
+    """An item's vector: the sum of its id, author, type, 4 category and caption embeddings.
+
+    `base` (without the caption) is what click histories use: a caption costs T_c word
+    lookups per item, and H history items per sample made it the bulk of training time.
+
+    Side features live in buffers indexed by item index (rows 0 and 1: padding and
+    unknown), so the model's only item input is the item index. The word table is shared
+    with the query vector (KuaiSAR hashes a word to one id in keywords and captions).
+    """
+
+    side_author: Tensor  # (N,) buffers, indexed by item index
+    side_type: Tensor  # (N,)
+    side_categories: Tensor  # (N, 4)
+    side_caption: Tensor  # (N, Tc)
+
+    def __init__(self, cfg: ModelConfig, words: nn.Embedding, item_side: dict[str, Tensor]):
+        super().__init__()
+        v, d = cfg.vocab, cfg.dim
+        self.item_id = nn.Embedding(v.items, d, padding_idx=0)
+        self.author = nn.Embedding(v.authors, d, padding_idx=0)
+        self.item_type = nn.Embedding(v.item_types, d, padding_idx=0)
+        self.categories = nn.ModuleList(nn.Embedding(n, d, padding_idx=0) for n in v.categories)
+        self.words = words
+        self.register_buffer("side_author", item_side["author"].long(), persistent=False)  # (N,)
+        self.register_buffer("side_type", item_side["item_type"].long(), persistent=False)  # (N,)
+        self.register_buffer(
+            "side_categories", item_side["categories"].long(), persistent=False
+        )  # (N, 4)
+        self.register_buffer(
+            "side_caption", item_side["caption"].long(), persistent=False
+        )  # (N, Tc), 0 = pad
+
+    def base(self, items: Tensor) -> Tensor:
+        """Id, author, type and category part: items (...) int64 -> (..., d)."""
+        vector = self.item_id(items)
+        vector = vector + self.author(self.side_author[items])
+        vector = vector + self.item_type(self.side_type[items])
+        categories = self.side_categories[items]  # (..., 4)
+        for level, table in enumerate(self.categories):
+            vector = vector + table(categories[..., level])
+        return vector
+
+    def caption(self, items: Tensor) -> Tensor:
+        """Mean of the caption's word vectors (shared word table): (...) -> (..., d)."""
+        caption = self.side_caption[items]  # (..., Tc)
+        return masked_mean(self.words(caption), caption > 0)
+
+    def forward(self, items: Tensor) -> Tensor:
+        """The full item vector, base + caption: items (...) int64 -> (..., d)."""
+        return self.base(items) + self.caption(items)
+
+
+class TargetAttention(nn.Module):
+    """DIN's activation unit: weights history items by their relevance to the candidate.
+
+    The unit is MLP([h, c, h - c, h * c]) -> score, summed over history without softmax (as
+    in DIN). Its first layer is linear, so it is computed in the algebraically identical
+    factorised form (W_h + W_d) h + (W_c - W_d) c + W_p (h * c): the h and c parts once per
+    history item and once per candidate instead of once per pair (MEASURED.md).
+    """
+
+    def __init__(self, dim: int, hidden: tuple[int, ...], dropout: float):
+        super().__init__()
+        if not hidden:
+            raise ValueError("the attention unit needs at least one hidden layer")
+        self.dim = dim
+        self.first = nn.Linear(4 * dim, hidden[0])
+        self.act = nn.PReLU(hidden[0])
+        self.rest = MLP(hidden[0], hidden[1:], dropout, out_dim=1)
+
+    def forward(self, candidate: Tensor, history: Tensor, mask: Tensor) -> Tensor:
+        """candidate (B, d), history (B, H, d), mask (B, H) -> pooled interest (B, d)."""
+        w_h, w_c, w_d, w_p = torch.split(self.first.weight, self.dim, dim=1)  # each (A, d)
+        hist_part = history @ (w_h + w_d).t()  # (B, H, A)
+        cand_part = candidate @ (w_c - w_d).t() + self.first.bias  # (B, A)
+        pair_part = (history * candidate.unsqueeze(1)) @ w_p.t()  # (B, H, A)
+        hidden = self.act((hist_part + cand_part.unsqueeze(1) + pair_part).transpose(1, 2))
+        scores = self.rest(hidden.transpose(1, 2)).squeeze(-1)  # (B, H)
+        scores = scores * mask.to(scores.dtype)  # padding gets weight 0
+        return (scores.unsqueeze(-1) * history).sum(dim=1)  # (B, d)
+
+
+class CrossNetV2(nn.Module):
+    """DCN-V2 cross layers: x_{l+1} = x_0 * (W_l x_l + b_l) + x_l."""
+
+    def __init__(self, dim: int, layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers))
+
+    def forward(self, x0: Tensor) -> Tensor:
+        x = x0
+        for layer in self.layers:
+            x = x0 * layer(x) + x
+        return x
+
+
+def item_side_tensors(frame_columns: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Pack the item feature columns the ItemTower needs (helper for tests and loaders)."""
+    return {
+        "author": frame_columns["author"],
+        "item_type": frame_columns["item_type"],
+        "categories": torch.stack([frame_columns[f"category_{i}"] for i in range(1, 5)], dim=1),
+        "caption": frame_columns["caption"],
+    }

@@ -1,0 +1,1 @@
+"""One training loop for every model: batches, objective, loop, checkpoints, DDP."""

@@ -1,0 +1,197 @@
+"""Training and evaluation batches, built vectorised from a prepared dataset (numpy only).
+
+A batch is a dict of int64 arrays (padding 0):
+
+| key | shape | what |
+|---|---|---|
+| `user`, `item` | (B,) | user and candidate item indices |
+| `hour` | (B,) | Beijing hour of the impression (context field) |
+| `click_history` | (B, H) | last H feed clicks before t, left-padded |
+| `query_history` | (B, L, T) | last L queries before t (T words each), left-padded |
+| `label` | (B,) | click 0/1 |
+| `next_positive`, `next_negative` | (B, P), (B, N) | L_next samples (training only) |
+| `cl_positive` | (B, K) | L_cl positives of the last query (training only) |
+
+L_next window (choice): r+ and r- are the user's feed clicks / non-clicks with timestamps
+in (t, t + `next_window_hours`]; strictly after t, so the impression's own batch is never
+a target. P and N items are drawn uniformly with replacement from each; 0 where empty.
+
+L_cl positives: the items clicked in the user's last search session before t (first K in
+display order). For a session without clicks, `PseudoPositives` (the diffusion job's
+output) may supply items; without it such a query has no positive and adds no L_cl term.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from queryrec.data.kuaisar import BEIJING_OFFSET_MS
+from queryrec.features.dataset import PreparedDataset
+
+HOUR_MS = 3_600_000
+
+
+@dataclass(frozen=True)
+class AuxiliaryConfig:
+    """How the auxiliary-loss targets are sampled."""
+
+    next_window_hours: float = 24.0
+    next_positives: int = 4  # P
+    next_negatives: int = 4  # N
+    cl_positives: int = 4  # K
+
+
+@dataclass(frozen=True)
+class PseudoPositives:
+    """Extra L_cl positives per search session (CSR over search.parquet rows)."""
+
+    offsets: np.ndarray  # (n_sessions + 1,) int64
+    items: np.ndarray  # (offsets[-1],) item indices
+
+
+@dataclass
+class SplitArrays:
+    """Per-sample arrays of one split, plus the L_next sampling ranges."""
+
+    user: np.ndarray
+    item: np.ndarray
+    ts: np.ndarray
+    label: np.ndarray
+    click_end: np.ndarray
+    search_end: np.ndarray
+    next_positive_range: tuple[np.ndarray, np.ndarray] | None = None
+    next_negative_range: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+
+class BatchBuilder:
+    """Turns sample rows into model inputs; knows the history lengths and L_next windows."""
+
+    def __init__(
+        self,
+        dataset: PreparedDataset,
+        *,
+        click_history: int,
+        query_history: int,
+        query_tokens: int,
+        aux: AuxiliaryConfig | None = None,
+        pseudo_positives: PseudoPositives | None = None,
+    ):
+        self.ds = dataset
+        self.click_history, self.query_history = click_history, query_history
+        self.query_tokens = query_tokens
+        self.aux = aux
+        self.pseudo = pseudo_positives
+        unclicked = np.flatnonzero(dataset.feed_click == 0)
+        self.noclick_user = dataset.feed_user[unclicked]
+        self.noclick_ts = dataset.feed_ts[unclicked]
+        self.noclick_item = dataset.feed_item[unclicked]
+        self.t_lo = (
+            int(min(dataset.feed_ts.min(), dataset.search_ts.min())) if len(dataset.feed_ts) else 0
+        )
+        self.span = int(dataset.feed_ts.max()) - self.t_lo + 2 * self._window_ms() + 1
+
+    def _window_ms(self) -> int:
+        return int((self.aux.next_window_hours if self.aux else 0) * HOUR_MS)
+
+    def _key(self, users: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        return users.astype(np.int64) * self.span + (ts - self.t_lo)
+
+    def split_arrays(self, split: str, *, with_aux: bool) -> SplitArrays:
+        frame = self.ds.samples(split)
+        arrays = SplitArrays(
+            user=frame["user"].to_numpy().astype(np.int64),
+            item=frame["item"].to_numpy().astype(np.int64),
+            ts=frame["ts"].to_numpy(),
+            label=frame["label"].to_numpy().astype(np.float32),
+            click_end=frame["click_end"].to_numpy(),
+            search_end=frame["search_end"].to_numpy(),
+        )
+        if with_aux and self.aux is not None:
+            window = self._window_ms()
+            start = self._key(arrays.user, arrays.ts)  # strictly after t: side="right"
+            stop = self._key(arrays.user, arrays.ts + window)  # up to t + window inclusive
+            click_keys = self._key(self.ds.click_user, self.ds.click_ts)
+            noclick_keys = self._key(self.noclick_user, self.noclick_ts)
+            arrays.next_positive_range = (
+                np.searchsorted(click_keys, start, side="right"),
+                np.searchsorted(click_keys, stop, side="right"),
+            )
+            arrays.next_negative_range = (
+                np.searchsorted(noclick_keys, start, side="right"),
+                np.searchsorted(noclick_keys, stop, side="right"),
+            )
+        return arrays
+
+    def build(
+        self, arrays: SplitArrays, rows: np.ndarray, rng: np.random.Generator | None = None
+    ) -> dict[str, np.ndarray]:
+        """The batch for `rows` of `arrays`; auxiliary targets only when `rng` is given."""
+        user, ts = arrays.user[rows], arrays.ts[rows]
+        clicks = self.ds.click_history(user, arrays.click_end[rows], self.click_history)
+        queries = self.ds.query_history(
+            user, arrays.search_end[rows], self.query_history, self.query_tokens
+        )
+        batch = {
+            "user": user,
+            "item": arrays.item[rows],
+            "hour": ((ts + BEIJING_OFFSET_MS) // HOUR_MS % 24).astype(np.int64),
+            "click_history": clicks.items.astype(np.int64),
+            "query_history": queries.tokens.astype(np.int64),
+            "label": arrays.label[rows],
+        }
+        if rng is not None and self.aux is not None and arrays.next_positive_range is not None:
+            assert arrays.next_negative_range is not None
+            batch["next_positive"] = _sample_ranges(
+                self.ds.click_item, arrays.next_positive_range, rows, self.aux.next_positives, rng
+            )
+            batch["next_negative"] = _sample_ranges(
+                self.noclick_item, arrays.next_negative_range, rows, self.aux.next_negatives, rng
+            )
+            batch["cl_positive"] = self._last_query_positives(queries.session[:, -1])
+        return batch
+
+    def _last_query_positives(self, session: np.ndarray) -> np.ndarray:
+        """(B,) last session index (-1: none) -> (B, K) clicked (or pseudo) items, 0 = none."""
+        assert self.aux is not None
+        k = self.aux.cl_positives
+        offsets, items = self.ds.clicked_offsets, self.ds.clicked_items
+        out = _first_k(offsets, items, session, k)
+        if self.pseudo is not None:
+            empty = (out[:, 0] == 0) & (session >= 0)
+            out[empty] = _first_k(self.pseudo.offsets, self.pseudo.items, session[empty], k)
+        return out
+
+
+def _first_k(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """values[offsets[r]:offsets[r+1]][:k] per r, zero-padded to (len(rows), k); r = -1: zeros."""
+    valid = rows >= 0
+    safe = np.where(valid, rows, 0)
+    start = offsets[safe]
+    size = np.where(valid, offsets[safe + 1] - start, 0)
+    positions = start[:, None] + np.arange(k)[None, :]
+    ok = np.arange(k)[None, :] < size[:, None]
+    if len(values) == 0:
+        return np.zeros((len(rows), k), dtype=np.int64)
+    return np.where(ok, values[np.where(ok, positions, 0)], 0).astype(np.int64)
+
+
+def _sample_ranges(
+    values: np.ndarray,
+    ranges: tuple[np.ndarray, np.ndarray],
+    rows: np.ndarray,
+    count: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """`count` uniform draws (with replacement) from values[lo:hi] per row; 0 where empty."""
+    lo, hi = ranges[0][rows], ranges[1][rows]
+    size = hi - lo
+    draws = lo[:, None] + (rng.random((len(rows), count)) * size[:, None]).astype(np.int64)
+    if len(values) == 0:
+        return np.zeros((len(rows), count), dtype=np.int64)
+    picked = values[np.clip(draws, 0, len(values) - 1)]
+    return np.where(size[:, None] > 0, picked, 0).astype(np.int64)

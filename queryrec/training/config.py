@@ -1,0 +1,37 @@
+"""Training configuration (typed, frozen); saved inside every checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from queryrec.errors import QueryRecError
+from queryrec.training.batches import AuxiliaryConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What `queryrec train` does; every field has a documented default."""
+
+    model: str = "queryrec"
+    seed: int = 0
+    epochs: int = 4  # upper bound; early stopping on validation AUC usually stops sooner
+    patience: int = 1  # epochs without a validation-AUC gain before stopping
+    batch_size: int = 1024  # per process
+    eval_batch_size: int = 4096
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    next_weight: float = 0.05  # lambda_2, weight of L_next
+    cl_weight: float = 0.05  # lambda_3, weight of L_cl
+    temperature: float = 0.1  # beta of L_cl
+    aux: AuxiliaryConfig = field(default_factory=AuxiliaryConfig)
+    device: str = "auto"  # auto | cpu | cuda
+    max_train_samples: int | None = None  # cap for quick runs (a random subset)
+    progress: bool = True
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise QueryRecError(f"--device must be auto, cpu or cuda, not '{self.device}'")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise QueryRecError("epochs and batch size must be positive")

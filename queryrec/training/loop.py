@@ -1,0 +1,234 @@
+"""The one training loop for every model.
+
+Seeded (numpy and torch from `TrainConfig.seed`; the same seed gives the same weights),
+mini-batch Adam, a progress bar with running loss and throughput, validation AUC after
+every epoch, early stopping on it (the best epoch's weights are kept), then test metrics
+and a checkpoint. Under `torchrun` with WORLD_SIZE > 1 it runs as DDP: every process
+draws the same shuffled order and takes an equal, disjoint share of each epoch, so the
+processes stay in lock-step and end with identical weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from queryrec.evaluation.metrics import evaluate
+from queryrec.evaluation.slices import last_query_without_click
+from queryrec.features.dataset import PreparedDataset
+from queryrec.models.config import ModelConfig
+from queryrec.models.ctr_model import CTRModel
+from queryrec.models.registry import build_model, model_config, model_spec
+from queryrec.progress import say
+from queryrec.training.batches import BatchBuilder, SplitArrays
+from queryrec.training.checkpoint import save_checkpoint
+from queryrec.training.config import TrainConfig
+from queryrec.training.distributed import init_distributed
+from queryrec.training.objective import Objective, to_tensors
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced (also written to RUN_DIR/metrics.json)."""
+
+    model: str
+    seed: int
+    valid: dict[str, float]
+    test: dict[str, float]
+    slices: dict[str, dict[str, float]]
+    history: list[dict[str, float]]
+    best_epoch: int
+    train_seconds: float
+    samples_per_second: float
+
+
+def predict(
+    model: CTRModel,
+    builder: BatchBuilder,
+    arrays: SplitArrays,
+    batch_size: int,
+    device: torch.device,
+) -> np.ndarray:
+    """P(click) for every sample of a split, in order."""
+    model.eval()
+    out = np.empty(len(arrays), dtype=np.float32)
+    with torch.no_grad():
+        for start in range(0, len(arrays), batch_size):
+            rows = np.arange(start, min(start + batch_size, len(arrays)))
+            batch = to_tensors(builder.build(arrays, rows), device)
+            logits = model(
+                batch["user"],
+                batch["item"],
+                batch["hour"],
+                batch["click_history"],
+                batch["query_history"],
+            )
+            out[rows] = torch.sigmoid(logits).float().cpu().numpy()
+    return out
+
+
+def split_metrics(
+    dataset: PreparedDataset, arrays: SplitArrays, probabilities: np.ndarray
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Overall metrics and the slice "last query before t had no click"."""
+    overall = evaluate(arrays.user, arrays.label, probabilities)
+    in_slice = last_query_without_click(dataset, arrays.user, arrays.search_end)
+    sliced = evaluate(arrays.user[in_slice], arrays.label[in_slice], probabilities[in_slice])
+    return overall, {"no_click_recent_queries": sliced}
+
+
+def train(
+    data_dir: Path, run_dir: Path, cfg: TrainConfig, dataset: PreparedDataset | None = None
+) -> TrainResult:
+    """Train `cfg.model` on the dataset in `data_dir`; write the run to `run_dir`.
+
+    The main process writes `checkpoint.pt` (weights, configs, schema hash, metrics) and
+    `metrics.json` (metrics, per-epoch history, throughput).
+    """
+    dataset = dataset or PreparedDataset(Path(data_dir))
+    model, model_cfg, result, is_main = fit(dataset, cfg)
+    if is_main:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        metrics = {"valid": result.valid, "test": result.test, "slices": result.slices}
+        save_checkpoint(
+            run_dir,
+            model,
+            cfg.model,
+            model_cfg,
+            _jsonable(dataclasses.asdict(cfg)),
+            dataset.content_hash,
+            metrics,
+        )
+        (run_dir / "metrics.json").write_text(
+            json.dumps(_jsonable(dataclasses.asdict(result)), indent=2) + "\n"
+        )
+    return result
+
+
+def fit(
+    dataset: PreparedDataset, cfg: TrainConfig
+) -> tuple[CTRModel, ModelConfig, TrainResult, bool]:
+    """The training itself: (model with the best epoch's weights, its config, the result,
+    whether this is the main process)."""
+    ctx = init_distributed(cfg.device)
+    spec = model_spec(cfg.model)
+    model_cfg = model_config(cfg.model, dataset.schema, **cfg.model_overrides)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, dataset, model_cfg).to(ctx.device)
+    objective = Objective(model, spec, cfg.next_weight, cfg.cl_weight, cfg.temperature)
+    step_fn: torch.nn.Module = objective
+    if ctx.distributed:
+        # Feature-table buffers never change: no need to broadcast them every step.
+        step_fn = DistributedDataParallel(objective, broadcast_buffers=False)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+    )
+    builder = BatchBuilder(
+        dataset,
+        click_history=model_cfg.click_history,
+        query_history=model_cfg.query_history,
+        query_tokens=model_cfg.query_tokens,
+        aux=cfg.aux if (spec.next_loss or spec.contrastive_loss) else None,
+    )
+    train_arrays = builder.split_arrays("train", with_aux=True)
+    valid_arrays = builder.split_arrays("valid", with_aux=False)
+    order_rng = np.random.default_rng(cfg.seed)
+
+    history: list[dict[str, float]] = []
+    best_auc, best_epoch, best_state, stale = -1.0, -1, copy.deepcopy(model.state_dict()), 0
+    train_seconds, trained = 0.0, 0
+    for epoch in range(cfg.epochs):
+        order = order_rng.permutation(len(train_arrays))  # identical on every process
+        if cfg.max_train_samples is not None:
+            order = order[: cfg.max_train_samples]
+        share = len(order) // ctx.world_size
+        mine = order[ctx.rank :: ctx.world_size][:share]
+        aux_rng = np.random.default_rng([cfg.seed, epoch, ctx.rank])
+        model.train()
+        started = time.perf_counter()
+        running: dict[str, float] = {}
+        bar = tqdm(
+            range(0, share, cfg.batch_size),
+            desc=f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (cfg.progress and ctx.is_main),
+            mininterval=1.0 if sys.stderr.isatty() else 30.0,  # few lines in logs
+            unit="batch",
+        )
+        for start in bar:
+            rows = mine[start : start + cfg.batch_size]
+            batch = to_tensors(builder.build(train_arrays, rows, aux_rng), ctx.device)
+            losses = step_fn(**batch)
+            optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            optimizer.step()
+            for name, value in losses.items():
+                value_f = float(value.detach())
+                running[name] = 0.98 * running.get(name, value_f) + 0.02 * value_f
+            elapsed = time.perf_counter() - started
+            bar.set_postfix(
+                loss=f"{running['total']:.4f}", samples_s=f"{(start + len(rows)) / elapsed:,.0f}"
+            )
+        epoch_seconds = time.perf_counter() - started
+        train_seconds += epoch_seconds
+        trained += share
+        valid_probs = predict(model, builder, valid_arrays, cfg.eval_batch_size, ctx.device)
+        valid_metrics, _ = split_metrics(dataset, valid_arrays, valid_probs)
+        record = {
+            "epoch": epoch + 1,
+            "valid_auc": valid_metrics["auc"],
+            "valid_logloss": valid_metrics["logloss"],
+            "train_seconds": epoch_seconds,
+            **{f"train_{k}": v for k, v in running.items()},
+        }
+        history.append(record)
+        if ctx.is_main and cfg.progress:
+            say(
+                f"[train] {cfg.model} seed {cfg.seed} epoch {epoch + 1}: valid AUC "
+                f"{valid_metrics['auc']:.4f}, loss {running.get('total', float('nan')):.4f}, "
+                f"{share / epoch_seconds:,.0f} samples/s"
+            )
+        if valid_metrics["auc"] > best_auc:
+            best_auc, best_epoch, stale = valid_metrics["auc"], epoch + 1, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+
+    model.load_state_dict(best_state)
+    valid_probs = predict(model, builder, valid_arrays, cfg.eval_batch_size, ctx.device)
+    valid_metrics, _ = split_metrics(dataset, valid_arrays, valid_probs)
+    test_arrays = builder.split_arrays("test", with_aux=False)
+    test_probs = predict(model, builder, test_arrays, cfg.eval_batch_size, ctx.device)
+    test_metrics, slices = split_metrics(dataset, test_arrays, test_probs)
+    result = TrainResult(
+        model=cfg.model,
+        seed=cfg.seed,
+        valid=valid_metrics,
+        test=test_metrics,
+        slices=slices,
+        history=history,
+        best_epoch=best_epoch,
+        train_seconds=train_seconds,
+        samples_per_second=trained * ctx.world_size / train_seconds if train_seconds else 0.0,
+    )
+    return model, model_cfg, result, ctx.is_main
+
+
+def _jsonable(value: Any) -> Any:
+    """Config/result dicts with tuples and numpy scalars made JSON-friendly."""
+    return json.loads(
+        json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v))
+    )

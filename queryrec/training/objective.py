@@ -1,0 +1,74 @@
+"""The training objective L = L_ctr + lambda_2 L_next + lambda_3 L_cl, as one module.
+
+Wrapping the whole loss in a module's forward lets DistributedDataParallel see every
+parameter the auxiliary losses touch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from queryrec.losses import contrastive_loss, ctr_loss, next_item_loss
+from queryrec.models.ctr_model import CTRModel
+from queryrec.models.registry import ModelSpec
+
+
+class Objective(nn.Module):
+    """Loss terms of one model; which terms run follows its ModelSpec and the weights."""
+
+    def __init__(
+        self,
+        model: CTRModel,
+        spec: ModelSpec,
+        next_weight: float,
+        cl_weight: float,
+        temperature: float,
+    ):
+        super().__init__()
+        self.model = model
+        self.next_weight = next_weight if spec.next_loss else 0.0
+        self.cl_weight = cl_weight if spec.contrastive_loss else 0.0
+        self.temperature = temperature
+
+    def forward(
+        self,
+        user: Tensor,
+        item: Tensor,
+        hour: Tensor,
+        click_history: Tensor,
+        query_history: Tensor,
+        label: Tensor,
+        next_positive: Tensor | None = None,
+        next_negative: Tensor | None = None,
+        cl_positive: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        logits, query = self.model.forward_with_query(
+            user, item, hour, click_history, query_history
+        )
+        losses = {"L_ctr": ctr_loss(logits, label)}
+        total = losses["L_ctr"]
+        if self.next_weight > 0 and query is not None and next_positive is not None:
+            assert next_negative is not None
+            losses["L_next"] = next_item_loss(
+                query,
+                self.model.items(next_positive),
+                next_positive > 0,
+                self.model.items(next_negative),
+                next_negative > 0,
+            )
+            total = total + self.next_weight * losses["L_next"]
+        if self.cl_weight > 0 and cl_positive is not None and self.model.query_vector is not None:
+            last_query = self.model.query_vector(query_history[:, -1])  # (B, d): e_{q^t}
+            losses["L_cl"] = contrastive_loss(
+                last_query, self.model.items(cl_positive), cl_positive, self.temperature
+            )
+            total = total + self.cl_weight * losses["L_cl"]
+        losses["total"] = total
+        return losses
+
+
+def to_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, Tensor]:
+    """numpy batch -> tensors on `device` (dtypes kept: labels float32, ids int64)."""
+    return {key: torch.from_numpy(value).to(device) for key, value in batch.items()}

@@ -1,0 +1,61 @@
+"""`queryrec bench` on tiny data: results.json schema, RESULTS.md and plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from queryrec.cli.main import DEFAULT_MODELS, main
+from queryrec.models.registry import DEFAULT_BENCH_MODELS
+
+
+def test_cli_default_models_match_the_registry() -> None:
+    assert DEFAULT_MODELS == DEFAULT_BENCH_MODELS
+
+
+def test_bench_writes_results(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench"
+    code = main(
+        [
+            "bench",
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(out),
+            "--models",
+            "din,queryrec",
+            "--seeds",
+            "2",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["models"]) == {"din", "queryrec"}
+    for model in results["models"].values():
+        for key in (
+            "auc_mean",
+            "auc_std",
+            "gauc_mean",
+            "logloss_mean",
+            "seeds",
+            "train_seconds_mean",
+        ):
+            assert key in model
+        assert model["seeds"] == 2
+    assert set(results["slices"]["no_click_recent_queries"]) == {"din", "queryrec"}
+    table = (out / "RESULTS.md").read_text()
+    assert "| queryrec |" in table and "Imp % vs DIN" in table
+    assert (out / "valid_auc_per_epoch.png").stat().st_size > 0
+    assert (out / "test_auc_per_model.png").stat().st_size > 0
+    assert "| din |" in capsys.readouterr().out
+    assert (
+        main(["bench", "--data", str(tiny_data), "--out", str(out), "--models", "din,bogus"]) == 2
+    )

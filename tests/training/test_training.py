@@ -1,0 +1,119 @@
+"""The training loop on tiny data: every model runs, QueryRec learns, checkpoints reload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from queryrec.cli.main import main
+from queryrec.errors import SchemaMismatchError
+from queryrec.features.dataset import PreparedDataset
+from queryrec.models.registry import MODELS
+from queryrec.training.batches import BatchBuilder
+from queryrec.training.checkpoint import load_checkpoint
+from queryrec.training.config import TrainConfig
+from queryrec.training.loop import predict, train
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_data: Path) -> PreparedDataset:
+    return PreparedDataset(tiny_data)
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_one_epoch_per_model(model: str, dataset: PreparedDataset, tmp_path: Path) -> None:
+    result = train(
+        dataset.root,
+        tmp_path / model,
+        TrainConfig(model=model, epochs=1, batch_size=512, progress=False),
+        dataset=dataset,
+    )
+    assert 0.0 <= result.test["auc"] <= 1.0
+    assert result.history[0]["train_L_ctr"] > 0
+    if MODELS[model].next_loss:
+        assert "train_L_next" in result.history[0]
+    if MODELS[model].contrastive_loss:
+        assert "train_L_cl" in result.history[0]
+    assert (tmp_path / model / "checkpoint.pt").is_file()
+
+
+def test_queryrec_learns_the_planted_signal(dataset: PreparedDataset, tmp_path: Path) -> None:
+    cfg = TrainConfig(model="queryrec", epochs=3, batch_size=256, progress=False)
+    result = train(dataset.root, tmp_path / "run", cfg, dataset=dataset)
+    assert result.test["auc"] > 0.6
+
+
+def test_same_seed_same_weights(dataset: PreparedDataset, tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        model="queryrec", epochs=1, batch_size=512, progress=False, max_train_samples=2048
+    )
+    first = train(dataset.root, tmp_path / "a", cfg, dataset=dataset)
+    second = train(dataset.root, tmp_path / "b", cfg, dataset=dataset)
+    assert first.test["auc"] == second.test["auc"]
+
+
+def test_checkpoint_round_trip(dataset: PreparedDataset, tmp_path: Path) -> None:
+    cfg = TrainConfig(model="queryrec-dcn", epochs=1, batch_size=512, progress=False)
+    train(dataset.root, tmp_path / "run", cfg, dataset=dataset)
+    model, payload = load_checkpoint(tmp_path / "run", dataset)
+    builder = BatchBuilder(dataset, click_history=50, query_history=20, query_tokens=8)
+    arrays = builder.split_arrays("test", with_aux=False)
+    probabilities = predict(model, builder, arrays, 1024, torch.device("cpu"))
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(arrays.label, probabilities) == pytest.approx(
+        payload["metrics"]["test"]["auc"], abs=1e-9
+    )
+    again, _ = load_checkpoint(tmp_path / "run", dataset)
+    np.testing.assert_array_equal(
+        probabilities, predict(again, builder, arrays, 1024, torch.device("cpu"))
+    )
+    # Another batch size changes float summation order only.
+    np.testing.assert_allclose(
+        probabilities, predict(again, builder, arrays, 333, torch.device("cpu")), atol=1e-6
+    )
+
+
+def test_checkpoint_refuses_another_dataset(
+    dataset: PreparedDataset, tmp_path: Path, tiny_raw: Path
+) -> None:
+    from queryrec.data.prepare import PrepareConfig, run_prepare
+
+    train(
+        dataset.root,
+        tmp_path / "run",
+        TrainConfig(model="din", epochs=1, progress=False),
+        dataset=dataset,
+    )
+    other = tmp_path / "other"
+    run_prepare(tiny_raw, other, PrepareConfig(valid_fraction=0.2))
+    with pytest.raises(SchemaMismatchError, match="trained on dataset"):
+        load_checkpoint(tmp_path / "run", PreparedDataset(other))
+
+
+def test_train_cli(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "train",
+            "--data",
+            str(tiny_data),
+            "--model",
+            "din",
+            "--out",
+            str(tmp_path / "r"),
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    assert "din seed 0: test AUC" in capsys.readouterr().out
+    assert (
+        main(["train", "--data", str(tiny_data), "--model", "nope", "--out", str(tmp_path / "x")])
+        == 2
+    )
+    assert "unknown model 'nope'" in capsys.readouterr().err
