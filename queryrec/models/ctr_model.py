@@ -52,7 +52,7 @@ class CTRModel(nn.Module):
             self.query_vector = QueryVector(self.words, cfg.project_query_vector)
             self.sas = SASEncoder(cfg)
         n_fields = 3 + len(v.profile)  # user, hour, candidate caption, profile fields
-        self.backbone = BACKBONES[backbone](cfg, n_fields, 1 if cfg.use_query else 0)
+        self.backbone = BACKBONES[backbone](cfg, n_fields, 2 if cfg.use_query else 0)
         for module in self.modules():  # small embeddings; padding rows stay zero
             if isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=0.02)
@@ -94,6 +94,11 @@ class CTRModel(nn.Module):
         candidate = self.items.base(item)  # (B, d), comparable with the history vectors
         history = self.items.base(click_history)  # (B, H, d)
         query = self.query_representation(query_history) if self.cfg.use_query else None
-        extra = [query] if query is not None else []
+        extra: list[Tensor] = []
+        if query is not None:
+            # The field itself and its product with the candidate's full item vector, whose
+            # sum is the <e_q, e_j> score L_next trains (a DIN head sees pair interactions
+            # as [h, c, h - c, h * c]; an MLP alone learns products poorly).
+            extra = [query, query * self.items(item)]
         logits = self.backbone(fields, candidate, history, click_history > 0, extra)
         return logits, query

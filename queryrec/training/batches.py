@@ -13,8 +13,10 @@ A batch is a dict of int64 arrays (padding 0):
 | `cl_positive` | (B, K) | L_cl positives of the last query (training only) |
 
 L_next window (choice): r+ and r- are the user's feed clicks / non-clicks with timestamps
-in (t, t + `next_window_hours`]; strictly after t, so the impression's own batch is never
-a target. P and N items are drawn uniformly with replacement from each; 0 where empty.
+in (t, t + `next_window_hours`], cut at the end of the sample's split; strictly after t,
+so the impression's own batch is never a target, and never from a later split, so a
+training sample cannot learn validation or test labels. P and N items are drawn uniformly
+with replacement from each; 0 where empty.
 
 L_cl positives: the items clicked in the user's last search session before t (first K in
 display order). For a session without clicks, `PseudoPositives` (the diffusion job's
@@ -113,8 +115,11 @@ class BatchBuilder:
         )
         if with_aux and self.aux is not None:
             window = self._window_ms()
+            # Targets never reach past the split: a train sample near the cut would
+            # otherwise learn from validation labels through L_next.
+            horizon = self._split_end(split)
             start = self._key(arrays.user, arrays.ts)  # strictly after t: side="right"
-            stop = self._key(arrays.user, arrays.ts + window)  # up to t + window inclusive
+            stop = self._key(arrays.user, np.minimum(arrays.ts + window, horizon - 1))
             click_keys = self._key(self.ds.click_user, self.ds.click_ts)
             noclick_keys = self._key(self.noclick_user, self.noclick_ts)
             arrays.next_positive_range = (
@@ -126,6 +131,12 @@ class BatchBuilder:
                 np.searchsorted(noclick_keys, stop, side="right"),
             )
         return arrays
+
+    def _split_end(self, split: str) -> int:
+        """The first timestamp after `split` (exclusive end of its period)."""
+        cuts = self.ds.schema["split"]
+        ends = {"train": cuts["valid_start_ms"], "valid": cuts["test_start_ms"]}
+        return int(ends.get(split, np.iinfo(np.int64).max // 2))
 
     def build(
         self, arrays: SplitArrays, rows: np.ndarray, rng: np.random.Generator | None = None
