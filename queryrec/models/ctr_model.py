@@ -8,7 +8,8 @@ differ only in loss weights (`queryrec.models.registry`).
 Inputs (all int64, padding 0; see `queryrec.training.batches` for how they are built):
     user (B,), item (B,), hour (B,) Beijing hour of the impression,
     click_history (B, H) left-padded item indices, query_history (B, L, T) left-padded
-    word indices of the queries strictly before the impression.
+    word indices of the queries strictly before the impression, query_age (B, L) their age
+    buckets at the impression (0 = padding).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from queryrec.features.query_age import AGE_BUCKETS
 from queryrec.models.config import ModelConfig
 from queryrec.models.dcn import DCNBackbone
 from queryrec.models.din import DINBackbone
@@ -50,6 +52,9 @@ class CTRModel(nn.Module):
         self.sas: SASEncoder | None = None
         if cfg.use_query:
             self.query_vector = QueryVector(self.words, cfg.project_query_vector)
+            # How long ago each query was issued: an intent fades, and order alone (the
+            # SAS positions) does not say whether the last query is minutes or days old.
+            self.query_age = nn.Embedding(AGE_BUCKETS, d, padding_idx=0)
             self.sas = SASEncoder(cfg)
         n_fields = 3 + len(v.profile)  # user, hour, candidate caption, profile fields
         self.backbone = BACKBONES[backbone](cfg, n_fields, 2 if cfg.use_query else 0)
@@ -60,10 +65,10 @@ class CTRModel(nn.Module):
                     with torch.no_grad():
                         module.weight[module.padding_idx].zero_()
 
-    def query_representation(self, query_history: Tensor) -> Tensor:
-        """query_history (B, L, T) -> e_{q_u^t} (B, d)."""
+    def query_representation(self, query_history: Tensor, query_age: Tensor) -> Tensor:
+        """query_history (B, L, T), query_age (B, L) -> e_{q_u^t} (B, d)."""
         assert self.query_vector is not None and self.sas is not None
-        vectors = self.query_vector(query_history)  # (B, L, d)
+        vectors = self.query_vector(query_history) + self.query_age(query_age)  # (B, L, d)
         valid = (query_history > 0).any(dim=-1)  # (B, L): a query with at least one word
         return self.sas(vectors, valid)
 
@@ -74,9 +79,12 @@ class CTRModel(nn.Module):
         hour: Tensor,
         click_history: Tensor,
         query_history: Tensor,
+        query_age: Tensor,
     ) -> Tensor:
         """-> logits (B,); sigmoid gives P(click)."""
-        logits, _ = self.forward_with_query(user, item, hour, click_history, query_history)
+        logits, _ = self.forward_with_query(
+            user, item, hour, click_history, query_history, query_age
+        )
         return logits
 
     def forward_with_query(
@@ -86,6 +94,7 @@ class CTRModel(nn.Module):
         hour: Tensor,
         click_history: Tensor,
         query_history: Tensor,
+        query_age: Tensor,
     ) -> tuple[Tensor, Tensor | None]:
         """Logits (B,) and the query representation (B, d) (None without the query tower)."""
         profile = self.user_profile[user]  # (B, P)
@@ -93,7 +102,7 @@ class CTRModel(nn.Module):
         fields += [table(profile[:, i]) for i, table in enumerate(self.profile)]
         candidate = self.items.base(item)  # (B, d), comparable with the history vectors
         history = self.items.base(click_history)  # (B, H, d)
-        query = self.query_representation(query_history) if self.cfg.use_query else None
+        query = self.query_representation(query_history, query_age) if self.cfg.use_query else None
         extra: list[Tensor] = []
         if query is not None:
             # The field itself and its product with the candidate's full item vector, whose

@@ -8,6 +8,7 @@ A batch is a dict of int64 arrays (padding 0):
 | `hour` | (B,) | Beijing hour of the impression (context field) |
 | `click_history` | (B, H) | last H feed clicks before t, left-padded |
 | `query_history` | (B, L, T) | last L queries before t (T words each), left-padded |
+| `query_age` | (B, L) | age bucket of each query at t: 1 + floor(log2(1 + hours)), capped (`queryrec.features.query_age`); 0 = padding |
 | `label` | (B,) | click 0/1 |
 | `next_positive`, `next_negative` | (B, P), (B, N) | L_next samples (training only) |
 | `cl_positive` | (B, K) | L_cl positives of the last query (training only) |
@@ -31,6 +32,7 @@ import numpy as np
 
 from queryrec.data.kuaisar import BEIJING_OFFSET_MS
 from queryrec.features.dataset import PreparedDataset
+from queryrec.features.query_age import query_age_buckets
 
 HOUR_MS = 3_600_000
 
@@ -153,6 +155,7 @@ class BatchBuilder:
             "hour": ((ts + BEIJING_OFFSET_MS) // HOUR_MS % 24).astype(np.int64),
             "click_history": clicks.items.astype(np.int64),
             "query_history": queries.tokens.astype(np.int64),
+            "query_age": query_age_buckets(ts, queries.ts, queries.session >= 0),
             "label": arrays.label[rows],
         }
         if rng is not None and self.aux is not None and arrays.next_positive_range is not None:

@@ -73,6 +73,7 @@ def predict(
                 batch["hour"],
                 batch["click_history"],
                 batch["query_history"],
+                batch["query_age"],
             )
             out[rows] = torch.sigmoid(logits).float().cpu().numpy()
     return out

@@ -39,13 +39,14 @@ class Objective(nn.Module):
         hour: Tensor,
         click_history: Tensor,
         query_history: Tensor,
+        query_age: Tensor,
         label: Tensor,
         next_positive: Tensor | None = None,
         next_negative: Tensor | None = None,
         cl_positive: Tensor | None = None,
     ) -> dict[str, Tensor]:
         logits, query = self.model.forward_with_query(
-            user, item, hour, click_history, query_history
+            user, item, hour, click_history, query_history, query_age
         )
         losses = {"L_ctr": ctr_loss(logits, label)}
         total = losses["L_ctr"]

@@ -123,7 +123,13 @@ def test_next_item_targets_never_cross_the_split(dataset: PreparedDataset) -> No
     """L_next targets of training samples come from the training period only."""
     from queryrec.training.batches import AuxiliaryConfig
 
-    builder = BatchBuilder(dataset, click_history=50, query_history=20, query_tokens=8, aux=AuxiliaryConfig(next_window_hours=1e4))
+    builder = BatchBuilder(
+        dataset,
+        click_history=50,
+        query_history=20,
+        query_tokens=8,
+        aux=AuxiliaryConfig(next_window_hours=1e4),
+    )
     arrays = builder.split_arrays("train", with_aux=True)
     valid_start = dataset.schema["split"]["valid_start_ms"]
     assert arrays.next_positive_range is not None and arrays.next_negative_range is not None
@@ -133,6 +139,8 @@ def test_next_item_targets_never_cross_the_split(dataset: PreparedDataset) -> No
             assert dataset.click_ts[stop - 1] < valid_start
             assert dataset.click_ts[start] > ts and (dataset.click_user[start:stop] == user).all()
     lo, hi = arrays.next_negative_range
-    assert all(builder.noclick_ts[b - 1] < valid_start for a, b in zip(lo, hi, strict=True) if b > a)
+    assert all(
+        builder.noclick_ts[b - 1] < valid_start for a, b in zip(lo, hi, strict=True) if b > a
+    )
     # Without the cut, a window this long would reach into validation for some samples.
     assert (hi > lo).any()
