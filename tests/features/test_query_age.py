@@ -17,5 +17,7 @@ def test_bucket_edges() -> None:
 
 
 def test_padding_is_zero() -> None:
-    out = query_age_buckets(np.array([5, 5]), np.array([[0, 4], [0, 0]]), np.array([[False, True], [False, False]]))
+    out = query_age_buckets(
+        np.array([5, 5]), np.array([[0, 4], [0, 0]]), np.array([[False, True], [False, False]])
+    )
     assert out.tolist() == [[0, 1], [0, 0]]
