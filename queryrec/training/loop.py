@@ -179,7 +179,9 @@ def fit(
                 running[name] = 0.98 * running.get(name, value_f) + 0.02 * value_f
             elapsed = time.perf_counter() - started
             bar.set_postfix(
-                loss=f"{running['total']:.4f}", samples_s=f"{(start + len(rows)) / elapsed:,.0f}"
+                loss=f"{running['total']:.4f}",
+                samples_s=f"{(start + len(rows)) / elapsed:,.0f}",
+                refresh=False,
             )
         epoch_seconds = time.perf_counter() - started
         train_seconds += epoch_seconds
