@@ -141,13 +141,3 @@ class CrossNetV2(nn.Module):
         for layer in self.layers:
             x = x0 * layer(x) + x
         return x
-
-
-def item_side_tensors(frame_columns: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Pack the item feature columns the ItemTower needs (helper for tests and loaders)."""
-    return {
-        "author": frame_columns["author"],
-        "item_type": frame_columns["item_type"],
-        "categories": torch.stack([frame_columns[f"category_{i}"] for i in range(1, 5)], dim=1),
-        "caption": frame_columns["caption"],
-    }
