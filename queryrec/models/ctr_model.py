@@ -14,6 +14,8 @@ Inputs (all int64, padding 0; see `queryrec.training.batches` for how they are b
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
 
@@ -82,10 +84,9 @@ class CTRModel(nn.Module):
         query_age: Tensor,
     ) -> Tensor:
         """-> logits (B,); sigmoid gives P(click)."""
-        logits, _ = self.forward_with_query(
+        return self.forward_with_query(
             user, item, hour, click_history, query_history, query_age
-        )
-        return logits
+        ).logits
 
     def forward_with_query(
         self,
@@ -95,19 +96,32 @@ class CTRModel(nn.Module):
         click_history: Tensor,
         query_history: Tensor,
         query_age: Tensor,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Logits (B,) and the query representation (B, d) (None without the query tower)."""
+        aux_items: Tensor | None = None,
+    ) -> CTROutput:
+        """Logits, the query representation and the full vectors of `aux_items` (B, A)
+        (items the auxiliary losses score; computed in the same pass as the model's own)."""
         profile = self.user_profile[user]  # (B, P)
-        fields = [self.user(user), self.hour(hour), self.items.caption(item)]
+        aux = aux_items if aux_items is not None else item.new_zeros((item.shape[0], 0))
+        full_ids = torch.cat([item.unsqueeze(1), aux], dim=1)  # (B, 1 + A)
+        base, caption, history = self.items.lookup(full_ids, click_history)
+        full = base + caption  # (B, 1 + A, d) full item vectors
+        candidate = base[:, 0]  # (B, d), comparable with the history vectors (B, H, d)
+        fields = [self.user(user), self.hour(hour), caption[:, 0]]
         fields += [table(profile[:, i]) for i, table in enumerate(self.profile)]
-        candidate = self.items.base(item)  # (B, d), comparable with the history vectors
-        history = self.items.base(click_history)  # (B, H, d)
         query = self.query_representation(query_history, query_age) if self.cfg.use_query else None
         extra: list[Tensor] = []
         if query is not None:
             # The field itself and its product with the candidate's full item vector, whose
             # sum is the <e_q, e_j> score L_next trains (a DIN head sees pair interactions
             # as [h, c, h - c, h * c]; an MLP alone learns products poorly).
-            extra = [query, query * self.items(item)]
+            extra = [query, query * full[:, 0]]
         logits = self.backbone(fields, candidate, history, click_history > 0, extra)
-        return logits, query
+        return CTROutput(logits, query, full[:, 1:] if aux_items is not None else None)
+
+
+class CTROutput(NamedTuple):
+    """What one forward pass gives the training objective."""
+
+    logits: Tensor  # (B,)
+    query: Tensor | None  # (B, d) e_{q_u^t}; None without the query tower
+    aux_items: Tensor | None  # (B, A, d) full vectors of the requested auxiliary items

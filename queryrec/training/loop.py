@@ -1,11 +1,11 @@
 """The one training loop for every model.
 
 Seeded (numpy and torch from `TrainConfig.seed`; the same seed gives the same weights),
-mini-batch Adam, a progress bar with running loss and throughput, validation AUC after
-every epoch, early stopping on it (the best epoch's weights are kept), then test metrics
-and a checkpoint. Under `torchrun` with WORLD_SIZE > 1 it runs as DDP: every process
-draws the same shuffled order and takes an equal, disjoint share of each epoch, so the
-processes stay in lock-step and end with identical weights.
+mini-batch Adam over batches bucketed by query-history length (`batch_order`), a
+progress bar with running loss and throughput, validation AUC after every epoch, early
+stopping on it (the best epoch's weights are kept), then test metrics and a checkpoint. Under `torchrun` with WORLD_SIZE > 1 it runs as DDP: every process
+draws the same batches and takes an equal, disjoint share of each one, so the processes
+stay in lock-step and end with identical weights.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from queryrec.models.config import ModelConfig
 from queryrec.models.ctr_model import CTRModel
 from queryrec.models.registry import build_model, model_config, model_spec
 from queryrec.progress import say
+from queryrec.training.batch_order import bucketed_batches, split_for_ranks
 from queryrec.training.batches import BatchBuilder, SplitArrays
 from queryrec.training.checkpoint import save_checkpoint
 from queryrec.training.config import TrainConfig
@@ -63,9 +64,10 @@ def predict(
     """P(click) for every sample of a split, in order."""
     model.eval()
     out = np.empty(len(arrays), dtype=np.float32)
+    by_length = np.argsort(arrays.query_count, kind="stable")  # short histories together
     with torch.no_grad():
         for start in range(0, len(arrays), batch_size):
-            rows = np.arange(start, min(start + batch_size, len(arrays)))
+            rows = by_length[start : start + batch_size]
             batch = to_tensors(builder.build(arrays, rows), device)
             logits = model(
                 batch["user"],
@@ -154,21 +156,27 @@ def fit(
         order = order_rng.permutation(len(train_arrays))  # identical on every process
         if cfg.max_train_samples is not None:
             order = order[: cfg.max_train_samples]
-        share = len(order) // ctx.world_size
-        mine = order[ctx.rank :: ctx.world_size][:share]
+        batches = split_for_ranks(
+            bucketed_batches(
+                order, train_arrays.query_count, cfg.batch_size * ctx.world_size, order_rng
+            ),
+            ctx.rank,
+            ctx.world_size,
+        )
+        share = sum(len(rows) for rows in batches)
         aux_rng = np.random.default_rng([cfg.seed, epoch, ctx.rank])
         model.train()
         started = time.perf_counter()
         running: dict[str, float] = {}
         bar = tqdm(
-            range(0, share, cfg.batch_size),
+            batches,
             desc=f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}",
             disable=not (cfg.progress and ctx.is_main),
             mininterval=1.0 if sys.stderr.isatty() else 30.0,  # few lines in logs
             unit="batch",
         )
-        for start in bar:
-            rows = mine[start : start + cfg.batch_size]
+        done = 0
+        for rows in bar:
             batch = to_tensors(builder.build(train_arrays, rows, aux_rng), ctx.device)
             losses = step_fn(**batch)
             optimizer.zero_grad(set_to_none=True)
@@ -177,10 +185,11 @@ def fit(
             for name, value in losses.items():
                 value_f = float(value.detach())
                 running[name] = 0.98 * running.get(name, value_f) + 0.02 * value_f
+            done += len(rows)
             elapsed = time.perf_counter() - started
             bar.set_postfix(
                 loss=f"{running['total']:.4f}",
-                samples_s=f"{(start + len(rows)) / elapsed:,.0f}",
+                samples_s=f"{done / elapsed:,.0f}",
                 refresh=False,
             )
         epoch_seconds = time.perf_counter() - started

@@ -45,26 +45,44 @@ class Objective(nn.Module):
         next_negative: Tensor | None = None,
         cl_positive: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        logits, query = self.model.forward_with_query(
-            user, item, hour, click_history, query_history, query_age
+        has_query = self.model.cfg.use_query
+        use_next = self.next_weight > 0 and has_query and next_positive is not None
+        use_cl = self.cl_weight > 0 and has_query and cl_positive is not None
+        # Items the auxiliary losses score, looked up in the model's own pass:
+        # [r+ (P) | r- (N) | L_cl positives (K)] -> (B, P + N + K).
+        aux_ids: list[Tensor] = []
+        if use_next:
+            assert next_positive is not None and next_negative is not None
+            aux_ids += [next_positive, next_negative]
+        if use_cl:
+            assert cl_positive is not None
+            aux_ids.append(cl_positive)
+        out = self.model.forward_with_query(
+            user,
+            item,
+            hour,
+            click_history,
+            query_history,
+            query_age,
+            torch.cat(aux_ids, dim=1) if aux_ids else None,
         )
-        losses = {"L_ctr": ctr_loss(logits, label)}
+        losses = {"L_ctr": ctr_loss(out.logits, label)}
         total = losses["L_ctr"]
-        if self.next_weight > 0 and query is not None and next_positive is not None:
-            assert next_negative is not None
+        aux = out.aux_items  # (B, P + N + K, d)
+        if use_next:
+            assert next_positive is not None and next_negative is not None
+            assert out.query is not None and aux is not None
+            p, n = next_positive.shape[1], next_negative.shape[1]
             losses["L_next"] = next_item_loss(
-                query,
-                self.model.items(next_positive),
-                next_positive > 0,
-                self.model.items(next_negative),
-                next_negative > 0,
+                out.query, aux[:, :p], next_positive > 0, aux[:, p : p + n], next_negative > 0
             )
             total = total + self.next_weight * losses["L_next"]
-        if self.cl_weight > 0 and cl_positive is not None and self.model.query_vector is not None:
+            aux = aux[:, p + n :]
+        if use_cl:
+            assert cl_positive is not None and aux is not None
+            assert self.model.query_vector is not None
             last_query = self.model.query_vector(query_history[:, -1])  # (B, d): e_{q^t}
-            losses["L_cl"] = contrastive_loss(
-                last_query, self.model.items(cl_positive), cl_positive, self.temperature
-            )
+            losses["L_cl"] = contrastive_loss(last_query, aux, cl_positive, self.temperature)
             total = total + self.cl_weight * losses["L_cl"]
         losses["total"] = total
         return losses

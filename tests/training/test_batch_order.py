@@ -1,0 +1,61 @@
+"""Length-bucketed batches, and the cut of empty query columns that makes them pay off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from queryrec.features.dataset import PreparedDataset
+from queryrec.models.registry import build_model, model_config
+from queryrec.training.batch_order import bucketed_batches, split_for_ranks
+from queryrec.training.batches import BatchBuilder
+from queryrec.training.objective import to_tensors
+
+
+def test_every_sample_once_and_batches_bucketed() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 21, size=10_000)
+    order = rng.permutation(10_000)[:9_500]
+    batches = bucketed_batches(order, lengths, 100, np.random.default_rng(1), chunk_batches=10)
+    np.testing.assert_array_equal(np.sort(np.concatenate(batches)), np.sort(order))
+    assert max(len(b) for b in batches) == 100
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    assert spread < 3  # a uniformly shuffled batch of 100 spans nearly all of 0..20
+    again = bucketed_batches(order, lengths, 100, np.random.default_rng(1), chunk_batches=10)
+    assert all((a == b).all() for a, b in zip(batches, again, strict=True))
+
+
+def test_ranks_get_equal_disjoint_shares() -> None:
+    batches = [np.arange(10), np.arange(10, 17), np.arange(17, 18)]
+    shares = [split_for_ranks(batches, rank, 2) for rank in range(2)]
+    assert [len(b) for b in shares[0]] == [len(b) for b in shares[1]] == [5, 3]
+    together = np.concatenate([np.concatenate(s) for s in shares])
+    assert len(np.unique(together)) == len(together)
+
+
+def test_cutting_empty_query_columns_changes_no_output(tiny_data: Path) -> None:
+    dataset = PreparedDataset(tiny_data)
+    cfg = model_config("queryrec", dataset.schema)
+    torch.manual_seed(0)
+    model = build_model("queryrec", dataset, cfg).eval()
+    builder = BatchBuilder(dataset, click_history=50, query_history=20, query_tokens=8)
+    arrays = builder.split_arrays("test", with_aux=False)
+    rows = np.argsort(arrays.query_count)[:300]  # short histories: most columns empty
+    batch = to_tensors(builder.build(arrays, rows), torch.device("cpu"))
+    cut = batch["query_history"].shape[1]
+    assert 1 <= cut < 20
+    pad = 20 - cut
+    full_tokens = torch.nn.functional.pad(batch["query_history"], (0, 0, pad, 0))
+    full_age = torch.nn.functional.pad(batch["query_age"], (pad, 0))
+    with torch.no_grad():
+        short = model(
+            *(batch[k] for k in ("user", "item", "hour", "click_history")),
+            batch["query_history"],
+            batch["query_age"],
+        )
+        full = model(
+            *(batch[k] for k in ("user", "item", "hour", "click_history")), full_tokens, full_age
+        )
+    torch.testing.assert_close(short, full, atol=1e-6, rtol=0)
