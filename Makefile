@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,train
+EXTRAS ?= dev,train,export
 
 .PHONY: install demo test lint typecheck check bench-prepare clean
 

@@ -112,6 +112,30 @@ def bench_command(
     del results
 
 
+@app.command("export")
+def export_command(
+    run: Annotated[Path, typer.Option("--run", help="Run folder from 'queryrec train'.")],
+    out: Annotated[Path, typer.Option("--out", help="Bundle folder to write.")],
+    quantize: Annotated[
+        str, typer.Option("--quantize", help="none | int8 (dynamic INT8 CTR graph).")
+    ] = "none",
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Dataset folder, if not the one the run recorded."),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace a non-empty --out; accept an INT8 AUC drop."),
+    ] = False,
+) -> None:
+    """Export a trained model to ONNX (parity-checked) and write the versioned bundle."""
+    from export.bundle import ExportOptions, export_bundle, manifest_summary
+
+    options = ExportOptions(quantize=quantize, force=force, replace=force, data_dir=data)
+    manifest = export_bundle(run, out, options)
+    print(manifest_summary(manifest, out))
+
+
 @app.command("demo")
 def demo(
     workdir: Annotated[Path, typer.Option("--workdir", help="Folder for all demo outputs.")] = Path(

@@ -26,8 +26,15 @@ class DCNBackbone(nn.Module):
         history: Tensor,
         history_mask: Tensor,
         extra: list[Tensor],
+        pair_user: Tensor | None = None,
     ) -> Tensor:
-        """fields: (B, d) each; candidate (B, d); history (B, H, d); mask (B, H) -> (B,)."""
-        pooled = masked_mean(history, history_mask)  # (B, d)
+        """fields: (B, d) each; candidate (B, d); history (U, H, d); mask (U, H) -> (B,).
+
+        U = B (row i's history) unless `pair_user` (B,) says which history row each
+        candidate uses (the serving layout, `export.graphs.CTRGraph`).
+        """
+        pooled = masked_mean(history, history_mask)  # (U, d)
+        if pair_user is not None:
+            pooled = pooled[pair_user]  # (B, d)
         x0 = torch.cat([*fields, candidate, pooled, *extra], dim=-1)
         return self.out(torch.cat([self.cross(x0), self.deep(x0)], dim=-1)).squeeze(-1)

@@ -25,8 +25,13 @@ class DINBackbone(nn.Module):
         history: Tensor,
         history_mask: Tensor,
         extra: list[Tensor],
+        pair_user: Tensor | None = None,
     ) -> Tensor:
-        """fields: (B, d) each; candidate (B, d); history (B, H, d); mask (B, H) -> (B,)."""
-        interest = self.attention(candidate, history, history_mask)  # (B, d)
+        """fields: (B, d) each; candidate (B, d); history (U, H, d); mask (U, H) -> (B,).
+
+        U = B (row i's history) unless `pair_user` (B,) says which history row each
+        candidate uses (the serving layout, `export.graphs.CTRGraph`).
+        """
+        interest = self.attention(candidate, history, history_mask, pair_user)  # (B, d)
         x = torch.cat([*fields, candidate, interest, *extra], dim=-1)
         return self.head(x).squeeze(-1)

@@ -130,10 +130,19 @@ class TargetAttention(nn.Module):
         self.act = nn.PReLU(hidden[0])
         self.rest = MLP(hidden[0], hidden[1:], dropout, out_dim=1)
 
-    def forward(self, candidate: Tensor, history: Tensor, mask: Tensor) -> Tensor:
-        """candidate (B, d), history (B, H, d), mask (B, H) -> pooled interest (B, d)."""
+    def forward(
+        self, candidate: Tensor, history: Tensor, mask: Tensor, pair_user: Tensor | None = None
+    ) -> Tensor:
+        """candidate (B, d), history (U, H, d), mask (U, H) -> pooled interest (B, d).
+
+        Without `pair_user`, U = B and candidate i goes with history row i. With it (the
+        serving layout), candidate i goes with history row pair_user[i] (B,), and the
+        history part of the unit is computed once per row, not once per candidate.
+        """
         w_h, w_c, w_d, w_p = torch.split(self.first.weight, self.dim, dim=1)  # each (A, d)
-        hist_part = history @ (w_h + w_d).t()  # (B, H, A)
+        hist_part = history @ (w_h + w_d).t()  # (U, H, A)
+        if pair_user is not None:
+            hist_part, history, mask = hist_part[pair_user], history[pair_user], mask[pair_user]
         cand_part = candidate @ (w_c - w_d).t() + self.first.bias  # (B, A)
         pair_part = (history * candidate.unsqueeze(1)) @ w_p.t()  # (B, H, A)
         hidden = self.act((hist_part + cand_part.unsqueeze(1) + pair_part).transpose(1, 2))

@@ -89,7 +89,8 @@ class SASEncoder(nn.Module):
     def encode_positions(self, query_vectors: Tensor, valid: Tensor) -> Tensor:
         """The output at every position (B, L, d); position i depends on queries <= i only."""
         length = query_vectors.shape[1]
-        from_end = torch.arange(length - 1, -1, -1, device=query_vectors.device)  # (L,)
+        # (L,) L-1 .. 0; written without a negative-step arange, which ONNX export mangles.
+        from_end = (length - 1) - torch.arange(length, device=query_vectors.device)
         x = self.dropout(query_vectors + self.positions(from_end))  # (B, L, d)
         x = x * valid.unsqueeze(-1).to(x.dtype)
         causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()  # (L, L)

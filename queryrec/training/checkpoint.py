@@ -30,6 +30,7 @@ def save_checkpoint(
     train_cfg: dict[str, Any],
     schema_hash: str,
     metrics: dict[str, Any],
+    data_dir: Path | None = None,
 ) -> Path:
     path = Path(run_dir) / CHECKPOINT_FILE
     state = model.state_dict()  # parameters only: feature tables are non-persistent buffers
@@ -40,6 +41,7 @@ def save_checkpoint(
             "model_config": dataclasses.asdict(model_cfg),
             "train_config": train_cfg,
             "schema_hash": schema_hash,
+            "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else None,
             "metrics": metrics,
             "state_dict": state,
         },
@@ -48,18 +50,27 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(run_dir: Path, dataset: PreparedDataset) -> tuple[CTRModel, dict[str, Any]]:
-    """Rebuild the model of a run; refuse a dataset whose schema hash differs."""
+def read_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """The checkpoint payload of a run folder (configs, metrics, weights), format-checked."""
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.is_file():
         raise QueryRecError(
             f"{path}: no checkpoint (is this a folder written by 'queryrec train'?)"
         )
-    payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise QueryRecError(
-            f"{path}: checkpoint format {payload.get('format')!r} is not {CHECKPOINT_FORMAT}"
-        )
+    try:
+        payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a truncated or foreign file: say which, not how
+        raise QueryRecError(f"{path}: not a readable checkpoint ({error})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise QueryRecError(f"{path}: checkpoint format {found!r} is not {CHECKPOINT_FORMAT}")
+    return payload
+
+
+def load_checkpoint(run_dir: Path, dataset: PreparedDataset) -> tuple[CTRModel, dict[str, Any]]:
+    """Rebuild the model of a run; refuse a dataset whose schema hash differs."""
+    path = Path(run_dir) / CHECKPOINT_FILE
+    payload = read_checkpoint(run_dir)
     if payload["schema_hash"] != dataset.content_hash:
         raise SchemaMismatchError(
             f"{path}: trained on dataset {payload['schema_hash'][:12]}, "

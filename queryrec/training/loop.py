@@ -113,6 +113,7 @@ def train(
             _jsonable(dataclasses.asdict(cfg)),
             dataset.content_hash,
             metrics,
+            data_dir=dataset.root,
         )
         (run_dir / "metrics.json").write_text(
             json.dumps(_jsonable(dataclasses.asdict(result)), indent=2) + "\n"

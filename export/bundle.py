@@ -1,0 +1,207 @@
+"""`queryrec export`: a training run -> a verified, versioned model bundle.
+
+Steps: read the checkpoint and its dataset (the run records where it is; `--data`
+overrides), check the dataset's schema hash, export both graphs (`onnx_export`), run the
+parity check (`parity`), optionally quantize the CTR graph to INT8 with an AUC guard
+(`quantize`), copy the torch-free artifacts, write `manifest.json` with every file's
+sha256, and move the finished folder into place. Nothing is left at the output path if
+any step fails. The bundle layout is `service.bundle`'s docstring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+import torch
+
+from export.graphs import CTRGraph, QueryEncoderGraph
+from export.onnx_export import OPSET, GraphSpec, export_ctr, export_encoder
+from export.parity import check_parity
+from export.quantize import MAX_AUC_DROP, quantize_with_guard
+from queryrec.errors import OutputExistsError, QueryRecError
+from queryrec.features.dataset import PreparedDataset
+from queryrec.progress import say
+from queryrec.training.checkpoint import load_checkpoint, read_checkpoint
+from service.bundle import (
+    ARTIFACTS,
+    CTR_FILE,
+    ENCODER_FILE,
+    FORMAT_VERSION,
+    MANIFEST,
+    read_manifest,
+    session_options,
+    sha256_file,
+)
+
+# How `ctr.onnx` takes many requests at once (also written into the manifest).
+CTR_LAYOUT = (
+    "Flat pairs: one row per user in the user-level inputs (query_repr, user, hour, "
+    "profile, click_history; U rows) and one entry per candidate in pair_user and item "
+    "(N pairs). pair_user[i] is the user row (0..U-1) of candidate item[i]; probability[i] "
+    "is P(click) for pair i. Requests with different candidate counts batch together by "
+    "appending their user row and their pairs; nothing is padded to the largest request."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+    quantize: str = "none"  # none | int8
+    force: bool = False  # accept an INT8 AUC drop above the guard
+    replace: bool = False  # replace a non-empty output folder
+    data_dir: Path | None = None  # the dataset, if not the one the run recorded
+    max_auc_drop: float = MAX_AUC_DROP  # INT8 guard on test AUC
+
+    def __post_init__(self) -> None:
+        if self.quantize not in ("none", "int8"):
+            raise QueryRecError(f"--quantize must be none or int8, not '{self.quantize}'")
+
+
+def export_bundle(run_dir: Path, out_dir: Path, options: ExportOptions) -> dict[str, Any]:
+    """Write the bundle of `run_dir` to `out_dir`; return its manifest."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not options.replace:
+        raise OutputExistsError(f"{out_dir}: exists and is not empty (pass --force to replace it)")
+    payload = read_checkpoint(run_dir)
+    data_dir = options.data_dir or (Path(payload["data_dir"]) if payload.get("data_dir") else None)
+    if data_dir is None:
+        raise QueryRecError(f"{run_dir}: the checkpoint does not record its dataset; pass --data")
+    dataset = PreparedDataset(data_dir)
+    model, payload = load_checkpoint(run_dir, dataset)
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        manifest = _build(model, payload, dataset, work, options)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        work.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    read_manifest(out_dir)  # the reader accepts what the writer wrote
+    return manifest
+
+
+def _build(
+    model: Any,
+    payload: dict[str, Any],
+    dataset: PreparedDataset,
+    work: Path,
+    options: ExportOptions,
+) -> dict[str, Any]:
+    name = payload["model_name"]
+    cfg = model.cfg
+    graphs: dict[str, tuple[str, GraphSpec]] = {}
+    if cfg.use_query:
+        say(f"[export] {name}: query encoder -> {ENCODER_FILE}")
+        graphs["query_encoder"] = (
+            ENCODER_FILE,
+            export_encoder(QueryEncoderGraph(model), work / ENCODER_FILE),
+        )
+    say(f"[export] {name}: CTR graph -> {CTR_FILE}")
+    graphs["ctr"] = (CTR_FILE, export_ctr(CTRGraph(model), work / CTR_FILE))
+
+    options_cpu = session_options(threads=1)
+    encoder = (
+        ort.InferenceSession(
+            str(work / ENCODER_FILE), options_cpu, providers=["CPUExecutionProvider"]
+        )
+        if cfg.use_query
+        else None
+    )
+    ctr = ort.InferenceSession(
+        str(work / CTR_FILE), options_cpu, providers=["CPUExecutionProvider"]
+    )
+    say(
+        "[export] parity check: ONNX Runtime vs PyTorch at encoder batches 1, 3, 37, 128 and 1-500 candidates"
+    )
+    cases = check_parity(model, encoder, ctr)
+    worst = max(c.max_abs_diff for c in cases)
+    say(f"[export] parity ok: max abs diff {worst:.2e} over {len(cases)} cases")
+
+    for artifact in ARTIFACTS:
+        target = work / artifact
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(dataset.root / artifact, target)
+
+    created = dt.datetime.now(dt.UTC)
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "model_name": name,
+        "created": created.isoformat(timespec="seconds"),
+        "dataset": {
+            "schema_hash": dataset.content_hash,
+            "path": str(dataset.root.resolve()),
+            "split": dataset.schema["split"],
+        },
+        "model_config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "vocab"},
+        "vocab_sizes": dataclasses.asdict(cfg.vocab),
+        "max_lengths": {
+            "click_history": cfg.click_history,
+            "query_history": cfg.query_history,
+            "query_tokens": cfg.query_tokens,
+        },
+        "profile_fields": list(dataset.schema["vocab_sizes"]["profile"]),
+        "graphs": {
+            key: {"file": file, "inputs": spec.inputs, "outputs": spec.outputs}
+            for key, (file, spec) in graphs.items()
+        },
+        "ctr_layout": CTR_LAYOUT,
+        "offline_metrics": payload["metrics"],
+        "exporter": {
+            "torch": torch.__version__,
+            "onnxruntime": ort.__version__,
+            "method": "torch.onnx.export(dynamo=True, optimize=True) with dynamic shapes",
+            "opset": OPSET,
+        },
+        "parity": {"tolerance": 1e-5, "max_abs_diff": worst, "cases": [c.as_dict() for c in cases]},
+        "quantization": {"mode": "none"},
+    }
+    if options.quantize == "int8":
+        manifest["quantization"] = quantize_with_guard(
+            work / CTR_FILE,
+            dataset,
+            manifest,
+            encoder,
+            force=options.force,
+            max_auc_drop=options.max_auc_drop,
+        )
+    files = sorted(
+        str(p.relative_to(work)) for p in work.rglob("*") if p.is_file() and p.name != MANIFEST
+    )
+    manifest["files"] = {f: sha256_file(work / f) for f in files}
+    stamp = created.strftime("%Y%m%d%H%M%S")
+    manifest["model_version"] = f"{name}-{stamp}-{manifest['files'][CTR_FILE][:8]}"
+    (work / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return manifest
+
+
+def manifest_summary(manifest: dict[str, Any], out_dir: Path) -> str:
+    """A few lines for the terminal: version, graphs, sizes, metrics, parity."""
+    test = manifest["offline_metrics"].get("test", {})
+    sizes = {
+        spec["file"]: (out_dir / spec["file"]).stat().st_size / 2**20
+        for spec in manifest["graphs"].values()
+    }
+    lines = [
+        f"bundle {out_dir}: model version {manifest['model_version']}",
+        f"  model {manifest['model_name']}, format {manifest['format_version']}, created {manifest['created']}",
+        "  graphs: " + ", ".join(f"{f} ({mb:.1f} MiB)" for f, mb in sizes.items()),
+        f"  offline test AUC {test.get('auc', float('nan')):.4f}, logloss {test.get('logloss', float('nan')):.4f}",
+        f"  parity: max abs diff {manifest['parity']['max_abs_diff']:.2e} (tolerance 1e-5)",
+    ]
+    quant = manifest["quantization"]
+    if quant["mode"] == "int8":
+        lines.append(
+            f"  int8 CTR graph: test AUC {quant['auc_fp32']:.4f} -> {quant['auc_int8']:.4f}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,92 @@
+"""The two serving graphs, as torch modules wrapping a trained `CTRModel`.
+
+`QueryEncoderGraph`: a batch of users' query histories -> query representations.
+`CTRGraph`: user-level rows plus a flat list of (user row, candidate item) pairs ->
+P(click) per pair. The flat layout lets the service batch the candidates of many requests
+without padding each request to the largest N: request r with N_r candidates adds one
+user row and N_r pairs pointing at it.
+
+Both compute exactly what `CTRModel.forward` computes (the parity check compares them);
+what changes is where the work happens:
+- item vectors (id, author, type, categories, caption) do not depend on the request, so
+  they are computed once at export for every item and stored as two tables (base and
+  caption part) inside the graph; the service sends item indices only;
+- user-level parts (user, hour and profile embeddings, query representation, the click
+  history's item vectors and their share of the DIN attention unit) are computed once
+  per user row and gathered per pair.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from queryrec.models.ctr_model import CTRModel
+
+
+class QueryEncoderGraph(nn.Module):
+    """query_tokens (B, L, T) int64 word indices (0 = padding, left-padded, L <= the
+    trained history length) and query_age (B, L) int64 age buckets -> (B, d) float32."""
+
+    def __init__(self, model: CTRModel):
+        super().__init__()
+        if not model.cfg.use_query:
+            raise ValueError("this model has no query tower")
+        self.model = model
+
+    def forward(self, query_tokens: Tensor, query_age: Tensor) -> Tensor:
+        return self.model.query_representation(query_tokens, query_age)
+
+
+class CTRGraph(nn.Module):
+    """User rows (U) and candidate pairs (N) -> P(click) (N,) float32.
+
+    Inputs: query_repr (U, d) float32 (models with a query tower only), user (U,),
+    hour (U,), profile (U, P), click_history (U, H) item indices, left-padded;
+    pair_user (N,) row of each pair in 0..U-1, item (N,) candidate item indices.
+    """
+
+    item_base: Tensor  # (N_items, d) id + author + type + categories part of each item
+    item_caption: Tensor  # (N_items, d) caption part of each item
+
+    def __init__(self, model: CTRModel):
+        super().__init__()
+        # Only the parts used at serving time (holding the whole model would drag the
+        # unused, tied word table into the exported program).
+        self.cfg = model.cfg
+        self.uses_query = model.cfg.use_query
+        self.user = model.user
+        self.hour = model.hour
+        self.profile = model.profile
+        self.backbone = model.backbone
+        with torch.no_grad():
+            every_item = torch.arange(model.cfg.vocab.items)
+            self.register_buffer("item_base", model.items.base(every_item).contiguous())
+            self.register_buffer("item_caption", model.items.caption(every_item).contiguous())
+
+    def forward(
+        self,
+        query_repr: Tensor | None,
+        user: Tensor,
+        hour: Tensor,
+        profile: Tensor,
+        click_history: Tensor,
+        pair_user: Tensor,
+        item: Tensor,
+    ) -> Tensor:
+        # Per user row (U, ...), gathered per pair (N, ...) below.
+        user_fields = [self.user(user), self.hour(hour)]
+        profile_fields = [table(profile[:, i]) for i, table in enumerate(self.profile)]
+        history = self.item_base[click_history]  # (U, H, d)
+        # Per pair.
+        candidate = self.item_base[item]  # (N, d)
+        caption = self.item_caption[item]  # (N, d)
+        fields = [f[pair_user] for f in user_fields] + [caption]
+        fields += [f[pair_user] for f in profile_fields]
+        extra: list[Tensor] = []
+        if self.uses_query:
+            assert query_repr is not None
+            query = query_repr[pair_user]  # (N, d)
+            extra = [query, query * (candidate + caption)]
+        logits = self.backbone(fields, candidate, history, click_history > 0, extra, pair_user)
+        return torch.sigmoid(logits)

@@ -1,0 +1,224 @@
+"""`queryrec export`: parity at odd shapes, the bundle round trip without torch, tampering,
+the INT8 guard and the bad-input errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.bundle import ExportOptions, export_bundle
+from export.parity import CTR_CANDIDATES, ENCODER_BATCHES
+from export.quantize import QuantizationRefused
+from queryrec.cli.main import main
+from queryrec.features.dataset import PreparedDataset
+from queryrec.training.batches import BatchBuilder
+from queryrec.training.checkpoint import load_checkpoint
+from queryrec.training.config import TrainConfig
+from queryrec.training.loop import predict, train
+from service.bundle import read_manifest
+from service.errors import BundleError
+from tests.no_torch import run_without_torch
+
+
+@pytest.fixture(scope="module")
+def queryrec_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "queryrec"
+    train(tiny_data, run, TrainConfig(model="queryrec", epochs=1, batch_size=512, progress=False))
+    return run
+
+
+@pytest.fixture(scope="module")
+def bundle(queryrec_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bundles") / "queryrec"
+    export_bundle(queryrec_run, out, ExportOptions())
+    return out
+
+
+def test_manifest_describes_the_bundle(bundle: Path, queryrec_run: Path) -> None:
+    manifest = read_manifest(bundle)
+    assert manifest["format_version"] == 1
+    assert manifest["model_name"] == "queryrec"
+    assert manifest["model_version"].startswith("queryrec-")
+    assert set(manifest["graphs"]) == {"query_encoder", "ctr"}
+    assert list(manifest["graphs"]["ctr"]["inputs"]) == [
+        "query_repr", "user", "hour", "profile", "click_history", "pair_user", "item",
+    ]  # fmt: skip
+    metrics = json.loads((queryrec_run / "metrics.json").read_text())
+    assert manifest["offline_metrics"]["test"]["auc"] == metrics["test"]["auc"]
+    assert {"schema.json", "maps/items.parquet", "ctr.onnx"} <= set(manifest["files"])
+    for name in ("query_encoder.onnx", "ctr.onnx"):
+        graph = onnx.load(str(bundle / name))
+        assert graph.opset_import[0].version >= 17
+        first = graph.graph.input[0].type.tensor_type.shape.dim[0]
+        assert first.dim_param and not first.dim_value  # a dynamic batch axis
+
+
+def test_parity_ran_at_the_odd_shapes(bundle: Path) -> None:
+    parity = read_manifest(bundle)["parity"]
+    shapes = {case["shape"] for case in parity["cases"]}
+    assert {f"users={b}" for b in ENCODER_BATCHES} <= shapes
+    assert {f"users=3 pairs={n}" for n in CTR_CANDIDATES} <= shapes
+    assert parity["max_abs_diff"] <= 1e-5
+
+
+def test_bundle_scores_like_the_checkpoint_without_torch(
+    bundle: Path, queryrec_run: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    dataset = PreparedDataset(tiny_data)
+    model, payload = load_checkpoint(queryrec_run, dataset)
+    builder = BatchBuilder(dataset, click_history=50, query_history=20, query_tokens=8)
+    arrays = builder.split_arrays("test", with_aux=False)
+    expected = predict(model, builder, arrays, 1024, torch.device("cpu"))
+    out = tmp_path / "served.npy"
+    done = run_without_torch(
+        f"""
+        import sys
+        from pathlib import Path
+        import numpy as np
+        from queryrec.features.dataset import PreparedDataset
+        from service.bundle import load_bundle
+        from service.offline_scoring import score_split
+        b = load_bundle(Path({str(bundle)!r}))
+        probs, _ = score_split(PreparedDataset(Path({str(tiny_data)!r})), "test",
+                               b.manifest, b.encoder, b.ctr)
+        np.save({str(out)!r}, probs)
+        assert "torch" not in sys.modules
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    served = np.load(out)
+    np.testing.assert_allclose(served, expected, atol=1e-5, rtol=0)
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(arrays.label, served) == pytest.approx(
+        payload["metrics"]["test"]["auc"], abs=1e-4
+    )
+
+
+def test_importing_service_does_not_import_torch() -> None:
+    done = run_without_torch(
+        """
+        import sys
+        import service, service.bundle, service.offline_scoring, service.errors
+        assert "torch" not in sys.modules, "service pulled in torch"
+        """
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_tampered_or_foreign_bundles_are_refused(bundle: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    with open(copy / "ctr.onnx", "r+b") as handle:
+        handle.seek(100)
+        byte = handle.read(1)
+        handle.seek(100)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(BundleError, match=r"ctr.onnx: sha256 does not match"):
+        read_manifest(copy)
+
+    shutil.copyfile(bundle / "ctr.onnx", copy / "ctr.onnx")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="format version 99 is not supported"):
+        read_manifest(copy)
+
+    (copy / "manifest.json").write_text((bundle / "manifest.json").read_text())
+    (copy / "maps/words.parquet").unlink()
+    with pytest.raises(BundleError, match=r"words.parquet: missing"):
+        read_manifest(copy)
+
+
+def test_unknown_raw_ids_map_to_the_unknown_index(bundle: Path) -> None:
+    from service.bundle import UNKNOWN_INDEX, IdMap
+
+    items = IdMap.read(bundle / "maps/items.parquet")
+    known = items.raw[:3]
+    mapped = items(np.array([known[0], -5, 10**15, known[2]]))
+    assert mapped[1] == mapped[2] == UNKNOWN_INDEX
+    assert mapped[0] == items.index[0] and mapped[3] == items.index[2]
+    assert (items(known) >= 2).all()
+
+
+def test_int8_guard_refuses_then_force_accepts(queryrec_run: Path, tmp_path: Path) -> None:
+    strict = ExportOptions(quantize="int8", max_auc_drop=-1.0)  # any result is "too much"
+    with pytest.raises(QuantizationRefused, match="lowers test AUC by"):
+        export_bundle(queryrec_run, tmp_path / "refused", strict)
+    assert not (tmp_path / "refused").exists()
+    assert not list(tmp_path.glob(".refused*"))  # no half-written folder left behind
+
+    forced = ExportOptions(quantize="int8", max_auc_drop=-1.0, force=True)
+    manifest = export_bundle(queryrec_run, tmp_path / "forced", forced)
+    quant = manifest["quantization"]
+    assert quant["mode"] == "int8" and quant["forced"] is True
+    assert 0.0 < quant["auc_int8"] <= 1.0 and 0.0 < quant["auc_fp32"] <= 1.0
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "forced/ctr.onnx")).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}
+
+
+def test_din_bundle_has_no_encoder(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "din"
+    train(tiny_data, run, TrainConfig(model="din", epochs=1, progress=False))
+    manifest = export_bundle(run, tmp_path / "bundle", ExportOptions())
+    assert set(manifest["graphs"]) == {"ctr"}
+    assert "query_repr" not in manifest["graphs"]["ctr"]["inputs"]
+    assert not (tmp_path / "bundle/query_encoder.onnx").exists()
+
+
+def test_bad_inputs_give_one_line_errors(
+    queryrec_run: Path,
+    bundle: Path,
+    tiny_raw: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "empty_run").mkdir()
+    assert main(["export", "--run", str(tmp_path / "empty_run"), "--out", str(tmp_path / "o")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+    from queryrec.data.prepare import PrepareConfig, run_prepare
+
+    other = tmp_path / "other"
+    run_prepare(tiny_raw, other, PrepareConfig(valid_fraction=0.2))
+    capsys.readouterr()  # prepare's own progress lines
+    argv = [
+        "export",
+        "--run",
+        str(queryrec_run),
+        "--out",
+        str(tmp_path / "o"),
+        "--data",
+        str(other),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "trained on dataset" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+    argv = ["export", "--run", str(queryrec_run), "--out", str(bundle), "--quantize", "int4"]
+    assert main(argv) == 2
+    assert "--quantize must be none or int8" in capsys.readouterr().err
+
+
+def test_parity_check_names_the_failing_graph_and_shape(
+    bundle: Path, queryrec_run: Path, tiny_data: Path
+) -> None:
+    from export.parity import ParityError, check_parity
+    from service.bundle import load_bundle
+
+    model, _ = load_checkpoint(queryrec_run, PreparedDataset(tiny_data))
+    loaded = load_bundle(bundle)
+    assert check_parity(model, loaded.encoder, loaded.ctr)  # the exported graphs pass
+    with torch.no_grad():
+        model.sas.norm.bias.add_(0.01)  # the torch model drifts from the exported graph
+    with pytest.raises(
+        ParityError, match=r"query_encoder at users=\d+: .* differs from PyTorch by"
+    ):
+        check_parity(model, loaded.encoder, loaded.ctr)
