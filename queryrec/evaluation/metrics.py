@@ -5,7 +5,6 @@ impressions are all of one class (their AUC is undefined)."""
 from __future__ import annotations
 
 import numpy as np
-import polars as pl
 from sklearn.metrics import log_loss, roc_auc_score
 
 
@@ -23,20 +22,41 @@ def logloss(labels: np.ndarray, probabilities: np.ndarray) -> float:
 
 
 def gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
-    """Impression-weighted mean of per-user AUC over users with both classes."""
-    frame = pl.DataFrame({"user": users, "label": labels, "score": scores})
-    mixed = (
-        frame.group_by("user")
-        .agg(pl.col("label").n_unique().alias("classes"), pl.len().alias("n"))
-        .filter(pl.col("classes") == 2)
+    """Impression-weighted mean of per-user AUC over users with both classes.
+
+    Each user's AUC is the Mann-Whitney statistic (positives' rank sum, ties at their
+    average rank), which is what `roc_auc_score` computes; done for all users at once
+    with one sort instead of one library call per user (1,200 users took 4.6 s that
+    way). `tests/evaluation` checks it against `roc_auc_score` user by user.
+    """
+    users = np.asarray(users)
+    labels = np.asarray(labels).astype(np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(users) == 0:
+        return float("nan")
+    order = np.lexsort((scores, users))  # by user, then score
+    u, y, s = users[order], labels[order], scores[order]
+    n = len(u)
+    new_user = np.r_[True, u[1:] != u[:-1]]
+    new_value = new_user | np.r_[True, s[1:] != s[:-1]]
+    user_id = np.cumsum(new_user) - 1  # (n,) 0.. per user
+    tie_id = np.cumsum(new_value) - 1  # (n,) 0.. per (user, score) run
+    position = np.arange(n, dtype=np.float64)
+    user_start = position[new_user][user_id]
+    tie_first = np.flatnonzero(new_value)
+    tie_last = np.r_[tie_first[1:], n] - 1
+    rank = (position[tie_first] + position[tie_last])[tie_id] / 2.0 - user_start + 1.0
+    count = np.bincount(user_id).astype(np.float64)
+    positives = np.bincount(user_id, weights=y)
+    negatives = count - positives
+    rank_sum = np.bincount(user_id, weights=rank * y)
+    mixed = (positives > 0) & (negatives > 0)
+    if not mixed.any():
+        return float("nan")
+    per_user = (rank_sum[mixed] - positives[mixed] * (positives[mixed] + 1) / 2) / (
+        positives[mixed] * negatives[mixed]
     )
-    total, weight = 0.0, 0
-    for user, group in frame.filter(pl.col("user").is_in(mixed["user"].implode())).group_by("user"):
-        del user
-        n = group.height
-        total += n * float(roc_auc_score(group["label"].to_numpy(), group["score"].to_numpy()))
-        weight += n
-    return total / weight if weight else float("nan")
+    return float(np.sum(per_user * count[mixed]) / np.sum(count[mixed]))
 
 
 def improvement(value: float, reference: float) -> float:

@@ -8,6 +8,7 @@ padded id contributes a zero vector.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from queryrec.models.config import ModelConfig
@@ -104,12 +105,18 @@ class ItemTower(nn.Module):
         full (B, F) items that need base and caption vectors, base_only (B, H) items that
         need the base vector only -> (base (B, F, d), caption (B, F, d), base of base_only
         (B, H, d)). Same values as separate `base` / `caption` calls; one lookup
-        (and one dense gradient) per table instead of one per call is about 25 % of a
-        QueryRec training step on CPU.
+        (and one dense gradient) per table instead of one per call.
         """
         width = full.shape[1]
-        base = self.base(torch.cat([full, base_only], dim=1))  # (B, F + H, d)
-        return base[:, :width], self.caption(full), base[:, width:]
+        # A batch names far fewer distinct items than slots (about 8k of 64k on `small`):
+        # compute each distinct item once and gather, which halves the tower's cost.
+        distinct, where = torch.unique(torch.cat([full, base_only], dim=1), return_inverse=True)
+        # (Gathering through F.embedding: its backward is several times faster on CPU
+        # than that of plain indexing, an accumulating index_put.)
+        base = F.embedding(where, self.base(distinct))  # (B, F + H, d)
+        distinct_full, where_full = torch.unique(full, return_inverse=True)
+        caption = F.embedding(where_full, self.caption(distinct_full))  # (B, F, d)
+        return base[:, :width], caption, base[:, width:]
 
 
 class TargetAttention(nn.Module):

@@ -24,7 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from queryrec.evaluation.metrics import evaluate
+from queryrec.evaluation.metrics import auc, evaluate, logloss
 from queryrec.evaluation.slices import last_query_without_click
 from queryrec.features.dataset import PreparedDataset
 from queryrec.models.config import ModelConfig
@@ -197,7 +197,11 @@ def fit(
         train_seconds += epoch_seconds
         trained += share
         valid_probs = predict(model, builder, valid_arrays, cfg.eval_batch_size, ctx.device)
-        valid_metrics, _ = split_metrics(dataset, valid_arrays, valid_probs)
+        # Early stopping needs AUC only; GAUC and the slice are computed once at the end.
+        valid_metrics = {
+            "auc": auc(valid_arrays.label, valid_probs),
+            "logloss": logloss(valid_arrays.label, valid_probs),
+        }
         record = {
             "epoch": epoch + 1,
             "valid_auc": valid_metrics["auc"],
