@@ -19,4 +19,5 @@ def test_demo_runs_end_to_end_and_reruns(
         out = capsys.readouterr().out
         assert "# Dataset statistics" in out and "| test |" in out
         assert "| din |" in out and "| queryrec |" in out
+        assert "model version queryrec-" in out and "parity: max abs diff" in out
     load_schema(workdir / "data")

@@ -148,7 +148,7 @@ def demo(
         int, typer.Option("--epochs", help="Training epochs per model.", hidden=True)
     ] = 3,
 ) -> None:
-    """Run the main job end to end on the `small` preset: synth, prepare, train DIN and QueryRec."""
+    """Run the main job end to end on `small`: synth, prepare, train DIN and QueryRec, export."""
     from queryrec.demo import run_demo
 
     run_demo(workdir, preset, epochs)

@@ -1,0 +1,190 @@
+"""Serving-graph latency: ONNX Runtime vs PyTorch eager, and the CTR graph's compute floor.
+
+    python benchmarks/export_latency.py --run RUN_DIR [--bundle BUNDLE_DIR] [--out FILE]
+
+For the shapes the service uses (encoder batches 1, 8, 32, 128 with full 20 x 8 query
+histories; CTR 1 x 100, 1 x 500 and 32 requests x 100 flattened) it times the bundle's
+ONNX Runtime sessions and the same computation in PyTorch eager (the export wrappers of
+`export.graphs`), one intra-op thread each, and reports p50 / p99 in ms. FLOPs per call
+are counted on the PyTorch graph (`torch.utils.flop_counter`: matmuls and attention),
+and the compute floor is FLOPs / the fp32 matmul rate measured in the same run on one
+core (numpy/OpenBLAS and torch, the faster of the two). Results go to a JSON file; the
+numbers in docs/BENCHMARKS.md come from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from export.bundle import ExportOptions, export_bundle
+from export.graphs import CTRGraph, QueryEncoderGraph
+from export.parity import draw_ctr_inputs
+from queryrec.features.dataset import PreparedDataset
+from queryrec.training.checkpoint import load_checkpoint, read_checkpoint
+from service.bundle import load_bundle
+
+ENCODER_BATCHES = (1, 8, 32, 128)
+CTR_SHAPES = ((1, 100), (1, 500), (32, 100))  # (requests, candidates each)
+
+
+def timed(fn: object, repeats: int, warmup: int = 20) -> dict[str, float]:
+    """p50 / p99 / mean in ms of calling fn() `repeats` times after a warm-up."""
+    assert callable(fn)
+    for _ in range(warmup):
+        fn()
+    times = np.empty(repeats)
+    for i in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times[i] = (time.perf_counter() - start) * 1e3
+    return {
+        "p50_ms": float(np.percentile(times, 50)),
+        "p99_ms": float(np.percentile(times, 99)),
+        "mean_ms": float(times.mean()),
+    }
+
+
+def matmul_rate() -> dict[str, float]:
+    """fp32 GFLOP/s of a 512^3 matmul on one thread: numpy (OpenBLAS) and torch."""
+    n = 512
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).random((n, n), dtype=np.float32)
+    flops = 2 * n**3
+    numpy_ms = timed(lambda: a @ b, 50, 5)["p50_ms"]
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    torch_ms = timed(lambda: ta @ tb, 50, 5)["p50_ms"]
+    return {
+        "numpy_gflops": flops / numpy_ms / 1e6,
+        "torch_gflops": flops / torch_ms / 1e6,
+    }
+
+
+def count_flops(fn: object) -> int:
+    assert callable(fn)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        fn()
+    return int(counter.get_total_flops())
+
+
+def full_histories(words: int, users: int, length: int, tokens: int) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(users)
+    return (
+        rng.integers(2, words, size=(users, length, tokens)).astype(np.int64),
+        rng.integers(1, 10, size=(users, length)).astype(np.int64),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True, help="a queryrec run folder")
+    parser.add_argument("--bundle", type=Path, help="its bundle (exported here if absent)")
+    parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--out", type=Path, default=Path("bench-work/export_latency.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    bundle_dir = args.bundle
+    if bundle_dir is None:
+        bundle_dir = Path(tempfile.mkdtemp()) / "bundle"
+        export_bundle(args.run, bundle_dir, ExportOptions())
+    bundle = load_bundle(bundle_dir, device="cpu", threads=1)
+    payload = read_checkpoint(args.run)
+    model, _ = load_checkpoint(args.run, PreparedDataset(Path(payload["data_dir"])))
+    cfg = model.cfg
+    encoder_graph, ctr_graph = QueryEncoderGraph(model).eval(), CTRGraph(model).eval()
+    rate = matmul_rate()
+    floor_gflops = max(rate.values())
+    rows: list[dict[str, object]] = []
+
+    assert bundle.encoder is not None
+    encoder_session = bundle.encoder
+    for users in ENCODER_BATCHES:
+        tokens, ages = full_histories(cfg.vocab.words, users, cfg.query_history, cfg.query_tokens)
+        feed = {"query_tokens": tokens, "query_age": ages}
+        tt, ta = torch.from_numpy(tokens), torch.from_numpy(ages)
+
+        def eager(tt: torch.Tensor = tt, ta: torch.Tensor = ta) -> None:
+            with torch.no_grad():
+                encoder_graph(tt, ta)
+
+        flops = count_flops(eager)
+        rows.append(
+            {
+                "graph": "query_encoder",
+                "shape": f"{users} users x {cfg.query_history} queries x {cfg.query_tokens} words",
+                "flops": flops,
+                "floor_ms": flops / floor_gflops / 1e6,
+                "ort": timed(lambda feed=feed: encoder_session.run(None, feed), args.repeats),
+                "torch": timed(eager, args.repeats),
+            }
+        )
+
+    rng = np.random.default_rng(0)
+    for requests, candidates in CTR_SHAPES:
+        feed = draw_ctr_inputs(model, requests, requests * candidates, rng)
+        feed["pair_user"] = np.repeat(np.arange(requests), candidates)
+        feed = {"query_repr": rng.standard_normal((requests, cfg.dim)).astype(np.float32), **feed}
+        tensors = {k: torch.from_numpy(v) for k, v in feed.items()}
+
+        def eager_ctr(tensors: dict[str, torch.Tensor] = tensors) -> None:
+            with torch.no_grad():
+                ctr_graph(*tensors.values())
+
+        flops = count_flops(eager_ctr)
+        rows.append(
+            {
+                "graph": "ctr",
+                "shape": f"{requests} x {candidates}",
+                "flops": flops,
+                "floor_ms": flops / floor_gflops / 1e6,
+                "ort": timed(lambda feed=feed: bundle.ctr.run(None, feed), args.repeats),
+                "torch": timed(eager_ctr, args.repeats),
+            }
+        )
+
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+        "threads": 1,
+        "matmul_rate": rate,
+        "floor_gflops": floor_gflops,
+        "bundle": str(bundle_dir),
+        "model_version": bundle.model_version,
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        f"matmul rate, 1 thread: numpy {rate['numpy_gflops']:.0f}, torch {rate['torch_gflops']:.0f} GFLOP/s"
+    )
+    print(
+        "| graph | shape | MFLOPs | floor ms | ORT p50 / p99 ms | torch p50 / p99 ms | ORT / floor | torch / ORT |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        ort_t, torch_t = row["ort"], row["torch"]
+        assert isinstance(ort_t, dict) and isinstance(torch_t, dict)
+        row_flops, floor = row["flops"], row["floor_ms"]
+        assert isinstance(row_flops, int) and isinstance(floor, float)
+        print(
+            f"| {row['graph']} | {row['shape']} | {row_flops / 1e6:.1f} | {floor:.3f} | "
+            f"{ort_t['p50_ms']:.3f} / {ort_t['p99_ms']:.3f} | "
+            f"{torch_t['p50_ms']:.3f} / {torch_t['p99_ms']:.3f} | "
+            f"{ort_t['p50_ms'] / floor:.1f}x | {torch_t['p50_ms'] / ort_t['p50_ms']:.1f}x |"
+        )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
