@@ -76,6 +76,12 @@ def train_command(
     epochs: Annotated[
         int, typer.Option("--epochs", help="Upper bound; early stopping on validation AUC.")
     ] = 4,
+    max_train_samples: Annotated[
+        int | None,
+        typer.Option(
+            "--max-train-samples", help="Train on a random subset of this size per epoch."
+        ),
+    ] = None,
 ) -> None:
     """Train one model; under torchrun it runs as DDP (gloo on CPU, NCCL on GPUs)."""
     from queryrec.models.registry import model_spec
@@ -83,7 +89,10 @@ def train_command(
     from queryrec.training.loop import train
 
     model_spec(model)  # a clear error for an unknown name before any data is read
-    result = train(data, out, TrainConfig(model=model, seed=seed, device=device, epochs=epochs))
+    cfg = TrainConfig(
+        model=model, seed=seed, device=device, epochs=epochs, max_train_samples=max_train_samples
+    )
+    result = train(data, out, cfg)
     print(
         f"{model} seed {seed}: test AUC {result.test['auc']:.4f}, GAUC {result.test['gauc']:.4f}, "
         f"logloss {result.test['logloss']:.4f} (best epoch {result.best_epoch}); run in {out}"

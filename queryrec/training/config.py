@@ -38,3 +38,5 @@ class TrainConfig:
             raise QueryRecError(f"--device must be auto, cpu or cuda, not '{self.device}'")
         if self.epochs < 1 or self.batch_size < 1:
             raise QueryRecError("epochs and batch size must be positive")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise QueryRecError("--max-train-samples must be positive")
