@@ -96,6 +96,9 @@ def read_manifest(root: Path) -> dict[str, Any]:
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise BundleError(f"{path}: manifest lists no files")
+    unlisted = [name for name in (CTR_FILE, *ARTIFACTS) if name not in files]
+    if unlisted:
+        raise BundleError(f"{path}: manifest does not list {', '.join(unlisted)}")
     for name, expected in sorted(files.items()):
         file = root / name
         if not file.is_file():
