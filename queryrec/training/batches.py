@@ -20,11 +20,16 @@ does not change any output, and most samples have few queries (a mean of about 4
 L = 20 on `small`), so it saves most of the encoder's work. `query_count` lets the
 training loop batch samples of similar history length together (`batch_order`).
 
-L_next window (choice): r+ and r- are the user's feed clicks / non-clicks with timestamps
-in (t, t + `next_window_hours`], cut at the end of the sample's split; strictly after t,
-so the impression's own batch is never a target, and never from a later split, so a
-training sample cannot learn validation or test labels. P and N items are drawn uniformly
-with replacement from each; 0 where empty.
+L_next window (choice): r+ are the user's feed clicks with timestamps in
+(t, t + `next_window_hours`], cut at the end of the sample's split; strictly after t, so
+the impression's own batch is never a target, and never from a later split, so a
+training sample cannot learn validation or test labels. r- come from the same window,
+from one of two sources (`next_negative_source`): "feed" (default), items of any user's
+feed impressions, so L_next teaches the query representation what the user will engage
+with against what the feed shows in general; or "user", the user's own non-clicked
+impressions (hard negatives, which L_ctr already covers; on `small` they left L_next
+near chance and it did not help validation AUC, docs/BENCHMARKS.md). P and N items are
+drawn uniformly with replacement; 0 where a window is empty.
 
 L_cl positives: the items clicked in the user's last search session before t (first K in
 display order). For a session without clicks, `PseudoPositives` (the diffusion job's
@@ -51,7 +56,14 @@ class AuxiliaryConfig:
     next_window_hours: float = 24.0
     next_positives: int = 4  # P
     next_negatives: int = 4  # N
+    next_negative_source: str = "feed"  # "feed": any user's impressions; "user": own non-clicks
     cl_positives: int = 4  # K
+
+    def __post_init__(self) -> None:
+        if self.next_negative_source not in ("feed", "user"):
+            raise ValueError(
+                f"next_negative_source must be feed or user, not {self.next_negative_source!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,9 @@ class BatchBuilder:
         self.noclick_user = dataset.feed_user[unclicked]
         self.noclick_ts = dataset.feed_ts[unclicked]
         self.noclick_item = dataset.feed_item[unclicked]
+        by_time = np.argsort(dataset.feed_ts, kind="stable")
+        self.feed_ts_sorted = dataset.feed_ts[by_time]
+        self.feed_item_by_time = dataset.feed_item[by_time]
         self.t_lo = (
             int(min(dataset.feed_ts.min(), dataset.search_ts.min())) if len(dataset.feed_ts) else 0
         )
@@ -134,15 +149,22 @@ class BatchBuilder:
             start = self._key(arrays.user, arrays.ts)  # strictly after t: side="right"
             stop = self._key(arrays.user, np.minimum(arrays.ts + window, horizon - 1))
             click_keys = self._key(self.ds.click_user, self.ds.click_ts)
-            noclick_keys = self._key(self.noclick_user, self.noclick_ts)
             arrays.next_positive_range = (
                 np.searchsorted(click_keys, start, side="right"),
                 np.searchsorted(click_keys, stop, side="right"),
             )
-            arrays.next_negative_range = (
-                np.searchsorted(noclick_keys, start, side="right"),
-                np.searchsorted(noclick_keys, stop, side="right"),
-            )
+            if self.aux.next_negative_source == "user":
+                noclick_keys = self._key(self.noclick_user, self.noclick_ts)
+                arrays.next_negative_range = (
+                    np.searchsorted(noclick_keys, start, side="right"),
+                    np.searchsorted(noclick_keys, stop, side="right"),
+                )
+            else:
+                end = np.minimum(arrays.ts + window, horizon - 1)
+                arrays.next_negative_range = (
+                    np.searchsorted(self.feed_ts_sorted, arrays.ts, side="right"),
+                    np.searchsorted(self.feed_ts_sorted, end, side="right"),
+                )
         return arrays
 
     def _split_end(self, split: str) -> int:
@@ -177,8 +199,13 @@ class BatchBuilder:
             batch["next_positive"] = _sample_ranges(
                 self.ds.click_item, arrays.next_positive_range, rows, self.aux.next_positives, rng
             )
+            negatives = (
+                self.noclick_item
+                if self.aux.next_negative_source == "user"
+                else self.feed_item_by_time
+            )
             batch["next_negative"] = _sample_ranges(
-                self.noclick_item, arrays.next_negative_range, rows, self.aux.next_negatives, rng
+                negatives, arrays.next_negative_range, rows, self.aux.next_negatives, rng
             )
             batch["cl_positive"] = self._last_query_positives(queries.session[:, -1])
         return batch

@@ -119,7 +119,8 @@ def test_train_cli(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "unknown model 'nope'" in capsys.readouterr().err
 
 
-def test_next_item_targets_never_cross_the_split(dataset: PreparedDataset) -> None:
+@pytest.mark.parametrize("negatives", ["feed", "user"])
+def test_next_item_targets_never_cross_the_split(dataset: PreparedDataset, negatives: str) -> None:
     """L_next targets of training samples come from the training period only."""
     from queryrec.training.batches import AuxiliaryConfig
 
@@ -128,7 +129,7 @@ def test_next_item_targets_never_cross_the_split(dataset: PreparedDataset) -> No
         click_history=50,
         query_history=20,
         query_tokens=8,
-        aux=AuxiliaryConfig(next_window_hours=1e4),
+        aux=AuxiliaryConfig(next_window_hours=1e4, next_negative_source=negatives),
     )
     arrays = builder.split_arrays("train", with_aux=True)
     valid_start = dataset.schema["split"]["valid_start_ms"]
@@ -139,8 +140,8 @@ def test_next_item_targets_never_cross_the_split(dataset: PreparedDataset) -> No
             assert dataset.click_ts[stop - 1] < valid_start
             assert dataset.click_ts[start] > ts and (dataset.click_user[start:stop] == user).all()
     lo, hi = arrays.next_negative_range
-    assert all(
-        builder.noclick_ts[b - 1] < valid_start for a, b in zip(lo, hi, strict=True) if b > a
-    )
+    times = builder.noclick_ts if negatives == "user" else builder.feed_ts_sorted
+    assert all(times[b - 1] < valid_start for a, b in zip(lo, hi, strict=True) if b > a)
+    assert all(times[a] > t for a, b, t in zip(lo, hi, arrays.ts, strict=True) if b > a)
     # Without the cut, a window this long would reach into validation for some samples.
     assert (hi > lo).any()
