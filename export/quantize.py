@@ -43,19 +43,15 @@ def quantize_with_guard(
     options = session_options(threads=1)
     cpu = ["CPUExecutionProvider"]
     say("[export] int8: scoring the test split with the fp32 and the int8 CTR graph")
-    fp32 = split_auc(
-        dataset,
-        "test",
-        manifest,
-        encoder,
-        ort.InferenceSession(str(ctr_path), options, providers=cpu),
-    )
-    int8 = split_auc(
-        dataset,
-        "test",
-        manifest,
-        encoder,
-        ort.InferenceSession(str(int8_path), options, providers=cpu),
+    fp32, int8 = (
+        split_auc(
+            dataset,
+            "test",
+            manifest,
+            encoder,
+            ort.InferenceSession(str(path), options, providers=cpu),
+        )
+        for path in (ctr_path, int8_path)
     )
     drop = fp32["auc"] - int8["auc"]
     record = {

