@@ -109,7 +109,7 @@ def main() -> None:
         export_bundle(args.run, bundle_dir, ExportOptions())
     bundle = load_bundle(bundle_dir, device="cpu", threads=1)
     payload = read_checkpoint(args.run)
-    model, _ = load_checkpoint(args.run, PreparedDataset(Path(payload["data_dir"])))
+    model, _ = load_checkpoint(args.run, PreparedDataset(Path(payload["data_dir"])), payload)
     cfg = model.cfg
     encoder_graph, ctr_graph = QueryEncoderGraph(model).eval(), CTRGraph(model).eval()
     rate = matmul_rate()

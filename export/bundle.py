@@ -74,7 +74,7 @@ def export_bundle(run_dir: Path, out_dir: Path, options: ExportOptions) -> dict[
     if data_dir is None:
         raise QueryRecError(f"{run_dir}: the checkpoint does not record its dataset; pass --data")
     dataset = PreparedDataset(data_dir)
-    model, payload = load_checkpoint(run_dir, dataset)
+    model, payload = load_checkpoint(run_dir, dataset, payload)
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -67,10 +67,15 @@ def read_checkpoint(run_dir: Path) -> dict[str, Any]:
     return payload
 
 
-def load_checkpoint(run_dir: Path, dataset: PreparedDataset) -> tuple[CTRModel, dict[str, Any]]:
-    """Rebuild the model of a run; refuse a dataset whose schema hash differs."""
+def load_checkpoint(
+    run_dir: Path, dataset: PreparedDataset, payload: dict[str, Any] | None = None
+) -> tuple[CTRModel, dict[str, Any]]:
+    """Rebuild the model of a run; refuse a dataset whose schema hash differs.
+
+    `payload`: the run's checkpoint if the caller has already read it (`read_checkpoint`).
+    """
     path = Path(run_dir) / CHECKPOINT_FILE
-    payload = read_checkpoint(run_dir)
+    payload = payload if payload is not None else read_checkpoint(run_dir)
     if payload["schema_hash"] != dataset.content_hash:
         raise SchemaMismatchError(
             f"{path}: trained on dataset {payload['schema_hash'][:12]}, "
