@@ -12,8 +12,9 @@ what changes is where the work happens:
   they are computed once at export for every item and stored as two tables (base and
   caption part) inside the graph; the service sends item indices only;
 - user-level parts (user, hour and profile embeddings, query representation, the click
-  history's item vectors and their share of the DIN attention unit) are computed once
-  per user row and gathered per pair.
+  history's item vectors) are computed once per user row and gathered per pair;
+- a DIN head is replaced by its serving rewrite (`export.din_serving`): the same function
+  in fewer, larger operations. DCN keeps the trained backbone's forward.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from export.din_serving import DINServingHead, supports
 from queryrec.models.ctr_model import CTRModel
 
 
@@ -59,6 +61,15 @@ class CTRGraph(nn.Module):
         self.hour = model.hour
         self.profile = model.profile
         self.backbone = model.backbone
+        # DIN: the serving rewrite of its head (export.din_serving); slots are positions
+        # in the trained field order [user, hour, caption, profile..., candidate,
+        # interest, query, query * item].
+        self.din_head: DINServingHead | None = None
+        if supports(model.backbone):
+            p = len(model.profile)
+            user_slots = [0, 1, *range(3, 3 + p)] + ([5 + p] if self.uses_query else [])
+            pair_slots = [2, 3 + p] + ([6 + p] if self.uses_query else []) + [4 + p]
+            self.din_head = DINServingHead(model.backbone, user_slots, pair_slots)  # type: ignore[arg-type]
         with torch.no_grad():
             every_item = torch.arange(model.cfg.vocab.items)
             self.register_buffer("item_base", model.items.base(every_item).contiguous())
@@ -81,6 +92,22 @@ class CTRGraph(nn.Module):
         # Per pair.
         candidate = self.item_base[item]  # (N, d)
         caption = self.item_caption[item]  # (N, d)
+        if self.din_head is not None:
+            user_fields = [*user_fields, *profile_fields]
+            pair_fields = [caption, candidate]
+            if self.uses_query:
+                assert query_repr is not None
+                user_fields.append(query_repr)
+                pair_fields.append(query_repr.index_select(0, pair_user) * (candidate + caption))
+            history = history * (click_history > 0).unsqueeze(-1).to(history.dtype)
+            logits = self.din_head(
+                torch.stack(user_fields, dim=1),
+                torch.stack(pair_fields, dim=1),
+                candidate,
+                history,
+                pair_user,
+            )
+            return torch.sigmoid(logits)
         fields = [f[pair_user] for f in user_fields] + [caption]
         fields += [f[pair_user] for f in profile_fields]
         extra: list[Tensor] = []
