@@ -7,3 +7,19 @@ from queryrec.errors import QueryRecError
 
 class BundleError(QueryRecError):
     """A model bundle is missing a file, was altered, or has a format this code cannot read."""
+
+
+class EmbeddedRedisError(QueryRecError):
+    """The embedded redis-server could not be found, started, or answered no PING."""
+
+
+class SettingsError(QueryRecError):
+    """A service setting (QUERYREC_* variable or flag) is missing or invalid."""
+
+
+class StateUnavailable(QueryRecError):
+    """Redis did not answer or refused a command; writes are not acknowledged."""
+
+
+class Overloaded(QueryRecError):
+    """A micro-batcher's queue is full (RESOURCE_EXHAUSTED)."""

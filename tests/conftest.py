@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from queryrec.data.prepare import PrepareConfig, run_prepare
 from queryrec.data.synth import preset_config, run_synth
+from service.embedded_redis import EmbeddedRedis
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +35,23 @@ def raw_copy(tiny_raw: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "raw"
     shutil.copytree(tiny_raw, copy)
     return copy
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of one real embedded redis-server shared by the whole test session.
+
+    Tests that write to it should use `redis_client_url`, which empties it first.
+    """
+    with EmbeddedRedis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_client_url(redis_url: str) -> str:
+    """`redis_url` after FLUSHALL: each test starts with an empty server."""
+    import redis  # here, not at the top: collecting tests must not need the `serve` extra
+
+    with redis.Redis.from_url(redis_url) as client:
+        client.flushall()
+    return redis_url

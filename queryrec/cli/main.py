@@ -27,6 +27,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="KuaiSAR-format data: generate and prepare.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+state_app = typer.Typer(help="Serving state in Redis.", no_args_is_help=True)
+app.add_typer(state_app, name="state")
 
 
 @data_app.command("synth")
@@ -143,6 +145,79 @@ def export_command(
     options = ExportOptions(quantize=quantize, force=force, replace=force, data_dir=data)
     manifest = export_bundle(run, out, options)
     print(manifest_summary(manifest, out))
+
+
+@app.command("serve")
+def serve_command(
+    bundle: Annotated[
+        Path | None, typer.Option("--bundle", help="Bundle folder (or QUERYREC_BUNDLE).")
+    ] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option("--redis", help="Redis URL (or QUERYREC_REDIS_URL); unset: embedded."),
+    ] = None,
+    port: Annotated[int | None, typer.Option("--port", help="gRPC port; 0 = a free one.")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="gRPC bind address.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda.")] = None,
+) -> None:
+    """Serve Score / RecordQuery / RecordClicks over gRPC until interrupted."""
+    from service.run import serve_forever
+    from service.settings import load_settings
+
+    settings = load_settings(
+        bundle=bundle, redis_url=redis_url, port=port, host=host, device=device
+    )
+    serve_forever(settings)
+
+
+@state_app.command("load")
+def state_load_command(
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder from 'data prepare'.")],
+    redis_url: Annotated[
+        str | None, typer.Option("--redis", help="Redis URL (or QUERYREC_REDIS_URL).")
+    ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Epoch ms or ISO time; default: the test split's start."),
+    ] = None,
+    query_cap: Annotated[int, typer.Option("--query-cap", help="Queries kept per user (L).")] = 20,
+    click_cap: Annotated[int, typer.Option("--click-cap", help="Clicks kept per user (H).")] = 50,
+) -> None:
+    """Bulk-load every user's query and click histories and profile into Redis."""
+    from queryrec.features.dataset import PreparedDataset
+    from service.state_load import default_redis_url, load_state, parse_time
+
+    try:
+        when = parse_time(as_of) if as_of is not None else None
+    except ValueError as error:
+        raise QueryRecError(str(error)) from None
+    report = load_state(
+        PreparedDataset(data),
+        default_redis_url(redis_url),
+        as_of_ms=when,
+        query_cap=query_cap,
+        click_cap=click_cap,
+    )
+    print(
+        f"loaded {report.users:,} users ({report.queries:,} queries, {report.clicks:,} clicks) "
+        f"in {report.seconds:.1f} s: {report.users_per_minute:,.0f} users/min"
+    )
+
+
+@app.command("replay")
+def replay_command(
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder from 'data prepare'.")],
+    target: Annotated[str, typer.Option("--target", help="HOST:PORT of 'queryrec serve'.")],
+    bundle: Annotated[
+        Path | None,
+        typer.Option("--bundle", help="The served bundle, to print its offline AUC beside."),
+    ] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Users in flight.")] = 16,
+) -> None:
+    """Replay the test split through the API; print served vs offline AUC and latency."""
+    from service.replay import run_replay
+
+    run_replay(data, target, bundle, concurrency)
 
 
 @app.command("demo")

@@ -1,0 +1,162 @@
+"""`queryrec state load`: every user's histories and profile as of a time, bulk-written to Redis.
+
+Reads a prepared dataset (torch-free), keeps the events strictly before `as_of` (default:
+the start of the test split, so that a replay of the test split continues from there),
+caps them like the server does (the newest L queries, H clicks), maps model indices back
+to raw ids (Redis holds raw ids, `service.redis_keys`) and writes users in pipelined
+chunks of `chunk` users: per user DEL + RPUSH (newest first) + EXPIRE for both lists and
+HSET for the profile. Existing keys of a loaded user are replaced.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import redis
+from redis.exceptions import RedisError
+from tqdm import tqdm
+
+from queryrec.features.dataset import PreparedDataset
+from service import redis_keys as keys
+from service.errors import StateUnavailable
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    users: int
+    queries: int
+    clicks: int
+    seconds: float
+
+    @property
+    def users_per_minute(self) -> float:
+        return self.users / max(self.seconds, 1e-9) * 60
+
+
+def raw_ids(dataset: PreparedDataset, name: str) -> np.ndarray:
+    """index -> raw id for maps/{name}.parquet; indices without a raw id get -1."""
+    frame = pl.read_parquet(dataset.root / f"maps/{name}.parquet")
+    index = frame["index"].to_numpy().astype(np.int64)
+    table = np.full(int(index.max()) + 1 if len(index) else 2, -1, dtype=np.int64)
+    table[index] = frame["raw_id"].to_numpy()
+    return table
+
+
+def load_state(
+    dataset: PreparedDataset,
+    url: str,
+    *,
+    as_of_ms: int | None = None,
+    query_cap: int = 20,
+    click_cap: int = 50,
+    ttl_s: int = 30 * 24 * 3600,
+    chunk: int = 2000,
+    progress: bool = True,
+) -> LoadReport:
+    """Write every user with any history or profile; -> counts and timing."""
+    start = time.perf_counter()
+    as_of = int(dataset.schema["split"]["test_start_ms"]) if as_of_ms is None else as_of_ms
+    user_raw, item_raw, word_raw = (raw_ids(dataset, n) for n in ("users", "items", "words"))
+    profiles = pl.read_parquet(dataset.root / "features/users.parquet")
+    fields = list(dataset.schema["vocab_sizes"]["profile"])
+    with_features = profiles.filter(pl.col("has_features"))
+    profile_codes = {
+        int(i): {f: int(with_features[f][row]) for f in fields}
+        for row, i in enumerate(with_features["index"].to_list())
+    }
+    client = redis.Redis.from_url(url, socket_timeout=30)
+    try:
+        client.ping()
+    except (RedisError, OSError) as error:
+        raise StateUnavailable(f"Redis at {url.split('@')[-1]} does not answer: {error}") from None
+
+    users = np.arange(2, len(dataset.search_user_start) - 1)  # 0, 1: padding, unknown
+    n_queries = n_clicks = 0
+    bar = tqdm(total=len(users), desc="state load", unit="user", disable=not progress)
+    for lo in range(0, len(users), chunk):
+        pipe = client.pipeline(transaction=False)
+        for user in users[lo : lo + chunk]:
+            raw_user = int(user_raw[user])
+            if raw_user < 0:
+                continue
+            q_entries = _query_entries(dataset, int(user), as_of, query_cap, word_raw)
+            c_entries = _click_entries(dataset, int(user), as_of, click_cap, item_raw)
+            qk, ck, pk = (
+                keys.query_key(raw_user),
+                keys.click_key(raw_user),
+                keys.profile_key(raw_user),
+            )
+            pipe.delete(qk, ck, pk)
+            if q_entries:
+                pipe.rpush(qk, *q_entries)
+                pipe.expire(qk, ttl_s)
+            if c_entries:
+                pipe.rpush(ck, *c_entries)
+                pipe.expire(ck, ttl_s)
+            if int(user) in profile_codes:
+                pipe.hset(pk, mapping=profile_codes[int(user)])  # type: ignore[arg-type]
+                pipe.expire(pk, ttl_s)
+            n_queries += len(q_entries)
+            n_clicks += len(c_entries)
+        try:
+            pipe.execute()
+        except (RedisError, OSError) as error:
+            raise StateUnavailable(f"Redis write failed during state load: {error}") from None
+        bar.update(min(chunk, len(users) - lo))
+    bar.close()
+    client.close()
+    return LoadReport(len(users), n_queries, n_clicks, time.perf_counter() - start)
+
+
+def _query_entries(
+    dataset: PreparedDataset, user: int, as_of: int, cap: int, word_raw: np.ndarray
+) -> list[bytes]:
+    """The user's newest `cap` queries before `as_of`, newest first, packed."""
+    lo, hi = dataset.search_user_start[user], dataset.search_user_start[user + 1]
+    end = lo + int(np.searchsorted(dataset.search_ts[lo:hi], as_of, side="left"))
+    entries = []
+    for session in range(end - 1, max(lo, end - cap) - 1, -1):
+        a, b = dataset.query_offsets[session], dataset.query_offsets[session + 1]
+        entries.append(
+            keys.pack_query(int(dataset.search_ts[session]), word_raw[dataset.query_words[a:b]])
+        )
+    return entries
+
+
+def _click_entries(
+    dataset: PreparedDataset, user: int, as_of: int, cap: int, item_raw: np.ndarray
+) -> list[bytes]:
+    """The user's newest `cap` feed clicks before `as_of`, newest first, packed."""
+    lo, hi = dataset.click_user_start[user], dataset.click_user_start[user + 1]
+    end = lo + int(np.searchsorted(dataset.click_ts[lo:hi], as_of, side="left"))
+    start = max(lo, end - cap)
+    ts = dataset.click_ts[start:end][::-1]
+    items = item_raw[dataset.click_item[start:end][::-1]]
+    return [keys.pack_clicks(int(t), [int(i)])[0] for t, i in zip(ts, items, strict=True)]
+
+
+def parse_time(value: str) -> int:
+    """Epoch ms, or an ISO date-time (UTC unless it names a zone) -> epoch ms."""
+    from datetime import UTC, datetime
+
+    if value.lstrip("-").isdigit():
+        return int(value)
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"--as-of {value!r} is neither epoch ms nor an ISO date-time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+def default_redis_url(given: str | None) -> str:
+    import os
+
+    url = given or os.environ.get("QUERYREC_REDIS_URL")
+    if not url:
+        raise StateUnavailable("no Redis URL: pass --redis URL or set QUERYREC_REDIS_URL")
+    return url
