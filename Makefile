@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,train,export
+EXTRAS ?= dev,train,export,serve
 
 .PHONY: install demo test lint typecheck check bench-prepare clean
 

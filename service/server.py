@@ -159,8 +159,16 @@ class ScoringServer:
 
     async def start(self) -> None:
         """Start serving; health turns SERVING once every batch shape is warmed."""
+        await self.listen()
+        await self.warm_up_and_serve()
+
+    async def listen(self) -> None:
+        """Accept calls (health answers NOT_SERVING; the Scorer RPCs already work)."""
         await self.server.start()
         self.scorer.start()
+
+    async def warm_up_and_serve(self) -> None:
+        """Run every batch shape once, then report SERVING."""
         await asyncio.get_running_loop().run_in_executor(None, self.scorer.warm_up)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -214,7 +222,7 @@ async def create_server(settings: ServiceSettings, bundle: Bundle | None = None)
         ]
     )
     scorer_pb2_grpc.add_ScorerServicer_to_server(ScorerService(scorer, settings), server)
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)

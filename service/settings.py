@@ -45,12 +45,15 @@ class ServiceSettings(BaseSettings):
     # Micro-batching.
     encoder_max_batch: int = Field(64, ge=1, le=4096, description="users per encoder call")
     encoder_max_delay_ms: float = Field(
-        1.0, ge=0, description="longest wait to fill an encoder batch (0: dispatch at once)"
+        0.0,
+        ge=0,
+        description="longest wait to fill an encoder batch; 0: dispatch at once when the "
+        "worker is idle (batches still form from requests queued during a call)",
     )
     ctr_max_pairs: int = Field(
         4096, ge=1, description="candidate pairs per CTR call (many requests flattened)"
     )
-    ctr_max_delay_ms: float = Field(1.0, ge=0, description="longest wait to fill a CTR batch")
+    ctr_max_delay_ms: float = Field(0.0, ge=0, description="longest wait to fill a CTR batch")
     max_queue: int = Field(
         2048, ge=1, description="queued requests per batcher before RESOURCE_EXHAUSTED"
     )

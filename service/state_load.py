@@ -97,7 +97,7 @@ def load_state(
                 pipe.rpush(ck, *c_entries)
                 pipe.expire(ck, ttl_s)
             if int(user) in profile_codes:
-                pipe.hset(pk, mapping=profile_codes[int(user)])  # type: ignore[arg-type]
+                pipe.hset(pk, mapping=profile_codes[int(user)])
                 pipe.expire(pk, ttl_s)
             n_queries += len(q_entries)
             n_clicks += len(c_entries)

@@ -38,6 +38,27 @@ def raw_copy(tiny_raw: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def queryrec_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """QueryRec trained for one epoch on `tiny` (read-only)."""
+    from queryrec.training.config import TrainConfig
+    from queryrec.training.loop import train
+
+    run = tmp_path_factory.mktemp("runs") / "queryrec"
+    train(tiny_data, run, TrainConfig(model="queryrec", epochs=1, batch_size=512, progress=False))
+    return run
+
+
+@pytest.fixture(scope="session")
+def bundle(queryrec_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`queryrec_run` exported (read-only: copy it before changing anything)."""
+    from export.bundle import ExportOptions, export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "queryrec"
+    export_bundle(queryrec_run, out, ExportOptions())
+    return out
+
+
+@pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """URL of one real embedded redis-server shared by the whole test session.
 

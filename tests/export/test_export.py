@@ -26,20 +26,6 @@ from service.errors import BundleError
 from tests.no_torch import run_without_torch
 
 
-@pytest.fixture(scope="module")
-def queryrec_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("runs") / "queryrec"
-    train(tiny_data, run, TrainConfig(model="queryrec", epochs=1, batch_size=512, progress=False))
-    return run
-
-
-@pytest.fixture(scope="module")
-def bundle(queryrec_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bundles") / "queryrec"
-    export_bundle(queryrec_run, out, ExportOptions())
-    return out
-
-
 def test_manifest_describes_the_bundle(bundle: Path, queryrec_run: Path) -> None:
     manifest = read_manifest(bundle)
     assert manifest["format_version"] == 1
@@ -106,6 +92,7 @@ def test_importing_service_does_not_import_torch() -> None:
         """
         import sys
         import service, service.bundle, service.offline_scoring, service.errors
+        import service.server, service.replay, service.state_load, service.run
         assert "torch" not in sys.modules, "service pulled in torch"
         """
     )

@@ -1,0 +1,64 @@
+"""A real gRPC server on port 0 in a background thread with its own event loop.
+
+Tests talk to it with the synchronous generated stub over a real channel, so nothing of
+gRPC or Redis is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from service.api import scorer_pb2_grpc
+from service.server import ScoringServer, create_server
+from service.settings import ServiceSettings
+
+T = TypeVar("T")
+
+
+class ServerThread:
+    """create() binds the server (health NOT_SERVING), start() warms it and serves."""
+
+    def __init__(self, bundle: Path, redis_url: str, **settings: Any):
+        self.settings = ServiceSettings(bundle=bundle, redis_url=redis_url, port=0, **settings)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server: ScoringServer | None = None
+        self.channel: grpc.Channel | None = None
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def create(self) -> ScoringServer:
+        self.server = self.run(create_server(self.settings))
+        self.channel = grpc.insecure_channel(self.server.address)
+        return self.server
+
+    def start(self) -> None:
+        assert self.server is not None
+        self.run(self.server.start())
+
+    @property
+    def stub(self) -> scorer_pb2_grpc.ScorerStub:
+        assert self.channel is not None
+        return scorer_pb2_grpc.ScorerStub(self.channel)
+
+    @property
+    def address(self) -> str:
+        assert self.server is not None
+        return self.server.address
+
+    def close(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+        if self.server is not None:
+            self.run(self.server.stop(0.5))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()

@@ -1,0 +1,188 @@
+"""The scoring service end to end: real gRPC server, real Redis, the tiny bundle."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import polars as pl
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.api import scorer_pb2 as pb
+from service.replay import run_replay
+from service.state_load import load_state
+from tests.service.harness import ServerThread
+
+HOUR_MS = 3_600_000
+T = 1_700_000_000_000  # a fixed request time
+
+
+@pytest.fixture(scope="module")
+def raw(bundle: Path) -> dict[str, list[int]]:
+    """Some raw ids the bundle knows."""
+    return {
+        name: pl.read_parquet(bundle / f"maps/{name}.parquet")["raw_id"].to_list()[:50]
+        for name in ("users", "items", "words")
+    }
+
+
+@pytest.fixture(scope="module")
+def served(bundle: Path, redis_url: str) -> Iterator[ServerThread]:
+    harness = ServerThread(bundle, redis_url, budget_ms=5000, max_candidates=50)
+    harness.create()
+    harness.start()
+    yield harness
+    harness.close()
+
+
+def score(server: ServerThread, user: int, items: list[int], at: int = T) -> pb.ScoreResponse:
+    response: pb.ScoreResponse = server.stub.Score(
+        pb.ScoreRequest(user_id=user, item_ids=items, request_time_ms=at), timeout=10
+    )
+    return response
+
+
+def test_score_round_trip_keeps_request_order(
+    served: ServerThread, raw: dict[str, list[int]]
+) -> None:
+    items = raw["items"][:7]
+    forward = score(served, raw["users"][0], items)
+    backward = score(served, raw["users"][0], items[::-1])
+    assert len(forward.scores) == 7
+    assert all(0.0 <= s <= 1.0 for s in forward.scores)
+    assert len(set(forward.scores)) > 1  # different items, different scores
+    np.testing.assert_allclose(forward.scores, backward.scores[::-1], rtol=1e-6)
+    assert served.server is not None
+    assert forward.model_version == served.server.scorer.model_version
+    assert not forward.degraded
+
+
+def test_cold_start_user_and_unknown_items_are_scored(
+    served: ServerThread, raw: dict[str, list[int]]
+) -> None:
+    response = score(served, 987_654_321_987, [10**15, raw["items"][0], 0])
+    assert len(response.scores) == 3
+    assert all(0.0 <= s <= 1.0 for s in response.scores)
+    assert not response.degraded
+
+
+def test_record_query_changes_that_users_next_score_only(
+    served: ServerThread, raw: dict[str, list[int]]
+) -> None:
+    me, other = 880_000_001, 880_000_002
+    items = raw["items"][:5]
+    mine, theirs = score(served, me, items), score(served, other, items)
+    reply = served.stub.RecordQuery(
+        pb.RecordQueryRequest(user_id=me, token_ids=raw["words"][:3], timestamp_ms=T - HOUR_MS)
+    )
+    assert reply.history_length == 1
+    assert score(served, me, items).scores != mine.scores
+    assert score(served, other, items).scores == theirs.scores
+
+
+def test_query_after_the_request_time_is_not_used(
+    served: ServerThread, raw: dict[str, list[int]]
+) -> None:
+    """Features count only events strictly before the request, as in training."""
+    user, items = 880_000_003, raw["items"][:4]
+    before = score(served, user, items)
+    served.stub.RecordQuery(
+        pb.RecordQueryRequest(user_id=user, token_ids=raw["words"][:2], timestamp_ms=T)
+    )
+    assert score(served, user, items).scores == before.scores
+    assert score(served, user, items, at=T + 1).scores != before.scores
+
+
+def test_embedding_cache_hit_when_unchanged_and_missed_after_append(
+    served: ServerThread, raw: dict[str, list[int]]
+) -> None:
+    assert served.server is not None
+    times = served.server.scorer.times
+    user, items = 880_000_004, raw["items"][:3]
+    served.stub.RecordQuery(
+        pb.RecordQueryRequest(user_id=user, token_ids=raw["words"][:2], timestamp_ms=T - 60_000)
+    )
+    encoded, hits = times.encoded, times.cache_hits
+    first = score(served, user, items)
+    assert (times.encoded, times.cache_hits) == (encoded + 1, hits)
+    time.sleep(0.2)  # the cache write is fire-and-forget
+    second = score(served, user, items)
+    assert (times.encoded, times.cache_hits) == (encoded + 1, hits + 1)
+    assert second.scores == first.scores
+    served.stub.RecordQuery(
+        pb.RecordQueryRequest(user_id=user, token_ids=raw["words"][2:4], timestamp_ms=T - 30_000)
+    )
+    score(served, user, items)
+    assert (times.encoded, times.cache_hits) == (encoded + 2, hits + 1)
+
+
+BAD_REQUESTS = {
+    "no items": ("Score", pb.ScoreRequest(user_id=5, item_ids=[])),
+    "too many items": ("Score", pb.ScoreRequest(user_id=5, item_ids=list(range(51)))),
+    "negative item": ("Score", pb.ScoreRequest(user_id=5, item_ids=[3, -4])),
+    "user 0": ("Score", pb.ScoreRequest(user_id=0, item_ids=[3])),
+    "negative user": ("Score", pb.ScoreRequest(user_id=-7, item_ids=[3])),
+    "empty token list": ("RecordQuery", pb.RecordQueryRequest(user_id=5, token_ids=[])),
+    "oversize tokens": ("RecordQuery", pb.RecordQueryRequest(user_id=5, token_ids=[1] * 65)),
+    "negative token": ("RecordQuery", pb.RecordQueryRequest(user_id=5, token_ids=[1, -1])),
+    "negative timestamp": (
+        "RecordQuery",
+        pb.RecordQueryRequest(user_id=5, token_ids=[1], timestamp_ms=-1),
+    ),
+    "no clicks": ("RecordClicks", pb.RecordClicksRequest(user_id=5, item_ids=[])),
+    "negative click": ("RecordClicks", pb.RecordClicksRequest(user_id=5, item_ids=[-2])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_bad_input_is_invalid_argument_and_the_server_keeps_serving(
+    served: ServerThread, raw: dict[str, list[int]], case: str
+) -> None:
+    method, request = BAD_REQUESTS[case]
+    with pytest.raises(grpc.RpcError) as caught:
+        getattr(served.stub, method)(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details()  # a message says what was wrong
+    assert len(score(served, raw["users"][0], raw["items"][:2]).scores) == 2
+
+
+def test_duplicate_items_get_equal_scores(served: ServerThread, raw: dict[str, list[int]]) -> None:
+    a, b = raw["items"][:2]
+    response = score(served, raw["users"][1], [a, b, a, a])
+    assert response.scores[0] == response.scores[2] == response.scores[3]
+
+
+def test_health_is_serving_only_after_warm_up(bundle: Path, redis_url: str) -> None:
+    harness = ServerThread(bundle, redis_url)
+    try:
+        server = harness.create()
+        harness.run(server.listen())
+        assert harness.channel is not None
+        health = health_pb2_grpc.HealthStub(harness.channel)
+        check = health_pb2.HealthCheckRequest(service="queryrec.v1.Scorer")
+        assert health.Check(check, timeout=5).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        harness.run(server.warm_up_and_serve())
+        assert health.Check(check, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        harness.close()
+
+
+def test_replay_of_tiny_agrees_with_offline_auc(
+    bundle: Path, tiny_data: Path, redis_client_url: str
+) -> None:
+    from queryrec.features.dataset import PreparedDataset
+
+    load_state(PreparedDataset(tiny_data), redis_client_url, progress=False)
+    harness = ServerThread(bundle, redis_client_url, budget_ms=10_000)
+    try:
+        harness.create()
+        harness.start()
+        summary = run_replay(tiny_data, harness.address, bundle, concurrency=4)
+    finally:
+        harness.close()
+    assert summary["degraded"] == 0
+    assert abs(summary["served_auc"] - summary["offline_auc"]) <= 0.001  # run_replay checks too
