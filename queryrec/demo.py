@@ -1,26 +1,63 @@
-"""`queryrec demo`: the main job end to end on the `small` preset.
+"""`queryrec demo`: the main job end to end on the `small` preset, offline and served.
 
-Grows with the project. Now: generate KuaiSAR-format logs, prepare the dataset, print its
-statistics, train DIN and QueryRec and print their test AUC side by side, then export
-QueryRec to a parity-checked ONNX bundle and print its manifest summary. The work folder
-is the demo's own; each run replaces what it holds.
+Seven stages, each announced on stderr as `[demo] k/7`:
+
+1. synth: generate KuaiSAR-format logs (seeded);
+2. prepare: build the dataset and print its statistics;
+3. train: DIN and QueryRec, their test AUC side by side;
+4. export: QueryRec to a parity-checked ONNX bundle, its manifest summary;
+5. state load: a private, throw-away redis-server (`service.embedded_redis`) gets every
+   user's histories as of the start of the test split, capped at the bundle's lengths;
+6. serve: `queryrec serve` on that bundle and that Redis, as a subprocess on a free port
+   (its output goes to `serve.log` in the work folder);
+7. replay: the test split, in time order, through the gRPC API; the served AUC must equal
+   the bundle's offline AUC within 0.001 (else the demo fails), and the Score latency is
+   measured under the replay's own load.
+
+A final table puts the offline and served AUC and the latency side by side. The server and
+the redis-server are always stopped, whatever fails. The work folder is the demo's own;
+each run replaces what it holds.
 """
 
 from __future__ import annotations
 
+import collections
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 from queryrec.data.prepare import PrepareConfig, run_prepare
 from queryrec.data.synth import preset_config, run_synth
+from queryrec.errors import QueryRecError
 from queryrec.progress import say
+
+if TYPE_CHECKING:
+    from queryrec.features.dataset import PreparedDataset
 
 DEMO_PRESET = "small"
 DEMO_SEED = 0
 DEMO_MODELS = ("din", "queryrec")
+STAGES = 7
+
+SERVE_START_TIMEOUT_S = 120.0
+"""How long the server may take to load the bundle, warm up and print its listening line."""
+SERVE_STOP_TIMEOUT_S = 10.0
+"""How long the server may take to stop after SIGTERM before it is killed."""
+SERVE_BUDGET_MS = 1000
+"""QUERYREC_BUDGET_MS of the demo's server; see `start_server`."""
+REPLAY_CONCURRENCY = 8
+_LISTENING = re.compile(r"queryrec serve: listening on [^\s:]+:(\d+)")
+_LOG_TAIL_LINES = 20
 
 
 def run_demo(workdir: Path, preset: str = DEMO_PRESET, epochs: int = 3) -> None:
-    """Run every stage that exists so far; outputs go under `workdir`."""
+    """Run every stage; outputs go under `workdir`. QueryRecError when a stage fails."""
     from export.bundle import ExportOptions, export_bundle, manifest_summary
     from queryrec.features.dataset import PreparedDataset
     from queryrec.training.config import TrainConfig
@@ -28,15 +65,15 @@ def run_demo(workdir: Path, preset: str = DEMO_PRESET, epochs: int = 3) -> None:
 
     workdir = Path(workdir)
     raw_dir, data_dir = workdir / "raw", workdir / "data"
-    say(f"[demo] 1/4 synth: {preset} preset, seed {DEMO_SEED} -> {raw_dir}")
+    say(f"[demo] 1/{STAGES} synth: {preset} preset, seed {DEMO_SEED} -> {raw_dir}")
     run_synth(raw_dir, preset_config(preset, DEMO_SEED), force=True)
-    say(f"[demo] 2/4 prepare: {raw_dir} -> {data_dir}")
+    say(f"[demo] 2/{STAGES} prepare: {raw_dir} -> {data_dir}")
     report = run_prepare(raw_dir, data_dir, PrepareConfig(), force=True)
     print(report)
     dataset = PreparedDataset(data_dir)
     results = {}
     for index, model in enumerate(DEMO_MODELS, start=1):
-        say(f"[demo] 3/4 train {model} ({index}/{len(DEMO_MODELS)}), up to {epochs} epochs")
+        say(f"[demo] 3/{STAGES} train {model} ({index}/{len(DEMO_MODELS)}), up to {epochs} epochs")
         cfg = TrainConfig(model=model, seed=DEMO_SEED, epochs=epochs)
         results[model] = train(data_dir, workdir / "runs" / model, cfg, dataset=dataset)
     print("| model | test AUC | GAUC | logloss | best epoch |")
@@ -48,7 +85,178 @@ def run_demo(workdir: Path, preset: str = DEMO_PRESET, epochs: int = 3) -> None:
             f"{result.best_epoch} |"
         )
     bundle_dir = workdir / "bundle"
-    say(f"[demo] 4/4 export queryrec -> {bundle_dir}")
+    say(f"[demo] 4/{STAGES} export queryrec -> {bundle_dir}")
     manifest = export_bundle(workdir / "runs" / "queryrec", bundle_dir, ExportOptions(replace=True))
     print(manifest_summary(manifest, bundle_dir))
-    print(f"Dataset in {data_dir}; checkpoints in {workdir / 'runs'}; bundle in {bundle_dir}.")
+    summary = serve_and_replay(dataset, bundle_dir, manifest, workdir / "serve.log")
+    print_summary(summary)
+    print(
+        f"Dataset in {data_dir}; checkpoints in {workdir / 'runs'}; bundle in {bundle_dir}; "
+        f"server log in {workdir / 'serve.log'}."
+    )
+
+
+def serve_and_replay(
+    dataset: PreparedDataset, bundle_dir: Path, manifest: dict[str, Any], log_path: Path
+) -> dict[str, float]:
+    """Stages 5-7: state load into an embedded Redis, serve the bundle, replay the test
+    split through it; -> `run_replay`'s summary. Redis and the server always stop."""
+    from service.embedded_redis import EmbeddedRedis
+    from service.replay import run_replay
+    from service.state_load import load_state
+
+    lengths = manifest["max_lengths"]
+    with EmbeddedRedis() as redis_server:
+        url = redis_server.url
+        say(f"[demo] 5/{STAGES} state load: {dataset.root} -> embedded Redis at {url}")
+        loaded = load_state(
+            dataset,
+            url,
+            query_cap=int(lengths["query_history"]),
+            click_cap=int(lengths["click_history"]),
+        )
+        print(
+            f"loaded {loaded.users:,} users ({loaded.queries:,} queries, {loaded.clicks:,} "
+            f"clicks) in {loaded.seconds:.1f} s: {loaded.users_per_minute:,.0f} users/min"
+        )
+        say(f"[demo] 6/{STAGES} serve {bundle_dir} (log: {log_path})")
+        server = ServerProcess(bundle_dir, url, log_path)
+        try:
+            port = server.start()
+            target = f"127.0.0.1:{port}"
+            say(
+                f"[demo] 7/{STAGES} replay the test split through {target}, "
+                f"concurrency {REPLAY_CONCURRENCY}"
+            )
+            return run_replay(dataset.root, target, bundle_dir, concurrency=REPLAY_CONCURRENCY)
+        finally:
+            server.stop()
+
+
+def print_summary(summary: dict[str, float]) -> None:
+    """Offline vs served AUC and the Score latency under replay, as one table."""
+    offline, served = summary["offline_auc"], summary["served_auc"]
+    print("| offline AUC | served AUC | difference | Score p50 ms | Score p99 ms | calls/s |")
+    print("|---|---|---|---|---|---|")
+    print(
+        f"| {offline:.4f} | {served:.4f} | {abs(served - offline):.2e} | "
+        f"{summary['score_p50_ms']:.2f} | {summary['score_p99_ms']:.2f} | "
+        f"{summary['calls_per_s']:,.0f} |"
+    )
+    if summary.get("degraded"):
+        print(f"({summary['degraded']:.0f} Score responses were degraded)")
+
+
+class ServerProcess:
+    """`queryrec serve` as a subprocess: started, waited for, stopped; output to a log file.
+
+    A reader thread copies every output line (stdout and stderr, merged) to `log_path` and
+    keeps the last few for error messages; `start` waits for the listening line.
+    """
+
+    def __init__(self, bundle_dir: Path, redis_url: str, log_path: Path) -> None:
+        self.bundle_dir = bundle_dir
+        self.redis_url = redis_url
+        self.log_path = log_path
+        self._process: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+        self._tail: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL_LINES)
+        self._port: int | None = None
+        self._listening = threading.Event()
+
+    def start(self, timeout_s: float = SERVE_START_TIMEOUT_S) -> int:
+        """Start the server; -> its port once it prints its listening line (it is warmed up
+        and SERVING then). QueryRecError, with its last output, if it exits or is silent
+        for `timeout_s`; the process is stopped then."""
+        command = [
+            sys.executable,
+            "-m",
+            "queryrec.cli.main",
+            "serve",
+            "--bundle",
+            str(self.bundle_dir),
+            "--redis",
+            self.redis_url,
+            "--port",
+            "0",
+        ]
+        # The replay client and the server share the machine's cores (2 on the development
+        # machine): under the replay's own load a production-tight budget would degrade
+        # requests (fallback scores), and the served-vs-offline AUC proof needs every score
+        # computed in full. A generous budget keeps them whole; latency is still measured.
+        env = {**os.environ, "QUERYREC_BUDGET_MS": str(SERVE_BUDGET_MS), "PYTHONUNBUFFERED": "1"}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env=env,
+        )
+        assert self._process.stdout is not None
+        self._reader = threading.Thread(
+            target=self._read, args=(self._process.stdout,), name="serve-log", daemon=True
+        )
+        self._reader.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._listening.wait(timeout=0.2):
+            code = self._process.poll()
+            if code is not None:
+                self._reader.join(timeout=5.0)  # collect its last words
+                if self._port is not None:
+                    break
+                self.stop()
+                raise QueryRecError(
+                    f"queryrec serve exited with code {code} before listening\n{self.tail()}"
+                )
+            if time.monotonic() >= deadline:
+                self.stop()
+                raise QueryRecError(
+                    f"queryrec serve printed no listening line within {timeout_s:.0f} s\n"
+                    f"{self.tail()}"
+                )
+        if self._port is None or self._process.poll() is not None:
+            self.stop()
+            raise QueryRecError(f"queryrec serve stopped right after starting\n{self.tail()}")
+        return self._port
+
+    def stop(self) -> None:
+        """SIGTERM, wait `SERVE_STOP_TIMEOUT_S`, then SIGKILL; idempotent."""
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=SERVE_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                say(f"[demo] the server did not stop within {SERVE_STOP_TIMEOUT_S:.0f} s: kill")
+                process.kill()
+                process.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5.0)
+            self._reader = None
+        if process.stdout is not None:
+            process.stdout.close()
+        self._process = None
+
+    def tail(self) -> str:
+        """The server's last output lines, for error messages."""
+        lines = list(self._tail)
+        if not lines:
+            return f"(no output; log: {self.log_path})"
+        return f"--- last lines of {self.log_path} ---\n" + "\n".join(lines)
+
+    def _read(self, stream: IO[str]) -> None:
+        with self.log_path.open("w", encoding="utf-8") as log:
+            for line in stream:
+                log.write(line)
+                log.flush()
+                self._tail.append(line.rstrip("\n"))
+                if self._port is None:
+                    match = _LISTENING.search(line)
+                    if match:
+                        self._port = int(match.group(1))
+                        self._listening.set()

@@ -128,7 +128,7 @@ async def replay(
     report.seconds = time.perf_counter() - start
     missing = int(np.isnan(report.served).sum())
     if missing:
-        raise RuntimeError(f"replay: {missing} test impressions got no score")
+        raise QueryRecError(f"replay: {missing} test impressions got no score")
     return report
 
 

@@ -127,11 +127,18 @@ class Scorer:
                 self.bundle.ctr.run(None, ctr_inputs([row] * users, reprs, items))
 
     async def score(
-        self, raw_user: int, raw_items: list[int], request_ms: int, budget_s: float
+        self,
+        raw_user: int,
+        raw_items: list[int],
+        request_ms: int,
+        budget_s: float,
+        deadline_s: float | None = None,
     ) -> ScoreResult:
+        """Scores in request order. `budget_s` bounds the Redis and encoder stages (they
+        degrade when late); `deadline_s` (the gRPC deadline, None: none) bounds the whole
+        call, whose CTR stage otherwise gets `settings.ctr_timeout_ms`."""
         loop = asyncio.get_running_loop()
         start = loop.time()
-        deadline = start + budget_s
         reasons: list[str] = []
         items = self.bundle.items(np.asarray(raw_items, dtype=np.int64))
         cache_version = self.model_version if self.settings.cache_query_repr else None
@@ -174,11 +181,13 @@ class Scorer:
                     query = self.no_query
                     reasons.append("encoder: no answer within its share of the budget")
         after_encoder = loop.time()
-        # The CTR call is the answer itself: it gets the rest of the gRPC deadline (or,
-        # without one, several budgets) before the request fails rather than hangs.
+        # The CTR call is the answer itself: it may use the rest of the gRPC deadline (or,
+        # without one, `ctr_timeout_ms`); past that the request fails rather than hangs.
+        limit = self.settings.ctr_timeout_ms / 1e3
+        if deadline_s is not None:
+            limit = max(start + deadline_s - loop.time(), 0.0)
         scores = await asyncio.wait_for(
-            self.ctr.submit((row, query, items), units=len(items)),
-            max(deadline - loop.time(), 0.0) + 4 * budget_s,
+            self.ctr.submit((row, query, items), units=len(items)), limit
         )
         done = loop.time()
         t = self.times

@@ -66,7 +66,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
             budget = min(budget, remaining)
         try:
             result = await self.scorer.score(
-                request.user_id, items, request.request_time_ms or now_ms(), budget
+                request.user_id, items, request.request_time_ms or now_ms(), budget, remaining
             )
         except Overloaded as error:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))

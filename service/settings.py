@@ -42,6 +42,9 @@ class ServiceSettings(BaseSettings):
     encoder_share: float = Field(
         0.5, gt=0, le=1, description="share of the budget until the query vector must be ready"
     )
+    ctr_timeout_ms: float = Field(
+        10_000.0, gt=0, description="longest a Score waits for its CTR batch without a deadline"
+    )
     # Micro-batching.
     encoder_max_batch: int = Field(64, ge=1, le=4096, description="users per encoder call")
     encoder_max_delay_ms: float = Field(

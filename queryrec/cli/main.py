@@ -232,7 +232,8 @@ def demo(
         int, typer.Option("--epochs", help="Training epochs per model.", hidden=True)
     ] = 3,
 ) -> None:
-    """Run the main job end to end on `small`: synth, prepare, train DIN and QueryRec, export."""
+    """The main job end to end on `small`: synth, prepare, train DIN and QueryRec, export,
+    serve, state load, replay (served vs offline AUC)."""
     from queryrec.demo import run_demo
 
     run_demo(workdir, preset, epochs)

@@ -186,3 +186,49 @@ def test_replay_of_tiny_agrees_with_offline_auc(
         harness.close()
     assert summary["degraded"] == 0
     assert abs(summary["served_auc"] - summary["offline_auc"]) <= 0.001  # run_replay checks too
+
+
+def test_without_redis_scores_are_degraded_and_writes_unavailable(
+    bundle: Path, raw: dict[str, list[int]]
+) -> None:
+    from service.embedded_redis import EmbeddedRedis
+
+    redis_server = EmbeddedRedis().start()
+    harness = ServerThread(bundle, redis_server.url, budget_ms=2000)
+    try:
+        harness.create()
+        harness.start()
+        redis_server.stop()  # Redis goes away under a running server
+        response = score(harness, raw["users"][0], raw["items"][:3])
+        assert response.degraded and response.degraded_reasons[0].startswith("redis")
+        assert len(response.scores) == 3 and all(0 <= s <= 1 for s in response.scores)
+        with pytest.raises(grpc.RpcError) as caught:
+            harness.stub.RecordQuery(pb.RecordQueryRequest(user_id=5, token_ids=[1]), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert len(score(harness, raw["users"][0], raw["items"][:1]).scores) == 1  # still serving
+    finally:
+        harness.close()
+        redis_server.stop()
+
+
+def test_a_slow_redis_degrades_instead_of_failing(bundle: Path, raw: dict[str, list[int]]) -> None:
+    """Redis answering later than its share of the budget: scored without the query vector."""
+    import redis
+
+    from service.embedded_redis import EmbeddedRedis
+
+    with EmbeddedRedis() as redis_server:
+        harness = ServerThread(bundle, redis_server.url, budget_ms=100)
+        try:
+            harness.create()
+            harness.start()
+            redis.Redis.from_url(redis_server.url).execute_command("CLIENT", "PAUSE", "600")
+            began = time.perf_counter()
+            response = score(harness, raw["users"][0], raw["items"][:3])
+            elapsed = time.perf_counter() - began
+        finally:
+            harness.close()
+    assert response.degraded
+    assert response.degraded_reasons == ["redis: no answer within its share of the budget"]
+    assert len(response.scores) == 3
+    assert elapsed < 0.5  # did not wait for the paused Redis
