@@ -154,7 +154,14 @@ class ServerProcess:
     keeps the last few for error messages; `start` waits for the listening line.
     """
 
-    def __init__(self, bundle_dir: Path, redis_url: str, log_path: Path) -> None:
+    def __init__(
+        self,
+        bundle_dir: Path,
+        redis_url: str,
+        log_path: Path,
+        settings: dict[str, str] | None = None,
+    ) -> None:
+        self.settings = settings or {}  # extra QUERYREC_* variables for the server
         self.bundle_dir = bundle_dir
         self.redis_url = redis_url
         self.log_path = log_path
@@ -163,6 +170,11 @@ class ServerProcess:
         self._tail: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL_LINES)
         self._port: int | None = None
         self._listening = threading.Event()
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "not started"
+        return self._process.pid
 
     def start(self, timeout_s: float = SERVE_START_TIMEOUT_S) -> int:
         """Start the server; -> its port once it prints its listening line (it is warmed up
@@ -185,6 +197,7 @@ class ServerProcess:
         # requests (fallback scores), and the served-vs-offline AUC proof needs every score
         # computed in full. A generous budget keeps them whole; latency is still measured.
         env = {**os.environ, "QUERYREC_BUDGET_MS": str(SERVE_BUDGET_MS), "PYTHONUNBUFFERED": "1"}
+        env |= self.settings
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(
             command,
