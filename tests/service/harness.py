@@ -24,7 +24,7 @@ T = TypeVar("T")
 class ServerThread:
     """create() binds the server (health NOT_SERVING), start() warms it and serves."""
 
-    def __init__(self, bundle: Path, redis_url: str, **settings: Any):
+    def __init__(self, bundle: Path, redis_url: str | None, **settings: Any):
         self.settings = ServiceSettings(bundle=bundle, redis_url=redis_url, port=0, **settings)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

@@ -232,3 +232,31 @@ def test_a_slow_redis_degrades_instead_of_failing(bundle: Path, raw: dict[str, l
     assert response.degraded_reasons == ["redis: no answer within its share of the budget"]
     assert len(response.scores) == 3
     assert elapsed < 0.5  # did not wait for the paused Redis
+
+
+def test_reflection_lists_the_services(served: ServerThread) -> None:
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    assert served.channel is not None
+    names = set(ProtoReflectionDescriptorDatabase(served.channel).get_services())
+    assert {"queryrec.v1.Scorer", "grpc.health.v1.Health"} <= names
+
+
+def test_without_a_redis_url_the_server_runs_its_own(
+    bundle: Path, raw: dict[str, list[int]]
+) -> None:
+    harness = ServerThread(bundle, None)
+    try:
+        server = harness.create()
+        assert server.embedded_redis is not None and server.embedded_redis.running
+        harness.start()
+        reply = harness.stub.RecordClicks(
+            pb.RecordClicksRequest(user_id=3, item_ids=raw["items"][:2], timestamp_ms=T - 1)
+        )
+        assert reply.history_length == 2
+        assert len(score(harness, 3, raw["items"][:2]).scores) == 2
+    finally:
+        harness.close()
+    assert not server.embedded_redis.running  # stopped with the server

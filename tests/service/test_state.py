@@ -117,3 +117,10 @@ def test_as_of_accepts_epoch_ms_and_iso_times() -> None:
     assert parse_time("2023-11-14T22:13:20") == 1_700_000_000_000
     with pytest.raises(ValueError, match="--as-of"):
         parse_time("yesterday")
+
+
+def test_the_client_parses_with_hiredis() -> None:
+    """Without hiredis, list replies cost about 4x more to parse (MEASURED.md)."""
+    from redis.utils import HIREDIS_AVAILABLE
+
+    assert HIREDIS_AVAILABLE
