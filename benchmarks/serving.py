@@ -113,6 +113,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument(
+        "--delays-ms", default="0,1", help="micro-batcher max delays to compare (both batchers)"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-work/serving.json"))
     args = parser.parse_args()
     dataset = PreparedDataset(args.data)
@@ -130,15 +133,19 @@ def main() -> None:
         result["state_load_users_per_min"] = loaded.users_per_minute
         print(f"state load: {loaded.users:,} users, {loaded.users_per_minute:,.0f} users/min")
         replays = []
-        for concurrency in (int(c) for c in args.concurrency.split(",")):
-            load_state(dataset, redis_server.url, progress=False, **caps)  # fresh state
-            server = ServerProcess(args.bundle, redis_server.url, Path("bench-work/serve.log"))
-            try:
-                port = server.start()
-                summary = run_replay(args.data, f"127.0.0.1:{port}", args.bundle, concurrency)
-            finally:
-                server.stop()
-            replays.append({"concurrency": concurrency, **summary})
+        for delay in args.delays_ms.split(","):
+            for concurrency in (int(c) for c in args.concurrency.split(",")):
+                load_state(dataset, redis_server.url, progress=False, **caps)  # fresh state
+                delays = {f"QUERYREC_{b}_MAX_DELAY_MS": delay for b in ("ENCODER", "CTR")}
+                server = ServerProcess(
+                    args.bundle, redis_server.url, Path("bench-work/serve.log"), delays
+                )
+                try:
+                    port = server.start()
+                    summary = run_replay(args.data, f"127.0.0.1:{port}", args.bundle, concurrency)
+                finally:
+                    server.stop()
+                replays.append({"delay_ms": float(delay), "concurrency": concurrency, **summary})
         result["replay"] = replays
         # Server CPU per Score, on the state as of the end of the replay; no vector cache,
         # so that every request with queries encodes, as in the in-process split below.

@@ -73,6 +73,7 @@ def load_state(
     except (RedisError, OSError) as error:
         raise StateUnavailable(f"Redis at {url.split('@')[-1]} does not answer: {error}") from None
 
+    packed_clicks = _pack_all_clicks(dataset, item_raw)
     users = np.arange(2, len(dataset.search_user_start) - 1)  # 0, 1: padding, unknown
     n_queries = n_clicks = 0
     bar = tqdm(total=len(users), desc="state load", unit="user", disable=not progress)
@@ -83,7 +84,7 @@ def load_state(
             if raw_user < 0:
                 continue
             q_entries = _query_entries(dataset, int(user), as_of, query_cap, word_raw)
-            c_entries = _click_entries(dataset, int(user), as_of, click_cap, item_raw)
+            c_entries = _click_entries(dataset, int(user), as_of, click_cap, packed_clicks)
             qk, ck, pk = (
                 keys.query_key(raw_user),
                 keys.click_key(raw_user),
@@ -127,15 +128,19 @@ def _query_entries(
 
 
 def _click_entries(
-    dataset: PreparedDataset, user: int, as_of: int, cap: int, item_raw: np.ndarray
+    dataset: PreparedDataset, user: int, as_of: int, cap: int, packed: bytes
 ) -> list[bytes]:
-    """The user's newest `cap` feed clicks before `as_of`, newest first, packed."""
+    """The user's newest `cap` feed clicks before `as_of`, newest first: 16-byte slices
+    of `packed`, every click of the dataset packed once (`_pack_all_clicks`)."""
     lo, hi = dataset.click_user_start[user], dataset.click_user_start[user + 1]
     end = lo + int(np.searchsorted(dataset.click_ts[lo:hi], as_of, side="left"))
-    start = max(lo, end - cap)
-    ts = dataset.click_ts[start:end][::-1]
-    items = item_raw[dataset.click_item[start:end][::-1]]
-    return [keys.pack_clicks(int(t), [int(i)])[0] for t, i in zip(ts, items, strict=True)]
+    return [packed[i * 16 : i * 16 + 16] for i in range(end - 1, max(lo, end - cap) - 1, -1)]
+
+
+def _pack_all_clicks(dataset: PreparedDataset, item_raw: np.ndarray) -> bytes:
+    """Every click as a little-endian int64 [ts, raw item] pair, in timeline order."""
+    pairs = np.stack([dataset.click_ts, item_raw[dataset.click_item]], axis=1)
+    return pairs.astype("<i8").tobytes()
 
 
 def parse_time(value: str) -> int:
