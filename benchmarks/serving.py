@@ -176,12 +176,13 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(
-        "| concurrency | calls/s | Score p50 ms | Score p99 ms | served AUC | offline AUC | degraded |"
+        "| max delay ms | concurrency | calls/s | Score p50 ms | Score p99 ms | served AUC "
+        "| offline AUC | degraded |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in replays:
         print(
-            f"| {r['concurrency']} | {r['calls_per_s']:.0f} | {r['score_p50_ms']:.2f} | "
+            f"| {r['delay_ms']:g} | {r['concurrency']} | {r['calls_per_s']:.0f} | {r['score_p50_ms']:.2f} | "
             f"{r['score_p99_ms']:.2f} | {r['served_auc']:.4f} | {r['offline_auc']:.4f} | "
             f"{r['degraded']:.0f} |"
         )

@@ -143,9 +143,9 @@ class Scorer:
         items = self.bundle.items(np.asarray(raw_items, dtype=np.int64))
         cache_version = self.model_version if self.settings.cache_query_repr else None
         try:
-            (state,) = await asyncio.wait_for(
-                self.state.read([raw_user], cache_version), budget_s * self.settings.redis_share
-            )
+            # (asyncio.timeout, not wait_for: no extra task per stage)
+            async with asyncio.timeout(budget_s * self.settings.redis_share):
+                (state,) = await self.state.read([raw_user], cache_version)
         except TimeoutError:
             state, reasons = UserState(), ["redis: no answer within its share of the budget"]
         except StateUnavailable as error:
@@ -165,9 +165,8 @@ class Scorer:
             else:
                 share = start + budget_s * self.settings.encoder_share - loop.time()
                 try:
-                    query = await asyncio.wait_for(
-                        self.encoder.submit((row.query_tokens, row.query_age)), max(share, 0.0)
-                    )
+                    async with asyncio.timeout(max(share, 0.0)):
+                        query = await self.encoder.submit((row.query_tokens, row.query_age))
                     self.times.encoded += 1
                     if cache_version is not None:
                         task = loop.create_task(
@@ -186,9 +185,8 @@ class Scorer:
         limit = self.settings.ctr_timeout_ms / 1e3
         if deadline_s is not None:
             limit = max(start + deadline_s - loop.time(), 0.0)
-        scores = await asyncio.wait_for(
-            self.ctr.submit((row, query, items), units=len(items)), limit
-        )
+        async with asyncio.timeout(limit):
+            scores = await self.ctr.submit((row, query, items), units=len(items))
         done = loop.time()
         t = self.times
         t.requests += 1
