@@ -271,10 +271,10 @@ def test_reconstruct_from_x0_is_deterministic(trained: Trained) -> None:
     first = reconstruct(trained.schedule, trained.denoiser, x0, start_step=0)
     second = reconstruct(trained.schedule, trained.denoiser, x0, start_step=0)
     torch.testing.assert_close(first, second, rtol=0, atol=0)
+    generator = torch.Generator().manual_seed(0)
     noisy = reconstruct(
-        trained.schedule, trained.denoiser, x0, start_step=0, noisy=True,
-        generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+        trained.schedule, trained.denoiser, x0, start_step=0, noisy=True, generator=generator
+    )
     assert not torch.equal(noisy, first)
     assert not noisy.requires_grad
 
