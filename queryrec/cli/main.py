@@ -16,7 +16,10 @@ import typer
 from queryrec.errors import QueryRecError
 
 # Mirrors queryrec.models.registry.DEFAULT_BENCH_MODELS without importing torch at start-up.
-DEFAULT_MODELS = ("din", "dcn", "queryrec", "queryrec-dcn", "queryrec-no-next", "queryrec-no-cl")
+DEFAULT_MODELS = (
+    "din", "dcn", "queryrec", "queryrec-dcn", "queryrec-no-next", "queryrec-no-cl",
+    "queryrec-no-diffusion",
+)  # fmt: skip
 
 app = typer.Typer(
     name="queryrec",
@@ -27,6 +30,10 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="KuaiSAR-format data: generate and prepare.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+diffusion_app = typer.Typer(
+    help="Diffusion pseudo-positives for click-less queries (offline job).", no_args_is_help=True
+)
+app.add_typer(diffusion_app, name="diffusion")
 state_app = typer.Typer(help="Serving state in Redis.", no_args_is_help=True)
 app.add_typer(state_app, name="state")
 
@@ -145,6 +152,51 @@ def export_command(
     options = ExportOptions(quantize=quantize, force=force, replace=force, data_dir=data)
     manifest = export_bundle(run, out, options)
     print(manifest_summary(manifest, out))
+
+
+@diffusion_app.command("train")
+def diffusion_train_command(
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder from 'data prepare'.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the trained denoiser.")],
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 30,
+    max_items: Annotated[
+        int, typer.Option("--max-items", help="Item universe: the most-shown items.")
+    ] = 4096,
+    k: Annotated[int, typer.Option("--k", help="Pseudo-positives per query; metrics @K.")] = 4,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
+    references: Annotated[
+        bool,
+        typer.Option(
+            "--references/--no-references",
+            help="Also train the autoencoder reference and write the quality table.",
+        ),
+    ] = True,
+) -> None:
+    """Train the denoiser on the training split's clicked queries."""
+    from queryrec.diffusion.train import run_diffusion_train
+
+    run_diffusion_train(data, out, epochs, max_items, k, seed, device, references)
+
+
+@diffusion_app.command("augment")
+def diffusion_augment_command(
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder from 'data prepare'.")],
+    model: Annotated[Path, typer.Option("--model", help="Folder from 'diffusion train'.")],
+    k: Annotated[
+        int | None, typer.Option("--k", help="Pseudo-positives per query (default: the model's).")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
+) -> None:
+    """Write top-K pseudo-positives for every click-less training-split query into --data."""
+    from queryrec.diffusion.augment import augment
+
+    manifest = augment(data, model, k=k, device=device)
+    print(
+        f"pseudo-positives for {manifest['sessions']:,} click-less queries (K = {manifest['k']}) "
+        f"in {float(manifest['seconds']):.1f} s ({float(manifest['queries_per_s']):,.0f} "
+        f"queries/s) -> {data / 'augment'}"
+    )
 
 
 @app.command("serve")

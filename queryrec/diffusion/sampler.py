@@ -20,18 +20,23 @@ def training_loss(
     denoiser: Denoiser,
     x0: Tensor,
     generator: torch.Generator | None = None,
+    observed: Tensor | None = None,
 ) -> Tensor:
     """DiffRec's x0-prediction loss: MSE between denoiser(q(x_t | x0), t) and x0.
 
     t is uniform over [0, steps) per row, noise ~ N(0, 1); the mean is over items and
     batch. The denoiser's train/eval mode is the caller's. x0 (B, I) -> scalar.
+
+    `observed` (B, I), when given, is what is noised instead of x0 (the target stays x0):
+    a partial view of x0, so that the denoiser learns to fill in what the view hides
+    (the augmentation's click-less queries hide their would-be clicks).
     """
     batch = x0.shape[0]
     t = torch.randint(
         0, schedule.steps, (batch,), generator=generator, device=x0.device
     )  # (B,) int64
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-    x_t = schedule.add_noise(x0, noise, t)  # (B, I)
+    x_t = schedule.add_noise(x0 if observed is None else observed, noise, t)  # (B, I)
     return F.mse_loss(denoiser(x_t, t), x0)
 
 

@@ -8,6 +8,10 @@
 | queryrec-dcn | DCN-V2 | yes | yes | yes |
 | queryrec-no-next | DIN | yes | - | yes |
 | queryrec-no-cl | DIN | yes | yes | - |
+| queryrec-no-diffusion | DIN | yes | yes | yes, clicked queries only |
+
+Models with L_cl take the diffusion job's pseudo-positives for click-less queries when the
+dataset has them (`queryrec diffusion augment`); `queryrec-no-diffusion` never does.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class ModelSpec:
     use_query: bool
     next_loss: bool
     contrastive_loss: bool
+    diffusion_positives: bool = True  # L_cl uses the augment job's pseudo-positives
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -42,9 +47,13 @@ MODELS: dict[str, ModelSpec] = {
     "queryrec-dcn": ModelSpec("dcn", use_query=True, next_loss=True, contrastive_loss=True),
     "queryrec-no-next": ModelSpec("din", use_query=True, next_loss=False, contrastive_loss=True),
     "queryrec-no-cl": ModelSpec("din", use_query=True, next_loss=True, contrastive_loss=False),
+    "queryrec-no-diffusion": ModelSpec(
+        "din", use_query=True, next_loss=True, contrastive_loss=True, diffusion_positives=False
+    ),
 }
 DEFAULT_BENCH_MODELS = (
     "din", "dcn", "queryrec", "queryrec-dcn", "queryrec-no-next", "queryrec-no-cl",
+    "queryrec-no-diffusion",
 )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from queryrec.diffusion.augment import load_pseudo_positives
 from queryrec.evaluation.metrics import auc, evaluate, logloss
 from queryrec.evaluation.slices import last_query_without_click
 from queryrec.features.dataset import PreparedDataset
@@ -139,12 +140,21 @@ def fit(
     optimizer = torch.optim.Adam(
         model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
     )
+    pseudo = None
+    if spec.contrastive_loss and spec.diffusion_positives:
+        pseudo = load_pseudo_positives(dataset)
+        if pseudo is None and ctx.is_main and cfg.progress:
+            say(
+                f"[train] {dataset.root} has no diffusion pseudo-positives: L_cl uses clicked "
+                "queries only (run 'queryrec diffusion augment' first)"
+            )
     builder = BatchBuilder(
         dataset,
         click_history=model_cfg.click_history,
         query_history=model_cfg.query_history,
         query_tokens=model_cfg.query_tokens,
         aux=cfg.aux if (spec.next_loss or spec.contrastive_loss) else None,
+        pseudo_positives=pseudo,
     )
     train_arrays = builder.split_arrays("train", with_aux=True)
     valid_arrays = builder.split_arrays("valid", with_aux=False)

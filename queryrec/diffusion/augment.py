@@ -1,0 +1,110 @@
+"""`queryrec diffusion augment`: pseudo-positives for the training split's click-less queries.
+
+For every training-split search session without a click: x0 is -1 on its shown items and
+0 elsewhere (`queryrec.diffusion.x0`), the reverse process reconstructs x̃0, the known
+negatives (its shown items) are removed, and the top-K items become the session's
+pseudo-positives for L_cl. Written into the dataset folder, beside what `data prepare`
+wrote and outside its hashed files:
+
+| file | what |
+|---|---|
+| `augment/pseudo_positives.parquet` | `session` (row of timelines/search.parquet), `items` (K item indices, best first) |
+| `augment/manifest.json` | the dataset's schema hash, the diffusion model folder and its settings, K, counts, timing |
+
+Training (`queryrec train --model queryrec`) reads them through `load_pseudo_positives`,
+which refuses a manifest made for another dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from tqdm import tqdm
+
+from queryrec.diffusion.train import load_model, pick_device
+from queryrec.diffusion.x0 import build_x0, sessions_in, shown_mask
+from queryrec.errors import QueryRecError
+from queryrec.features.dataset import PreparedDataset
+from queryrec.training.batches import PseudoPositives
+
+AUGMENT_DIR, POSITIVES_FILE, MANIFEST_FILE = "augment", "pseudo_positives.parquet", "manifest.json"
+
+
+def augment(
+    data_dir: Path,
+    model_dir: Path,
+    *,
+    k: int | None = None,
+    batch_size: int = 512,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write the pseudo-positives; -> the manifest."""
+    dataset = PreparedDataset(data_dir)
+    torch_device = pick_device(device)
+    model = load_model(model_dir, dataset, torch_device)
+    top_k = int(k if k is not None else model.info["train"]["k"])
+    valid_start = int(dataset.schema["split"]["valid_start_ms"])
+    sessions = sessions_in(dataset, 0, valid_start, clicked=False)
+    items = np.zeros((len(sessions), top_k), dtype=np.int64)
+    start = time.perf_counter()
+    for lo in tqdm(
+        range(0, len(sessions), batch_size),
+        desc="diffusion augment",
+        unit="batch",
+        disable=not progress,
+    ):
+        rows = sessions[lo : lo + batch_size]
+        x0 = build_x0(dataset, model.universe, rows, hide_clicks=True)
+        scores = model.scores(x0, torch_device)  # (B, U)
+        scores[shown_mask(dataset, model.universe, rows)] = -np.inf  # known negatives
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]  # (B, K) columns
+        items[lo : lo + len(rows)] = model.universe.items[top]
+    seconds = time.perf_counter() - start
+    out = Path(data_dir) / AUGMENT_DIR
+    out.mkdir(exist_ok=True)
+    pl.DataFrame({"session": sessions, "items": items.tolist()}).write_parquet(out / POSITIVES_FILE)
+    manifest: dict[str, Any] = {
+        "schema_hash": dataset.content_hash,
+        "model_dir": str(Path(model_dir).resolve()),
+        "model_best_epoch": model.info.get("best_epoch"),
+        "universe_items": len(model.universe),
+        "k": top_k,
+        "sessions": len(sessions),
+        "seconds": seconds,
+        "queries_per_s": len(sessions) / max(seconds, 1e-9),
+        "device": str(torch_device),
+    }
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def load_pseudo_positives(dataset: PreparedDataset) -> PseudoPositives | None:
+    """The augment job's output for `dataset`, as CSR over search sessions; None when the
+    dataset was not augmented. QueryRecError when it was augmented for another dataset."""
+    folder = dataset.root / AUGMENT_DIR
+    if not (folder / MANIFEST_FILE).is_file():
+        return None
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    if manifest.get("schema_hash") != dataset.content_hash:
+        raise QueryRecError(
+            f"{folder / MANIFEST_FILE}: pseudo-positives were made for dataset "
+            f"{str(manifest.get('schema_hash'))[:12]}, not {dataset.content_hash[:12]}; rerun "
+            "'queryrec diffusion augment'"
+        )
+    frame = pl.read_parquet(folder / POSITIVES_FILE)
+    n_sessions = len(dataset.search_ts)
+    counts = np.zeros(n_sessions, dtype=np.int64)
+    sessions = frame["session"].to_numpy()
+    lists = frame["items"].to_list()
+    counts[sessions] = [len(x) for x in lists]
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    flat = np.zeros(offsets[-1], dtype=np.int64)
+    for session, values in zip(sessions, lists, strict=True):
+        flat[offsets[session] : offsets[session + 1]] = values
+    return PseudoPositives(offsets=offsets, items=flat)

@@ -1,0 +1,124 @@
+"""x0 per query: the item universe and each search session's vector over it (numpy only).
+
+**Universe.** KuaiSAR has millions of items, so a dense x0 over all of them is out of the
+question. The universe is the `max_items` items shown most often in training-split search
+sessions (ties by item index): the items a query's clicks can be about, restricted to
+those seen often enough to learn anything for. Cost per query: `max_items` floats in a
+batch (4,096 on `small`: 16 KB; 20,000 at `kuaisar-small` scale: 80 KB, 41 MB per batch
+of 512) and a denoiser of about 2 x max_items x hidden weights (10 M floats at 20,000 x
+256). Clicks on items outside the universe are dropped from x0; the share kept is
+reported by `diffusion train`.
+
+**Encoding.** Clicked items +1 (`CLICKED`), shown and not clicked -1 (`SHOWN`), never
+shown 0 (`UNSEEN`): the midpoint, because for an item the user never saw the session
+says nothing either way, and the denoiser's output there is its own belief (the value
+the top-K pseudo-positives are read from). A click-less session is therefore -1 on its
+shown items and 0 elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from queryrec.features.dataset import PreparedDataset
+
+CLICKED, SHOWN, UNSEEN = 1.0, -1.0, 0.0
+
+
+@dataclass(frozen=True)
+class ItemUniverse:
+    """The items x0 covers: column j is item index `items[j]`."""
+
+    items: np.ndarray  # (U,) int64 item indices
+    column: np.ndarray  # (n_items,) int64 column of each item index, -1 outside
+
+    @classmethod
+    def from_items(cls, items: np.ndarray, n_items: int) -> ItemUniverse:
+        column = np.full(n_items, -1, dtype=np.int64)
+        column[items] = np.arange(len(items))
+        return cls(items.astype(np.int64), column)
+
+    @classmethod
+    def most_shown(
+        cls, dataset: PreparedDataset, sessions: np.ndarray, max_items: int
+    ) -> ItemUniverse:
+        """The `max_items` items shown most often in `sessions` (rows of search.parquet)."""
+        shown = _values(dataset.shown_offsets, dataset.shown_items, sessions)
+        n_items = int(dataset.schema["vocab_sizes"]["items"])
+        counts = np.bincount(shown, minlength=n_items)
+        counts[:2] = 0  # padding and unknown
+        order = np.lexsort((np.arange(n_items), -counts))  # most shown first, then by index
+        kept = order[: min(max_items, int((counts > 0).sum()))]
+        return cls.from_items(np.sort(kept), n_items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def save(self, path: Path) -> None:
+        np.save(path, self.items)
+
+    @classmethod
+    def load(cls, path: Path, n_items: int) -> ItemUniverse:
+        return cls.from_items(np.load(path), n_items)
+
+
+def _values(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """All values of CSR rows `rows`, concatenated."""
+    if len(rows) == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts, ends = offsets[rows], offsets[rows + 1]
+    index = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends, strict=True)])
+    return values[index.astype(np.int64)].astype(np.int64) if len(index) else index
+
+
+def sessions_in(
+    dataset: PreparedDataset, start_ms: int, end_ms: int, *, clicked: bool
+) -> np.ndarray:
+    """Rows of search.parquet in [start_ms, end_ms) with (clicked) or without clicks."""
+    ts = dataset.search_ts
+    has_click = np.diff(dataset.clicked_offsets) > 0
+    return np.flatnonzero((ts >= start_ms) & (ts < end_ms) & (has_click == clicked))
+
+
+def build_x0(
+    dataset: PreparedDataset, universe: ItemUniverse, sessions: np.ndarray, *, hide_clicks: bool
+) -> np.ndarray:
+    """(B,) session rows -> x0 (B, U) float32. `hide_clicks`: encode as if click-less
+    (every shown item -1), the input of augmentation and of the hidden-click evaluation."""
+    x0 = np.full((len(sessions), len(universe)), UNSEEN, dtype=np.float32)
+    for kind, offsets, values, value in (
+        ("shown", dataset.shown_offsets, dataset.shown_items, SHOWN),
+        ("clicked", dataset.clicked_offsets, dataset.clicked_items, CLICKED),
+    ):
+        if kind == "clicked" and hide_clicks:
+            continue
+        sizes = offsets[sessions + 1] - offsets[sessions]
+        rows = np.repeat(np.arange(len(sessions)), sizes)
+        columns = universe.column[_values(offsets, values, sessions)]
+        inside = columns >= 0
+        x0[rows[inside], columns[inside]] = value
+    return x0
+
+
+def shown_mask(
+    dataset: PreparedDataset, universe: ItemUniverse, sessions: np.ndarray
+) -> np.ndarray:
+    """(B, U) bool: items each session showed (the known negatives of a click-less one)."""
+    return build_x0(dataset, universe, sessions, hide_clicks=True) == SHOWN
+
+
+def clicked_lists(
+    dataset: PreparedDataset, universe: ItemUniverse, sessions: np.ndarray
+) -> list[np.ndarray]:
+    """Per session, the universe columns of its clicked items."""
+    out = []
+    for row in sessions:
+        items = dataset.clicked_items[
+            dataset.clicked_offsets[row] : dataset.clicked_offsets[row + 1]
+        ]
+        columns = universe.column[items.astype(np.int64)]
+        out.append(np.unique(columns[columns >= 0]))
+    return out

@@ -1,0 +1,140 @@
+"""x0 encoding, diffusion train -> augment on tiny, the manifest check, L_cl with pseudo-positives."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from queryrec.cli.main import main
+from queryrec.diffusion.augment import load_pseudo_positives
+from queryrec.diffusion.x0 import CLICKED, SHOWN, UNSEEN, ItemUniverse, build_x0, sessions_in
+from queryrec.errors import QueryRecError
+from queryrec.features.dataset import PreparedDataset
+from queryrec.losses import contrastive_loss
+from queryrec.training.batches import AuxiliaryConfig, BatchBuilder, PseudoPositives
+
+
+def test_x0_encodes_clicked_shown_and_unseen(tiny_data: Path) -> None:
+    dataset = PreparedDataset(tiny_data)
+    row = int(np.flatnonzero(np.diff(dataset.clicked_offsets) > 0)[0])
+    shown = dataset.shown_items[dataset.shown_offsets[row] : dataset.shown_offsets[row + 1]]
+    clicked = dataset.clicked_items[dataset.clicked_offsets[row] : dataset.clicked_offsets[row + 1]]
+    n_items = int(dataset.schema["vocab_sizes"]["items"])
+    other = next(i for i in range(2, n_items) if i not in set(shown))
+    universe = ItemUniverse.from_items(np.unique(np.concatenate([shown, [other]])), n_items)
+    x0 = build_x0(dataset, universe, np.array([row]), hide_clicks=False)[0]
+    assert x0[universe.column[clicked]].tolist() == [CLICKED] * len(clicked)
+    unclicked = np.setdiff1d(shown, clicked)
+    assert (x0[universe.column[unclicked]] == SHOWN).all()
+    assert x0[universe.column[other]] == UNSEEN
+    hidden = build_x0(dataset, universe, np.array([row]), hide_clicks=True)[0]
+    assert (hidden[universe.column[shown]] == SHOWN).all()  # as if click-less
+
+
+@pytest.fixture(scope="module")
+def augmented(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A private copy of tiny, a diffusion model trained on it, and its augment output."""
+    data = tmp_path_factory.mktemp("aug") / "data"
+    shutil.copytree(tiny_data, data)
+    model = data.parent / "diffusion"
+    common = ["--data", str(data)]
+    assert main(["diffusion", "train", *common, "--out", str(model), "--epochs", "2"]) == 0
+    assert main(["diffusion", "augment", *common, "--model", str(model)]) == 0
+    return data, model
+
+
+def test_augment_writes_k_unshown_items_per_clickless_query(augmented: tuple[Path, Path]) -> None:
+    data, model = augmented
+    dataset = PreparedDataset(data)
+    manifest = json.loads((data / "augment/manifest.json").read_text())
+    assert manifest["schema_hash"] == dataset.content_hash and manifest["k"] == 4
+    pseudo = load_pseudo_positives(dataset)
+    assert pseudo is not None
+    valid_start = int(dataset.schema["split"]["valid_start_ms"])
+    clickless = sessions_in(dataset, 0, valid_start, clicked=False)
+    assert manifest["sessions"] == len(clickless) > 0
+    for row in clickless[:50]:
+        items = pseudo.items[pseudo.offsets[row] : pseudo.offsets[row + 1]]
+        shown = dataset.shown_items[dataset.shown_offsets[row] : dataset.shown_offsets[row + 1]]
+        assert len(items) == 4 and len(set(items.tolist())) == 4
+        assert not set(items.tolist()) & set(shown.tolist())  # known negatives removed
+    clicked = np.flatnonzero(np.diff(dataset.clicked_offsets) > 0)
+    assert (np.diff(pseudo.offsets)[clicked] == 0).all()  # clicked queries keep their clicks
+    info = json.loads((model / "diffusion.json").read_text())
+    assert info["best_epoch"] in (1, 2) and len(info["history"]) == 2
+    quality = json.loads((model / "results.json").read_text())
+    assert set(quality["methods"]) == {
+        "diffusion", "popular shown items", "random shown items", "autoencoder (no diffusion)"
+    }  # fmt: skip
+    assert all(0 <= m["recall"] <= 1 for m in quality["methods"].values())
+    assert "| diffusion |" in (model / "RESULTS.md").read_text()
+
+
+def test_pseudo_positives_of_another_dataset_are_refused(
+    augmented: tuple[Path, Path], tmp_path: Path, tiny_data: Path
+) -> None:
+    data, _ = augmented
+    manifest_path = data / "augment/manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    (copy / "augment/manifest.json").write_text(json.dumps({**manifest, "schema_hash": "f" * 64}))
+    with pytest.raises(QueryRecError, match="made for dataset ffffffffffff"):
+        load_pseudo_positives(PreparedDataset(copy))
+    assert load_pseudo_positives(PreparedDataset(tiny_data)) is None  # never augmented
+
+
+def test_a_model_of_another_dataset_is_refused(
+    augmented: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, model = augmented
+    other = tmp_path / "model"
+    shutil.copytree(model, other)
+    info = json.loads((other / "diffusion.json").read_text())
+    (other / "diffusion.json").write_text(json.dumps({**info, "schema_hash": "e" * 64}))
+    data, _ = augmented
+    assert main(["diffusion", "augment", "--data", str(data), "--model", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "trained on dataset eeeeeeeeeeee" in err and err.count("\n") == 1
+
+
+def test_builder_gives_clickless_queries_their_pseudo_positives(tiny_data: Path) -> None:
+    dataset = PreparedDataset(tiny_data)
+    has_click = np.diff(dataset.clicked_offsets) > 0
+    clickless, clicked = int(np.flatnonzero(~has_click)[0]), int(np.flatnonzero(has_click)[0])
+    offsets = np.zeros(len(has_click) + 1, dtype=np.int64)
+    offsets[clickless + 1 :] = 2  # session `clickless` gets items 7 and 9
+    pseudo = PseudoPositives(offsets=offsets, items=np.array([7, 9]))
+    builder = BatchBuilder(
+        dataset, click_history=5, query_history=3, query_tokens=4,
+        aux=AuxiliaryConfig(cl_positives=3), pseudo_positives=pseudo,
+    )  # fmt: skip
+    out = builder._last_query_positives(np.array([clickless, clicked, -1]))
+    assert out[0].tolist() == [7, 9, 0]
+    own = dataset.clicked_items[
+        dataset.clicked_offsets[clicked] : dataset.clicked_offsets[clicked + 1]
+    ]
+    assert out[1].tolist() == [*own[:3].tolist(), *[0] * (3 - min(3, len(own)))]
+    assert out[2].tolist() == [0, 0, 0]
+
+
+def test_contrastive_loss_with_pseudo_positives_by_hand() -> None:
+    """Row 0: a click-less query with pseudo-positives 7, 9; row 1: clicked item 5."""
+    query = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    positives = torch.tensor([[[1.0, 0.0], [1.0, 1.0]], [[0.0, 2.0], [0.0, 0.0]]])
+    ids = torch.tensor([[7, 9], [5, 0]])
+    beta = 0.5
+    # Row 0: negatives = row 1's first positive (id 5, direction (0, 1)): s = 0.
+    # Positives: s(q0, 7) = 1, s(q0, 9) = 1/sqrt(2).
+    row0 = ((0 / beta - 1 / beta) + (0 / beta - (1 / math.sqrt(2)) / beta)) / 2
+    # Row 1: negative = row 0's first positive (id 7, direction (1, 0)): s = 0; positive s = 1.
+    row1 = 0 / beta - 1 / beta
+    expected = (row0 + row1) / 2
+    got = contrastive_loss(query, positives, ids, beta)
+    assert float(got) == pytest.approx(expected, rel=1e-6)
