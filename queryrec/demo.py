@@ -1,16 +1,19 @@
 """`queryrec demo`: the main job end to end on the `small` preset, offline and served.
 
-Seven stages, each announced on stderr as `[demo] k/7`:
+Eight stages, each announced on stderr as `[demo] k/8`:
 
 1. synth: generate KuaiSAR-format logs (seeded);
 2. prepare: build the dataset and print its statistics;
-3. train: DIN and QueryRec, their test AUC side by side;
-4. export: QueryRec to a parity-checked ONNX bundle, its manifest summary;
-5. state load: a private, throw-away redis-server (`service.embedded_redis`) gets every
+3. diffusion: train the denoiser on the training split's clicked queries, then write
+   top-K pseudo-positives for the click-less ones into the dataset (QueryRec's L_cl uses
+   them);
+4. train: DIN and QueryRec, their test AUC side by side;
+5. export: QueryRec to a parity-checked ONNX bundle, its manifest summary;
+6. state load: a private, throw-away redis-server (`service.embedded_redis`) gets every
    user's histories as of the start of the test split, capped at the bundle's lengths;
-6. serve: `queryrec serve` on that bundle and that Redis, as a subprocess on a free port
+7. serve: `queryrec serve` on that bundle and that Redis, as a subprocess on a free port
    (its output goes to `serve.log` in the work folder);
-7. replay: the test split, in time order, through the gRPC API; the served AUC must equal
+8. replay: the test split, in time order, through the gRPC API; the served AUC must equal
    the bundle's offline AUC within 0.001 (else the demo fails), and the Score latency is
    measured under the replay's own load.
 
@@ -43,7 +46,8 @@ if TYPE_CHECKING:
 DEMO_PRESET = "small"
 DEMO_SEED = 0
 DEMO_MODELS = ("din", "queryrec")
-STAGES = 7
+STAGES = 8
+DIFFUSION_EPOCHS = 10
 
 SERVE_START_TIMEOUT_S = 120.0
 """How long the server may take to load the bundle, warm up and print its listening line."""
@@ -70,10 +74,16 @@ def run_demo(workdir: Path, preset: str = DEMO_PRESET, epochs: int = 3) -> None:
     say(f"[demo] 2/{STAGES} prepare: {raw_dir} -> {data_dir}")
     report = run_prepare(raw_dir, data_dir, PrepareConfig(), force=True)
     print(report)
+    diffusion_dir = workdir / "diffusion"
+    say(
+        f"[demo] 3/{STAGES} diffusion: denoiser on clicked queries -> {diffusion_dir}, "
+        "pseudo-positives for click-less ones"
+    )
+    run_diffusion(data_dir, diffusion_dir)
     dataset = PreparedDataset(data_dir)
     results = {}
     for index, model in enumerate(DEMO_MODELS, start=1):
-        say(f"[demo] 3/{STAGES} train {model} ({index}/{len(DEMO_MODELS)}), up to {epochs} epochs")
+        say(f"[demo] 4/{STAGES} train {model} ({index}/{len(DEMO_MODELS)}), up to {epochs} epochs")
         cfg = TrainConfig(model=model, seed=DEMO_SEED, epochs=epochs)
         results[model] = train(data_dir, workdir / "runs" / model, cfg, dataset=dataset)
     print("| model | test AUC | GAUC | logloss | best epoch |")
@@ -85,7 +95,7 @@ def run_demo(workdir: Path, preset: str = DEMO_PRESET, epochs: int = 3) -> None:
             f"{result.best_epoch} |"
         )
     bundle_dir = workdir / "bundle"
-    say(f"[demo] 4/{STAGES} export queryrec -> {bundle_dir}")
+    say(f"[demo] 5/{STAGES} export queryrec -> {bundle_dir}")
     manifest = export_bundle(workdir / "runs" / "queryrec", bundle_dir, ExportOptions(replace=True))
     print(manifest_summary(manifest, bundle_dir))
     summary = serve_and_replay(dataset, bundle_dir, manifest, workdir / "serve.log")
@@ -93,6 +103,24 @@ def run_demo(workdir: Path, preset: str = DEMO_PRESET, epochs: int = 3) -> None:
     print(
         f"Dataset in {data_dir}; checkpoints in {workdir / 'runs'}; bundle in {bundle_dir}; "
         f"server log in {workdir / 'serve.log'}."
+    )
+
+
+def run_diffusion(data_dir: Path, diffusion_dir: Path) -> None:
+    """Stage 3: train the denoiser, augment the click-less training queries."""
+    from queryrec.diffusion.augment import augment
+    from queryrec.diffusion.train import DiffusionTrainConfig, train_diffusion
+
+    model = train_diffusion(data_dir, diffusion_dir, DiffusionTrainConfig(epochs=DIFFUSION_EPOCHS))
+    best = model.info["history"][model.info["best_epoch"] - 1]
+    print(
+        f"diffusion: {len(model.universe):,} items, held-out hidden-click recall@"
+        f"{model.info['train']['k']} {best['recall']:.4f} (best of {DIFFUSION_EPOCHS} epochs)"
+    )
+    manifest = augment(data_dir, diffusion_dir)
+    print(
+        f"pseudo-positives for {manifest['sessions']:,} click-less queries in "
+        f"{manifest['seconds']:.1f} s ({manifest['queries_per_s']:,.0f} queries/s)"
     )
 
 
@@ -108,7 +136,7 @@ def serve_and_replay(
     lengths = manifest["max_lengths"]
     with EmbeddedRedis() as redis_server:
         url = redis_server.url
-        say(f"[demo] 5/{STAGES} state load: {dataset.root} -> embedded Redis at {url}")
+        say(f"[demo] 6/{STAGES} state load: {dataset.root} -> embedded Redis at {url}")
         loaded = load_state(
             dataset,
             url,
@@ -119,13 +147,13 @@ def serve_and_replay(
             f"loaded {loaded.users:,} users ({loaded.queries:,} queries, {loaded.clicks:,} "
             f"clicks) in {loaded.seconds:.1f} s: {loaded.users_per_minute:,.0f} users/min"
         )
-        say(f"[demo] 6/{STAGES} serve {bundle_dir} (log: {log_path})")
+        say(f"[demo] 7/{STAGES} serve {bundle_dir} (log: {log_path})")
         server = ServerProcess(bundle_dir, url, log_path)
         try:
             port = server.start()
             target = f"127.0.0.1:{port}"
             say(
-                f"[demo] 7/{STAGES} replay the test split through {target}, "
+                f"[demo] 8/{STAGES} replay the test split through {target}, "
                 f"concurrency {REPLAY_CONCURRENCY}"
             )
             return run_replay(dataset.root, target, bundle_dir, concurrency=REPLAY_CONCURRENCY)

@@ -20,4 +20,7 @@ def test_demo_runs_end_to_end_and_reruns(
         assert "# Dataset statistics" in out and "| test |" in out
         assert "| din |" in out and "| queryrec |" in out
         assert "model version queryrec-" in out and "parity: max abs diff" in out
+        assert "pseudo-positives for" in out and "held-out hidden-click recall@4" in out
+        assert "| offline AUC | served AUC |" in out
     load_schema(workdir / "data")
+    assert (workdir / "data/augment/manifest.json").is_file()
