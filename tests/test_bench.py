@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,13 @@ def test_bench_writes_results(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "bench"
+    data = tmp_path / "data"  # the bench augments the dataset for queryrec: a private copy
+    shutil.copytree(tiny_data, data)
     code = main(
         [
             "bench",
             "--data",
-            str(tiny_data),
+            str(data),
             "--out",
             str(out),
             "--models",
@@ -56,6 +59,10 @@ def test_bench_writes_results(
     assert (out / "valid_auc_per_epoch.png").stat().st_size > 0
     assert (out / "test_auc_per_model.png").stat().st_size > 0
     assert "| din |" in capsys.readouterr().out
+    # queryrec uses diffusion pseudo-positives: the bench ran the diffusion job first.
+    assert (data / "augment/manifest.json").is_file()
+    assert "diffusion" in results["augmentation_quality"]["methods"]
+    assert "hidden-click evaluation" in table
     assert (
         main(["bench", "--data", str(tiny_data), "--out", str(out), "--models", "din,bogus"]) == 2
     )
