@@ -158,7 +158,7 @@ def export_command(
 def diffusion_train_command(
     data: Annotated[Path, typer.Option("--data", help="Dataset folder from 'data prepare'.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the trained denoiser.")],
-    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 30,
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 25,
     max_items: Annotated[
         int, typer.Option("--max-items", help="Item universe: the most-shown items.")
     ] = 4096,

@@ -1,7 +1,9 @@
 """How good are the pseudo-positives? Hidden-click evaluation against three references.
 
-Held-out clicked queries (never trained on) have their clicks hidden: x0 is built as if
-they were click-less (every shown item -1), exactly the augmentation's input. Each
+The clicked queries of the validation period (after the training split: never trained
+on, and not the held-out training queries that picked the best epoch) have their clicks
+hidden: x0 is built as if they were click-less (every shown item -1), exactly the
+augmentation's input. Each
 method ranks the session's shown items, and recall@K / NDCG@K measure how many of the
 hidden clicks its top K holds. The shown items are the candidates because that is where
 the hidden clicks are known to be; augmentation itself ranks the items a click-less
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 
 from queryrec.diffusion.train import DiffusionModel, hidden_click_metrics, split_sessions
+from queryrec.diffusion.x0 import sessions_in
 from queryrec.features.dataset import PreparedDataset
 
 
@@ -56,7 +59,11 @@ def augmentation_quality(
     """recall@K and NDCG@K of every method on the diffusion model's held-out sessions."""
     train = diffusion.info["train"]
     k = int(train["k"])
-    fit_rows, held_out = split_sessions(dataset, float(train["holdout"]), int(train["seed"]))
+    fit_rows, _ = split_sessions(dataset, float(train["holdout"]), int(train["seed"]))
+    split = dataset.schema["split"]
+    held_out = sessions_in(
+        dataset, int(split["valid_start_ms"]), int(split["test_start_ms"]), clicked=True
+    )
     popularity = click_popularity(dataset, diffusion, fit_rows)
     rng = np.random.default_rng(int(train["seed"]))
     methods = {
@@ -81,8 +88,8 @@ def write_quality(quality: dict[str, Any], out_dir: Path) -> None:
     lines = [
         "# Diffusion pseudo-positives: hidden-click evaluation",
         "",
-        f"{quality['held_out_sessions']} held-out clicked queries, clicks hidden (x0 as if "
-        "click-less); each method ranks the session's shown items.",
+        f"{quality['held_out_sessions']} clicked queries of the validation period, clicks "
+        "hidden (x0 as if click-less); each method ranks the session's shown items.",
         "",
         f"| method | recall@{k} | NDCG@{k} |",
         "|---|---|---|",

@@ -1,5 +1,15 @@
 """`queryrec diffusion train`: fit the denoiser on training-split queries that have clicks.
 
+What is noised (a choice, stated): DiffRec noises x0 itself and reads the denoiser's
+output on items the input did not have. Here the input a click-less query brings at
+augmentation is -1 on every shown item and nothing else, which says nothing about which
+item its user would have clicked; a denoiser trained only on full x0 (clicks visible)
+then ranks shown items no better than chance (held-out recall@4 0.69 vs random 0.70 on
+`small`). So the forward process noises the click-less view of each training query
+(`hide_clicks`, clicks encoded as shown-not-clicked) and the target stays the full x0:
+the denoiser learns p(x0 | noisy click-less view), i.e. what a click-less query's user
+would have clicked, which is exactly what augmentation asks of it.
+
 Data: search sessions of the training split (ts < valid start) with at least one click;
 a seeded `holdout` share of them is kept aside for validation: every epoch, their clicks
 are hidden (encoded as if click-less) and the reconstruction ranks each session's shown
@@ -39,9 +49,9 @@ class DiffusionTrainConfig:
     """What `diffusion train` fits and how."""
 
     max_items: int = 4096  # universe size (x0 width)
-    hidden: tuple[int, ...] = (256,)
+    hidden: tuple[int, ...] = (1000,)  # DiffRec's width; 256 peaked below popularity
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    epochs: int = 30
+    epochs: int = 25
     batch_size: int = 256
     learning_rate: float = 1e-3
     holdout: float = 0.1  # share of clicked training sessions kept for validation
