@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 import grpc
@@ -31,10 +32,6 @@ SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["Scorer"].full_name
 INT64_MAX = (1 << 63) - 1
 
 
-class InvalidRequest(ValueError):
-    """A request the API refuses (INVALID_ARGUMENT); the message says which field."""
-
-
 class ScorerService(scorer_pb2_grpc.ScorerServicer):
     """The three RPCs of DESIGN.md "gRPC API"."""
 
@@ -44,22 +41,13 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
     async def Score(
         self, request: scorer_pb2.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> scorer_pb2.ScoreResponse:
-        try:
-            _check_user(request.user_id)
-            items = list(request.item_ids)
-            if not items:
-                raise InvalidRequest("item_ids is empty: send at least one candidate")
-            if len(items) > self.settings.max_candidates:
-                raise InvalidRequest(
-                    f"item_ids has {len(items)} candidates; the maximum is "
-                    f"{self.settings.max_candidates}"
-                )
-            if min(items) < 0:
-                raise InvalidRequest("item_ids holds a negative id")
-            if request.request_time_ms < 0:
-                raise InvalidRequest("request_time_ms is negative")
-        except InvalidRequest as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        items = list(request.item_ids)
+        await _validate(
+            context,
+            request.user_id,
+            ("item_ids", items, self.settings.max_candidates, "send at least one candidate"),
+            ("request_time_ms", request.request_time_ms),
+        )
         budget = self.settings.budget_ms / 1e3
         remaining = context.time_remaining()
         if remaining is not None:
@@ -82,64 +70,70 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
     async def RecordQuery(
         self, request: scorer_pb2.RecordQueryRequest, context: grpc.aio.ServicerContext
     ) -> scorer_pb2.RecordQueryResponse:
-        try:
-            _check_user(request.user_id)
-            tokens = list(request.token_ids)
-            if not tokens:
-                raise InvalidRequest("token_ids is empty: a query needs at least one token")
-            if len(tokens) > self.settings.max_query_tokens:
-                raise InvalidRequest(
-                    f"token_ids has {len(tokens)} tokens; the maximum is "
-                    f"{self.settings.max_query_tokens}"
-                )
-            if min(tokens) < 0:
-                raise InvalidRequest("token_ids holds a negative id")
-            _check_time(request.timestamp_ms)
-        except InvalidRequest as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        try:
-            kept = await self.scorer.state.append_query(
+        tokens = list(request.token_ids)
+        await _validate(
+            context,
+            request.user_id,
+            ("token_ids", tokens, self.settings.max_query_tokens, "a query needs a token"),
+            ("timestamp_ms", request.timestamp_ms),
+        )
+        kept = await _stored(
+            context,
+            self.scorer.state.append_query(
                 request.user_id, request.timestamp_ms or now_ms(), tokens
-            )
-        except StateUnavailable as error:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+            ),
+        )
         return scorer_pb2.RecordQueryResponse(history_length=kept)
 
     async def RecordClicks(
         self, request: scorer_pb2.RecordClicksRequest, context: grpc.aio.ServicerContext
     ) -> scorer_pb2.RecordClicksResponse:
-        try:
-            _check_user(request.user_id)
-            items = list(request.item_ids)
-            if not items:
-                raise InvalidRequest("item_ids is empty: send at least one clicked item")
-            if len(items) > self.settings.max_clicks_per_call:
-                raise InvalidRequest(
-                    f"item_ids has {len(items)} clicks; the maximum per call is "
-                    f"{self.settings.max_clicks_per_call}"
-                )
-            if min(items) < 0:
-                raise InvalidRequest("item_ids holds a negative id")
-            _check_time(request.timestamp_ms)
-        except InvalidRequest as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        try:
-            kept = await self.scorer.state.append_clicks(
+        items = list(request.item_ids)
+        await _validate(
+            context,
+            request.user_id,
+            ("item_ids", items, self.settings.max_clicks_per_call, "send at least one click"),
+            ("timestamp_ms", request.timestamp_ms),
+        )
+        kept = await _stored(
+            context,
+            self.scorer.state.append_clicks(
                 request.user_id, request.timestamp_ms or now_ms(), items
-            )
-        except StateUnavailable as error:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+            ),
+        )
         return scorer_pb2.RecordClicksResponse(history_length=kept)
 
 
-def _check_user(user_id: int) -> None:
+async def _validate(
+    context: grpc.aio.ServicerContext,
+    user_id: int,
+    ids: tuple[str, list[int], int, str],
+    time_field: tuple[str, int],
+) -> None:
+    """INVALID_ARGUMENT, with the field and what is wrong, for a bad request."""
+    field_name, values, maximum, need = ids
+    problem = None
     if user_id <= 0:
-        raise InvalidRequest(f"user_id must be a positive id, not {user_id}")
+        problem = f"user_id must be a positive id, not {user_id}"
+    elif not values:
+        problem = f"{field_name} is empty: {need}"
+    elif len(values) > maximum:
+        problem = f"{field_name} has {len(values)} entries; the maximum is {maximum}"
+    elif min(values) < 0:
+        problem = f"{field_name} holds a negative id"
+    elif time_field[1] < 0:
+        problem = f"{time_field[0]} is negative"
+    if problem is not None:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
 
 
-def _check_time(timestamp_ms: int) -> None:
-    if timestamp_ms < 0:
-        raise InvalidRequest("timestamp_ms is negative")
+async def _stored(context: grpc.aio.ServicerContext, write: Awaitable[int]) -> int:
+    """The write's result; UNAVAILABLE when Redis did not store it."""
+    try:
+        return await write
+    except StateUnavailable as error:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+        raise  # abort raises; this keeps the type checker informed
 
 
 @dataclass
