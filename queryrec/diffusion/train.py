@@ -149,7 +149,7 @@ def train_diffusion(data_dir: Path, out_dir: Path, cfg: DiffusionTrainConfig) ->
             optimizer.step()
             losses.append(float(loss.detach()))
         metrics = hidden_click_metrics(
-            dataset, universe, held_out, cfg.k, lambda x0: model.scores(x0, device)
+            dataset, universe, held_out, cfg.k, lambda x0, _: model.scores(x0, device)
         )
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **metrics})
         if cfg.progress:
@@ -188,15 +188,16 @@ def hidden_click_metrics(
     universe: ItemUniverse,
     sessions: np.ndarray,
     k: int,
-    score: Callable[[np.ndarray], np.ndarray],
+    score: Callable[[np.ndarray, np.ndarray], np.ndarray],
 ) -> dict[str, float]:
     """Clicks hidden (x0 as if click-less), each session's shown items ranked by
-    `score(x0 (B, U)) -> (B, U)`: mean recall@K and NDCG@K of the hidden clicks."""
+    `score(x0 (B, U), session rows (B,)) -> (B, U)`: mean recall@K and NDCG@K of the
+    hidden clicks."""
     recalls, ndcgs = [], []
     for lo in range(0, len(sessions), 1024):
         rows = sessions[lo : lo + 1024]
         x0 = build_x0(dataset, universe, rows, hide_clicks=True)
-        scores = score(x0)
+        scores = score(x0, rows)
         shown = shown_mask(dataset, universe, rows)
         for i, truth in enumerate(clicked_lists(dataset, universe, rows)):
             candidates = np.flatnonzero(shown[i])

@@ -70,7 +70,8 @@ def test_augment_writes_k_unshown_items_per_clickless_query(augmented: tuple[Pat
     assert info["best_epoch"] in (1, 2) and len(info["history"]) == 2
     quality = json.loads((model / "results.json").read_text())
     assert set(quality["methods"]) == {
-        "diffusion", "popular shown items", "random shown items", "autoencoder (no diffusion)"
+        "diffusion", "popular shown items", "random shown items", "autoencoder (no diffusion)",
+        "first shown positions (outside the three)",
     }  # fmt: skip
     assert all(0 <= m["recall"] <= 1 for m in quality["methods"].values())
     assert "| diffusion |" in (model / "RESULTS.md").read_text()
