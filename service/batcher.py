@@ -89,10 +89,6 @@ class MicroBatcher(Generic[In, Out]):
             self._task = None
         self._executor.shutdown(wait=True)
 
-    @property
-    def queued(self) -> int:
-        return self._queue.qsize()
-
     async def submit(self, item: In, units: int = 1) -> Out:
         if self._queue.qsize() >= self.max_queue:
             raise Overloaded(f"{self.name} queue is full ({self.max_queue} waiting)")

@@ -14,7 +14,6 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
-import polars as pl
 
 from queryrec.data.kuaisar import BEIJING_OFFSET_MS
 from queryrec.features.query_age import HOUR_MS, query_age_buckets
@@ -54,10 +53,6 @@ class FeatureBuilder:
                 [users[f].to_numpy().astype(np.int64) for f in self.profile_fields], axis=1
             )
         self.profile_table = table.astype(np.int64)
-
-    def profile_rows(self) -> pl.DataFrame:
-        """Profile codes per user index (what `state load` writes to Redis)."""
-        return self.bundle.profiles()
 
     def user_row(self, raw_user: int, state: UserState, request_ms: int) -> UserRow:
         user = int(self.bundle.users(np.array([raw_user]))[0])
