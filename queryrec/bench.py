@@ -28,6 +28,7 @@ from queryrec.training.config import TrainConfig
 from queryrec.training.loop import TrainResult, train
 
 REFERENCE_MODEL = "din"
+FULL_MODEL = "queryrec"  # what the ablations are paired against, seed by seed
 
 
 def run_bench(
@@ -85,10 +86,7 @@ def _diffusion_first(
     if not wanted or load_pseudo_positives(dataset) is not None:
         return None
     say(f"[bench] {', '.join(wanted)} use diffusion pseudo-positives: training the denoiser first")
-    cfg = DiffusionTrainConfig()
-    run_diffusion_train(
-        dataset.root, out_dir, cfg.epochs, cfg.max_items, cfg.k, 0, device, references=True
-    )
+    run_diffusion_train(dataset.root, out_dir, DiffusionTrainConfig(device=device), references=True)
     augment(dataset.root, out_dir, device=device, progress=False)
     quality: dict[str, Any] = json.loads((out_dir / "results.json").read_text())
     return quality
@@ -115,9 +113,7 @@ def summarise(dataset: PreparedDataset, runs: dict[str, list[TrainResult]]) -> d
             "samples_per_second_mean": statistics.fmean(r.samples_per_second for r in results),
             "best_epochs": [r.best_epoch for r in results],
         }  # fmt: skip
-        slice_mean, slice_std = _mean_std(
-            [r.slices["no_click_recent_queries"]["auc"] for r in results]
-        )
+        slice_mean, slice_std = _mean_std([_slice_auc(r) for r in results])
         slices["no_click_recent_queries"][name] = {
             "auc_mean": slice_mean, "auc_std": slice_std,
             "n": results[0].slices["no_click_recent_queries"]["n"],
@@ -128,7 +124,40 @@ def summarise(dataset: PreparedDataset, runs: dict[str, list[TrainResult]]) -> d
         "split": dataset.schema["split"],
         "models": models,
         "slices": slices,
+        "paired": paired_differences(runs),
     }
+
+
+def _test_auc(result: TrainResult) -> float:
+    return result.test["auc"]
+
+
+def _slice_auc(result: TrainResult) -> float:
+    return result.slices["no_click_recent_queries"]["auc"]
+
+
+def paired_differences(runs: dict[str, list[TrainResult]]) -> dict[str, Any]:
+    """Per seed, the full model minus each other model, overall and on the slice.
+
+    Runs of one seed share the data order and the initial draws of every layer the two
+    models have in common, so much of the seed-to-seed spread moves both models alike;
+    the spread of the per-seed differences says whether a gap is more than that noise,
+    which the two unpaired spreads cannot. Models without the full model's seeds are
+    left out.
+    """
+    full = {r.seed: r for r in runs.get(FULL_MODEL, [])}
+    paired: dict[str, Any] = {}
+    for name, results in runs.items():
+        pairs = [(full[r.seed], r) for r in results if r.seed in full]
+        if name == FULL_MODEL or not pairs:
+            continue
+        entry: dict[str, Any] = {"seeds": len(pairs)}
+        for key, value in (("auc", _test_auc), ("slice_auc", _slice_auc)):
+            diffs = [value(a) - value(b) for a, b in pairs]
+            mean, std = _mean_std(diffs)
+            entry[key] = {"mean": mean, "std": std, "full_ahead": sum(d > 0 for d in diffs)}
+        paired[name] = entry
+    return paired
 
 
 def render_results(results: dict[str, Any]) -> str:
@@ -153,6 +182,22 @@ def render_results(results: dict[str, Any]) -> str:
             f"{m['seeds']} | {m['samples_per_second_mean']:,.0f} | "
             f"{sliced['auc_mean']:.4f} ± {sliced['auc_std']:.4f} |"
         )
+    paired = results.get("paired", {})
+    if paired:
+        lines += [
+            "",
+            f"Paired by seed: `{FULL_MODEL}` minus each model, mean ± std of the per-seed "
+            f"differences, and in how many seeds `{FULL_MODEL}` is ahead.",
+            "",
+            "| Model | Δ AUC | ahead | Δ AUC, last query without click | ahead |",
+            "|---|---|---|---|---|",
+        ]
+        for name, p in paired.items():
+            a, s = p["auc"], p["slice_auc"]
+            lines.append(
+                f"| {name} | {a['mean']:+.4f} ± {a['std']:.4f} | {a['full_ahead']}/{p['seeds']} | "
+                f"{s['mean']:+.4f} ± {s['std']:.4f} | {s['full_ahead']}/{p['seeds']} |"
+            )
     lines += ["", f"Bench time: {results.get('bench_seconds', 0):.0f} s.", ""]
     return "\n".join(lines)
 

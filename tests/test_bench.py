@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
 
+from queryrec.bench import paired_differences
 from queryrec.cli.main import DEFAULT_MODELS, main
 from queryrec.models.registry import DEFAULT_BENCH_MODELS
+from queryrec.training.loop import TrainResult
 
 
 def test_cli_default_models_match_the_registry() -> None:
@@ -54,8 +57,9 @@ def test_bench_writes_results(
             assert key in model
         assert model["seeds"] == 2
     assert set(results["slices"]["no_click_recent_queries"]) == {"din", "queryrec"}
+    assert results["paired"]["din"]["seeds"] == 2
     table = (out / "RESULTS.md").read_text()
-    assert "| queryrec |" in table and "Imp % vs DIN" in table
+    assert "| queryrec |" in table and "Imp % vs DIN" in table and "Paired by seed" in table
     assert (out / "valid_auc_per_epoch.png").stat().st_size > 0
     assert (out / "test_auc_per_model.png").stat().st_size > 0
     assert "| din |" in capsys.readouterr().out
@@ -66,3 +70,27 @@ def test_bench_writes_results(
     assert (
         main(["bench", "--data", str(tiny_data), "--out", str(out), "--models", "din,bogus"]) == 2
     )
+
+
+def _result(model: str, seed: int, auc: float, slice_auc: float) -> TrainResult:
+    return TrainResult(
+        model, seed, {}, {"auc": auc}, {"no_click_recent_queries": {"auc": slice_auc}}, [], 1, 0, 0
+    )
+
+
+def test_paired_differences_by_seed() -> None:
+    runs = {
+        "queryrec": [
+            _result("queryrec", s, a, b) for s, a, b in ((0, 0.74, 0.73), (1, 0.75, 0.72))
+        ],
+        "queryrec-no-cl": [
+            _result("queryrec-no-cl", s, a, b) for s, a, b in ((0, 0.73, 0.73), (1, 0.72, 0.71))
+        ],
+        "din": [_result("din", 5, 0.7, 0.7)],  # no seed in common: left out
+    }
+    paired = paired_differences(runs)
+    assert set(paired) == {"queryrec-no-cl"}
+    auc, sliced = paired["queryrec-no-cl"]["auc"], paired["queryrec-no-cl"]["slice_auc"]
+    assert auc["mean"] == pytest.approx(0.02) and auc["full_ahead"] == 2
+    assert auc["std"] == pytest.approx(statistics.stdev([0.01, 0.03]))
+    assert sliced["mean"] == pytest.approx(0.005) and sliced["full_ahead"] == 1

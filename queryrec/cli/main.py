@@ -158,13 +158,27 @@ def export_command(
 def diffusion_train_command(
     data: Annotated[Path, typer.Option("--data", help="Dataset folder from 'data prepare'.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the trained denoiser.")],
-    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 25,
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 15,
     max_items: Annotated[
         int, typer.Option("--max-items", help="Item universe: the most-shown items.")
     ] = 4096,
     k: Annotated[int, typer.Option("--k", help="Pseudo-positives per query; metrics @K.")] = 4,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
+    position_weight: Annotated[
+        float,
+        typer.Option(
+            "--position-weight",
+            help="x0 grades shown items by display position, -1 + w / log2(2 + position); "
+            "0: every shown item -1.",
+        ),
+    ] = 0.5,
+    pointwise: Annotated[
+        int,
+        typer.Option(
+            "--pointwise", help="Width of the denoiser's per-item path; 0: DiffRec's MLP alone."
+        ),
+    ] = 16,
     references: Annotated[
         bool,
         typer.Option(
@@ -174,9 +188,33 @@ def diffusion_train_command(
     ] = True,
 ) -> None:
     """Train the denoiser on the training split's clicked queries."""
-    from queryrec.diffusion.train import run_diffusion_train
+    from queryrec.diffusion.train import DiffusionTrainConfig, run_diffusion_train
 
-    run_diffusion_train(data, out, epochs, max_items, k, seed, device, references)
+    try:
+        cfg = DiffusionTrainConfig(
+            epochs=epochs,
+            max_items=max_items,
+            k=k,
+            seed=seed,
+            device=device,
+            position_weight=position_weight,
+            pointwise=pointwise,
+        )
+    except ValueError as error:
+        raise QueryRecError(f"diffusion train: {error}") from error
+    run_diffusion_train(data, out, cfg, references)
+
+
+@diffusion_app.command("quality")
+def diffusion_quality_command(
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder from 'data prepare'.")],
+    model: Annotated[Path, typer.Option("--model", help="Folder from 'diffusion train'.")],
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
+) -> None:
+    """Recompute the hidden-click quality table of a trained model (and MODEL/autoencoder)."""
+    from queryrec.diffusion.quality import run_quality
+
+    print(run_quality(data, model, device))
 
 
 @diffusion_app.command("augment")

@@ -27,7 +27,7 @@ import polars as pl
 from tqdm import tqdm
 
 from queryrec.diffusion.train import load_model, pick_device
-from queryrec.diffusion.x0 import build_x0, sessions_in, shown_mask
+from queryrec.diffusion.x0 import UNSEEN, sessions_in
 from queryrec.errors import QueryRecError
 from queryrec.features.dataset import PreparedDataset
 from queryrec.training.batches import PseudoPositives
@@ -60,9 +60,9 @@ def augment(
         disable=not progress,
     ):
         rows = sessions[lo : lo + batch_size]
-        x0 = build_x0(dataset, model.universe, rows, hide_clicks=True)
+        x0 = model.x0(dataset, rows, hide_clicks=True)  # (B, U)
         scores = model.scores(x0, torch_device)  # (B, U)
-        scores[shown_mask(dataset, model.universe, rows)] = -np.inf  # known negatives
+        scores[x0 < UNSEEN] = -np.inf  # shown items: the known negatives
         top = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]  # (B, K) columns
         items[lo : lo + len(rows)] = model.universe.items[top]
     seconds = time.perf_counter() - start
@@ -75,6 +75,7 @@ def augment(
         "model_best_epoch": model.info.get("best_epoch"),
         "universe_items": len(model.universe),
         "k": top_k,
+        "position_weight": model.position_weight,
         "sessions": len(sessions),
         "seconds": seconds,
         "queries_per_s": len(sessions) / max(seconds, 1e-9),

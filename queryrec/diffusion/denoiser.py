@@ -21,12 +21,19 @@ class DenoiserConfig:
         0.1  # on the (normalised) input, as in DiffRec: a denoising-autoencoder corruption
     )
     normalize_input: bool = True  # l2-normalise x_t per row, so dense and sparse rows look alike
+    pointwise: int = 0  # hidden width of the per-item path g(x_t[j]); 0: DiffRec's MLP only
 
     def __post_init__(self) -> None:
-        if self.items < 1 or self.time_dim < 1 or any(size < 1 for size in self.hidden):
+        if (
+            self.items < 1
+            or self.time_dim < 1
+            or self.pointwise < 0
+            or any(size < 1 for size in self.hidden)
+        ):
             raise ValueError(
-                f"items, time_dim and hidden sizes must be positive, got items={self.items}, "
-                f"time_dim={self.time_dim}, hidden={self.hidden}"
+                f"items, time_dim and hidden sizes must be positive (pointwise >= 0), got "
+                f"items={self.items}, time_dim={self.time_dim}, hidden={self.hidden}, "
+                f"pointwise={self.pointwise}"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
@@ -48,6 +55,13 @@ class Denoiser(nn.Module):
     input = [dropout(l2norm(x_t)), Linear(sinusoid(t))] -> (Linear -> tanh) per hidden size
     -> Linear to I. DiffRec predicts x0 rather than the noise: with a tiny noise scale the
     noise is hard to see, while x0 is what the recommender reads.
+
+    With `pointwise` > 0 a second, per-item path is added to that output:
+    g(x_t[j]) = Linear(tanh(Linear(x_t[j]))), one small network shared by all items and
+    applied to each item's own raw value. The MLP sees an item's value only through a
+    bottleneck shared with thousands of others and must learn per item what it means;
+    g reads it directly and the same way for every item (for a position-graded x0: how
+    much higher a shown item's would-be click chance is at the top of the list).
     """
 
     frequencies: Tensor  # (time_dim // 2,) buffer: follows the module across devices
@@ -70,6 +84,11 @@ class Denoiser(nn.Module):
             width = size
         layers.append(nn.Linear(width, cfg.items))
         self.net = nn.Sequential(*layers)
+        self.pointwise = (
+            nn.Sequential(nn.Linear(1, cfg.pointwise), nn.Tanh(), nn.Linear(cfg.pointwise, 1))
+            if cfg.pointwise
+            else None
+        )
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -87,4 +106,7 @@ class Denoiser(nn.Module):
         time = self.time_projection(time)  # (B, time_dim)
         x = F.normalize(x_t, dim=-1) if self.config.normalize_input else x_t  # (B, I)
         x = self.input_dropout(x)
-        return self.net(torch.cat([x, time], dim=-1))  # (B, I)
+        out = self.net(torch.cat([x, time], dim=-1))  # (B, I)
+        if self.pointwise is not None:
+            out = out + self.pointwise(x_t.unsqueeze(-1)).squeeze(-1)  # (B, I, 1) -> (B, I)
+        return out

@@ -9,11 +9,17 @@ of 512) and a denoiser of about 2 x max_items x hidden weights (10 M floats at 2
 256). Clicks on items outside the universe are dropped from x0; the share kept is
 reported by `diffusion train`.
 
-**Encoding.** Clicked items +1 (`CLICKED`), shown and not clicked -1 (`SHOWN`), never
-shown 0 (`UNSEEN`): the midpoint, because for an item the user never saw the session
-says nothing either way, and the denoiser's output there is its own belief (the value
-the top-K pseudo-positives are read from). A click-less session is therefore -1 on its
-shown items and 0 elsewhere.
+**Encoding.** Clicked items +1 (`CLICKED`), shown and not clicked negative, never shown 0
+(`UNSEEN`): the midpoint, because for an item the user never saw the session says nothing
+either way, and the denoiser's output there is its own belief (the value the top-K
+pseudo-positives are read from). A shown item is `SHOWN` (-1) plus, with
+`position_weight` w > 0, w / log2(2 + position) for its display position (0 = first, the
+order of the session's rows in src_inter.csv; an item shown twice keeps its first place):
+-1 + w at the top, towards -1 further down. The discount is the usual DCG examination
+curve, not fitted to any data; it tells the denoiser where each shown item sat, which a
+set of -1s cannot, and it keeps every shown item negative (w < 1). w = 0 is the plain
++1 / -1 / 0 encoding. A click-less session is therefore negative on its shown items and
+0 elsewhere.
 """
 
 from __future__ import annotations
@@ -84,22 +90,34 @@ def sessions_in(
 
 
 def build_x0(
-    dataset: PreparedDataset, universe: ItemUniverse, sessions: np.ndarray, *, hide_clicks: bool
+    dataset: PreparedDataset,
+    universe: ItemUniverse,
+    sessions: np.ndarray,
+    *,
+    hide_clicks: bool,
+    position_weight: float = 0.0,
 ) -> np.ndarray:
-    """(B,) session rows -> x0 (B, U) float32. `hide_clicks`: encode as if click-less
-    (every shown item -1), the input of augmentation and of the hidden-click evaluation."""
+    """(B,) session rows -> x0 (B, U) float32 (the encoding above). `hide_clicks`: encode
+    as if click-less (clicked items get their shown value), the input of augmentation and
+    of the hidden-click evaluation."""
+    if not 0.0 <= position_weight < 1.0:
+        raise ValueError(f"position_weight must be in [0, 1), got {position_weight}")
     x0 = np.full((len(sessions), len(universe)), UNSEEN, dtype=np.float32)
-    for kind, offsets, values, value in (
-        ("shown", dataset.shown_offsets, dataset.shown_items, SHOWN),
-        ("clicked", dataset.clicked_offsets, dataset.clicked_items, CLICKED),
-    ):
-        if kind == "clicked" and hide_clicks:
-            continue
+    offsets = dataset.shown_offsets
+    sizes = offsets[sessions + 1] - offsets[sessions]
+    rows = np.repeat(np.arange(len(sessions)), sizes)
+    positions = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    values = SHOWN + position_weight / np.log2(2.0 + positions)
+    columns = universe.column[_values(offsets, dataset.shown_items, sessions)]
+    inside = np.flatnonzero(columns >= 0)[::-1]  # written last to first: first place wins
+    x0[rows[inside], columns[inside]] = values[inside]
+    if not hide_clicks:
+        offsets = dataset.clicked_offsets
         sizes = offsets[sessions + 1] - offsets[sessions]
         rows = np.repeat(np.arange(len(sessions)), sizes)
-        columns = universe.column[_values(offsets, values, sessions)]
+        columns = universe.column[_values(offsets, dataset.clicked_items, sessions)]
         inside = columns >= 0
-        x0[rows[inside], columns[inside]] = value
+        x0[rows[inside], columns[inside]] = CLICKED
     return x0
 
 
@@ -107,7 +125,7 @@ def shown_mask(
     dataset: PreparedDataset, universe: ItemUniverse, sessions: np.ndarray
 ) -> np.ndarray:
     """(B, U) bool: items each session showed (the known negatives of a click-less one)."""
-    return build_x0(dataset, universe, sessions, hide_clicks=True) == SHOWN
+    return build_x0(dataset, universe, sessions, hide_clicks=True) < UNSEEN
 
 
 def clicked_lists(

@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch
 
 from queryrec.cli.main import main
 from queryrec.diffusion.augment import load_pseudo_positives
+from queryrec.diffusion.quality import paired_gap
 from queryrec.diffusion.x0 import CLICKED, SHOWN, UNSEEN, ItemUniverse, build_x0, sessions_in
 from queryrec.errors import QueryRecError
 from queryrec.features.dataset import PreparedDataset
@@ -35,6 +37,29 @@ def test_x0_encodes_clicked_shown_and_unseen(tiny_data: Path) -> None:
     assert x0[universe.column[other]] == UNSEEN
     hidden = build_x0(dataset, universe, np.array([row]), hide_clicks=True)[0]
     assert (hidden[universe.column[shown]] == SHOWN).all()  # as if click-less
+
+
+def test_x0_grades_shown_items_by_first_display_position() -> None:
+    """Positions: item 5 first and again fourth (keeps the first place), 7 second, 9 third
+    (clicked); item 3 is in the universe but not shown."""
+
+    class Sessions:
+        shown_offsets = np.array([0, 4])
+        shown_items = np.array([5, 7, 9, 5])
+        clicked_offsets = np.array([0, 1])
+        clicked_items = np.array([9])
+
+    sessions = cast(PreparedDataset, Sessions)
+    universe = ItemUniverse.from_items(np.array([3, 5, 7, 9]), 10)
+    rows = np.array([0])
+    x0 = build_x0(sessions, universe, rows, hide_clicks=False, position_weight=0.5)[0]
+    assert x0.tolist() == pytest.approx([UNSEEN, -0.5, -1 + 0.5 / math.log2(3), CLICKED])
+    hidden = build_x0(sessions, universe, rows, hide_clicks=True, position_weight=0.5)[0]
+    assert hidden[3] == pytest.approx(-1 + 0.5 / 2.0)  # the click keeps its shown value
+    flat = build_x0(sessions, universe, rows, hide_clicks=True)[0]
+    assert flat.tolist() == [UNSEEN, SHOWN, SHOWN, SHOWN]
+    with pytest.raises(ValueError, match="position_weight"):
+        build_x0(sessions, universe, rows, hide_clicks=True, position_weight=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +99,21 @@ def test_augment_writes_k_unshown_items_per_clickless_query(augmented: tuple[Pat
         "first shown positions (outside the three)",
     }  # fmt: skip
     assert all(0 <= m["recall"] <= 1 for m in quality["methods"].values())
+    assert set(quality["recall_gaps"]) == set(quality["methods"]) - {"diffusion"}
     assert "| diffusion |" in (model / "RESULTS.md").read_text()
+    assert manifest["position_weight"] == info["train"]["position_weight"] == 0.5
+
+
+def test_quality_command_rewrites_the_table(
+    augmented: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, model = augmented
+    before = json.loads((model / "results.json").read_text())
+    (model / "RESULTS.md").unlink()
+    assert main(["diffusion", "quality", "--data", str(data), "--model", str(model)]) == 0
+    assert json.loads((model / "results.json").read_text()) == before  # seeded: same numbers
+    assert "95 % interval" in (model / "RESULTS.md").read_text()
+    assert "| autoencoder (no diffusion) |" in capsys.readouterr().out
 
 
 def test_pseudo_positives_of_another_dataset_are_refused(
@@ -139,3 +178,12 @@ def test_contrastive_loss_with_pseudo_positives_by_hand() -> None:
     expected = (row0 + row1) / 2
     got = contrastive_loss(query, positives, ids, beta)
     assert float(got) == pytest.approx(expected, rel=1e-6)
+
+
+def test_paired_gap_interval() -> None:
+    ours = np.array([1.0, 0.5, 1.0, 0.0])
+    assert paired_gap(ours, ours, seed=0) == {"mean": 0.0, "low": 0.0, "high": 0.0}
+    lead = paired_gap(ours, ours - 0.25, seed=0)
+    assert lead["mean"] == pytest.approx(0.25) and lead["low"] == pytest.approx(0.25)
+    mixed = paired_gap(np.array([1.0, 0.0] * 50), np.array([0.0, 1.0] * 50), seed=0)
+    assert mixed["low"] < 0.0 < mixed["high"]  # wins and losses cancel: no lead

@@ -182,6 +182,23 @@ def test_denoiser_shapes_and_init() -> None:
     ]
 
 
+def test_pointwise_path_reads_each_items_own_value() -> None:
+    """With the MLP's output layer zeroed, output j is g(x_t[j]) for one shared g."""
+    torch.manual_seed(0)
+    denoiser = Denoiser(DenoiserConfig(items=6, hidden=(8,), pointwise=4))
+    assert denoiser.pointwise is not None
+    with torch.no_grad():
+        denoiser.net[-1].weight.zero_()
+        denoiser.net[-1].bias.zero_()
+    x_t = torch.tensor([[0.0, -0.5, -1.0, 1.0, -0.5, 0.25]])
+    out = denoiser(x_t, torch.tensor([2]))[0]  # (I,)
+    expected = denoiser.pointwise(x_t[0].unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(out, expected)
+    assert out[1] == out[4] and out[1] != out[2]  # same value, same output, whatever the item
+    with pytest.raises(ValueError, match="pointwise"):
+        DenoiserConfig(items=6, pointwise=-1)
+
+
 # --- a toy set where the answer is known -------------------------------------------------
 
 ITEMS, PROTOTYPES, POSITIVES, HIDDEN = 40, 8, 5, 2
