@@ -46,11 +46,19 @@ def data_synth(
     ] = "small",
     seed: Annotated[int, typer.Option("--seed", help="Random seed (output is deterministic).")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
+    tail_query_share: Annotated[
+        float,
+        typer.Option(
+            "--tail-query-share",
+            help="Share of search sessions phrased in long-tail words that mostly go "
+            "unclicked (0: the default story).",
+        ),
+    ] = 0.0,
 ) -> None:
     """Write synthetic KuaiSAR-format logs (rec_inter, src_inter, user/item features, follows)."""
     from queryrec.data.synth import preset_config, run_synth
 
-    manifest = run_synth(out, preset_config(preset, seed), force=force)
+    manifest = run_synth(out, preset_config(preset, seed, tail_query_share), force=force)
     rows = manifest["rows"]
     assert isinstance(rows, dict)
     print(f"wrote {out}: " + ", ".join(f"{name} {count:,} rows" for name, count in rows.items()))

@@ -34,6 +34,8 @@ Generative story (all knobs in `Story`; sizes in `SynthPreset`)
 * **Click-less searches that still carry signal.** About 40 % of search sessions have no
   click (`session_click_prob`); their shown items are nevertheless mostly items of the
   searched topic. Clicked sessions click 1-3 on-topic items, favouring top positions.
+  Optional long-tail phrasing (`--tail-query-share`, off by default): a share of sessions
+  worded in topic words that no caption or other query has, which mostly go unclicked.
 * **Daily rhythm.** Feed sittings, searches and intent jumps follow a Beijing-time daily
   activity curve (quiet from 2 to 6 am, busiest in the evening).
 * **Feed labels near 1:1.** The feed serves batches of items with one shared timestamp
@@ -163,6 +165,14 @@ class Story:
     background_search_on_intent: float = 0.4  # background searches about the current intent
     session_click_prob_intent: float = 0.63
     session_click_prob_background: float = 0.53
+    # Long-tail phrasing (off by default): this share of search sessions is phrased in
+    # words of its topic that no caption and no other query uses, and such a session keeps
+    # its clicks only with probability `tail_click_keep` (the engine serves rare phrasing
+    # worse). Their words then occur almost only in click-less queries: the case the
+    # diffusion pseudo-positives are for (docs/RESULTS.md).
+    tail_query_share: float = 0.0
+    tail_click_keep: float = 0.1
+    tail_words_per_topic: int = 6
     search_on_topic_share: float = 0.75  # shown items of the searched topic
     search_keyword_match_share: float = 0.7  # of those, items whose caption has the key word
     subtopic_word_share: float = 0.7  # query / caption topic words from the subtopic's words
@@ -267,11 +277,14 @@ def run_synth(out_dir: Path, config: SynthConfig, *, force: bool = False) -> dic
     return manifest
 
 
-def preset_config(preset: str, seed: int) -> SynthConfig:
-    """The config for a named preset; a clear error for an unknown name."""
+def preset_config(preset: str, seed: int, tail_query_share: float = 0.0) -> SynthConfig:
+    """The config for a named preset; a clear error for an unknown name or a bad share."""
     if preset not in PRESETS:
         raise QueryRecError(f"unknown preset '{preset}' (choose one of: {', '.join(PRESETS)})")
-    return SynthConfig(preset=PRESETS[preset], seed=seed)
+    if not 0.0 <= tail_query_share <= 1.0:
+        raise QueryRecError(f"--tail-query-share must be in [0, 1], got {tail_query_share}")
+    story = Story(tail_query_share=tail_query_share)
+    return SynthConfig(preset=PRESETS[preset], seed=seed, story=story)
 
 
 def _zipf_cdf(n: int, exponent: float) -> np.ndarray:
@@ -572,6 +585,27 @@ class _World:
         forced = np.where(first_eligible >= 0, first_eligible, starts)[need]
         click[forced] = True
         self.sr_owner, self.sr_item, self.sr_click = r_owner, r_item, click
+        if s.tail_query_share > 0:
+            self._rephrase_tail_queries()
+
+    def _rephrase_tail_queries(self) -> None:
+        """Long-tail phrasing (Story.tail_query_share), drawn from its own random stream so
+        that everything else is what the default story generates for the same seed."""
+        p, s = self.p, self.s
+        rng = np.random.default_rng([self.cfg.seed, 1])
+        n_ss = len(self.ss_user)
+        tail = rng.random(n_ss) < s.tail_query_share  # (sessions,)
+        per_topic = s.tail_words_per_topic
+        n_tail_words = p.n_topics * per_topic
+        top = int(self.word_ids.max()) + 1
+        tail_ids = top + _distinct_ids(rng, n_tail_words, 0, max(50 * n_tail_words, 1000))
+        lengths = np.diff(self.q_offsets)
+        owner = np.repeat(np.arange(n_ss), lengths)  # (words,) session of each query word
+        rows = np.flatnonzero(tail[owner])
+        local = rng.integers(0, per_topic, len(rows))
+        self.q_words[rows] = tail_ids[self.ss_topic[owner[rows]] * per_topic + local]
+        drop = tail & (rng.random(n_ss) >= s.tail_click_keep)
+        self.sr_click[drop[self.sr_owner]] = False
 
     # ------------------------------------------------------------------ feed
     def build_feed(self) -> None:

@@ -159,3 +159,29 @@ def test_synth_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["data", "synth", "--out", str(out), "--preset", "tiny", "--force"]) == 0
     assert main(["data", "synth", "--out", str(tmp_path / "x"), "--preset", "huge"]) == 2
     assert "unknown preset 'huge'" in capsys.readouterr().err
+
+
+def test_tail_queries_use_words_of_their_own_and_mostly_go_unclicked(
+    tiny_raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "tail"
+    assert (
+        main(["data", "synth", "--out", str(out), "--preset", "tiny", "--tail-query-share", "0.4"])
+        == 0
+    )
+    base, tail = _text(tiny_raw, SRC_INTER.name), _text(out, SRC_INTER.name)
+    # Same sessions and shown items as the default story; only wording and clicks moved.
+    assert base["item_id"].to_list() == tail["item_id"].to_list()
+    known = {w for text in base["keyword"] for w in parse_token_list(text)}
+    known |= {
+        w for text in _text(out, ITEM_FEATURES.name)["caption"] for w in parse_token_list(text)
+    }
+    sessions = tail.group_by(["user_id", "search_session_id"], maintain_order=True).agg(
+        pl.col("keyword").first(), (pl.col("click_cnt") == "1").any().alias("clicked")
+    )
+    is_tail = np.array([not set(parse_token_list(k)) & known for k in sessions["keyword"]])
+    clicked = sessions["clicked"].to_numpy()
+    assert 0.3 < is_tail.mean() < 0.5  # every word new to captions and default queries
+    assert clicked[is_tail].mean() < 0.2 < clicked[~is_tail].mean()
+    assert main(["data", "synth", "--out", str(tmp_path / "x"), "--tail-query-share", "2"]) == 2
+    assert "--tail-query-share must be in [0, 1]" in capsys.readouterr().err
