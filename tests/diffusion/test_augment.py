@@ -6,7 +6,7 @@ import json
 import math
 import shutil
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -15,6 +15,7 @@ import torch
 from queryrec.cli.main import main
 from queryrec.diffusion.augment import load_pseudo_positives
 from queryrec.diffusion.quality import paired_gap
+from queryrec.diffusion.train import DiffusionTrainConfig
 from queryrec.diffusion.x0 import CLICKED, SHOWN, UNSEEN, ItemUniverse, build_x0, sessions_in
 from queryrec.errors import QueryRecError
 from queryrec.features.dataset import PreparedDataset
@@ -187,3 +188,17 @@ def test_paired_gap_interval() -> None:
     assert lead["mean"] == pytest.approx(0.25) and lead["low"] == pytest.approx(0.25)
     mixed = paired_gap(np.array([1.0, 0.0] * 50), np.array([0.0, 1.0] * 50), seed=0)
     assert mixed["low"] < 0.0 < mixed["high"]  # wins and losses cancel: no lead
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"position_weight": 1.0}, "position weight must be in"),
+        ({"sampling_steps": 6}, "sampling steps must be in"),
+        ({"epochs": 0}, "epochs must be at least 1"),
+        ({"pointwise": -1}, "pointwise width"),
+    ],
+)
+def test_diffusion_train_config_rejects_bad_values(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DiffusionTrainConfig(**kwargs)
