@@ -241,7 +241,9 @@ def diffusion_augment_command(
     print(
         f"pseudo-positives for {manifest['sessions']:,} click-less queries (K = {manifest['k']}) "
         f"in {float(manifest['seconds']):.1f} s ({float(manifest['queries_per_s']):,.0f} "
-        f"queries/s) -> {data / 'augment'}"
+        f"queries/s) -> {data / 'augment'}; in the shown items' main category: "
+        f"{manifest['main_category_share']['pseudo_positives']:.1%} (clicks of clicked queries: "
+        f"{manifest['main_category_share']['clicks_of_clicked_queries']:.1%})"
     )
 
 

@@ -1,7 +1,7 @@
 """`queryrec diffusion augment`: pseudo-positives for the training split's click-less queries.
 
-For every training-split search session without a click: x0 is -1 on its shown items and
-0 elsewhere (`queryrec.diffusion.x0`), the reverse process reconstructs x̃0, the known
+For every training-split search session without a click: x0 is negative on its shown
+items and 0 elsewhere (`queryrec.diffusion.x0`), the reverse process reconstructs x̃0, the known
 negatives (its shown items) are removed, and the top-K items become the session's
 pseudo-positives for L_cl. Written into the dataset folder, beside what `data prepare`
 wrote and outside its hashed files:
@@ -9,7 +9,11 @@ wrote and outside its hashed files:
 | file | what |
 |---|---|
 | `augment/pseudo_positives.parquet` | `session` (row of timelines/search.parquet), `items` (K item indices, best first) |
-| `augment/manifest.json` | the dataset's schema hash, the diffusion model folder and its settings, K, counts, timing |
+| `augment/manifest.json` | the dataset's schema hash, the diffusion model folder and its settings, K, counts, timing, `main_category_share` |
+
+`main_category_share` is a sanity check with no ground truth needed: the share of
+pseudo-positives in the second-level category most common among the query's shown
+items, beside the same share for the real clicks of clicked training queries.
 
 Training (`queryrec train --model queryrec`) reads them through `load_pseudo_positives`,
 which refuses a manifest made for another dataset.
@@ -51,6 +55,7 @@ def augment(
     top_k = int(k if k is not None else model.info["train"]["k"])
     valid_start = int(dataset.schema["split"]["valid_start_ms"])
     sessions = sessions_in(dataset, 0, valid_start, clicked=False)
+    clicked = sessions_in(dataset, 0, valid_start, clicked=True)
     items = np.zeros((len(sessions), top_k), dtype=np.int64)
     start = time.perf_counter()
     for lo in tqdm(
@@ -77,12 +82,44 @@ def augment(
         "k": top_k,
         "position_weight": model.position_weight,
         "sessions": len(sessions),
+        "main_category_share": {
+            "pseudo_positives": main_category_share(dataset, sessions, items),
+            "clicks_of_clicked_queries": main_category_share(
+                dataset, clicked, dataset.clicked_items, dataset.clicked_offsets
+            ),
+        },
         "seconds": seconds,
         "queries_per_s": len(sessions) / max(seconds, 1e-9),
         "device": str(torch_device),
     }
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def main_category_share(
+    dataset: PreparedDataset,
+    sessions: np.ndarray,
+    items: np.ndarray,
+    offsets: np.ndarray | None = None,
+) -> float:
+    """Share of `items` (per session: row i of a (S, K) array, or CSR `items[offsets[r]:
+    offsets[r + 1]]` for session row r) in the second-level category most common among
+    that session's shown items. Sessions whose shown items have no category are skipped."""
+    category = pl.read_parquet(dataset.root / "features/items.parquet", columns=["category_2"])[
+        "category_2"
+    ].to_numpy()  # row i = item index i; 0 / 1: missing / unknown
+    hits = total = 0
+    for i, row in enumerate(sessions):
+        shown = category[
+            dataset.shown_items[dataset.shown_offsets[row] : dataset.shown_offsets[row + 1]]
+        ]
+        shown = shown[shown > 1]
+        if len(shown) == 0:
+            continue
+        chosen = items[i] if offsets is None else items[offsets[row] : offsets[row + 1]]
+        hits += int((category[chosen] == np.bincount(shown).argmax()).sum())
+        total += len(chosen)
+    return hits / max(total, 1)
 
 
 def load_pseudo_positives(dataset: PreparedDataset) -> PseudoPositives | None:

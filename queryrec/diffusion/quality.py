@@ -20,6 +20,7 @@ click signal and x0 does not carry it, so the table shows it rather than hide it
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +100,41 @@ def augmentation_quality(
     methods["first shown positions (outside the three)"] = lambda x0, rows: display_order(
         dataset, diffusion, rows
     )
+    shown = _scored(dataset, diffusion, held_out, k, methods, int(train["seed"]), unshown=False)
+    # What augmentation does: rank the items a query did not show.
+    unshown_methods = {
+        "diffusion": methods["diffusion"],
+        "popular items": methods["popular shown items"],
+        "random unshown items": methods["random shown items"],
+    }
+    if autoencoder is not None:
+        unshown_methods["autoencoder (no diffusion)"] = methods["autoencoder (no diffusion)"]
+    unshown = _scored(
+        dataset, diffusion, held_out, k, unshown_methods, int(train["seed"]), unshown=True
+    )
+    return {
+        "k": k,
+        "held_out_sessions": len(held_out),
+        "methods": shown["methods"],
+        "recall_gaps": shown["gaps"],
+        "unshown_methods": unshown["methods"],
+        "unshown_recall_gaps": unshown["gaps"],
+    }
+
+
+def _scored(
+    dataset: PreparedDataset,
+    model: DiffusionModel,
+    sessions: np.ndarray,
+    k: int,
+    methods: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]],
+    seed: int,
+    *,
+    unshown: bool,
+) -> dict[str, Any]:
+    """Every method's mean recall / NDCG and the diffusion model's paired recall lead."""
     per_session = {
-        name: hidden_clicks_per_session(dataset, diffusion, held_out, k, score)
+        name: hidden_clicks_per_session(dataset, model, sessions, k, score, unshown=unshown)
         for name, score in methods.items()
     }
     results = {
@@ -109,11 +143,11 @@ def augmentation_quality(
     }
     recall = per_session["diffusion"][0]
     gaps = {
-        name: paired_gap(recall, r, int(train["seed"]))
+        name: paired_gap(recall, r, seed)
         for name, (r, _) in per_session.items()
         if name != "diffusion"
     }
-    return {"k": k, "held_out_sessions": len(held_out), "methods": results, "recall_gaps": gaps}
+    return {"methods": results, "gaps": gaps}
 
 
 def paired_gap(
@@ -145,11 +179,17 @@ def write_quality(quality: dict[str, Any], out_dir: Path) -> None:
         f"| method | recall@{k} | NDCG@{k} | diffusion's recall lead, 95 % interval |",
         "|---|---|---|---|",
     ]
-    gaps = quality.get("recall_gaps", {})
-    for name, m in quality["methods"].items():
-        gap = gaps.get(name)
-        lead = f"{gap['mean']:+.4f} [{gap['low']:+.4f}, {gap['high']:+.4f}]" if gap else "-"
-        lines.append(f"| {name} | {m['recall']:.4f} | {m['ndcg']:.4f} | {lead} |")
+    lines += _table_rows(quality["methods"], quality.get("recall_gaps", {}))
+    if "unshown_methods" in quality:
+        lines += [
+            "",
+            "The task augmentation has: the clicks taken out of x0 altogether (as if never "
+            "shown), every item the query did not show ranked:",
+            "",
+            f"| method | recall@{k} | NDCG@{k} | diffusion's recall lead, 95 % interval |",
+            "|---|---|---|---|",
+            *_table_rows(quality["unshown_methods"], quality["unshown_recall_gaps"]),
+        ]
     lines += [
         "",
         "The interval is a paired bootstrap over the scored queries (2,000 resamples).",
@@ -167,3 +207,12 @@ def run_quality(data_dir: Path, model_dir: Path, device: str) -> str:
     autoencoder = load_model(reference, dataset, torch_device) if reference.is_dir() else None
     write_quality(augmentation_quality(dataset, diffusion, autoencoder, torch_device), model_dir)
     return (Path(model_dir) / "RESULTS.md").read_text()
+
+
+def _table_rows(methods: dict[str, Any], gaps: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, m in methods.items():
+        gap = gaps.get(name)
+        lead = f"{gap['mean']:+.4f} [{gap['low']:+.4f}, {gap['high']:+.4f}]" if gap else "-"
+        rows.append(f"| {name} | {m['recall']:.4f} | {m['ndcg']:.4f} | {lead} |")
+    return rows

@@ -43,7 +43,14 @@ from tqdm import tqdm
 from queryrec.diffusion.denoiser import Denoiser, DenoiserConfig
 from queryrec.diffusion.sampler import reconstruct, training_loss
 from queryrec.diffusion.schedule import DiffusionSchedule, ScheduleConfig
-from queryrec.diffusion.x0 import UNSEEN, ItemUniverse, build_x0, clicked_lists, sessions_in
+from queryrec.diffusion.x0 import (
+    CLICKED,
+    UNSEEN,
+    ItemUniverse,
+    build_x0,
+    clicked_lists,
+    sessions_in,
+)
 from queryrec.errors import QueryRecError
 from queryrec.features.dataset import PreparedDataset
 
@@ -262,19 +269,26 @@ def hidden_clicks_per_session(
     sessions: np.ndarray,
     k: int,
     score: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    unshown: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Clicks hidden (x0 as if click-less, in `model`'s encoding), each session's shown
     items ranked by `score(x0 (B, U), session rows (B,)) -> (B, U)`: recall@K and NDCG@K
     of the hidden clicks, (S,) each, for the S sessions with a click and a shown item
-    inside the universe (the same sessions whatever `score` is)."""
+    inside the universe (the same sessions whatever `score` is).
+
+    `unshown`: the clicked items are taken out of x0 altogether (as if never shown) and
+    the candidates are every item x0 does not show, the task augmentation really has
+    (its pseudo-positives are items the query did not show)."""
     recalls, ndcgs = [], []
     for lo in range(0, len(sessions), 1024):
         rows = sessions[lo : lo + 1024]
         x0 = model.x0(dataset, rows, hide_clicks=True)
+        if unshown:
+            x0[model.x0(dataset, rows, hide_clicks=False) == CLICKED] = UNSEEN
         scores = score(x0, rows)
-        shown = x0 < UNSEEN
+        pool = x0 == UNSEEN if unshown else x0 < UNSEEN
         for i, truth in enumerate(clicked_lists(dataset, model.universe, rows)):
-            candidates = np.flatnonzero(shown[i])
+            candidates = np.flatnonzero(pool[i])
             if len(truth) == 0 or len(candidates) == 0:
                 continue
             top = candidates[np.argsort(-scores[i, candidates], kind="stable")[:k]]

@@ -101,6 +101,12 @@ def test_augment_writes_k_unshown_items_per_clickless_query(augmented: tuple[Pat
     }  # fmt: skip
     assert all(0 <= m["recall"] <= 1 for m in quality["methods"].values())
     assert set(quality["recall_gaps"]) == set(quality["methods"]) - {"diffusion"}
+    assert set(quality["unshown_methods"]) == {
+        "diffusion", "popular items", "random unshown items", "autoencoder (no diffusion)",
+    }  # fmt: skip
+    assert all(0 <= m["recall"] <= 1 for m in quality["unshown_methods"].values())
+    shares = manifest["main_category_share"]
+    assert 0 <= shares["pseudo_positives"] <= 1 and shares["clicks_of_clicked_queries"] > 0.5
     assert "| diffusion |" in (model / "RESULTS.md").read_text()
     assert manifest["position_weight"] == info["train"]["position_weight"] == 0.5
 
