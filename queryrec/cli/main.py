@@ -187,6 +187,13 @@ def diffusion_train_command(
             "--pointwise", help="Width of the denoiser's per-item path; 0: DiffRec's MLP alone."
         ),
     ] = 16,
+    query_words: Annotated[
+        bool,
+        typer.Option(
+            "--query-words/--no-query-words",
+            help="Condition the denoiser on the query's words (beside the timestep).",
+        ),
+    ] = False,
     references: Annotated[
         bool,
         typer.Option(
@@ -207,6 +214,7 @@ def diffusion_train_command(
             device=device,
             position_weight=position_weight,
             pointwise=pointwise,
+            query_words=query_words,
         )
     except ValueError as error:
         raise QueryRecError(f"diffusion train: {error}") from error

@@ -66,7 +66,7 @@ def augment(
     ):
         rows = sessions[lo : lo + batch_size]
         x0 = model.x0(dataset, rows, hide_clicks=True)  # (B, U)
-        scores = model.scores(x0, torch_device)  # (B, U)
+        scores = model.scores(x0, torch_device, model.words(dataset, rows))  # (B, U)
         scores[x0 < UNSEEN] = -np.inf  # shown items: the known negatives
         top = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]  # (B, K) columns
         items[lo : lo + len(rows)] = model.universe.items[top]

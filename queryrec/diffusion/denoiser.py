@@ -22,6 +22,8 @@ class DenoiserConfig:
     )
     normalize_input: bool = True  # l2-normalise x_t per row, so dense and sparse rows look alike
     pointwise: int = 0  # hidden width of the per-item path g(x_t[j]); 0: DiffRec's MLP only
+    words: int = 0  # vocabulary of the query-word condition; 0: unconditioned (DiffRec)
+    word_dim: int = 64  # width of the projected word bag
 
     def __post_init__(self) -> None:
         if (
@@ -79,6 +81,9 @@ class Denoiser(nn.Module):
         self.input_dropout = nn.Dropout(cfg.dropout)
         layers: list[nn.Module] = []
         width = cfg.items + cfg.time_dim
+        self.word_projection = nn.Linear(cfg.words, cfg.word_dim) if cfg.words else None
+        if cfg.words:
+            width += cfg.word_dim
         for size in cfg.hidden:
             layers += [nn.Linear(width, size), nn.Tanh()]
             width = size
@@ -98,15 +103,21 @@ class Denoiser(nn.Module):
                 nn.init.xavier_normal_(module.weight)
                 nn.init.normal_(module.bias, mean=0.0, std=0.001)
 
-    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """x_t (B, I) float, t (B,) int64 in [0, steps) -> predicted x0 (B, I)."""
+    def forward(self, x_t: Tensor, t: Tensor, words: Tensor | None = None) -> Tensor:
+        """x_t (B, I) float, t (B,) int64 in [0, steps), words (B, V) mean word bag of
+        the query when the denoiser is conditioned -> predicted x0 (B, I)."""
         time = timestep_embedding(t, self.frequencies).to(x_t.dtype)  # (B, 2 * half)
         if self.config.time_dim % 2:
             time = F.pad(time, (0, 1))  # (B, time_dim): odd width, zero last column
         time = self.time_projection(time)  # (B, time_dim)
         x = F.normalize(x_t, dim=-1) if self.config.normalize_input else x_t  # (B, I)
         x = self.input_dropout(x)
-        out = self.net(torch.cat([x, time], dim=-1))  # (B, I)
+        parts = [x, time]
+        if self.word_projection is not None:
+            if words is None:
+                raise ValueError("this denoiser is conditioned on query words: pass words")
+            parts.append(self.word_projection(words))  # (B, word_dim)
+        out = self.net(torch.cat(parts, dim=-1))  # (B, I)
         if self.pointwise is not None:
             out = out + self.pointwise(x_t.unsqueeze(-1)).squeeze(-1)  # (B, I, 1) -> (B, I)
         return out

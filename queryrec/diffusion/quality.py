@@ -89,12 +89,14 @@ def augmentation_quality(
     popularity = click_popularity(dataset, diffusion, fit_rows)
     rng = np.random.default_rng(int(train["seed"]))
     methods = {
-        "diffusion": lambda x0, _: diffusion.scores(x0, device),
+        "diffusion": lambda x0, rows: diffusion.scores(x0, device, diffusion.words(dataset, rows)),
         "popular shown items": lambda x0, _: np.broadcast_to(popularity, x0.shape),
         "random shown items": lambda x0, _: rng.random(x0.shape),
     }
     if autoencoder is not None:
-        methods["autoencoder (no diffusion)"] = lambda x0, _: autoencoder.scores(x0, device)
+        methods["autoencoder (no diffusion)"] = lambda x0, rows: autoencoder.scores(
+            x0, device, autoencoder.words(dataset, rows)
+        )
     # Not one of the three references, but the strongest signal of the generator:
     # without it the table would hide that x0 carries no display order.
     methods["first shown positions (outside the three)"] = lambda x0, rows: display_order(

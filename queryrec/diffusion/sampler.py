@@ -21,6 +21,7 @@ def training_loss(
     x0: Tensor,
     generator: torch.Generator | None = None,
     observed: Tensor | None = None,
+    words: Tensor | None = None,
 ) -> Tensor:
     """DiffRec's x0-prediction loss: MSE between denoiser(q(x_t | x0), t) and x0.
 
@@ -37,7 +38,7 @@ def training_loss(
     )  # (B,) int64
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     x_t = schedule.add_noise(x0 if observed is None else observed, noise, t)  # (B, I)
-    return F.mse_loss(denoiser(x_t, t), x0)
+    return F.mse_loss(denoiser(x_t, t, words), x0)
 
 
 @torch.no_grad()
@@ -48,6 +49,7 @@ def reconstruct(
     start_step: int | None = None,
     noisy: bool = False,
     generator: torch.Generator | None = None,
+    words: Tensor | None = None,
 ) -> Tensor:
     """DiffRec's inference: noise x0 for `start_step` steps, then denoise back to step 0.
 
@@ -84,7 +86,7 @@ def reconstruct(
             x_t = schedule.add_noise(x0, sample_noise(), t_first)  # (B, I)
         for step in range(first, -1, -1):
             t = torch.full((batch,), step, dtype=torch.long, device=x0.device)  # (B,)
-            x0_pred = denoiser(x_t, t)  # (B, I)
+            x0_pred = denoiser(x_t, t, words)  # (B, I)
             x_t = schedule.step(x0_pred, x_t, t, sample_noise() if noisy else None)
     finally:
         denoiser.train(was_training)

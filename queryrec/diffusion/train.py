@@ -78,6 +78,7 @@ class DiffusionTrainConfig:
     position_weight: float = 0.5  # shown items graded by display position (x0.py); 0: flat -1
     pointwise: int = 16  # width of the denoiser's per-item path (denoiser.py); 0: none
     dropout: float = 0.1  # on the denoiser's input (DenoiserConfig.dropout)
+    query_words: bool = False  # condition the denoiser on the query's word bag
     seed: int = 0
     device: str = "auto"
     progress: bool = True
@@ -124,22 +125,40 @@ class DiffusionModel:
             position_weight=self.position_weight,
         )
 
-    def scores(self, x0: np.ndarray, device: torch.device) -> np.ndarray:
+    def words(self, dataset: PreparedDataset, rows: np.ndarray) -> np.ndarray | None:
+        """(B, V) mean word bag of each session's query when the denoiser is conditioned
+        on it, else None."""
+        vocabulary = self.denoiser.config.words
+        if not vocabulary:
+            return None
+        bags = np.zeros((len(rows), vocabulary), dtype=np.float32)
+        for i, row in enumerate(rows):
+            words = dataset.query_words[dataset.query_offsets[row] : dataset.query_offsets[row + 1]]
+            if len(words):
+                np.add.at(bags[i], words.astype(np.int64), 1.0 / len(words))
+        return bags
+
+    def scores(
+        self, x0: np.ndarray, device: torch.device, words: np.ndarray | None = None
+    ) -> np.ndarray:
         """x0 (B, U) -> x̃0 (B, U): the reverse process from x0 (DiffRec's inference),
         or the autoencoder's single pass when trained without noise."""
         x = torch.from_numpy(x0).to(device)
+        bag = None if words is None else torch.from_numpy(words).to(device)
         if not self.info["train"]["noise"]:
             self.denoiser.eval()
             with torch.no_grad():
                 return (
-                    self.denoiser(x, torch.zeros(len(x0), dtype=torch.long, device=device))
+                    self.denoiser(x, torch.zeros(len(x0), dtype=torch.long, device=device), bag)
                     .cpu()
                     .numpy()
                 )
         generator = torch.Generator(device).manual_seed(int(self.info["train"].get("seed", 0)))
         steps = int(self.info["train"].get("sampling_steps", 0))
         return (
-            reconstruct(self.schedule, self.denoiser, x, start_step=steps, generator=generator)
+            reconstruct(
+                self.schedule, self.denoiser, x, start_step=steps, generator=generator, words=bag
+            )
             .cpu()
             .numpy()
         )
@@ -179,6 +198,7 @@ def train_diffusion(data_dir: Path, out_dir: Path, cfg: DiffusionTrainConfig) ->
             hidden=cfg.hidden,
             pointwise=cfg.pointwise,
             dropout=cfg.dropout,
+            words=int(dataset.schema["vocab_sizes"]["words"]) if cfg.query_words else 0,
         )
     ).to(device)
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=cfg.learning_rate)
@@ -203,17 +223,23 @@ def train_diffusion(data_dir: Path, out_dir: Path, cfg: DiffusionTrainConfig) ->
             view = x0
             if cfg.hide_clicks:
                 view = torch.from_numpy(model.x0(dataset, rows, hide_clicks=True)).to(device)
+            bag = model.words(dataset, rows)
+            words = None if bag is None else torch.from_numpy(bag).to(device)
             if cfg.noise:
-                loss = training_loss(schedule, denoiser, x0, observed=view)
+                loss = training_loss(schedule, denoiser, x0, observed=view, words=words)
             else:
                 t0 = torch.zeros(len(x0), dtype=torch.long, device=device)
-                loss = F.mse_loss(denoiser(view, t0), x0)
+                loss = F.mse_loss(denoiser(view, t0, words), x0)
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             losses.append(float(loss.detach()))
         metrics = hidden_click_metrics(
-            dataset, model, held_out, cfg.k, lambda x0, _: model.scores(x0, device)
+            dataset,
+            model,
+            held_out,
+            cfg.k,
+            lambda x0, rows: model.scores(x0, device, model.words(dataset, rows)),
         )
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **metrics})
         if cfg.progress:
@@ -310,6 +336,7 @@ def save_model(model: DiffusionModel, out_dir: Path) -> None:
         "schedule": asdict(model.schedule.config),
         "hidden": list(model.denoiser.config.hidden),
         "pointwise": model.denoiser.config.pointwise,
+        "words": model.denoiser.config.words,
     }
     (out_dir / CONFIG_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
 
@@ -336,6 +363,7 @@ def load_model(model_dir: Path, dataset: PreparedDataset, device: torch.device) 
             items=len(universe),
             hidden=tuple(info["hidden"]),
             pointwise=int(info.get("pointwise", 0)),
+            words=int(info.get("words", 0)),
         )
     )
     denoiser.load_state_dict(torch.load(model_dir / MODEL_FILE, map_location="cpu"))

@@ -15,7 +15,7 @@ import torch
 from queryrec.cli.main import main
 from queryrec.diffusion.augment import load_pseudo_positives
 from queryrec.diffusion.quality import paired_gap
-from queryrec.diffusion.train import DiffusionTrainConfig
+from queryrec.diffusion.train import DiffusionTrainConfig, load_model
 from queryrec.diffusion.x0 import CLICKED, SHOWN, UNSEEN, ItemUniverse, build_x0, sessions_in
 from queryrec.errors import QueryRecError
 from queryrec.features.dataset import PreparedDataset
@@ -109,6 +109,23 @@ def test_augment_writes_k_unshown_items_per_clickless_query(augmented: tuple[Pat
     assert 0 <= shares["pseudo_positives"] <= 1 and shares["clicks_of_clicked_queries"] > 0.5
     assert "| diffusion |" in (model / "RESULTS.md").read_text()
     assert manifest["position_weight"] == info["train"]["position_weight"] == 0.5
+
+
+def test_word_conditioned_denoiser_trains_and_augments(tiny_data: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    model, common = tmp_path / "diffusion", ["--data", str(data)]
+    train = ["diffusion", "train", *common, "--out", str(model), "--epochs", "1"]
+    assert main([*train, "--query-words", "--no-references"]) == 0
+    dataset = PreparedDataset(data)
+    loaded = load_model(model, dataset, torch.device("cpu"))
+    rows = sessions_in(dataset, 0, int(dataset.schema["split"]["valid_start_ms"]), clicked=False)
+    bags = loaded.words(dataset, rows[:3])
+    assert bags is not None and bags.shape == (3, dataset.schema["vocab_sizes"]["words"])
+    assert np.allclose(bags.sum(axis=1), 1.0)  # a mean over each query's words
+    assert main(["diffusion", "augment", *common, "--model", str(model)]) == 0
+    pseudo = load_pseudo_positives(dataset)
+    assert pseudo is not None and (np.diff(pseudo.offsets)[rows] == 4).all()
 
 
 def test_quality_command_rewrites_the_table(

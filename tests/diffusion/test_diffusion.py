@@ -199,6 +199,17 @@ def test_pointwise_path_reads_each_items_own_value() -> None:
         DenoiserConfig(items=6, pointwise=-1)
 
 
+def test_word_condition_changes_the_prediction_and_is_required() -> None:
+    torch.manual_seed(0)
+    denoiser = Denoiser(DenoiserConfig(items=6, hidden=(8,), words=5, dropout=0.0))
+    x_t, t = torch.zeros(2, 6), torch.tensor([0, 0])
+    bags = torch.tensor([[0.5, 0.5, 0, 0, 0], [0, 0, 0, 1.0, 0]])  # (B, V) mean word bags
+    out = denoiser(x_t, t, bags)
+    assert out.shape == (2, 6) and not torch.allclose(out[0], out[1])
+    with pytest.raises(ValueError, match="conditioned on query words"):
+        denoiser(x_t, t)
+
+
 # --- a toy set where the answer is known -------------------------------------------------
 
 ITEMS, PROTOTYPES, POSITIVES, HIDDEN = 40, 8, 5, 2
