@@ -71,6 +71,7 @@ def augment(
         top = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]  # (B, K) columns
         items[lo : lo + len(rows)] = model.universe.items[top]
     seconds = time.perf_counter() - start
+    category = item_categories(dataset)
     out = Path(data_dir) / AUGMENT_DIR
     out.mkdir(exist_ok=True)
     pl.DataFrame({"session": sessions, "items": items.tolist()}).write_parquet(out / POSITIVES_FILE)
@@ -83,9 +84,9 @@ def augment(
         "position_weight": model.position_weight,
         "sessions": len(sessions),
         "main_category_share": {
-            "pseudo_positives": main_category_share(dataset, sessions, items),
+            "pseudo_positives": main_category_share(dataset, category, sessions, items),
             "clicks_of_clicked_queries": main_category_share(
-                dataset, clicked, dataset.clicked_items, dataset.clicked_offsets
+                dataset, category, clicked, dataset.clicked_items, dataset.clicked_offsets
             ),
         },
         "seconds": seconds,
@@ -96,18 +97,23 @@ def augment(
     return manifest
 
 
+def item_categories(dataset: PreparedDataset) -> np.ndarray:
+    """(n_items,) second-level category of every item index; 0 / 1: missing / unknown."""
+    table = pl.read_parquet(dataset.root / "features/items.parquet", columns=["category_2"])
+    return table["category_2"].to_numpy()
+
+
 def main_category_share(
     dataset: PreparedDataset,
+    category: np.ndarray,
     sessions: np.ndarray,
     items: np.ndarray,
     offsets: np.ndarray | None = None,
 ) -> float:
     """Share of `items` (per session: row i of a (S, K) array, or CSR `items[offsets[r]:
     offsets[r + 1]]` for session row r) in the second-level category most common among
-    that session's shown items. Sessions whose shown items have no category are skipped."""
-    category = pl.read_parquet(dataset.root / "features/items.parquet", columns=["category_2"])[
-        "category_2"
-    ].to_numpy()  # row i = item index i; 0 / 1: missing / unknown
+    that session's shown items (`category` from `item_categories`). Sessions whose shown
+    items have no category are skipped."""
     hits = total = 0
     for i, row in enumerate(sessions):
         shown = category[

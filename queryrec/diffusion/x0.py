@@ -121,13 +121,6 @@ def build_x0(
     return x0
 
 
-def shown_mask(
-    dataset: PreparedDataset, universe: ItemUniverse, sessions: np.ndarray
-) -> np.ndarray:
-    """(B, U) bool: items each session showed (the known negatives of a click-less one)."""
-    return build_x0(dataset, universe, sessions, hide_clicks=True) < UNSEEN
-
-
 def clicked_lists(
     dataset: PreparedDataset, universe: ItemUniverse, sessions: np.ndarray
 ) -> list[np.ndarray]:
