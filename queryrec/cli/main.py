@@ -187,6 +187,14 @@ def diffusion_train_command(
             "--pointwise", help="Width of the denoiser's per-item path; 0: DiffRec's MLP alone."
         ),
     ] = 16,
+    hide_share: Annotated[
+        float,
+        typer.Option(
+            "--hide-share",
+            help="Share of each training query's shown items taken out of its view; "
+            "learned as clicked or not (docs/RESULTS.md). 0: off.",
+        ),
+    ] = 0.5,
     query_words: Annotated[
         bool,
         typer.Option(
@@ -214,6 +222,7 @@ def diffusion_train_command(
             device=device,
             position_weight=position_weight,
             pointwise=pointwise,
+            hide_share=hide_share,
             query_words=query_words,
         )
     except ValueError as error:
@@ -236,21 +245,39 @@ def diffusion_quality_command(
 @diffusion_app.command("augment")
 def diffusion_augment_command(
     data: Annotated[Path, typer.Option("--data", help="Dataset folder from 'data prepare'.")],
-    model: Annotated[Path, typer.Option("--model", help="Folder from 'diffusion train'.")],
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Folder from 'diffusion train'.")
+    ] = None,
     k: Annotated[
         int | None, typer.Option("--k", help="Pseudo-positives per query (default: the model's).")
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            "--reference",
+            help="'category': write the category reference's positives instead of a "
+            "model's (not the paper's method; a yardstick, docs/RESULTS.md).",
+        ),
+    ] = None,
 ) -> None:
     """Write top-K pseudo-positives for every click-less training-split query into --data."""
-    from queryrec.diffusion.augment import augment
+    from queryrec.diffusion.augment import augment, augment_with_reference
 
-    manifest = augment(data, model, k=k, device=device)
+    if reference not in (None, "category"):
+        raise QueryRecError(f"--reference: unknown reference {reference!r} (known: category)")
+    if (model is None) == (reference is None):
+        raise QueryRecError("diffusion augment: give --model or --reference category, not both")
+    if model is not None:
+        manifest = augment(data, model, k=k, device=device)
+    else:
+        manifest = augment_with_reference(data, k=4 if k is None else k)
     print(
-        f"pseudo-positives for {manifest['sessions']:,} click-less queries (K = {manifest['k']}) "
-        f"in {float(manifest['seconds']):.1f} s ({float(manifest['queries_per_s']):,.0f} "
-        f"queries/s) -> {data / 'augment'}; in the shown items' main category: "
-        f"{manifest['main_category_share']['pseudo_positives']:.1%} (clicks of clicked queries: "
+        f"pseudo-positives ({manifest['source']}) for {manifest['sessions']:,} click-less "
+        f"queries (K = {manifest['k']}) in {float(manifest['seconds']):.1f} s "
+        f"({float(manifest['queries_per_s']):,.0f} queries/s) -> {data / 'augment'}; in the "
+        f"shown items' main category: {manifest['main_category_share']['pseudo_positives']:.1%} "
+        f"(clicks of clicked queries: "
         f"{manifest['main_category_share']['clicks_of_clicked_queries']:.1%})"
     )
 

@@ -9,7 +9,11 @@ wrote and outside its hashed files:
 | file | what |
 |---|---|
 | `augment/pseudo_positives.parquet` | `session` (row of timelines/search.parquet), `items` (K item indices, best first) |
-| `augment/manifest.json` | the dataset's schema hash, the diffusion model folder and its settings, K, counts, timing, `main_category_share` |
+| `augment/manifest.json` | the dataset's schema hash, `source`, the diffusion model folder and its settings, K, counts, timing, `main_category_share` |
+
+`--reference category` writes the category reference's positives instead
+(`category_reference.py`, not the paper's method; `source` says which): a yardstick for
+what on-topic positives do for the CTR model.
 
 `main_category_share` is a sanity check with no ground truth needed: the share of
 pseudo-positives in the second-level category most common among the query's shown
@@ -30,6 +34,7 @@ import numpy as np
 import polars as pl
 from tqdm import tqdm
 
+from queryrec.diffusion.category_reference import CategoryReference
 from queryrec.diffusion.train import load_model, pick_device
 from queryrec.diffusion.x0 import UNSEEN, sessions_in
 from queryrec.errors import QueryRecError
@@ -55,7 +60,6 @@ def augment(
     top_k = int(k if k is not None else model.info["train"]["k"])
     valid_start = int(dataset.schema["split"]["valid_start_ms"])
     sessions = sessions_in(dataset, 0, valid_start, clicked=False)
-    clicked = sessions_in(dataset, 0, valid_start, clicked=True)
     items = np.zeros((len(sessions), top_k), dtype=np.int64)
     start = time.perf_counter()
     for lo in tqdm(
@@ -71,17 +75,66 @@ def augment(
         top = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]  # (B, K) columns
         items[lo : lo + len(rows)] = model.universe.items[top]
     seconds = time.perf_counter() - start
+    return write_positives(
+        dataset,
+        sessions,
+        items,
+        {
+            "source": "diffusion",
+            "model_dir": str(Path(model_dir).resolve()),
+            "model_best_epoch": model.info.get("best_epoch"),
+            "universe_items": len(model.universe),
+            "position_weight": model.position_weight,
+            "seconds": seconds,
+            "queries_per_s": len(sessions) / max(seconds, 1e-9),
+            "device": str(torch_device),
+        },
+    )
+
+
+def augment_with_reference(data_dir: Path, *, k: int = 4) -> dict[str, Any]:
+    """`diffusion augment --reference category`: the category reference's positives
+    (`category_reference.py`, not the paper's method) in place of the diffusion ones;
+    -> the manifest."""
+    if k < 1:
+        raise QueryRecError(f"--k must be at least 1, got {k}")
+    dataset = PreparedDataset(data_dir)
+    valid_start = int(dataset.schema["split"]["valid_start_ms"])
+    sessions = sessions_in(dataset, 0, valid_start, clicked=False)
+    clicked = sessions_in(dataset, 0, valid_start, clicked=True)
+    start = time.perf_counter()
+    reference = CategoryReference(dataset, item_categories(dataset), clicked)
+    try:
+        items = reference.positives(sessions, k)
+    except ValueError as error:
+        raise QueryRecError(f"{data_dir}: {error}") from error
+    seconds = time.perf_counter() - start
+    return write_positives(
+        dataset,
+        sessions,
+        items,
+        {
+            "source": "category reference (most-clicked items of the main shown category)",
+            "seconds": seconds,
+            "queries_per_s": len(sessions) / max(seconds, 1e-9),
+        },
+    )
+
+
+def write_positives(
+    dataset: PreparedDataset, sessions: np.ndarray, items: np.ndarray, details: dict[str, Any]
+) -> dict[str, Any]:
+    """Write (S,) click-less session rows' (S, K) pseudo-positives and the manifest (the
+    dataset hash, counts, `main_category_share`, plus `details`); -> the manifest."""
     category = item_categories(dataset)
-    out = Path(data_dir) / AUGMENT_DIR
+    valid_start = int(dataset.schema["split"]["valid_start_ms"])
+    clicked = sessions_in(dataset, 0, valid_start, clicked=True)
+    out = dataset.root / AUGMENT_DIR
     out.mkdir(exist_ok=True)
     pl.DataFrame({"session": sessions, "items": items.tolist()}).write_parquet(out / POSITIVES_FILE)
     manifest: dict[str, Any] = {
         "schema_hash": dataset.content_hash,
-        "model_dir": str(Path(model_dir).resolve()),
-        "model_best_epoch": model.info.get("best_epoch"),
-        "universe_items": len(model.universe),
-        "k": top_k,
-        "position_weight": model.position_weight,
+        "k": int(items.shape[1]),
         "sessions": len(sessions),
         "main_category_share": {
             "pseudo_positives": main_category_share(dataset, category, sessions, items),
@@ -89,9 +142,7 @@ def augment(
                 dataset, category, clicked, dataset.clicked_items, dataset.clicked_offsets
             ),
         },
-        "seconds": seconds,
-        "queries_per_s": len(sessions) / max(seconds, 1e-9),
-        "device": str(torch_device),
+        **details,
     }
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

@@ -14,7 +14,10 @@ Methods: the diffusion model (reverse process), (a) the most popular items among
 shown ones (click counts over the fit sessions), (b) random shown items, (c) the same
 network trained as a plain autoencoder (no noise, one pass); and, outside the three
 references, the first shown positions: display order is the generator's strongest
-click signal and x0 does not carry it, so the table shows it rather than hide it.
+click signal and x0 carries it only as a grade, so the table shows it rather than hide it. The
+unshown-items table adds the category reference (`category_reference.py`): it reads item
+categories, which the diffusion model never sees, and marks what a ranking that knows the
+query's topic reaches.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from queryrec.diffusion.augment import item_categories
+from queryrec.diffusion.category_reference import CategoryReference
 from queryrec.diffusion.train import (
     DiffusionModel,
     hidden_clicks_per_session,
@@ -36,6 +41,8 @@ from queryrec.diffusion.train import (
 )
 from queryrec.diffusion.x0 import sessions_in
 from queryrec.features.dataset import PreparedDataset
+
+CATEGORY_REFERENCE = "most-clicked of the main shown category (outside the three; reads categories)"
 
 
 def click_popularity(
@@ -111,6 +118,11 @@ def augmentation_quality(
     }
     if autoencoder is not None:
         unshown_methods["autoencoder (no diffusion)"] = methods["autoencoder (no diffusion)"]
+    # Outside the three as well: the topic heuristic, which reads item categories.
+    topic = CategoryReference(dataset, item_categories(dataset), fit_rows)
+    unshown_methods[CATEGORY_REFERENCE] = lambda _, rows: topic.scores(
+        rows, diffusion.universe.items
+    )
     unshown = _scored(
         dataset, diffusion, held_out, k, unshown_methods, int(train["seed"]), unshown=True
     )

@@ -10,6 +10,17 @@ then ranks shown items no better than chance (held-out recall@4 0.69 vs random 0
 the denoiser learns p(x0 | noisy click-less view), i.e. what a click-less query's user
 would have clicked, which is exactly what augmentation asks of it.
 
+Which unshown items (a second choice, stated): augmentation ranks the items a query did
+*not* show, but with the view above an item the view does not show is never-shown in the
+target too, so nothing teaches which of them the query is about. Worse, DiffRec's input
+dropout hides shown items while their target stays negative, which teaches that a hidden
+item of the query's topic is a *negative* one: on the long-tail data three in four
+pseudo-positives fell outside the query's topic. So `hide_share` of each training query's
+shown items are taken out of the view (encoded never-shown), and in the target such an
+item is never-shown as well unless it was clicked (`training_pair`): an item the view
+does not show is learned as "clicked or not", never as "negative". The denoiser's own
+input dropout is then off (0 by default).
+
 Inference reads x̃0 after `sampling_steps` reverse steps (DiffRec's T'). With T' = 0
 every step runs from x0 itself and each later step sees the previous step's guess in
 place of the input, so the display grading of x0 fades; one step from the lightly
@@ -77,7 +88,8 @@ class DiffusionTrainConfig:
     hide_clicks: bool = True  # noise the click-less view of x0, predict x0 itself
     position_weight: float = 0.5  # shown items graded by display position (x0.py); 0: flat -1
     pointwise: int = 16  # width of the denoiser's per-item path (denoiser.py); 0: none
-    dropout: float = 0.1  # on the denoiser's input (DenoiserConfig.dropout)
+    hide_share: float = 0.5  # shown items taken out of each training view (training_pair)
+    dropout: float = 0.0  # DiffRec's input dropout (DenoiserConfig.dropout); hide_share instead
     query_words: bool = False  # condition the denoiser on the query's word bag
     seed: int = 0
     device: str = "auto"
@@ -94,6 +106,8 @@ class DiffusionTrainConfig:
                 raise ValueError(
                     f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}"
                 )
+        if not 0.0 <= self.hide_share < 1.0:
+            raise ValueError(f"hide share must be in [0, 1), got {self.hide_share}")
         if self.pointwise < 0:
             raise ValueError(f"pointwise width must be >= 0, got {self.pointwise}")
         if not 0 <= self.sampling_steps <= self.schedule.steps:
@@ -219,10 +233,8 @@ def train_diffusion(data_dir: Path, out_dir: Path, cfg: DiffusionTrainConfig) ->
         )
         for lo in bar:
             rows = order[lo : lo + cfg.batch_size]
-            x0 = torch.from_numpy(model.x0(dataset, rows, hide_clicks=False)).to(device)
-            view = x0
-            if cfg.hide_clicks:
-                view = torch.from_numpy(model.x0(dataset, rows, hide_clicks=True)).to(device)
+            view_np, x0_np = training_pair(model, dataset, rows, cfg, rng)
+            x0, view = torch.from_numpy(x0_np).to(device), torch.from_numpy(view_np).to(device)
             bag = model.words(dataset, rows)
             words = None if bag is None else torch.from_numpy(bag).to(device)
             if cfg.noise:
@@ -271,6 +283,29 @@ def train_diffusion(data_dir: Path, out_dir: Path, cfg: DiffusionTrainConfig) ->
     model.info = info
     save_model(model, out_dir)
     return model
+
+
+def training_pair(
+    model: DiffusionModel,
+    dataset: PreparedDataset,
+    rows: np.ndarray,
+    cfg: DiffusionTrainConfig,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(B,) training session rows -> (view, target), (B, U) float32 each.
+
+    target = x0 (clicks visible). view = the click-less x0 when `cfg.hide_clicks`, else x0.
+    With `cfg.hide_share` > 0, each shown item of the view is independently taken out of it
+    (set never-shown) with that probability, and in the target such an item becomes
+    never-shown too unless it was clicked: the denoiser learns, for items a query does not
+    show, whether they would be clicked (module docstring)."""
+    target = model.x0(dataset, rows, hide_clicks=False)
+    view = model.x0(dataset, rows, hide_clicks=True) if cfg.hide_clicks else target.copy()
+    if cfg.hide_share > 0:
+        hidden = (view != UNSEEN) & (rng.random(view.shape) < cfg.hide_share)  # (B, U)
+        view[hidden] = UNSEEN
+        target[hidden & (target != CLICKED)] = UNSEEN
+    return view, target
 
 
 def hidden_click_metrics(

@@ -14,8 +14,14 @@ import torch
 
 from queryrec.cli.main import main
 from queryrec.diffusion.augment import load_pseudo_positives
-from queryrec.diffusion.quality import paired_gap
-from queryrec.diffusion.train import DiffusionTrainConfig, load_model
+from queryrec.diffusion.category_reference import CategoryReference
+from queryrec.diffusion.quality import CATEGORY_REFERENCE, paired_gap
+from queryrec.diffusion.train import (
+    DiffusionModel,
+    DiffusionTrainConfig,
+    load_model,
+    training_pair,
+)
 from queryrec.diffusion.x0 import CLICKED, SHOWN, UNSEEN, ItemUniverse, build_x0, sessions_in
 from queryrec.errors import QueryRecError
 from queryrec.features.dataset import PreparedDataset
@@ -63,6 +69,48 @@ def test_x0_grades_shown_items_by_first_display_position() -> None:
         build_x0(sessions, universe, rows, hide_clicks=True, position_weight=1.0)
 
 
+def test_training_pair_hides_shown_items_and_keeps_only_their_clicks() -> None:
+    """One session showing items 2..9 (0 = first), 4 and 7 clicked; item 1 never shown."""
+
+    class Sessions:
+        shown_offsets = np.array([0, 8])
+        shown_items = np.arange(2, 10)
+        clicked_offsets = np.array([0, 2])
+        clicked_items = np.array([4, 7])
+
+    sessions = cast(PreparedDataset, Sessions)
+    universe = ItemUniverse.from_items(np.arange(1, 10), 10)
+    model = DiffusionModel(
+        cast(Any, None), cast(Any, None), universe, {"train": {"position_weight": 0.0}}
+    )
+    rows = np.array([0] * 64)  # the same session 64 times: many independent draws
+    plain_view, plain_target = training_pair(
+        model, sessions, rows, DiffusionTrainConfig(hide_share=0.0), np.random.default_rng(0)
+    )
+    assert plain_view[0].tolist() == [UNSEEN] + [SHOWN] * 8  # click-less view
+    assert plain_target[0].tolist() == [
+        UNSEEN,
+        SHOWN,
+        SHOWN,
+        CLICKED,
+        SHOWN,
+        SHOWN,
+        CLICKED,
+        SHOWN,
+        SHOWN,
+    ]
+    view, target = training_pair(
+        model, sessions, rows, DiffusionTrainConfig(hide_share=0.5), np.random.default_rng(0)
+    )
+    hidden = (view == UNSEEN) & (plain_view == SHOWN)  # (64, 9)
+    assert 0.3 < hidden[:, 1:].mean() < 0.7  # about half of the shown items, never item 1
+    assert (target[~hidden] == plain_target[~hidden]).all()  # what the view shows: x0
+    clicked = plain_target == CLICKED
+    assert (target[hidden & clicked] == CLICKED).all()  # hidden clicks stay clicks
+    assert (target[hidden & ~clicked] == UNSEEN).all()  # hidden non-clicks: never shown
+    assert (hidden & clicked).any() and (hidden & ~clicked).any()
+
+
 @pytest.fixture(scope="module")
 def augmented(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A private copy of tiny, a diffusion model trained on it, and its augment output."""
@@ -103,12 +151,14 @@ def test_augment_writes_k_unshown_items_per_clickless_query(augmented: tuple[Pat
     assert set(quality["recall_gaps"]) == set(quality["methods"]) - {"diffusion"}
     assert set(quality["unshown_methods"]) == {
         "diffusion", "popular items", "random unshown items", "autoencoder (no diffusion)",
+        CATEGORY_REFERENCE,
     }  # fmt: skip
     assert all(0 <= m["recall"] <= 1 for m in quality["unshown_methods"].values())
     shares = manifest["main_category_share"]
     assert 0 <= shares["pseudo_positives"] <= 1 and shares["clicks_of_clicked_queries"] > 0.5
     assert "| diffusion |" in (model / "RESULTS.md").read_text()
     assert manifest["position_weight"] == info["train"]["position_weight"] == 0.5
+    assert manifest["source"] == "diffusion"
 
 
 def test_word_conditioned_denoiser_trains_and_augments(tiny_data: Path, tmp_path: Path) -> None:
@@ -168,6 +218,56 @@ def test_a_model_of_another_dataset_is_refused(
     assert "trained on dataset eeeeeeeeeeee" in err and err.count("\n") == 1
 
 
+def test_category_reference_ranks_the_main_shown_category_by_clicks() -> None:
+    """Items 2-9; categories: 2-5 -> 10, 6-9 -> 20. Session 0 clicks 3 twice over (sessions
+    0, 1) and 7 once (session 2); session 3 shows 2, 4 and 6: main category 10; session 2 shows 8 and 9: 20."""
+
+    class Sessions:
+        shown_offsets = np.array([0, 2, 4, 6, 9])
+        shown_items = np.array([3, 6, 3, 8, 8, 9, 2, 4, 6])
+        clicked_offsets = np.array([0, 1, 2, 3, 3])
+        clicked_items = np.array([3, 3, 7])
+
+    categories = np.array([0, 1, 10, 10, 10, 10, 20, 20, 20, 20])
+    reference = CategoryReference(
+        cast(PreparedDataset, Sessions), categories, fit_sessions=np.array([0, 1, 2])
+    )
+    assert reference.clicks.tolist() == [0, 0, 0, 2, 0, 0, 0, 1, 0, 0]
+    assert reference.main_category(3) == 10
+    scores = reference.scores(np.array([3]), np.array([3, 5, 7]))[0]
+    assert scores.tolist() == [2 + 3, 0 + 3, 1]  # main category first, then by clicks
+    assert reference.positives(np.array([3]), k=2).tolist() == [[3, 7]]  # shown ones removed
+    assert reference.positives(np.array([2]), k=2).tolist() == [[7, 3]]  # main category 20
+    with pytest.raises(ValueError, match="only 2 clicked items"):
+        reference.positives(np.array([3]), k=3)
+    with pytest.raises(ValueError, match="session 0 leaves 1 clicked item unshown"):
+        reference.positives(np.array([0]), k=2)
+
+
+def test_augment_with_the_category_reference(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns("augment"))
+    assert main(["diffusion", "augment", "--data", str(data), "--reference", "category"]) == 0
+    assert "category reference" in capsys.readouterr().out
+    dataset = PreparedDataset(data)
+    manifest = json.loads((data / "augment/manifest.json").read_text())
+    assert manifest["source"].startswith("category reference") and manifest["k"] == 4
+    assert manifest["main_category_share"]["pseudo_positives"] > 0.9  # on topic by design
+    pseudo = load_pseudo_positives(dataset)
+    assert pseudo is not None
+    assert (np.diff(pseudo.offsets) > 0).sum() == manifest["sessions"] > 0
+    for flags, message in (
+        ([], "give --model or --reference category"),
+        (["--reference", "category", "--model", str(tmp_path)], "not both"),
+        (["--reference", "topic"], "unknown reference 'topic'"),
+    ):
+        assert main(["diffusion", "augment", "--data", str(data), *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+
+
 def test_builder_gives_clickless_queries_their_pseudo_positives(tiny_data: Path) -> None:
     dataset = PreparedDataset(tiny_data)
     has_click = np.diff(dataset.clicked_offsets) > 0
@@ -220,6 +320,7 @@ def test_paired_gap_interval() -> None:
         ({"sampling_steps": 6}, "sampling steps must be in"),
         ({"epochs": 0}, "epochs must be at least 1"),
         ({"pointwise": -1}, "pointwise width"),
+        ({"hide_share": 1.0}, "hide share must be in"),
     ],
 )
 def test_diffusion_train_config_rejects_bad_values(kwargs: dict[str, Any], message: str) -> None:
