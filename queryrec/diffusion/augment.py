@@ -34,7 +34,7 @@ import numpy as np
 import polars as pl
 from tqdm import tqdm
 
-from queryrec.diffusion.category_reference import CategoryReference
+from queryrec.diffusion.category_reference import CategoryReference, main_shown_category
 from queryrec.diffusion.train import load_model, pick_device
 from queryrec.diffusion.x0 import UNSEEN, sessions_in
 from queryrec.errors import QueryRecError
@@ -167,14 +167,11 @@ def main_category_share(
     items have no category are skipped."""
     hits = total = 0
     for i, row in enumerate(sessions):
-        shown = category[
-            dataset.shown_items[dataset.shown_offsets[row] : dataset.shown_offsets[row + 1]]
-        ]
-        shown = shown[shown > 1]
-        if len(shown) == 0:
+        main = main_shown_category(dataset, category, int(row))
+        if main < 0:
             continue
         chosen = items[i] if offsets is None else items[offsets[row] : offsets[row + 1]]
-        hits += int((category[chosen] == np.bincount(shown).argmax()).sum())
+        hits += int((category[chosen] == main).sum())
         total += len(chosen)
     return hits / max(total, 1)
 

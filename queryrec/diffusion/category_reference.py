@@ -24,6 +24,15 @@ from queryrec.features.dataset import PreparedDataset
 MISSING_CATEGORY = 1  # 0 / 1: missing / unknown second-level category (item_categories)
 
 
+def main_shown_category(dataset: PreparedDataset, categories: np.ndarray, row: int) -> int:
+    """Most common known second-level category among session `row`'s shown items; -1 when
+    none is known."""
+    shown = dataset.shown_items[dataset.shown_offsets[row] : dataset.shown_offsets[row + 1]]
+    known = categories[shown.astype(np.int64)]
+    known = known[known > MISSING_CATEGORY]
+    return int(np.bincount(known).argmax()) if len(known) else -1
+
+
 class CategoryReference:
     """Click counts over `fit_sessions` (rows of search.parquet with clicks) and every
     item's second-level category (`augment.item_categories`)."""
@@ -41,12 +50,7 @@ class CategoryReference:
             np.add.at(self.clicks, items.astype(np.int64), 1)
 
     def main_category(self, row: int) -> int:
-        """Most common known second-level category of session `row`'s shown items; -1 when
-        none is known."""
-        shown = self.shown(row)
-        known = self.categories[shown]
-        known = known[known > MISSING_CATEGORY]
-        return int(np.bincount(known).argmax()) if len(known) else -1
+        return main_shown_category(self.dataset, self.categories, row)
 
     def shown(self, row: int) -> np.ndarray:
         dataset = self.dataset

@@ -45,27 +45,6 @@ from queryrec.features.dataset import PreparedDataset
 CATEGORY_REFERENCE = "most-clicked of the main shown category (outside the three; reads categories)"
 
 
-def click_popularity(
-    dataset: PreparedDataset, model: DiffusionModel, sessions: np.ndarray
-) -> np.ndarray:
-    """(U,) clicks per universe item over `sessions`."""
-    counts = np.zeros(len(model.universe))
-    sizes = dataset.clicked_offsets[sessions + 1] - dataset.clicked_offsets[sessions]
-    index = (
-        np.concatenate(
-            [
-                np.arange(dataset.clicked_offsets[r], dataset.clicked_offsets[r + 1])
-                for r in sessions
-            ]
-        )
-        if sizes.sum()
-        else np.zeros(0, dtype=np.int64)
-    )
-    columns = model.universe.column[dataset.clicked_items[index.astype(np.int64)].astype(np.int64)]
-    np.add.at(counts, columns[columns >= 0], 1)
-    return counts
-
-
 def display_order(dataset: PreparedDataset, model: DiffusionModel, rows: np.ndarray) -> np.ndarray:
     """(B, U) scores that rank each session's shown items by display position (first
     shown first); other items 0."""
@@ -93,7 +72,8 @@ def augmentation_quality(
     held_out = sessions_in(
         dataset, int(split["valid_start_ms"]), int(split["test_start_ms"]), clicked=True
     )
-    popularity = click_popularity(dataset, diffusion, fit_rows)
+    topic = CategoryReference(dataset, item_categories(dataset), fit_rows)
+    popularity = topic.clicks[diffusion.universe.items]  # (U,) clicks per universe item
     rng = np.random.default_rng(int(train["seed"]))
     methods = {
         "diffusion": lambda x0, rows: diffusion.scores(x0, device, diffusion.words(dataset, rows)),
@@ -119,7 +99,6 @@ def augmentation_quality(
     if autoencoder is not None:
         unshown_methods["autoencoder (no diffusion)"] = methods["autoencoder (no diffusion)"]
     # Outside the three as well: the topic heuristic, which reads item categories.
-    topic = CategoryReference(dataset, item_categories(dataset), fit_rows)
     unshown_methods[CATEGORY_REFERENCE] = lambda _, rows: topic.scores(
         rows, diffusion.universe.items
     )
