@@ -79,6 +79,7 @@ def augment(
         dataset,
         sessions,
         items,
+        item_categories(dataset),
         {
             "source": "diffusion",
             "model_dir": str(Path(model_dir).resolve()),
@@ -103,7 +104,8 @@ def augment_with_reference(data_dir: Path, *, k: int = 4) -> dict[str, Any]:
     sessions = sessions_in(dataset, 0, valid_start, clicked=False)
     clicked = sessions_in(dataset, 0, valid_start, clicked=True)
     start = time.perf_counter()
-    reference = CategoryReference(dataset, item_categories(dataset), clicked)
+    category = item_categories(dataset)
+    reference = CategoryReference(dataset, category, clicked)
     try:
         items = reference.positives(sessions, k)
     except ValueError as error:
@@ -113,6 +115,7 @@ def augment_with_reference(data_dir: Path, *, k: int = 4) -> dict[str, Any]:
         dataset,
         sessions,
         items,
+        category,
         {
             "source": "category reference (most-clicked items of the main shown category)",
             "seconds": seconds,
@@ -122,11 +125,15 @@ def augment_with_reference(data_dir: Path, *, k: int = 4) -> dict[str, Any]:
 
 
 def write_positives(
-    dataset: PreparedDataset, sessions: np.ndarray, items: np.ndarray, details: dict[str, Any]
+    dataset: PreparedDataset,
+    sessions: np.ndarray,
+    items: np.ndarray,
+    category: np.ndarray,
+    details: dict[str, Any],
 ) -> dict[str, Any]:
     """Write (S,) click-less session rows' (S, K) pseudo-positives and the manifest (the
-    dataset hash, counts, `main_category_share`, plus `details`); -> the manifest."""
-    category = item_categories(dataset)
+    dataset hash, counts, `main_category_share` by `category` (`item_categories`), plus
+    `details`); -> the manifest."""
     valid_start = int(dataset.schema["split"]["valid_start_ms"])
     clicked = sessions_in(dataset, 0, valid_start, clicked=True)
     out = dataset.root / AUGMENT_DIR
