@@ -34,7 +34,7 @@ from service.api import scorer_pb2, scorer_pb2_grpc
 from service.bundle import load_bundle
 from service.embedded_redis import EmbeddedRedis
 from service.features import FeatureBuilder, UserRow, ctr_inputs, encoder_inputs
-from service.replay import build_events, run_replay
+from clients.replay import build_events, run_replay
 from service.state import HistoryCaps, RedisState
 from service.state_load import load_state
 

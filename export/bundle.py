@@ -5,7 +5,7 @@ overrides), check the dataset's schema hash, export both graphs (`onnx_export`),
 parity check (`parity`), optionally quantize the CTR graph to INT8 with an AUC guard
 (`quantize`), copy the torch-free artifacts, write `manifest.json` with every file's
 sha256, and move the finished folder into place. Nothing is left at the output path if
-any step fails. The bundle layout is `service.bundle`'s docstring.
+any step fails. The bundle layout is `queryrec.features.bundle_format`'s docstring.
 """
 
 from __future__ import annotations
@@ -27,19 +27,19 @@ from export.onnx_export import OPSET, GraphSpec, export_ctr, export_encoder
 from export.parity import check_parity
 from export.quantize import MAX_AUC_DROP, quantize_with_guard
 from queryrec.errors import OutputExistsError, QueryRecError
-from queryrec.features.dataset import PreparedDataset
-from queryrec.progress import say
-from queryrec.training.checkpoint import load_checkpoint, read_checkpoint
-from service.bundle import (
+from queryrec.evaluation.bundle_scoring import cpu_session
+from queryrec.features.bundle_format import (
     ARTIFACTS,
     CTR_FILE,
     ENCODER_FILE,
     FORMAT_VERSION,
     MANIFEST,
     read_manifest,
-    session_options,
-    sha256_file,
 )
+from queryrec.features.dataset import PreparedDataset
+from queryrec.features.schema import sha256_file
+from queryrec.progress import say
+from queryrec.training.checkpoint import load_checkpoint, read_checkpoint
 
 # How `ctr.onnx` takes many requests at once (also written into the manifest).
 CTR_LAYOUT = (
@@ -98,10 +98,43 @@ def _build(
     work: Path,
     options: ExportOptions,
 ) -> dict[str, Any]:
-    name = payload["model_name"]
-    cfg = model.cfg
+    """Every file of the bundle into `work`, manifest last; -> the manifest."""
+    graphs = _export_graphs(model, payload["model_name"], work)
+    encoder = cpu_session(work / ENCODER_FILE) if "query_encoder" in graphs else None
+    ctr = cpu_session(work / CTR_FILE)
+    say(
+        "[export] parity check: ONNX Runtime vs PyTorch at encoder batches 1, 3, 37, 128 and 1-500 candidates"
+    )
+    cases = check_parity(model, encoder, ctr)
+    worst = max(c.max_abs_diff for c in cases)
+    say(f"[export] parity ok: max abs diff {worst:.2e} over {len(cases)} cases")
+    _copy_artifacts(dataset, work)
+    created = dt.datetime.now(dt.UTC)
+    manifest = _manifest_body(model, payload, dataset, graphs, created)
+    manifest["parity"] = {
+        "tolerance": 1e-5,
+        "max_abs_diff": worst,
+        "cases": [c.as_dict() for c in cases],
+    }
+    manifest["quantization"] = {"mode": "none"}
+    if options.quantize == "int8":
+        manifest["quantization"] = quantize_with_guard(
+            work / CTR_FILE,
+            dataset,
+            manifest,
+            encoder,
+            force=options.force,
+            max_auc_drop=options.max_auc_drop,
+        )
+    _seal(manifest, work, payload["model_name"], created)
+    return manifest
+
+
+def _export_graphs(model: Any, name: str, work: Path) -> dict[str, tuple[str, GraphSpec]]:
+    """query_encoder.onnx (models with a query tower) and ctr.onnx; -> graph key ->
+    (file, input and output spec)."""
     graphs: dict[str, tuple[str, GraphSpec]] = {}
-    if cfg.use_query:
+    if model.cfg.use_query:
         say(f"[export] {name}: query encoder -> {ENCODER_FILE}")
         graphs["query_encoder"] = (
             ENCODER_FILE,
@@ -109,34 +142,29 @@ def _build(
         )
     say(f"[export] {name}: CTR graph -> {CTR_FILE}")
     graphs["ctr"] = (CTR_FILE, export_ctr(CTRGraph(model), work / CTR_FILE))
+    return graphs
 
-    options_cpu = session_options(threads=1)
-    encoder = (
-        ort.InferenceSession(
-            str(work / ENCODER_FILE), options_cpu, providers=["CPUExecutionProvider"]
-        )
-        if cfg.use_query
-        else None
-    )
-    ctr = ort.InferenceSession(
-        str(work / CTR_FILE), options_cpu, providers=["CPUExecutionProvider"]
-    )
-    say(
-        "[export] parity check: ONNX Runtime vs PyTorch at encoder batches 1, 3, 37, 128 and 1-500 candidates"
-    )
-    cases = check_parity(model, encoder, ctr)
-    worst = max(c.max_abs_diff for c in cases)
-    say(f"[export] parity ok: max abs diff {worst:.2e} over {len(cases)} cases")
 
+def _copy_artifacts(dataset: PreparedDataset, work: Path) -> None:
+    """The torch-free files the service needs beside the graphs (id maps, features, schema)."""
     for artifact in ARTIFACTS:
         target = work / artifact
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(dataset.root / artifact, target)
 
-    created = dt.datetime.now(dt.UTC)
-    manifest: dict[str, Any] = {
+
+def _manifest_body(
+    model: Any,
+    payload: dict[str, Any],
+    dataset: PreparedDataset,
+    graphs: dict[str, tuple[str, GraphSpec]],
+    created: dt.datetime,
+) -> dict[str, Any]:
+    """What the manifest says of the model, its dataset, its graphs and the exporter."""
+    cfg = model.cfg
+    return {
         "format_version": FORMAT_VERSION,
-        "model_name": name,
+        "model_name": payload["model_name"],
         "created": created.isoformat(timespec="seconds"),
         "dataset": {
             "schema_hash": dataset.content_hash,
@@ -163,18 +191,12 @@ def _build(
             "method": "torch.onnx.export(dynamo=True, optimize=True) with dynamic shapes",
             "opset": OPSET,
         },
-        "parity": {"tolerance": 1e-5, "max_abs_diff": worst, "cases": [c.as_dict() for c in cases]},
-        "quantization": {"mode": "none"},
     }
-    if options.quantize == "int8":
-        manifest["quantization"] = quantize_with_guard(
-            work / CTR_FILE,
-            dataset,
-            manifest,
-            encoder,
-            force=options.force,
-            max_auc_drop=options.max_auc_drop,
-        )
+
+
+def _seal(manifest: dict[str, Any], work: Path, name: str, created: dt.datetime) -> None:
+    """Hash every file, name the model version after the CTR graph's hash, write the
+    manifest (the last file written: a folder without it is not a bundle)."""
     files = sorted(
         str(p.relative_to(work)) for p in work.rglob("*") if p.is_file() and p.name != MANIFEST
     )
@@ -182,7 +204,6 @@ def _build(
     stamp = created.strftime("%Y%m%d%H%M%S")
     manifest["model_version"] = f"{name}-{stamp}-{manifest['files'][CTR_FILE][:8]}"
     (work / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-    return manifest
 
 
 def manifest_summary(manifest: dict[str, Any], out_dir: Path) -> str:

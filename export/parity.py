@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from queryrec.errors import QueryRecError
+from queryrec.evaluation.bundle_scoring import GraphSession
 from queryrec.models.ctr_model import CTRModel
 
 ENCODER_BATCHES = (1, 3, 37, 128)
@@ -78,8 +78,8 @@ def draw_ctr_inputs(
 
 def check_parity(
     model: CTRModel,
-    encoder: ort.InferenceSession | None,
-    ctr: ort.InferenceSession,
+    encoder: GraphSession | None,
+    ctr: GraphSession,
     *,
     seed: int = 1234,
     tolerance: float = TOLERANCE,

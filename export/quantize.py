@@ -12,14 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from queryrec.errors import QueryRecError
+from queryrec.evaluation.bundle_scoring import GraphSession, cpu_session, split_auc
 from queryrec.features.dataset import PreparedDataset
 from queryrec.progress import say
-from service.bundle import session_options
-from service.offline_scoring import split_auc
 
 MAX_AUC_DROP = 0.002
 
@@ -32,7 +30,7 @@ def quantize_with_guard(
     ctr_path: Path,
     dataset: PreparedDataset,
     manifest: dict[str, Any],
-    encoder: ort.InferenceSession | None,
+    encoder: GraphSession | None,
     *,
     force: bool,
     max_auc_drop: float = MAX_AUC_DROP,
@@ -40,17 +38,9 @@ def quantize_with_guard(
     """Replace `ctr_path` by its INT8 version if the AUC guard allows; return the record."""
     int8_path = ctr_path.with_suffix(".int8.onnx")
     quantize_dynamic(ctr_path, int8_path, weight_type=QuantType.QInt8)
-    options = session_options(threads=1)
-    cpu = ["CPUExecutionProvider"]
     say("[export] int8: scoring the test split with the fp32 and the int8 CTR graph")
     fp32, int8 = (
-        split_auc(
-            dataset,
-            "test",
-            manifest,
-            encoder,
-            ort.InferenceSession(str(path), options, providers=cpu),
-        )
+        split_auc(dataset, "test", manifest, encoder, cpu_session(path))
         for path in (ctr_path, int8_path)
     )
     drop = fp32["auc"] - int8["auc"]

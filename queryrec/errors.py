@@ -47,3 +47,7 @@ class OutputExistsError(QueryRecError):
 
 class SchemaMismatchError(QueryRecError):
     """A prepared dataset, checkpoint or bundle does not match the schema it claims."""
+
+
+class BundleError(QueryRecError):
+    """A model bundle is missing a file, was altered, or has a format this code cannot read."""

@@ -17,33 +17,13 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from service.errors import Overloaded
 
 In = TypeVar("In")
 Out = TypeVar("Out")
-
-
-@dataclass
-class BatcherStats:
-    """Counters for metrics and benchmarks."""
-
-    batches: int = 0
-    items: int = 0
-    units: int = 0
-    busy_s: float = 0.0  # time inside the batch function
-    sizes: list[int] = field(default_factory=list)  # units per batch, the last 10k
-
-    def record(self, items: int, units: int, seconds: float) -> None:
-        self.batches += 1
-        self.items += items
-        self.units += units
-        self.busy_s += seconds
-        self.sizes.append(units)
-        if len(self.sizes) > 10_000:
-            del self.sizes[:5_000]
 
 
 @dataclass
@@ -71,7 +51,6 @@ class MicroBatcher(Generic[In, Out]):
         self.name = name
         self.run_batch = run_batch
         self.max_size, self.max_delay_s, self.max_queue = max_size, max_delay_s, max_queue
-        self.stats = BatcherStats()
         self._queue: asyncio.Queue[_Pending[In, Out]] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
         self._task: asyncio.Task[None] | None = None
@@ -103,7 +82,6 @@ class MicroBatcher(Generic[In, Out]):
             live = [p for p in batch if not p.future.done()]  # drop cancelled requests
             if not live:
                 continue
-            start = time.perf_counter()
             try:
                 results = await loop.run_in_executor(
                     self._executor, self.run_batch, [p.item for p in live]
@@ -113,7 +91,6 @@ class MicroBatcher(Generic[In, Out]):
                     if not pending.future.done():
                         pending.future.set_exception(error)
                 continue
-            self.stats.record(len(live), sum(p.units for p in live), time.perf_counter() - start)
             for pending, result in zip(live, results, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(result)

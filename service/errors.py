@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from queryrec.errors import QueryRecError
+from queryrec.errors import BundleError, QueryRecError
 
-
-class BundleError(QueryRecError):
-    """A model bundle is missing a file, was altered, or has a format this code cannot read."""
+__all__ = [
+    "BundleError",
+    "EmbeddedRedisError",
+    "Overloaded",
+    "SettingsError",
+    "StateUnavailable",
+]
 
 
 class EmbeddedRedisError(QueryRecError):

@@ -1,11 +1,11 @@
-"""Raw state from Redis + request -> the bundle's model inputs, exactly as training built them.
+"""What Redis holds for a user + a request -> the bundle's model inputs, by the one feature path.
 
-Training (`queryrec.training.batches.BatchBuilder`) sees, for an impression at time t:
-the last H feed clicks strictly before t and the last L queries strictly before t (first
-T words each), left-padded, each query's age bucket at t (`queryrec.features.query_age`),
-the Beijing hour of t, and the user's profile codes. This module computes the same from
-what Redis holds (raw ids, newest first), mapping raw ids with the bundle's id maps
-(unknown -> index 1). `queryrec replay` checks the two agree: served AUC = offline AUC.
+The rules (windows strictly before t, padding, hour, age buckets) are
+`queryrec.features.model_inputs`, the code training runs; this module only adapts the
+service's state to it: raw ids -> model indices with the bundle's id maps (unknown ->
+index 1), Redis's newest-first lists -> a one-user timeline, and the profile (the Redis
+hash when it holds every field, else the bundle's table, else zeros). `queryrec replay`
+checks every served score against the offline score of the same impression.
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from queryrec.data.kuaisar import BEIJING_OFFSET_MS
-from queryrec.features.query_age import HOUR_MS, query_age_buckets
+from queryrec.features.bundle_format import history_lengths
+from queryrec.features.graph_feeds import ctr_feed, encoder_feed
+from queryrec.features.model_inputs import EventTimelines, model_inputs
 from service.bundle import Bundle
 from service.redis_keys import VERSION_BYTES
 from service.state import UserState
+
+_ONE_ROW = np.zeros(1, dtype=np.int64)
 
 
 @dataclass
@@ -30,8 +33,9 @@ class UserRow:
     hour: int
     profile: np.ndarray  # (P,) int64 codes
     click_history: np.ndarray  # (H,) int64 item indices, left-padded
-    query_tokens: np.ndarray  # (L_u, T) int64 word indices, oldest first; L_u may be 0
-    query_age: np.ndarray  # (L_u,) int64 age buckets
+    query_tokens: np.ndarray  # (L, T) int64 word indices, left-padded
+    query_age: np.ndarray  # (L,) int64 age buckets, 0 = padding
+    query_count: int  # valid query slots; 0: the user has no query before t
     history_version: bytes  # digest of (query_tokens, query_age): the cache key
 
 
@@ -39,10 +43,7 @@ class FeatureBuilder:
     """Knows the bundle's maps, history lengths and profile table."""
 
     def __init__(self, bundle: Bundle):
-        lengths = bundle.manifest["max_lengths"]
-        self.click_history = int(lengths["click_history"])  # H
-        self.query_history = int(lengths["query_history"])  # L
-        self.query_tokens = int(lengths["query_tokens"])  # T
+        self.lengths = history_lengths(bundle.manifest)
         self.bundle = bundle
         self.profile_fields: list[str] = list(bundle.manifest["profile_fields"])
         users = bundle.profiles()
@@ -54,41 +55,34 @@ class FeatureBuilder:
             )
         self.profile_table = table.astype(np.int64)
 
+    def timelines(self, user: int, state: UserState) -> EventTimelines:
+        """The user's Redis state as a one-user timeline of model indices."""
+        return EventTimelines.from_newest_first(
+            click_ts=state.click_ts,
+            click_item=self.bundle.items(state.click_items),
+            query_ts=state.query_ts,
+            query_sizes=state.query_sizes,
+            words=self.bundle.words(state.query_words),
+            profile=self._profile(user, state.profile),
+        )
+
     def user_row(self, raw_user: int, state: UserState, request_ms: int) -> UserRow:
         user = int(self.bundle.users(np.array([raw_user]))[0])
-        profile = self._profile(user, state.profile)
-        # Clicks strictly before t, the newest H, oldest first, left-padded.
-        before = state.click_ts < request_ms
-        items = self.bundle.items(state.click_items[before][: self.click_history][::-1])
-        clicks = np.zeros(self.click_history, dtype=np.int64)
-        if len(items):
-            clicks[-len(items) :] = items
-        tokens, ages = self.query_inputs(state.queries, request_ms)
+        inputs = model_inputs(
+            self.timelines(user, state), _ONE_ROW, np.array([request_ms]), self.lengths
+        )
+        tokens, ages = inputs.query_tokens[0], inputs.query_age[0]
         digest = hashlib.blake2b(tokens.tobytes() + ages.tobytes(), digest_size=VERSION_BYTES)
         return UserRow(
             user=user,
-            hour=int((request_ms + BEIJING_OFFSET_MS) // HOUR_MS % 24),
-            profile=profile,
-            click_history=clicks,
+            hour=int(inputs.hour[0]),
+            profile=inputs.profile[0],
+            click_history=inputs.click_history[0],
             query_tokens=tokens,
             query_age=ages,
+            query_count=int(inputs.query_count[0]),
             history_version=digest.digest(),
         )
-
-    def query_inputs(
-        self, queries: list[tuple[int, np.ndarray]], request_ms: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Queries (newest first) -> tokens (L_u, T) and age buckets (L_u,), oldest first."""
-        kept = [(ts, raw) for ts, raw in queries if ts < request_ms][: self.query_history][::-1]
-        tokens = np.zeros((len(kept), self.query_tokens), dtype=np.int64)
-        ts = np.zeros(len(kept), dtype=np.int64)
-        for row, (when, raw) in enumerate(kept):
-            words = self.bundle.words(raw[: self.query_tokens])
-            tokens[row, : len(words)] = words
-            ts[row] = when
-        valid = np.ones((1, len(kept)), dtype=bool)
-        ages = query_age_buckets(np.array([request_ms]), ts[None, :], valid)[0]
-        return tokens, ages.astype(np.int64)
 
     def _profile(self, user: int, stored: dict[str, int]) -> np.ndarray:
         if stored and all(f in stored for f in self.profile_fields):
@@ -98,19 +92,11 @@ class FeatureBuilder:
         return np.zeros(len(self.profile_fields), dtype=np.int64)
 
 
-def encoder_inputs(rows: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
-    """[(tokens (L_u, T), ages (L_u,))] -> query_tokens (B, L', T), query_age (B, L'),
-    left-padded to the longest history in the batch (L' >= 1; an empty row is all padding,
-    which the encoder maps to its learned "no query" vector)."""
-    length = max(1, *(len(ages) for _, ages in rows))
-    width = rows[0][0].shape[1]
-    tokens = np.zeros((len(rows), length, width), dtype=np.int64)
-    ages = np.zeros((len(rows), length), dtype=np.int64)
-    for i, (row_tokens, row_ages) in enumerate(rows):
-        if len(row_ages):
-            tokens[i, -len(row_ages) :] = row_tokens
-            ages[i, -len(row_ages) :] = row_ages
-    return {"query_tokens": tokens, "query_age": ages}
+def encoder_inputs(rows: list[UserRow]) -> dict[str, np.ndarray]:
+    """Requests' query histories -> the encoder's batch (`graph_feeds.encoder_feed`)."""
+    return encoder_feed(
+        np.stack([r.query_tokens for r in rows]), np.stack([r.query_age for r in rows])
+    )
 
 
 def ctr_inputs(
@@ -119,14 +105,12 @@ def ctr_inputs(
     """User rows, their query vectors (U, d) and item indices per request -> the CTR
     graph's flat layout (one user row per request, one pair per candidate)."""
     counts = np.array([len(i) for i in items])
-    feed = {
-        "user": np.array([u.user for u in users], dtype=np.int64),
-        "hour": np.array([u.hour for u in users], dtype=np.int64),
-        "profile": np.stack([u.profile for u in users]),
-        "click_history": np.stack([u.click_history for u in users]),
-        "pair_user": np.repeat(np.arange(len(users), dtype=np.int64), counts),
-        "item": np.concatenate(items).astype(np.int64),
-    }
-    if query_reprs is not None:
-        feed = {"query_repr": query_reprs.astype(np.float32), **feed}
-    return feed
+    return ctr_feed(
+        user=np.array([u.user for u in users], dtype=np.int64),
+        hour=np.array([u.hour for u in users], dtype=np.int64),
+        profile=np.stack([u.profile for u in users]),
+        click_history=np.stack([u.click_history for u in users]),
+        pair_user=np.repeat(np.arange(len(users), dtype=np.int64), counts),
+        item=np.concatenate(items),
+        query_repr=query_reprs,
+    )

@@ -53,6 +53,20 @@ def unpack_query(entry: bytes) -> tuple[int, np.ndarray]:
     return int(values[0]), values[1:]
 
 
+def unpack_queries(entries: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Entries (newest first) -> (timestamps (m,), word counts (m,), the raw token ids of
+    every entry one after the other (sum of counts,)), newest first; one decode for all."""
+    if not entries:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    values = np.frombuffer(b"".join(entries), dtype=_INT64)
+    sizes = np.fromiter((len(e) for e in entries), dtype=np.int64, count=len(entries)) // 8 - 1
+    heads = np.concatenate([[0], np.cumsum(sizes + 1)[:-1]])  # where each entry's ts is
+    is_word = np.ones(len(values), dtype=bool)
+    is_word[heads] = False
+    return values[heads], sizes, values[is_word]
+
+
 def pack_clicks(timestamp_ms: int, item_ids: np.ndarray | list[int]) -> list[bytes]:
     """One entry per clicked item: int64 [ts, item]."""
     items = np.asarray(item_ids, dtype=_INT64)

@@ -38,17 +38,12 @@ class ScoreResult:
 
 
 @dataclass
-class StageTimes:
-    """Wall time per stage, summed over requests (for the benchmark and metrics)."""
+class QueryPathCounts:
+    """How each request got its query vector (tests read them; metrics will)."""
 
-    requests: int = 0
-    redis_s: float = 0.0
-    encoder_s: float = 0.0
-    ctr_s: float = 0.0
     cache_hits: int = 0
     encoded: int = 0
     no_query: int = 0
-    degraded: int = 0
 
 
 class Scorer:
@@ -57,15 +52,13 @@ class Scorer:
     def __init__(self, bundle: Bundle, state: RedisState, settings: ServiceSettings):
         self.bundle, self.state, self.settings = bundle, state, settings
         self.features = FeatureBuilder(bundle)
-        self.times = StageTimes()
+        self.counts = QueryPathCounts()
         self._background: set[asyncio.Task[None]] = set()
         self.no_query: np.ndarray | None = None
         if bundle.encoder is not None:
-            empty = encoder_inputs(
-                [(np.zeros((0, self.features.query_tokens), np.int64), np.zeros(0, np.int64))]
-            )
+            empty = encoder_inputs([self._empty_row()])
             self.no_query = bundle.encoder.run(None, empty)[0][0]  # (d,)
-        self.encoder: MicroBatcher[tuple[np.ndarray, np.ndarray], np.ndarray] = MicroBatcher(
+        self.encoder: MicroBatcher[UserRow, np.ndarray] = MicroBatcher(
             "encoder",
             self._encode_batch,
             max_size=settings.encoder_max_batch,
@@ -94,32 +87,34 @@ class Scorer:
         await self.encoder.stop()
         await self.ctr.stop()
 
+    def _empty_row(self) -> UserRow:
+        """A request's row without any history (warm-up and the "no query" vector)."""
+        lengths = self.features.lengths
+        return UserRow(
+            user=0,
+            hour=0,
+            profile=np.zeros(len(self.features.profile_fields), np.int64),
+            click_history=np.zeros(lengths.clicks, np.int64),
+            query_tokens=np.zeros((lengths.queries, lengths.tokens), np.int64),
+            query_age=np.zeros(lengths.queries, np.int64),
+            query_count=0,
+            history_version=b"",
+        )
+
     def warm_up(self) -> None:
         """Run every batch-shape bucket once (ORT allocates per new shape): encoder
         batches 1, 2, 4, ... up to the max at every history length, CTR pair counts
         1, 2, 4, ... up to the max over 1 and several user rows."""
-        h, length, tokens = (
-            self.features.click_history,
-            self.features.query_history,
-            self.features.query_tokens,
-        )
+        lengths = self.features.lengths
         if self.bundle.encoder is not None:
             for users in _powers_of_two(self.settings.encoder_max_batch):
-                for queries in range(1, length + 1):
+                for queries in range(1, lengths.queries + 1):
                     feed = {
-                        "query_tokens": np.ones((users, queries, tokens), dtype=np.int64),
+                        "query_tokens": np.ones((users, queries, lengths.tokens), dtype=np.int64),
                         "query_age": np.ones((users, queries), dtype=np.int64),
                     }
                     self.bundle.encoder.run(None, feed)
-        row = UserRow(
-            0,
-            0,
-            np.zeros(len(self.features.profile_fields), np.int64),
-            np.zeros(h, np.int64),
-            np.zeros((0, tokens), np.int64),
-            np.zeros(0, np.int64),
-            b"",
-        )
+        row = self._empty_row()
         for pairs in _powers_of_two(self.settings.ctr_max_pairs):
             for users in sorted({1, min(pairs, 8)}):
                 items = np.array_split(np.ones(pairs, dtype=np.int64), users)
@@ -137,66 +132,95 @@ class Scorer:
         """Scores in request order. `budget_s` bounds the Redis and encoder stages (they
         degrade when late); `deadline_s` (the gRPC deadline, None: none) bounds the whole
         call, whose CTR stage otherwise gets `settings.ctr_timeout_ms`."""
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        reasons: list[str] = []
+        start = asyncio.get_running_loop().time()
         items = self.bundle.items(np.asarray(raw_items, dtype=np.int64))
-        cache_version = self.model_version if self.settings.cache_query_repr else None
-        try:
-            # (asyncio.timeout, not wait_for: no extra task per stage)
-            async with asyncio.timeout(budget_s * self.settings.redis_share):
-                (state,) = await self.state.read([raw_user], cache_version)
-        except TimeoutError:
-            state, reasons = UserState(), ["redis: no answer within its share of the budget"]
-        except StateUnavailable as error:
-            state, reasons = UserState(), [f"redis: {error}"]
-        after_redis = loop.time()
+        state, reasons = await self._read_state(raw_user, budget_s)
         row = self.features.user_row(raw_user, state, request_ms)
         query = None
         if self.no_query is not None:
-            query = self.no_query
-            if reasons:
-                pass  # no history to encode: score with the "no query" input
-            elif len(row.query_age) == 0:
-                self.times.no_query += 1
-            elif (cached := _cached(state.cached_query_repr, row.history_version)) is not None:
-                query = cached
-                self.times.cache_hits += 1
-            else:
-                share = start + budget_s * self.settings.encoder_share - loop.time()
-                try:
-                    async with asyncio.timeout(max(share, 0.0)):
-                        query = await self.encoder.submit((row.query_tokens, row.query_age))
-                    self.times.encoded += 1
-                    if cache_version is not None:
-                        task = loop.create_task(
-                            self.state.cache_query_reprs(
-                                cache_version, [(raw_user, row.history_version, query)]
-                            )
-                        )
-                        self._background.add(task)  # kept alive until done
-                        task.add_done_callback(self._background.discard)
-                except TimeoutError:
-                    query = self.no_query
-                    reasons.append("encoder: no answer within its share of the budget")
-        after_encoder = loop.time()
-        # The CTR call is the answer itself: it may use the rest of the gRPC deadline (or,
-        # without one, `ctr_timeout_ms`); past that the request fails rather than hangs.
-        limit = self.settings.ctr_timeout_ms / 1e3
-        if deadline_s is not None:
-            limit = max(start + deadline_s - loop.time(), 0.0)
-        async with asyncio.timeout(limit):
-            scores = await self.ctr.submit((row, query, items), units=len(items))
-        done = loop.time()
-        t = self.times
-        t.requests += 1
-        t.redis_s += after_redis - start
-        t.encoder_s += after_encoder - after_redis
-        t.ctr_s += done - after_encoder
-        t.degraded += bool(reasons)
+            # Without Redis there is no history to encode: the "no query" input.
+            query = (
+                self.no_query
+                if reasons
+                else await self._query_vector(
+                    raw_user, row, state, start + budget_s * self.settings.encoder_share, reasons
+                )
+            )
+        scores = await self._ctr(row, query, items, start, deadline_s)
         return ScoreResult(scores, bool(reasons), reasons)
 
-    def _encode_batch(self, rows: list[tuple[np.ndarray, np.ndarray]]) -> Sequence[np.ndarray]:
+    async def _read_state(self, raw_user: int, budget_s: float) -> tuple[UserState, list[str]]:
+        """The user's state within Redis's share of the budget; an empty state and the
+        reason when Redis is late or down."""
+        try:
+            # (asyncio.timeout, not wait_for: no extra task per stage)
+            async with asyncio.timeout(budget_s * self.settings.redis_share):
+                (state,) = await self.state.read([raw_user], self._cache_version)
+        except TimeoutError:
+            return UserState(), ["redis: no answer within its share of the budget"]
+        except StateUnavailable as error:
+            return UserState(), [f"redis: {error}"]
+        return state, []
+
+    @property
+    def _cache_version(self) -> str | None:
+        """The model version the query-vector cache is keyed by; None: cache off."""
+        return self.model_version if self.settings.cache_query_repr else None
+
+    async def _query_vector(
+        self, raw_user: int, row: UserRow, state: UserState, until: float, reasons: list[str]
+    ) -> np.ndarray:
+        """e_q for the request: "no query" without queries, the cached vector when the
+        history is unchanged, else the encoder micro-batch until `until` (loop time; late:
+        "no query" and a reason appended to `reasons`)."""
+        assert self.no_query is not None
+        if row.query_count == 0:
+            self.counts.no_query += 1
+            return self.no_query
+        cached = _cached(state.cached_query_repr, row.history_version)
+        if cached is not None:
+            self.counts.cache_hits += 1
+            return cached
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(max(until - loop.time(), 0.0)):
+                query = await self.encoder.submit(row)
+        except TimeoutError:
+            reasons.append("encoder: no answer within its share of the budget")
+            return self.no_query
+        self.counts.encoded += 1
+        self._cache_in_background(raw_user, row, query)
+        return query
+
+    def _cache_in_background(self, raw_user: int, row: UserRow, query: np.ndarray) -> None:
+        """Store the new vector without making the request wait for the write."""
+        version = self._cache_version
+        if version is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self.state.cache_query_reprs(version, [(raw_user, row.history_version, query)])
+        )
+        self._background.add(task)  # kept alive until done
+        task.add_done_callback(self._background.discard)
+
+    async def _ctr(
+        self,
+        row: UserRow,
+        query: np.ndarray | None,
+        items: np.ndarray,
+        start: float,
+        deadline_s: float | None,
+    ) -> np.ndarray:
+        """The CTR micro-batch. It is the answer itself: it may use the rest of the gRPC
+        deadline (or, without one, `ctr_timeout_ms`); past that the request fails
+        (TimeoutError) rather than hangs."""
+        limit = self.settings.ctr_timeout_ms / 1e3
+        if deadline_s is not None:
+            limit = max(start + deadline_s - asyncio.get_running_loop().time(), 0.0)
+        async with asyncio.timeout(limit):
+            return await self.ctr.submit((row, query, items), units=len(items))
+
+    def _encode_batch(self, rows: list[UserRow]) -> Sequence[np.ndarray]:
         assert self.bundle.encoder is not None
         out = self.bundle.encoder.run(None, encoder_inputs(rows))[0]  # (B, d)
         return list(out)

@@ -74,7 +74,8 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         await _validate(
             context,
             request.user_id,
-            ("token_ids", tokens, self.settings.max_query_tokens, "a query needs a token"),
+            # A search without words is a history slot, as offline (queryrec.features).
+            ("token_ids", tokens, self.settings.max_query_tokens, None),
             ("timestamp_ms", request.timestamp_ms),
         )
         kept = await _stored(
@@ -107,19 +108,20 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
 async def _validate(
     context: grpc.aio.ServicerContext,
     user_id: int,
-    ids: tuple[str, list[int], int, str],
+    ids: tuple[str, list[int], int, str | None],
     time_field: tuple[str, int],
 ) -> None:
-    """INVALID_ARGUMENT, with the field and what is wrong, for a bad request."""
+    """INVALID_ARGUMENT, with the field and what is wrong, for a bad request. `ids`:
+    (field, values, most entries, what to send when it is empty; None: may be empty)."""
     field_name, values, maximum, need = ids
     problem = None
     if user_id <= 0:
         problem = f"user_id must be a positive id, not {user_id}"
-    elif not values:
+    elif not values and need is not None:
         problem = f"{field_name} is empty: {need}"
     elif len(values) > maximum:
         problem = f"{field_name} has {len(values)} entries; the maximum is {maximum}"
-    elif min(values) < 0:
+    elif values and min(values) < 0:
         problem = f"{field_name} holds a negative id"
     elif time_field[1] < 0:
         problem = f"{time_field[0]} is negative"

@@ -29,13 +29,19 @@ class HistoryCaps:
     ttl_s: int  # expiry of a user's keys after the last write
 
 
+def _no_events() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
+
 @dataclass
 class UserState:
     """What Redis holds for one user, as read (raw ids, newest first)."""
 
-    queries: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (ts, raw tokens)
-    click_ts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    click_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    query_ts: np.ndarray = field(default_factory=_no_events)  # (m,) Unix ms
+    query_sizes: np.ndarray = field(default_factory=_no_events)  # (m,) words per query
+    query_words: np.ndarray = field(default_factory=_no_events)  # (sum of sizes,) raw ids
+    click_ts: np.ndarray = field(default_factory=_no_events)  # (n,) Unix ms
+    click_items: np.ndarray = field(default_factory=_no_events)  # (n,) raw item ids
     profile: dict[str, int] = field(default_factory=dict)
     cached_query_repr: bytes | None = None
 
@@ -54,7 +60,9 @@ class RedisState:
         try:
             await self.client.ping()
         except (RedisError, OSError) as error:
-            raise StateUnavailable(f"Redis at {_safe(self.url)} does not answer: {error}") from None
+            raise StateUnavailable(
+                f"Redis at {redacted_url(self.url)} does not answer: {error}"
+            ) from None
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -103,9 +111,12 @@ class RedisState:
         for i in range(len(user_ids)):
             queries, clicks, profile = replies[i * per_user : i * per_user + 3]
             click_ts, click_items = keys.unpack_clicks(clicks)
+            query_ts, query_sizes, query_words = keys.unpack_queries(queries)
             states.append(
                 UserState(
-                    queries=[keys.unpack_query(entry) for entry in queries],
+                    query_ts=query_ts,
+                    query_sizes=query_sizes,
+                    query_words=query_words,
                     click_ts=click_ts,
                     click_items=click_items,
                     profile={k.decode(): int(v) for k, v in profile.items()},
@@ -133,8 +144,8 @@ class RedisState:
             pass  # a lost cache entry costs one encoder call later, nothing more
 
 
-def _safe(url: str) -> str:
-    """The URL without its password, for messages."""
+def redacted_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
     if "@" not in url:
         return url
     scheme, _, rest = url.partition("://")

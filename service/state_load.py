@@ -22,6 +22,7 @@ from tqdm import tqdm
 from queryrec.features.dataset import PreparedDataset
 from service import redis_keys as keys
 from service.errors import StateUnavailable
+from service.state import redacted_url
 
 
 @dataclass(frozen=True)
@@ -34,15 +35,6 @@ class LoadReport:
     @property
     def users_per_minute(self) -> float:
         return self.users / max(self.seconds, 1e-9) * 60
-
-
-def raw_ids(dataset: PreparedDataset, name: str) -> np.ndarray:
-    """index -> raw id for maps/{name}.parquet; indices without a raw id get -1."""
-    frame = pl.read_parquet(dataset.root / f"maps/{name}.parquet")
-    index = frame["index"].to_numpy().astype(np.int64)
-    table = np.full(int(index.max()) + 1 if len(index) else 2, -1, dtype=np.int64)
-    table[index] = frame["raw_id"].to_numpy()
-    return table
 
 
 def load_state(
@@ -59,7 +51,7 @@ def load_state(
     """Write every user with any history or profile; -> counts and timing."""
     start = time.perf_counter()
     as_of = int(dataset.schema["split"]["test_start_ms"]) if as_of_ms is None else as_of_ms
-    user_raw, item_raw, word_raw = (raw_ids(dataset, n) for n in ("users", "items", "words"))
+    user_raw, item_raw, word_raw = (dataset.raw_ids(n) for n in ("users", "items", "words"))
     profiles = pl.read_parquet(dataset.root / "features/users.parquet")
     fields = list(dataset.schema["vocab_sizes"]["profile"])
     with_features = profiles.filter(pl.col("has_features"))
@@ -71,7 +63,7 @@ def load_state(
     try:
         client.ping()
     except (RedisError, OSError) as error:
-        raise StateUnavailable(f"Redis at {url.split('@')[-1]} does not answer: {error}") from None
+        raise StateUnavailable(f"Redis at {redacted_url(url)} does not answer: {error}") from None
 
     packed_clicks = _pack_all_clicks(dataset, item_raw)
     users = np.arange(2, len(dataset.search_user_start) - 1)  # 0, 1: padding, unknown

@@ -345,12 +345,16 @@ def replay_command(
     target: Annotated[str, typer.Option("--target", help="HOST:PORT of 'queryrec serve'.")],
     bundle: Annotated[
         Path | None,
-        typer.Option("--bundle", help="The served bundle, to print its offline AUC beside."),
+        typer.Option(
+            "--bundle",
+            help="The served bundle: compare every served score with its offline score.",
+        ),
     ] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", help="Users in flight.")] = 16,
 ) -> None:
-    """Replay the test split through the API; print served vs offline AUC and latency."""
-    from service.replay import run_replay
+    """Replay the test split through the API; served vs offline score per impression
+    (fails above 1e-5 for a non-degraded answer), AUC and latency."""
+    from clients.replay import run_replay
 
     run_replay(data, target, bundle, concurrency)
 
@@ -368,7 +372,7 @@ def demo(
     ] = 3,
 ) -> None:
     """The main job end to end on `small`: synth, prepare, train DIN and QueryRec, export,
-    serve, state load, replay (served vs offline AUC)."""
+    serve, state load, replay (served vs offline score of every impression)."""
     from queryrec.demo import run_demo
 
     run_demo(workdir, preset, epochs)

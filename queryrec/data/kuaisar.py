@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+# Beijing time has no daylight saving: a fixed UTC+8 offset converts both ways. Defined
+# with the time features that use it; re-exported for the readers and the generator.
+from queryrec.features.time_features import BEIJING_OFFSET_MS as BEIJING_OFFSET_MS
+
 
 class ColumnKind(Enum):
     """How a column's text is parsed and validated."""
@@ -174,6 +178,3 @@ REQUIRED_FILES = (REC_INTER, SRC_INTER, USER_FEATURES, ITEM_FEATURES)
 # Search-only item types: the feed serves only VIDEO and IMAGE_ATLAS.
 FEED_ITEM_TYPES = ("VIDEO", "IMAGE_ATLAS")
 SEARCH_ONLY_ITEM_TYPES = ("USER", "LIVE", "COMMODITY", "MUSIC", "ADVERT")
-
-# Beijing time has no daylight saving: a fixed UTC+8 offset converts both ways.
-BEIJING_OFFSET_MS = 8 * 3600 * 1000

@@ -1,16 +1,15 @@
-"""Load a prepared dataset and slice per-sample histories on demand (numpy, torch-free).
+"""Load a prepared dataset (numpy, torch-free): timelines, samples, maps, profile table.
 
 A sample stores pointers, not histories (see `queryrec.data.prepare`): `click_end` into
 the click timeline and `search_end` into the search timeline, both exclusive and both
-counting only events strictly before the sample's time. This module turns a batch of
-pointers into padded arrays. Histories are **left-padded**: the most recent event is at
-the last position, padding (index 0) fills the front, so "the last valid position" of a
-sequence model is always position L-1 when the length is > 0.
+counting only events strictly before the sample's time. The model inputs of a sample are
+built by the one feature path, `queryrec.features.model_inputs`, over `timelines()`
+(which finds the same window ends from the times; a test checks they equal the stored
+pointers).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,28 +17,10 @@ import numpy as np
 import polars as pl
 
 from queryrec.errors import SchemaMismatchError
-from queryrec.features.schema import PADDING_INDEX, load_schema
+from queryrec.features.model_inputs import EventTimelines
+from queryrec.features.schema import load_schema
 
 SPLITS = ("train", "valid", "test")
-
-
-@dataclass(frozen=True)
-class ClickHistory:
-    """Feed clicks before each sample, left-padded."""
-
-    items: np.ndarray  # (B, H) int32 item indices, 0 = padding
-    ts: np.ndarray  # (B, H) int64 Unix ms, 0 = padding
-    lengths: np.ndarray  # (B,) int64 valid entries, <= H
-
-
-@dataclass(frozen=True)
-class QueryHistory:
-    """Search sessions before each sample, left-padded."""
-
-    tokens: np.ndarray  # (B, L, T) int32 word indices, 0 = padding
-    session: np.ndarray  # (B, L) int64 global row in search.parquet, -1 = padding
-    ts: np.ndarray  # (B, L) int64 Unix ms, 0 = padding
-    lengths: np.ndarray  # (B,) int64 valid sessions, <= L
 
 
 def _csr(lists: pl.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -50,20 +31,6 @@ def _csr(lists: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     if len(values) != offsets[-1]:
         raise SchemaMismatchError(f"list column '{lists.name}' holds nulls inside lists")
     return offsets, values
-
-
-def _gather(values: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """values[index], or zeros when `values` is empty (every index is then masked anyway)."""
-    if len(values) == 0:
-        return np.zeros(index.shape, dtype=values.dtype)
-    return values[index]
-
-
-def _window(ends: np.ndarray, starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Left-padded index windows [max(start, end - length), end) as (B, length) + valid mask."""
-    positions = ends[:, None] - length + np.arange(length)[None, :]  # (B, length)
-    valid = positions >= starts[:, None]
-    return np.where(valid, positions, 0), valid
 
 
 class PreparedDataset:
@@ -95,6 +62,7 @@ class PreparedDataset:
         self.query_offsets, self.query_words = _csr(search["query"])
         self.shown_offsets, self.shown_items = _csr(search["shown"])
         self.clicked_offsets, self.clicked_items = _csr(search["clicked"])
+        self._timelines: EventTimelines | None = None
 
     @property
     def content_hash(self) -> str:
@@ -106,33 +74,38 @@ class PreparedDataset:
             raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
         return pl.read_parquet(self.root / f"samples/{split}.parquet")
 
-    def click_history(self, users: np.ndarray, click_ends: np.ndarray, length: int) -> ClickHistory:
-        """The last `length` feed clicks of each user strictly before each sample."""
-        users = np.asarray(users, dtype=np.int64)
-        ends = np.asarray(click_ends, dtype=np.int64)
-        index, valid = _window(ends, self.click_user_start[users], length)
-        return ClickHistory(
-            items=np.where(valid, _gather(self.click_item, index), PADDING_INDEX).astype(np.int32),
-            ts=np.where(valid, _gather(self.click_ts, index), 0),
-            lengths=valid.sum(axis=1),
-        )
+    def profile_table(self) -> np.ndarray:
+        """(n_users, P) int64 profile codes by user index (features/users.parquet), the
+        table the models and the bundle carry."""
+        users = pl.read_parquet(self.root / "features/users.parquet")
+        fields = list(self.schema["vocab_sizes"]["profile"])
+        index = users["index"].to_numpy()
+        table = np.zeros((int(self.schema["vocab_sizes"]["users"]), len(fields)), np.int64)
+        if len(index):
+            table[index] = np.stack([users[f].to_numpy() for f in fields], axis=1)
+        return table
 
-    def query_history(
-        self, users: np.ndarray, search_ends: np.ndarray, length: int, tokens: int
-    ) -> QueryHistory:
-        """The last `length` queries (first `tokens` words each) strictly before each sample."""
-        users = np.asarray(users, dtype=np.int64)
-        ends = np.asarray(search_ends, dtype=np.int64)
-        session, valid = _window(ends, self.search_user_start[users], length)  # (B, L)
-        starts = self.query_offsets[session]  # (B, L)
-        sizes = self.query_offsets[session + 1] - starts
-        word_pos = starts[..., None] + np.arange(tokens)  # (B, L, T)
-        word_ok = valid[..., None] & (np.arange(tokens) < sizes[..., None])
-        safe = np.where(word_ok, word_pos, 0)
-        words = _gather(self.query_words, safe)
-        return QueryHistory(
-            tokens=np.where(word_ok, words, PADDING_INDEX).astype(np.int32),
-            session=np.where(valid, session, -1),
-            ts=np.where(valid, _gather(self.search_ts, session), 0),
-            lengths=valid.sum(axis=1),
-        )
+    def timelines(self) -> EventTimelines:
+        """Every user's events as the one feature path reads them (no copy but the
+        profile table); row = user index."""
+        if self._timelines is None:
+            self._timelines = EventTimelines(
+                click_start=self.click_user_start,
+                click_item=self.click_item,
+                click_ts=self.click_ts,
+                query_start=self.search_user_start,
+                query_ts=self.search_ts,
+                word_start=self.query_offsets,
+                words=self.query_words,
+                profile=self.profile_table(),
+            )
+        return self._timelines
+
+    def raw_ids(self, name: str) -> np.ndarray:
+        """index -> raw id for maps/{name}.parquet (users, items, words); indices without
+        a raw id (padding, unknown) get -1."""
+        frame = pl.read_parquet(self.root / f"maps/{name}.parquet")
+        index = frame["index"].to_numpy().astype(np.int64)
+        table = np.full(int(index.max()) + 1 if len(index) else 2, -1, dtype=np.int64)
+        table[index] = frame["raw_id"].to_numpy()
+        return table

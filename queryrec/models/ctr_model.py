@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from queryrec.features.query_age import AGE_BUCKETS
+from queryrec.features.time_features import AGE_BUCKETS
 from queryrec.models.config import ModelConfig
 from queryrec.models.dcn import DCNBackbone
 from queryrec.models.din import DINBackbone

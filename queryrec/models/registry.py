@@ -97,12 +97,7 @@ def feature_tables(
         ),
         "caption": torch.from_numpy(caption),
     }
-    users = pl.read_parquet(dataset.root / "features/users.parquet")
-    profile_columns = list(dataset.schema["vocab_sizes"]["profile"])
-    profile = torch.from_numpy(
-        np.stack([users[c].to_numpy() for c in profile_columns], axis=1).astype(np.int64)
-    )
-    return side, profile
+    return side, torch.from_numpy(dataset.profile_table())
 
 
 def build_model(name: str, dataset: PreparedDataset, cfg: ModelConfig) -> CTRModel:

@@ -1,6 +1,9 @@
 """Training and evaluation batches, built vectorised from a prepared dataset (numpy only).
 
-A batch is a dict of int64 arrays (padding 0):
+The model inputs come from the one feature path (`queryrec.features.model_inputs`), the
+same code the service runs per request; this module adds what only training has: labels,
+the L_next and L_cl targets, and the order of samples. A batch is a dict of int64 arrays
+(padding 0):
 
 | key | shape | what |
 |---|---|---|
@@ -8,17 +11,16 @@ A batch is a dict of int64 arrays (padding 0):
 | `hour` | (B,) | Beijing hour of the impression (context field) |
 | `click_history` | (B, H) | last H feed clicks before t, left-padded |
 | `query_history` | (B, L', T) | last L queries before t (T words each), left-padded; L' <= L (below) |
-| `query_age` | (B, L) | age bucket of each query at t: 1 + floor(log2(1 + hours)), capped (`queryrec.features.query_age`); 0 = padding |
+| `query_age` | (B, L') | age bucket of each query at t (`queryrec.features.time_features`); 0 = padding |
 | `label` | (B,) | click 0/1 |
 | `next_positive`, `next_negative` | (B, P), (B, N) | L_next samples (training only) |
 | `cl_positive` | (B, K) | L_cl positives of the last query (training only) |
 
-Left-padding columns that are empty for every sample of a batch are cut off (L' is the
-longest query history in the batch with at least one word): the SAS encoder counts
-positions from the most recent query and never attends to an empty query, so the cut
-does not change any output, and most samples have few queries (a mean of about 4 of
-L = 20 on `small`), so it saves most of the encoder's work. `query_count` lets the
-training loop batch samples of similar history length together (`batch_order`).
+Left-padding columns that are empty for every sample of a batch are cut off
+(`model_inputs.trim_query_columns`, which the service's encoder batches use too); most
+samples have few queries (a mean of about 4 of L = 20 on `small`), so it saves most of
+the encoder's work. `query_count` lets the training loop batch samples of similar history
+length together (`batch_order`).
 
 L_next window (choice): r+ are the user's feed clicks with timestamps in
 (t, t + `next_window_hours`], cut at the end of the sample's split; strictly after t, so
@@ -42,11 +44,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from queryrec.data.kuaisar import BEIJING_OFFSET_MS
 from queryrec.features.dataset import PreparedDataset
-from queryrec.features.query_age import query_age_buckets
-
-HOUR_MS = 3_600_000
+from queryrec.features.model_inputs import HistoryLengths, gather_inputs, trim_query_columns
+from queryrec.features.time_features import HOUR_MS
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,8 @@ class BatchBuilder:
         pseudo_positives: PseudoPositives | None = None,
     ):
         self.ds = dataset
-        self.click_history, self.query_history = click_history, query_history
-        self.query_tokens = query_tokens
+        self.lengths = HistoryLengths(click_history, query_history, query_tokens)
+        self.events = dataset.timelines()
         self.aux = aux
         self.pseudo = pseudo_positives
         unclicked = np.flatnonzero(dataset.feed_click == 0)
@@ -130,17 +130,20 @@ class BatchBuilder:
 
     def split_arrays(self, split: str, *, with_aux: bool) -> SplitArrays:
         frame = self.ds.samples(split)
+        user = frame["user"].to_numpy().astype(np.int64)
+        ts = frame["ts"].to_numpy()
+        click_end, search_end = self.events.history_ends(user, ts)
         arrays = SplitArrays(
-            user=frame["user"].to_numpy().astype(np.int64),
+            user=user,
             item=frame["item"].to_numpy().astype(np.int64),
-            ts=frame["ts"].to_numpy(),
+            ts=ts,
             label=frame["label"].to_numpy().astype(np.float32),
-            click_end=frame["click_end"].to_numpy(),
-            search_end=frame["search_end"].to_numpy(),
-            query_count=np.zeros(0, dtype=np.int64),
+            click_end=click_end,
+            search_end=search_end,
+            query_count=np.clip(
+                search_end - self.events.query_start[user], 0, self.lengths.queries
+            ).astype(np.int64),
         )
-        before = arrays.search_end - self.ds.search_user_start[arrays.user]
-        arrays.query_count = np.clip(before, 0, self.query_history).astype(np.int64)
         if with_aux and self.aux is not None:
             window = self._window_ms()
             # Targets never reach past the split: a train sample near the cut would
@@ -178,20 +181,17 @@ class BatchBuilder:
     ) -> dict[str, np.ndarray]:
         """The batch for `rows` of `arrays`; auxiliary targets only when `rng` is given."""
         user, ts = arrays.user[rows], arrays.ts[rows]
-        clicks = self.ds.click_history(user, arrays.click_end[rows], self.click_history)
-        queries = self.ds.query_history(
-            user, arrays.search_end[rows], self.query_history, self.query_tokens
+        inputs = gather_inputs(
+            self.events, user, ts, arrays.click_end[rows], arrays.search_end[rows], self.lengths
         )
-        tokens = queries.tokens.astype(np.int64)  # (B, L, T)
-        used = (tokens > 0).any(axis=(0, 2))  # (L,): a column with a word in some sample
-        first = int(np.argmax(used)) if used.any() else self.query_history - 1
+        query_history, query_age = trim_query_columns(inputs.query_tokens, inputs.query_age)
         batch = {
             "user": user,
             "item": arrays.item[rows],
-            "hour": ((ts + BEIJING_OFFSET_MS) // HOUR_MS % 24).astype(np.int64),
-            "click_history": clicks.items.astype(np.int64),
-            "query_history": tokens[:, first:],
-            "query_age": query_age_buckets(ts, queries.ts, queries.session >= 0)[:, first:],
+            "hour": inputs.hour,
+            "click_history": inputs.click_history,
+            "query_history": query_history,
+            "query_age": query_age,
             "label": arrays.label[rows],
         }
         if rng is not None and self.aux is not None and arrays.next_positive_range is not None:
@@ -207,7 +207,7 @@ class BatchBuilder:
             batch["next_negative"] = _sample_ranges(
                 negatives, arrays.next_negative_range, rows, self.aux.next_negatives, rng
             )
-            batch["cl_positive"] = self._last_query_positives(queries.session[:, -1])
+            batch["cl_positive"] = self._last_query_positives(inputs.query_index[:, -1])
         return batch
 
     def _last_query_positives(self, session: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.api import scorer_pb2 as pb
-from service.replay import run_replay
+from clients.replay import run_replay
 from service.state_load import load_state
 from tests.service.harness import ServerThread
 
@@ -101,7 +101,7 @@ def test_embedding_cache_hit_when_unchanged_and_missed_after_append(
     served: ServerThread, raw: dict[str, list[int]]
 ) -> None:
     assert served.server is not None
-    times = served.server.scorer.times
+    times = served.server.scorer.counts
     user, items = 880_000_004, raw["items"][:3]
     served.stub.RecordQuery(
         pb.RecordQueryRequest(user_id=user, token_ids=raw["words"][:2], timestamp_ms=T - 60_000)
@@ -126,7 +126,6 @@ BAD_REQUESTS = {
     "negative item": ("Score", pb.ScoreRequest(user_id=5, item_ids=[3, -4])),
     "user 0": ("Score", pb.ScoreRequest(user_id=0, item_ids=[3])),
     "negative user": ("Score", pb.ScoreRequest(user_id=-7, item_ids=[3])),
-    "empty token list": ("RecordQuery", pb.RecordQueryRequest(user_id=5, token_ids=[])),
     "oversize tokens": ("RecordQuery", pb.RecordQueryRequest(user_id=5, token_ids=[1] * 65)),
     "negative token": ("RecordQuery", pb.RecordQueryRequest(user_id=5, token_ids=[1, -1])),
     "negative timestamp": (

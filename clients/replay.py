@@ -1,14 +1,21 @@
-"""`queryrec replay`: the test split, in time order, through the gRPC API; served vs offline AUC.
+"""`queryrec replay`: the test split, in time order, through the gRPC API; every served
+score against the offline score of the same impression.
 
 After `queryrec state load` (histories as of the start of the test split), every event of
-the test period is sent as it happened: each search as `RecordQuery`, each feed page (one
-user's impressions at one timestamp) as one `Score` with all its items, then that page's
-clicks as `RecordClicks`. At equal timestamps the Score goes first: training features
-count only events strictly before an impression. Users are independent (a user's
-features depend on that user's history only), so users' event streams run concurrently,
-each in order. The served AUC over all test impressions must equal the offline AUC of
-the same bundle (scored by `service.offline_scoring` on the same split) within 0.001:
-the proof that serving computes the features training did.
+the test period is sent as it happened: each search as `RecordQuery` (a search without
+words too: it is a history slot on both sides, `queryrec.features.model_inputs`), each
+feed page (one user's impressions at one timestamp) as one `Score` with all its items,
+then that page's clicks as `RecordClicks`. At equal timestamps the Score goes first:
+features count only events strictly before an impression. Users are independent (a
+user's features depend on that user's history only), so users' event streams run
+concurrently, each in order.
+
+With the bundle the server runs, the same split is scored offline
+(`queryrec.evaluation.bundle_scoring`, the one feature path over the prepared dataset)
+and compared per impression: max and 99.9th-percentile absolute difference and the count
+above `TOLERANCE`; any non-degraded response off by more than `TOLERANCE` fails the
+replay. That is the proof that serving computes, request by request, the inputs training
+computed (an aggregate AUC could hide per-request differences).
 """
 
 from __future__ import annotations
@@ -24,10 +31,10 @@ import polars as pl
 from tqdm import tqdm
 
 from queryrec.errors import QueryRecError
+from queryrec.evaluation.bundle_scoring import open_bundle_graphs, score_split
 from queryrec.evaluation.metrics import auc
 from queryrec.features.dataset import PreparedDataset
 from service.api import scorer_pb2, scorer_pb2_grpc
-from service.state_load import raw_ids
 
 UNMAPPED_RAW_ID = 1 << 62  # stands for an index without a raw id: maps to "unknown" again
 
@@ -36,9 +43,10 @@ UNMAPPED_RAW_ID = 1 << 62  # stands for an index without a raw id: maps to "unkn
 class ReplayReport:
     served: np.ndarray  # (n,) P(click) per test sample, sample order
     labels: np.ndarray  # (n,)
+    degraded_rows: np.ndarray  # (n,) bool: the sample's Score answer was degraded
     latencies_ms: list[float] = field(default_factory=list)
-    degraded: int = 0
-    skipped_empty_queries: int = 0
+    degraded: int = 0  # degraded Score responses
+    empty_queries: int = 0  # searches without words sent (history slots on both sides)
     seconds: float = 0.0
     calls: int = 0
 
@@ -59,9 +67,10 @@ class _Event:
 
 
 def build_events(dataset: PreparedDataset) -> tuple[dict[int, list[_Event]], np.ndarray, int]:
-    """Per raw user, the test period's events in order; the labels; empty queries skipped."""
+    """Per raw user, the test period's events in order; the labels; how many searches
+    have no words (sent like the others)."""
     t0 = int(dataset.schema["split"]["test_start_ms"])
-    user_raw, item_raw, word_raw = (raw_ids(dataset, n) for n in ("users", "items", "words"))
+    user_raw, item_raw, word_raw = (dataset.raw_ids(n) for n in ("users", "items", "words"))
 
     def raw(table: np.ndarray, index: np.ndarray) -> list[int]:
         values = table[index]
@@ -88,12 +97,10 @@ def build_events(dataset: PreparedDataset) -> tuple[dict[int, list[_Event]], np.
         streams.setdefault(int(user_raw[user]), []).append(
             _Event(int(ts), 1, raw(item_raw, np.asarray(items)))
         )
-    skipped = 0
+    empty = 0
     for session in np.flatnonzero(dataset.search_ts >= t0):
         a, b = dataset.query_offsets[session], dataset.query_offsets[session + 1]
-        if a == b:
-            skipped += 1
-            continue
+        empty += int(a == b)
         user = int(user_raw[dataset.search_user[session]])
         streams.setdefault(user, []).append(
             _Event(int(dataset.search_ts[session]), 2, raw(word_raw, dataset.query_words[a:b]))
@@ -101,15 +108,17 @@ def build_events(dataset: PreparedDataset) -> tuple[dict[int, list[_Event]], np.
     for events in streams.values():
         events.sort(key=lambda e: (e.ts, e.kind))  # stable: timeline order within a kind
     labels = samples["label"].to_numpy().astype(np.float32)
-    return streams, labels, skipped
+    return streams, labels, empty
 
 
 async def replay(
     dataset: PreparedDataset, target: str, *, concurrency: int = 16, progress: bool = True
 ) -> ReplayReport:
-    streams, labels, skipped = build_events(dataset)
-    report = ReplayReport(np.full(len(labels), np.nan, dtype=np.float32), labels)
-    report.skipped_empty_queries = skipped
+    streams, labels, empty = build_events(dataset)
+    report = ReplayReport(
+        np.full(len(labels), np.nan, dtype=np.float32), labels, np.zeros(len(labels), bool)
+    )
+    report.empty_queries = empty
     users = list(streams)
     bar = tqdm(total=len(users), desc="replay", unit="user", disable=not progress)
     start = time.perf_counter()
@@ -144,6 +153,7 @@ async def _send(
         report.latencies_ms.append((time.perf_counter() - began) * 1e3)
         assert event.rows is not None
         report.served[event.rows] = np.asarray(response.scores, dtype=np.float32)
+        report.degraded_rows[event.rows] = response.degraded
         report.degraded += response.degraded
     elif event.kind == 1:
         await stub.RecordClicks(
@@ -155,15 +165,71 @@ async def _send(
         )
 
 
-AGREEMENT = 0.001  # served and offline AUC must agree this closely
+TOLERANCE = 1e-5  # |served - offline| allowed for any impression of a non-degraded answer
+
+
+@dataclass(frozen=True)
+class Parity:
+    """Served vs offline score per impression, over the non-degraded answers."""
+
+    compared: int
+    max_abs_diff: float
+    p999_abs_diff: float
+    above_tolerance: int
+    offline_auc: float
+
+    @classmethod
+    def of(cls, report: ReplayReport, offline: np.ndarray) -> Parity:
+        kept = ~report.degraded_rows
+        gap = np.abs(report.served[kept].astype(np.float64) - offline[kept])
+        return cls(
+            compared=int(kept.sum()),
+            max_abs_diff=float(gap.max()) if len(gap) else 0.0,
+            p999_abs_diff=float(np.percentile(gap, 99.9)) if len(gap) else 0.0,
+            above_tolerance=int((gap > TOLERANCE).sum()),
+            offline_auc=auc(report.labels, offline),
+        )
 
 
 def run_replay(
     data: Path, target: str, bundle_dir: Path | None, concurrency: int = 16
 ) -> dict[str, float]:
-    """Replay, print served vs offline AUC and latency; QueryRecError if they disagree."""
+    """Replay and print what was served; with `bundle_dir` (the bundle the server runs)
+    also the per-impression comparison with offline scores, QueryRecError above
+    `TOLERANCE`."""
     dataset = PreparedDataset(data)
     report = asyncio.run(replay(dataset, target, concurrency=concurrency))
+    summary = _print_served(report, concurrency)
+    if bundle_dir is None:
+        print("  (pass --bundle, the server's bundle, to compare every score with offline)")
+        return summary
+    graphs = open_bundle_graphs(bundle_dir)
+    offline, _ = score_split(dataset, "test", graphs.manifest, graphs.encoder, graphs.ctr)
+    parity = Parity.of(report, offline)
+    summary.update(
+        offline_auc=parity.offline_auc,
+        compared=float(parity.compared),
+        max_abs_diff=parity.max_abs_diff,
+        p999_abs_diff=parity.p999_abs_diff,
+        above_tolerance=float(parity.above_tolerance),
+    )
+    print(f"  offline AUC {parity.offline_auc:.4f} (same bundle, same split)")
+    print(
+        f"  per impression, {parity.compared:,} non-degraded: |served - offline| max "
+        f"{parity.max_abs_diff:.2e}, 99.9th percentile {parity.p999_abs_diff:.2e}, "
+        f"{parity.above_tolerance} above {TOLERANCE:g}"
+    )
+    if parity.above_tolerance:
+        raise QueryRecError(
+            f"{parity.above_tolerance} served scores differ from the offline score of the same "
+            f"impression by more than {TOLERANCE:g} (max {parity.max_abs_diff:.2e}): serving "
+            "does not compute training's features"
+        )
+    return summary
+
+
+def _print_served(report: ReplayReport, concurrency: int) -> dict[str, float]:
+    """The served side's summary: calls, latency, degraded, served AUC."""
     scores = len(report.latencies_ms)
     summary = {
         "served_auc": report.served_auc,
@@ -175,6 +241,7 @@ def run_replay(
         "score_p50_ms": report.latency(50),
         "score_p99_ms": report.latency(99),
         "degraded": float(report.degraded),
+        "empty_queries": float(report.empty_queries),
     }
     print(
         f"replay: {report.calls:,} calls ({scores:,} Score over {len(report.labels):,} "
@@ -183,23 +250,8 @@ def run_replay(
     )
     print(
         f"  Score latency p50 {summary['score_p50_ms']:.2f} ms, p99 "
-        f"{summary['score_p99_ms']:.2f} ms; degraded {report.degraded}"
+        f"{summary['score_p99_ms']:.2f} ms; degraded {report.degraded}; "
+        f"{report.empty_queries} searches without words sent"
     )
-    if report.skipped_empty_queries:
-        print(f"  skipped {report.skipped_empty_queries} searches without words")
     print(f"  served AUC  {report.served_auc:.4f}")
-    if bundle_dir is not None:
-        from service.bundle import load_bundle
-        from service.offline_scoring import split_auc
-
-        bundle = load_bundle(bundle_dir, device="cpu")
-        offline = split_auc(dataset, "test", bundle.manifest, bundle.encoder, bundle.ctr)["auc"]
-        summary["offline_auc"] = offline
-        gap = abs(report.served_auc - offline)
-        print(f"  offline AUC {offline:.4f} (same bundle, same split); |difference| {gap:.2e}")
-        if not gap <= AGREEMENT:
-            raise QueryRecError(
-                f"served AUC {report.served_auc:.4f} differs from offline {offline:.4f} by "
-                f"{gap:.4f} (> {AGREEMENT}): serving does not compute training's features"
-            )
     return summary

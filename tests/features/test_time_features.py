@@ -1,10 +1,10 @@
-"""Query age buckets: exact values at the bucket edges."""
+"""Time features: exact query-age buckets at the edges, the Beijing hour."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from queryrec.features.query_age import AGE_BUCKETS, HOUR_MS, query_age_buckets
+from queryrec.features.time_features import AGE_BUCKETS, HOUR_MS, hour_of_day, query_age_buckets
 
 
 def test_bucket_edges() -> None:
@@ -21,3 +21,9 @@ def test_padding_is_zero() -> None:
         np.array([5, 5]), np.array([[0, 4], [0, 0]]), np.array([[False, True], [False, False]])
     )
     assert out.tolist() == [[0, 1], [0, 0]]
+
+
+def test_hour_is_beijing_local() -> None:
+    midnight_utc = 1_700_006_400_000  # 2023-11-15 00:00 UTC = 08:00 in Beijing
+    ts = np.array([midnight_utc, midnight_utc + 16 * HOUR_MS - 1, midnight_utc + 16 * HOUR_MS])
+    assert hour_of_day(ts).tolist() == [8, 23, 0]

@@ -1,0 +1,121 @@
+"""Score a prepared dataset split with a bundle's ONNX graphs (torch-free).
+
+Used by `export` (AUC before and after INT8 quantization), by the bundle round-trip test
+and by `queryrec replay` (the offline score of every impression, compared with what the
+server answered for it). The inputs come from the one feature path
+(`queryrec.features.model_inputs`) that training and the service use, so any difference
+from the checkpoint's scores is the graphs' doing, and any difference from the served
+scores is the service's.
+
+ONNX Runtime is imported only when a session is opened: the module itself needs numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from queryrec.errors import BundleError
+from queryrec.evaluation.metrics import evaluate
+from queryrec.features.bundle_format import CTR_FILE, ENCODER_FILE, history_lengths, read_manifest
+from queryrec.features.dataset import PreparedDataset
+from queryrec.features.graph_feeds import ctr_feed, encoder_feed
+from queryrec.features.model_inputs import model_inputs
+
+
+class GraphSession(Protocol):
+    """What scoring needs of an ONNX Runtime InferenceSession."""
+
+    def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray]) -> list[Any]: ...
+
+
+@dataclass(frozen=True)
+class BundleGraphs:
+    """A verified bundle's manifest and its graphs on one CPU thread."""
+
+    manifest: dict[str, Any]
+    encoder: GraphSession | None
+    ctr: GraphSession
+
+
+def cpu_session(path: Path) -> GraphSession:
+    """An ONNX Runtime session on one CPU thread (offline scoring, export checks)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    try:
+        session: GraphSession = ort.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as error:  # ORT raises its own types for bad graphs
+        raise BundleError(f"{path}: ONNX Runtime cannot load it ({error})") from None
+    return session
+
+
+def open_bundle_graphs(root: Path) -> BundleGraphs:
+    """Verify a bundle (format version, every hash) and open its graphs on the CPU."""
+    manifest = read_manifest(Path(root))
+    encoder = cpu_session(Path(root) / ENCODER_FILE) if ENCODER_FILE in manifest["files"] else None
+    return BundleGraphs(manifest, encoder, cpu_session(Path(root) / CTR_FILE))
+
+
+def score_split(
+    dataset: PreparedDataset,
+    split: str,
+    manifest: dict[str, Any],
+    encoder: GraphSession | None,
+    ctr: GraphSession,
+    *,
+    batch_size: int = 4096,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(P(click), label) for every sample of `split`, in the split's order."""
+    data_info = manifest["dataset"]
+    if data_info["schema_hash"] != dataset.content_hash:
+        raise BundleError(
+            f"{dataset.root}: dataset {dataset.content_hash[:12]} is not the one the bundle was "
+            f"trained on ({str(data_info['schema_hash'])[:12]})"
+        )
+    lengths = history_lengths(manifest)
+    events = dataset.timelines()
+    samples = dataset.samples(split)
+    users = samples["user"].to_numpy().astype(np.int64)
+    ts = samples["ts"].to_numpy()
+    items = samples["item"].to_numpy().astype(np.int64)
+    _, search_end = events.history_ends(users, ts)
+    by_length = np.argsort(search_end - events.query_start[users], kind="stable")
+    out = np.empty(len(users), dtype=np.float32)
+    for start in range(0, len(users), batch_size):
+        rows = by_length[start : start + batch_size]  # short histories together
+        inputs = model_inputs(events, users[rows], ts[rows], lengths)
+        query_repr = None
+        if encoder is not None:
+            query_repr = encoder.run(None, encoder_feed(inputs.query_tokens, inputs.query_age))[0]
+        feed = ctr_feed(
+            users[rows],
+            inputs.hour,
+            inputs.profile,
+            inputs.click_history,
+            np.arange(len(rows)),
+            items[rows],
+            query_repr,
+        )
+        out[rows] = ctr.run(None, feed)[0]
+    return out, samples["label"].to_numpy().astype(np.float32)
+
+
+def split_auc(
+    dataset: PreparedDataset,
+    split: str,
+    manifest: dict[str, Any],
+    encoder: GraphSession | None,
+    ctr: GraphSession,
+) -> dict[str, float]:
+    """AUC, GAUC and logloss of the graphs on a split."""
+    probs, labels = score_split(dataset, split, manifest, encoder, ctr)
+    users = dataset.samples(split)["user"].to_numpy()
+    return evaluate(users, labels, probs)
