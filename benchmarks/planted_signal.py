@@ -23,8 +23,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from queryrec.features.dataset import PreparedDataset
-
-HOUR_MS = 3_600_000
+from queryrec.features.model_inputs import HistoryLengths, model_inputs
+from queryrec.features.time_features import HOUR_MS
 
 
 def features(
@@ -37,31 +37,35 @@ def features(
     users = samples["user"].to_numpy()
     items = samples["item"].to_numpy()
     ts = samples["ts"].to_numpy()
-    hist = ds.click_history(users, samples["click_end"].to_numpy(), 50)
+    inputs = model_inputs(ds.timelines(), users, ts, HistoryLengths(clicks=50, queries=3, tokens=8))
+    clicked = inputs.click_history
     cand_topic = topic[items][:, None]
-    valid = hist.items > 0
-    same = (topic[hist.items] == cand_topic) & valid
-    n = np.maximum(hist.lengths, 1)
+    valid = clicked > 0
+    lengths = valid.sum(1)
+    same = (topic[clicked] == cand_topic) & valid
+    n = np.maximum(lengths, 1)
     recent = same[:, -10:].sum(1) / np.maximum(valid[:, -10:].sum(1), 1)
     history = np.column_stack(
-        [same.sum(1) / n, recent, np.log1p(hist.lengths), np.log1p(popularity[items])]
+        [same.sum(1) / n, recent, np.log1p(lengths), np.log1p(popularity[items])]
     )
 
-    queries = ds.query_history(users, samples["search_end"].to_numpy(), 3, 8)
-    age_h = np.where(queries.session >= 0, (ts[:, None] - queries.ts) / HOUR_MS, 1e6)
+    sessions = inputs.query_index  # (B, 3) rows of search.parquet, -1 = none
+    query_ts = ds.search_ts[np.maximum(sessions, 0)]
+    age_h = np.where(sessions >= 0, (ts[:, None] - query_ts) / HOUR_MS, 1e6)
     decay = np.exp(-age_h / 24.0)
     topic_match = np.zeros_like(decay)
     word_match = np.zeros_like(decay)
     for row in range(len(items)):
         for slot in range(3):
-            session = queries.session[row, slot]
+            session = sessions[row, slot]
             if session < 0:
                 continue
             shown = ds.shown_items[ds.shown_offsets[session] : ds.shown_offsets[session + 1]]
             if len(shown):
                 topics, counts = np.unique(topic[shown], return_counts=True)
                 topic_match[row, slot] = topics[counts.argmax()] == topic[items[row]]
-            words = set(queries.tokens[row, slot][queries.tokens[row, slot] > 0].tolist())
+            tokens = inputs.query_tokens[row, slot]
+            words = set(tokens[tokens > 0].tolist())
             word_match[row, slot] = bool(words & caption_sets[items[row]])
     query = np.column_stack(
         [topic_match * decay, word_match * decay, topic_match[:, -1], decay[:, -1]]

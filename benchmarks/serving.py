@@ -70,7 +70,7 @@ def stage_cpu(
     """CPU ms per request of the Redis read (+ features), the encoder and the CTR graph,
     each measured alone in this process on one thread."""
     bundle = load_bundle(bundle_dir, device="cpu", threads=1)
-    features = FeatureBuilder(bundle)
+    features = FeatureBuilder.for_bundle(bundle)
     lengths = bundle.manifest["max_lengths"]
     caps = HistoryCaps(int(lengths["query_history"]), int(lengths["click_history"]), 3600)
 
@@ -86,12 +86,12 @@ def stage_cpu(
     start = time.process_time()
     rows = asyncio.run(read_all())
     redis_ms = (time.process_time() - start) / len(pages) * 1e3
-    with_queries = [r for r in rows if len(r.query_age)]
+    with_queries = [r for r in rows if r.query_count]
     encoder_ms = 0.0
     if bundle.encoder is not None and with_queries:
         start = time.process_time()
         for row in with_queries:
-            bundle.encoder.run(None, encoder_inputs([(row.query_tokens, row.query_age)]))
+            bundle.encoder.run(None, encoder_inputs([row]))
         encoder_ms = (time.process_time() - start) / len(with_queries) * 1e3
     d = bundle.encoder.get_outputs()[0].shape[1] if bundle.encoder is not None else 0
     start = time.process_time()

@@ -15,14 +15,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from queryrec.features.bundle_format import history_lengths
+from queryrec.features.bundle_format import IdMap, history_lengths
 from queryrec.features.graph_feeds import ctr_feed, encoder_feed
-from queryrec.features.model_inputs import EventTimelines, model_inputs
+from queryrec.features.model_inputs import EventTimelines, HistoryLengths, model_inputs
 from service.bundle import Bundle
 from service.redis_keys import VERSION_BYTES
 from service.state import UserState
 
 _ONE_ROW = np.zeros(1, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class IdMaps:
+    """Raw id -> model index for users, items and words (the bundle's maps)."""
+
+    users: IdMap
+    items: IdMap
+    words: IdMap
 
 
 @dataclass
@@ -40,34 +49,44 @@ class UserRow:
 
 
 class FeatureBuilder:
-    """Knows the bundle's maps, history lengths and profile table."""
+    """Knows the id maps, history lengths and profile table of one bundle."""
 
-    def __init__(self, bundle: Bundle):
-        self.lengths = history_lengths(bundle.manifest)
-        self.bundle = bundle
-        self.profile_fields: list[str] = list(bundle.manifest["profile_fields"])
+    def __init__(
+        self,
+        lengths: HistoryLengths,
+        maps: IdMaps,
+        profile_fields: list[str],
+        profile_table: np.ndarray,
+    ):
+        self.lengths = lengths
+        self.maps = maps
+        self.profile_fields = profile_fields
+        self.profile_table = profile_table  # (users, P) int64 codes by user index
+
+    @classmethod
+    def for_bundle(cls, bundle: Bundle) -> FeatureBuilder:
+        fields: list[str] = list(bundle.manifest["profile_fields"])
         users = bundle.profiles()
         index = users["index"].to_numpy()
-        table = np.zeros((int(index.max()) + 1 if len(index) else 1, len(self.profile_fields)))
+        table = np.zeros((int(index.max()) + 1 if len(index) else 1, len(fields)), np.int64)
         if len(index):
-            table[index] = np.stack(
-                [users[f].to_numpy().astype(np.int64) for f in self.profile_fields], axis=1
-            )
-        self.profile_table = table.astype(np.int64)
+            table[index] = np.stack([users[f].to_numpy().astype(np.int64) for f in fields], axis=1)
+        maps = IdMaps(users=bundle.users, items=bundle.items, words=bundle.words)
+        return cls(history_lengths(bundle.manifest), maps, fields, table)
 
     def timelines(self, user: int, state: UserState) -> EventTimelines:
         """The user's Redis state as a one-user timeline of model indices."""
         return EventTimelines.from_newest_first(
             click_ts=state.click_ts,
-            click_item=self.bundle.items(state.click_items),
+            click_item=self.maps.items(state.click_items),
             query_ts=state.query_ts,
             query_sizes=state.query_sizes,
-            words=self.bundle.words(state.query_words),
+            words=self.maps.words(state.query_words),
             profile=self._profile(user, state.profile),
         )
 
     def user_row(self, raw_user: int, state: UserState, request_ms: int) -> UserRow:
-        user = int(self.bundle.users(np.array([raw_user]))[0])
+        user = int(self.maps.users(np.array([raw_user]))[0])
         inputs = model_inputs(
             self.timelines(user, state), _ONE_ROW, np.array([request_ms]), self.lengths
         )

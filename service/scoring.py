@@ -51,7 +51,7 @@ class Scorer:
 
     def __init__(self, bundle: Bundle, state: RedisState, settings: ServiceSettings):
         self.bundle, self.state, self.settings = bundle, state, settings
-        self.features = FeatureBuilder(bundle)
+        self.features = FeatureBuilder.for_bundle(bundle)
         self.counts = QueryPathCounts()
         self._background: set[asyncio.Task[None]] = set()
         self.no_query: np.ndarray | None = None

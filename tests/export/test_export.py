@@ -16,13 +16,13 @@ from export.bundle import ExportOptions, export_bundle
 from export.parity import CTR_CANDIDATES, ENCODER_BATCHES
 from export.quantize import QuantizationRefused
 from queryrec.cli.main import main
+from queryrec.errors import BundleError
+from queryrec.features.bundle_format import read_manifest
 from queryrec.features.dataset import PreparedDataset
 from queryrec.training.batches import BatchBuilder
 from queryrec.training.checkpoint import load_checkpoint
 from queryrec.training.config import TrainConfig
 from queryrec.training.loop import predict, train
-from service.bundle import read_manifest
-from service.errors import BundleError
 from tests.no_torch import run_without_torch
 
 
@@ -68,9 +68,8 @@ def test_bundle_scores_like_the_checkpoint_without_torch(
         from pathlib import Path
         import numpy as np
         from queryrec.features.dataset import PreparedDataset
-        from service.bundle import load_bundle
-        from service.offline_scoring import score_split
-        b = load_bundle(Path({str(bundle)!r}))
+        from queryrec.evaluation.bundle_scoring import open_bundle_graphs, score_split
+        b = open_bundle_graphs(Path({str(bundle)!r}))
         probs, _ = score_split(PreparedDataset(Path({str(tiny_data)!r})), "test",
                                b.manifest, b.encoder, b.ctr)
         np.save({str(out)!r}, probs)
@@ -85,18 +84,6 @@ def test_bundle_scores_like_the_checkpoint_without_torch(
     assert roc_auc_score(arrays.label, served) == pytest.approx(
         payload["metrics"]["test"]["auc"], abs=1e-4
     )
-
-
-def test_importing_service_does_not_import_torch() -> None:
-    done = run_without_torch(
-        """
-        import sys
-        import service, service.bundle, service.offline_scoring, service.errors
-        import service.server, service.replay, service.state_load, service.run
-        assert "torch" not in sys.modules, "service pulled in torch"
-        """
-    )
-    assert done.returncode == 0, done.stderr
 
 
 def test_tampered_or_foreign_bundles_are_refused(bundle: Path, tmp_path: Path) -> None:
@@ -124,7 +111,8 @@ def test_tampered_or_foreign_bundles_are_refused(bundle: Path, tmp_path: Path) -
 
 
 def test_unknown_raw_ids_map_to_the_unknown_index(bundle: Path) -> None:
-    from service.bundle import UNKNOWN_INDEX, IdMap
+    from queryrec.features.bundle_format import IdMap
+    from queryrec.features.schema import UNKNOWN_INDEX
 
     items = IdMap.read(bundle / "maps/items.parquet")
     known = items.raw[:3]
