@@ -60,8 +60,8 @@ def unpack_queries(entries: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.nda
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty
     values = np.frombuffer(b"".join(entries), dtype=_INT64)
-    sizes = np.fromiter((len(e) for e in entries), dtype=np.int64, count=len(entries)) // 8 - 1
-    heads = np.concatenate([[0], np.cumsum(sizes + 1)[:-1]])  # where each entry's ts is
+    sizes = np.array(list(map(len, entries)), dtype=np.int64) // 8 - 1
+    heads = np.cumsum(sizes + 1) - sizes - 1  # where each entry's timestamp is
     is_word = np.ones(len(values), dtype=bool)
     is_word[heads] = False
     return values[heads], sizes, values[is_word]

@@ -64,7 +64,8 @@ class IdMap:
         ids = np.asarray(raw_ids, dtype=np.int64)
         if len(self.raw) == 0:
             return np.full(ids.shape, UNKNOWN_INDEX, dtype=np.int64)
-        pos = np.clip(np.searchsorted(self.raw, ids), 0, len(self.raw) - 1)
+        # (np.minimum, not np.clip: clip costs microseconds per call, this runs per request)
+        pos = np.minimum(np.searchsorted(self.raw, ids), len(self.raw) - 1)
         return np.where(self.raw[pos] == ids, self.index[pos], UNKNOWN_INDEX)
 
 

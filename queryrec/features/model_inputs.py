@@ -128,25 +128,28 @@ class EventTimelines:
 
 class _TimeKeys:
     """Sorted composite keys row * span + (ts - origin), for one vectorised searchsorted
-    over every row's slice at once (each slice is sorted by time, rows follow each other)."""
+    over every row's slice at once (each slice is sorted by time, rows follow each other).
+    A one-row timeline (a service request) searches its times directly."""
 
     def __init__(self, start: np.ndarray, ts: np.ndarray):
-        self.start = start
-        self.origin = int(ts.min()) if len(ts) else 0
-        self.span = (int(ts.max()) - self.origin + 2) if len(ts) else 1
+        self.one_row = len(start) == 2
+        self.keys, self.origin, self.span = ts, 0, 1
+        if self.one_row or not len(ts):
+            return
+        self.origin = int(ts.min())
+        self.span = int(ts.max()) - self.origin + 2
         if (len(start) - 1) * self.span >= _KEY_LIMIT:
             raise ValueError("event times span too long for composite int64 keys")
-        if len(start) == 2:  # one row (a service request): the keys are the times
-            self.keys = ts - self.origin
-        else:
-            row = np.repeat(np.arange(len(start) - 1, dtype=np.int64), np.diff(start))
-            self.keys = row * self.span + (ts - self.origin)
+        row = np.repeat(np.arange(len(start) - 1, dtype=np.int64), np.diff(start))
+        self.keys = row * self.span + (ts - self.origin)
 
     def end_before(self, rows: np.ndarray, request_ms: np.ndarray) -> np.ndarray:
         """(B,) exclusive ends of the events of `rows` with ts < request_ms."""
+        if self.one_row or not len(self.keys):
+            return np.searchsorted(self.keys, request_ms, side="left")
         # A request before every event maps to offset 0 (nothing before it), one after
         # every event to span - 1 (everything before it).
-        offset = np.clip(request_ms - self.origin, 0, self.span - 1)
+        offset = np.minimum(np.maximum(request_ms - self.origin, 0), self.span - 1)
         return np.searchsorted(self.keys, rows * self.span + offset, side="left")
 
 
