@@ -23,6 +23,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,7 @@ from queryrec.training.batches import AuxiliaryConfig, BatchBuilder
 from service.bundle import load_bundle
 from service.embedded_redis import EmbeddedRedis
 from service.features import FeatureBuilder
-from service.state import HistoryCaps, RedisState
+from service.state import HistoryCaps, RedisState, UserState
 from service.state_load import load_state
 
 BATCH, BATCHES = 1024, 60
@@ -62,7 +63,8 @@ def serving_ms(
 ) -> tuple[list[float], list[float]]:
     """(Redis read + decode ms per request, feature building ms per request) per pass."""
     bundle = load_bundle(bundle_dir, device="cpu", threads=1)
-    make = getattr(FeatureBuilder, "for_bundle", FeatureBuilder)  # before: the constructor
+    # Before the change the constructor took the bundle; now `for_bundle` does.
+    make: Any = getattr(FeatureBuilder, "for_bundle", FeatureBuilder)
     features = make(bundle)
     lengths = bundle.manifest["max_lengths"]
     caps = HistoryCaps(int(lengths["query_history"]), int(lengths["click_history"]), 3600)
@@ -80,7 +82,7 @@ def serving_ms(
     with EmbeddedRedis() as redis_server:
         load_state(dataset, redis_server.url, progress=False)
 
-        async def read_all() -> list[object]:
+        async def read_all() -> list[UserState]:
             state = RedisState(redis_server.url, caps)
             out = [(await state.read([user], None))[0] for user, _ in requests]
             await state.close()
