@@ -19,6 +19,7 @@ def test_cli_default_models_match_the_registry() -> None:
     assert DEFAULT_MODELS == DEFAULT_BENCH_MODELS
 
 
+@pytest.mark.slow
 def test_bench_writes_results(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

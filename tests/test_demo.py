@@ -10,6 +10,7 @@ from queryrec.cli.main import main
 from queryrec.features.schema import load_schema
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_and_reruns(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -122,6 +122,7 @@ def test_unknown_raw_ids_map_to_the_unknown_index(bundle: Path) -> None:
     assert (items(known) >= 2).all()
 
 
+@pytest.mark.slow
 def test_int8_guard_refuses_then_force_accepts(queryrec_run: Path, tmp_path: Path) -> None:
     strict = ExportOptions(quantize="int8", max_auc_drop=-1.0)  # any result is "too much"
     with pytest.raises(QuantizationRefused, match="lowers test AUC by"):

@@ -12,6 +12,7 @@ from queryrec.errors import QueryRecError
 from queryrec.features.dataset import PreparedDataset
 
 
+@pytest.mark.slow
 def test_serve_and_replay_agrees_with_offline(
     tiny_data: Path, bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

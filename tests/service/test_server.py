@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import time
+import asyncio
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +15,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.api import scorer_pb2 as pb
-from clients.replay import run_replay
-from service.state_load import load_state
 from tests.service.harness import ServerThread
 
 HOUR_MS = 3_600_000
@@ -37,6 +37,13 @@ def served(bundle: Path, redis_url: str) -> Iterator[ServerThread]:
     harness.start()
     yield harness
     harness.close()
+
+
+async def drain_background_writes(harness: ServerThread) -> None:
+    """Wait, in the server's loop, for the scorer's fire-and-forget tasks (the query-vector
+    cache writes)."""
+    assert harness.server is not None
+    await asyncio.gather(*harness.server.scorer._background)
 
 
 def score(server: ServerThread, user: int, items: list[int], at: int = T) -> pb.ScoreResponse:
@@ -109,7 +116,8 @@ def test_embedding_cache_hit_when_unchanged_and_missed_after_append(
     encoded, hits = times.encoded, times.cache_hits
     first = score(served, user, items)
     assert (times.encoded, times.cache_hits) == (encoded + 1, hits)
-    time.sleep(0.2)  # the cache write is fire-and-forget
+    # The cache write is fire-and-forget: wait for it to finish.
+    served.run(drain_background_writes(served))
     second = score(served, user, items)
     assert (times.encoded, times.cache_hits) == (encoded + 1, hits + 1)
     assert second.scores == first.scores
@@ -170,23 +178,6 @@ def test_health_is_serving_only_after_warm_up(bundle: Path, redis_url: str) -> N
         harness.close()
 
 
-def test_replay_of_tiny_agrees_with_offline_auc(
-    bundle: Path, tiny_data: Path, redis_client_url: str
-) -> None:
-    from queryrec.features.dataset import PreparedDataset
-
-    load_state(PreparedDataset(tiny_data), redis_client_url, progress=False)
-    harness = ServerThread(bundle, redis_client_url, budget_ms=10_000)
-    try:
-        harness.create()
-        harness.start()
-        summary = run_replay(tiny_data, harness.address, bundle, concurrency=4)
-    finally:
-        harness.close()
-    assert summary["degraded"] == 0
-    assert abs(summary["served_auc"] - summary["offline_auc"]) <= 0.001  # run_replay checks too
-
-
 def test_without_redis_scores_are_degraded_and_writes_unavailable(
     bundle: Path, raw: dict[str, list[int]]
 ) -> None:
@@ -211,9 +202,14 @@ def test_without_redis_scores_are_degraded_and_writes_unavailable(
 
 
 def test_a_slow_redis_degrades_instead_of_failing(bundle: Path, raw: dict[str, list[int]]) -> None:
-    """Redis answering later than its share of the budget: scored without the query vector."""
-    import redis
+    """Redis answering later than its share of the budget: scored without the query vector.
 
+    Redis is frozen with SIGSTOP (its sockets stay open, it just does not answer) and only
+    resumed, with SIGCONT, after the response has arrived: so the answer came while Redis
+    was still not answering, however long that took on a loaded machine. (CLIENT PAUSE
+    cannot do this: on Redis 6.2 it also holds CLIENT UNPAUSE, so a pause can only be
+    lifted by waiting it out.)
+    """
     from service.embedded_redis import EmbeddedRedis
 
     with EmbeddedRedis() as redis_server:
@@ -221,16 +217,16 @@ def test_a_slow_redis_degrades_instead_of_failing(bundle: Path, raw: dict[str, l
         try:
             harness.create()
             harness.start()
-            redis.Redis.from_url(redis_server.url).client_pause(600)
-            began = time.perf_counter()
-            response = score(harness, raw["users"][0], raw["items"][:3])
-            elapsed = time.perf_counter() - began
+            os.kill(redis_server.pid, signal.SIGSTOP)
+            try:
+                response = score(harness, raw["users"][0], raw["items"][:3])
+            finally:
+                os.kill(redis_server.pid, signal.SIGCONT)
+            assert response.degraded
+            assert response.degraded_reasons == ["redis: no answer within its share of the budget"]
+            assert len(response.scores) == 3
         finally:
             harness.close()
-    assert response.degraded
-    assert response.degraded_reasons == ["redis: no answer within its share of the budget"]
-    assert len(response.scores) == 3
-    assert elapsed < 0.5  # did not wait for the paused Redis
 
 
 def test_reflection_lists_the_services(served: ServerThread) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import redis
+from redis.asyncio.connection import AbstractConnection as AsyncConnection
 from redis.asyncio.connection import SSLConnection
 
 from queryrec.features.dataset import PreparedDataset
@@ -18,6 +20,7 @@ from service.state import HistoryCaps, RedisState
 from service.state_load import load_state, parse_time
 
 CAPS = HistoryCaps(queries=3, clicks=4, ttl_s=100)
+COMMANDS = ("lrange", "hgetall", "get", "lpush", "multi")
 
 
 def test_keys_are_hash_tagged_per_user() -> None:
@@ -50,7 +53,7 @@ def test_appends_are_capped_newest_first_and_expire(redis_client_url: str) -> No
         assert await state.append_clicks(7, 2000, [11, 12]) == 2
         assert await state.append_clicks(7, 2001, [13, 14, 15]) == 4
         (user,) = await state.read([7], None)
-        assert [ts for ts, _ in user.queries] == [1004, 1003, 1002]
+        assert user.query_ts.tolist() == [1004, 1003, 1002]
         assert user.click_items.tolist() == [15, 14, 13, 12]
         assert 0 < await state.client.ttl(keys.query_key(7)) <= 100
         assert 0 < await state.client.ttl(keys.click_key(7)) <= 100
@@ -59,19 +62,53 @@ def test_appends_are_capped_newest_first_and_expire(redis_client_url: str) -> No
     asyncio.run(go())
 
 
-def test_read_of_many_users_is_one_round_trip_in_user_order(redis_client_url: str) -> None:
+def test_read_of_many_users_is_one_round_trip_in_user_order(
+    redis_client_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One round trip: the client writes to the socket once (one `send_packed_command`,
+    all commands packed together) and then only reads replies, one per command, with no
+    write in between. The real connection methods run; a wrapper only logs the calls.
+    The server side, from INFO commandstats: exactly the expected commands arrived
+    (LRANGE x 2, HGETALL and GET per user). Counting commands alone would not prove one
+    round trip, nor would the write count alone prove what was sent.
+    """
+    wire: list[str] = []
+    send, read = AsyncConnection.send_packed_command, AsyncConnection.read_response
+
+    async def logged_send(self: AsyncConnection, *args: Any, **kwargs: Any) -> None:
+        wire.append("send")
+        await send(self, *args, **kwargs)
+
+    async def logged_read(self: AsyncConnection, *args: Any, **kwargs: Any) -> Any:
+        wire.append("read")
+        return await read(self, *args, **kwargs)
+
+    admin = redis.Redis.from_url(redis_client_url)
+
     async def go() -> None:
         state = RedisState(redis_client_url, CAPS)
-        await state.append_clicks(1, 10, [100])
-        await state.append_clicks(3, 10, [300])
-        users = await state.read([3, 2, 1], "m")
+        try:
+            await state.append_clicks(1, 10, [100])  # also opens the pooled connection
+            await state.append_clicks(3, 10, [300])
+            admin.config_resetstat()
+            with monkeypatch.context() as patch:
+                patch.setattr(AsyncConnection, "send_packed_command", logged_send)
+                patch.setattr(AsyncConnection, "read_response", logged_read)
+                users = await state.read([3, 2, 1], "m")
+        finally:
+            await state.close()
         assert [u.click_items.tolist() for u in users] == [[300], [], [100]]
         assert all(u.cached_query_repr is None for u in users)
-        await state.close()
 
     asyncio.run(go())
+    assert wire == ["send"] + ["read"] * 12  # 3 users x 4 commands, one write
+    stats = admin.info("commandstats")
+    calls = {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in COMMANDS}
+    assert calls == {"lrange": 6, "hgetall": 3, "get": 3, "lpush": 0, "multi": 0}
+    admin.close()
 
 
+@pytest.mark.slow
 def test_password_url_works_and_a_wrong_one_is_a_clear_error() -> None:
     with EmbeddedRedis() as server:
         redis.Redis.from_url(server.url).config_set("requirepass", "s3cret")

@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.slow  # two torchrun processes: about 9 s
 
 
 def test_two_gloo_processes_end_with_identical_weights(tiny_data: Path, tmp_path: Path) -> None:

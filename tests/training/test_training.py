@@ -40,6 +40,7 @@ def test_one_epoch_per_model(model: str, dataset: PreparedDataset, tmp_path: Pat
     assert (tmp_path / model / "checkpoint.pt").is_file()
 
 
+@pytest.mark.slow
 def test_queryrec_learns_the_planted_signal(dataset: PreparedDataset, tmp_path: Path) -> None:
     cfg = TrainConfig(model="queryrec", epochs=3, batch_size=256, progress=False)
     result = train(dataset.root, tmp_path / "run", cfg, dataset=dataset)
