@@ -51,6 +51,17 @@ async def until(condition: Any) -> None:
     raise AssertionError("condition never held")
 
 
+def recording_model() -> tuple[list[list[int]], Any]:
+    """A model that returns its inputs and records every batch it was called with."""
+    calls: list[list[int]] = []
+
+    def run(items: list[int]) -> list[int]:
+        calls.append(items)
+        return items
+
+    return calls, run
+
+
 class BlockingModel:
     """A batch function that records its calls and blocks each one until released."""
 
@@ -144,12 +155,7 @@ def test_max_delay_gathers_requests_arriving_after_the_first(
     """The second request arrives only after the dispatcher has taken the first: with a
     delay it joins the first's batch (which then is full and goes at once, so the long
     delay is never waited out); without one the first has already gone alone."""
-    calls: list[list[int]] = []
-
-    def run(items: list[int]) -> list[int]:
-        calls.append(items)
-        return items
-
+    calls, run = recording_model()
     async def go() -> None:
         batcher: MicroBatcher[int, int] = MicroBatcher(
             "t", run, max_size=2, max_delay_s=max_delay_s, max_queue=100
@@ -166,12 +172,7 @@ def test_max_delay_gathers_requests_arriving_after_the_first(
 
 
 def test_a_batch_that_does_not_fill_goes_when_its_delay_is_over() -> None:
-    calls: list[list[int]] = []
-
-    def run(items: list[int]) -> list[int]:
-        calls.append(items)
-        return items
-
+    calls, run = recording_model()
     async def go() -> None:
         batcher: MicroBatcher[int, int] = MicroBatcher(
             "t", run, max_size=8, max_delay_s=0.01, max_queue=100
