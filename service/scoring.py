@@ -136,16 +136,10 @@ class Scorer:
         items = self.bundle.items(np.asarray(raw_items, dtype=np.int64))
         state, reasons = await self._read_state(raw_user, budget_s)
         row = self.features.user_row(raw_user, state, request_ms)
-        query = None
-        if self.no_query is not None:
-            # Without Redis there is no history to encode: the "no query" input.
-            query = (
-                self.no_query
-                if reasons
-                else await self._query_vector(
-                    raw_user, row, state, start + budget_s * self.settings.encoder_share, reasons
-                )
-            )
+        query = self.no_query  # None: a model without a query tower
+        if query is not None and not reasons:  # without Redis: no history, "no query"
+            encoder_until = start + budget_s * self.settings.encoder_share
+            query = await self._query_vector(raw_user, row, state, encoder_until, reasons)
         scores = await self._ctr(row, query, items, start, deadline_s)
         return ScoreResult(scores, bool(reasons), reasons)
 
