@@ -78,7 +78,7 @@ def _diffusion_first(
     """Train the diffusion model and augment the dataset when a model needs the
     pseudo-positives and the dataset has none; -> the augmentation-quality results."""
     from queryrec.diffusion.augment import augment, load_pseudo_positives
-    from queryrec.diffusion.train import run_diffusion_train
+    from queryrec.diffusion.commands import run_diffusion_train
 
     wanted = [
         m for m in models if model_spec(m).contrastive_loss and model_spec(m).diffusion_positives

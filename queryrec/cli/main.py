@@ -211,7 +211,8 @@ def diffusion_train_command(
     ] = True,
 ) -> None:
     """Train the denoiser on the training split's clicked queries."""
-    from queryrec.diffusion.train import DiffusionTrainConfig, run_diffusion_train
+    from queryrec.diffusion.commands import run_diffusion_train
+    from queryrec.diffusion.train import DiffusionTrainConfig
 
     try:
         cfg = DiffusionTrainConfig(

@@ -342,6 +342,14 @@ class _World:
 
     # ------------------------------------------------------------------ catalogue
     def build_catalogue(self) -> None:
+        """Topics and words, items, users: in this order, as each draws from `self.rng`."""
+        self._build_topics_and_words()
+        self._build_items()
+        self._build_users()
+
+    def _build_topics_and_words(self) -> None:
+        """Topic popularity (Zipf over a random topic order) and the word ids: topic words
+        first, then generic words, with their Zipf laws."""
         p, s, rng = self.p, self.s, self.rng
         n_topics = p.n_topics
         self.topic_cdf = _zipf_cdf(n_topics, s.topic_popularity_zipf)
@@ -358,6 +366,11 @@ class _World:
         self.subtopic_word_cdf = _zipf_cdf(self.sub_words, 0.9)
         self.generic_cdf = _zipf_cdf(p.n_generic_words, 1.0)
 
+    def _build_items(self) -> None:
+        """Every topic's feed and search-only items: popularity rank, raw id, popularity
+        score and quality, type, duration, subtopic and key word."""
+        p, s, rng = self.p, self.s, self.rng
+        n_topics = p.n_topics
         # Items: topic t owns feed items [t*F, (t+1)*F) (rank = position in the pool) and
         # search-only items after all feed items.
         f, o = p.feed_items_per_topic, p.search_only_items_per_topic
@@ -386,7 +399,11 @@ class _World:
         self.item_subtopic = rank % self.n_subtopics
         self.item_keyword = (rank // self.n_subtopics) % self.sub_words
 
-        # Users: taste over topics (Gumbel top-k by popularity, Dirichlet weights).
+    def _build_users(self) -> None:
+        """Users: taste over topics (Gumbel top-k by popularity, Dirichlet weights),
+        activity and search propensity, profile features, click bias and raw ids."""
+        p, s, rng = self.p, self.s, self.rng
+        n_topics = p.n_topics
         n = p.n_users
         k = rng.integers(s.taste_topics_min, s.taste_topics_max + 1, n)
         gumbel = np.log(self.topic_pop)[None, :] - np.log(-np.log(rng.random((n, n_topics))))
@@ -484,9 +501,30 @@ class _World:
 
     # ------------------------------------------------------------------ search
     def build_search_sessions(self) -> None:
+        """Search sessions (intent-triggered and background), their queries, shown items
+        and clicks; the steps draw from `self.rng` in this order, so a seed gives the same
+        sessions."""
+        i_user, i_time, i_topic = self._intent_searches()
+        b_user, b_time, b_topic, b_intent = self._background_searches(i_user)
+        self._order_sessions(
+            np.concatenate([i_user, b_user]),
+            np.concatenate([i_time, b_time]).astype(np.int64),
+            np.concatenate([i_topic, b_topic]),
+            np.concatenate([np.ones(len(i_user), dtype=bool), b_intent]),
+        )
+        self._draw_queries()
+        n_shown, r_owner, on_topic, r_item = self._draw_shown_items()
+        click = self._draw_search_clicks(n_shown, r_owner, on_topic)
+        self.sr_owner, self.sr_item, self.sr_click = r_owner, r_item, click
+        if self.s.tail_query_share > 0:
+            self._rephrase_tail_queries()
+
+    def _intent_searches(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Searches that intent jumps inside the log trigger (the first episode began
+        before it): a Poisson count per episode, each an exponential delay after the jump,
+        about the episode's topic; -> (user, time, topic) of those inside the log."""
         p, s, rng = self.p, self.s, self.rng
         n_ep = len(self.ep_user)
-        # Jumps inside the log trigger searches (the first episode began before it).
         in_log = self.ep_start >= self.t0
         intent_total = p.search_sessions_per_user * (1 - s.background_search_share)
         lam_intent = intent_total * p.n_users / max(int(in_log.sum()), 1)
@@ -497,9 +535,15 @@ class _World:
         ).astype(np.int64)
         i_user, i_topic = self.ep_user[i_ep], self.ep_topic[i_ep]
         keep = (i_time >= self.t0) & (i_time < self.t1)
-        i_user, i_time, i_topic = i_user[keep], i_time[keep], i_topic[keep]
-        i_intent = np.ones(len(i_user), dtype=bool)
+        return i_user[keep], i_time[keep], i_topic[keep]
 
+    def _background_searches(
+        self, i_user: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Background searches at daily-rhythm times about a taste topic, a share of them
+        about the current intent; every user without an intent search (`i_user`) gets at
+        least one (S&R users); -> (user, time, topic, about the intent)."""
+        p, s, rng = self.p, self.s, self.rng
         lam_bg = p.search_sessions_per_user * s.background_search_share
         n_bg = rng.poisson(lam_bg * self.search_propensity)
         n_bg[(n_bg == 0) & (np.bincount(i_user, minlength=p.n_users) == 0)] = 1  # S&R users
@@ -508,19 +552,22 @@ class _World:
         b_topic = self._taste_topics(b_user)
         on_intent = rng.random(len(b_user)) < s.background_search_on_intent
         b_topic[on_intent] = self.ep_topic[self._episode_at(b_user, b_time)][on_intent]
-        b_intent = on_intent
+        return b_user, b_time, b_topic, on_intent
 
-        user = np.concatenate([i_user, b_user])
-        time = np.concatenate([i_time, b_time]).astype(np.int64)
-        topic = np.concatenate([i_topic, b_topic])
-        about_intent = np.concatenate([i_intent, b_intent])
+    def _order_sessions(
+        self, user: np.ndarray, time: np.ndarray, topic: np.ndarray, about_intent: np.ndarray
+    ) -> None:
+        """Store the sessions sorted by (user, time), with per-user session ids from 1."""
         order = np.lexsort((time, user))
         self.ss_user, self.ss_time = user[order], time[order]
         self.ss_topic, self.ss_about_intent = topic[order], about_intent[order]
-        n_ss = len(self.ss_user)
-        self.ss_id = _rank_within(np.bincount(self.ss_user, minlength=p.n_users)) + 1
+        self.ss_id = _rank_within(np.bincount(self.ss_user, minlength=self.p.n_users)) + 1
 
-        # Query: 1-3 words of the topic, sometimes one generic word.
+    def _draw_queries(self) -> None:
+        """Each session's query: 1-3 words of the topic, the first the key word of the
+        subtopic searched for, sometimes one generic word (CSR `q_offsets` / `q_words`)."""
+        p, rng = self.p, self.rng
+        n_ss = len(self.ss_user)
         n_topic_words = rng.choice([1, 2, 3], size=n_ss, p=[0.35, 0.45, 0.2])
         n_generic = (rng.random(n_ss) < 0.3).astype(np.int64)
         q_len = n_topic_words + n_generic
@@ -538,10 +585,15 @@ class _World:
         generic_word = p.n_topics * p.words_per_topic + _draw(self.generic_cdf, rng, len(owner))
         self.q_words = self.word_ids[np.where(is_generic, generic_word, topic_word)]
 
-        # Shown items: mostly on-topic feed items, some search-only types, some off-topic.
+    def _draw_shown_items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Each session's shown items: mostly on-topic feed items (favouring those whose
+        caption holds the query's key word), some search-only types, some off-topic;
+        -> (shown count per session, session of each row, row is an on-topic feed item,
+        item of each row)."""
+        p, s, rng = self.p, self.s, self.rng
+        n_ss = len(self.ss_user)
         n_shown = np.clip(1 + rng.poisson(p.shown_per_session - 1, n_ss), 1, 60)
         r_owner = np.repeat(np.arange(n_ss), n_shown)
-        r_pos = _rank_within(n_shown)
         n_rows = len(r_owner)
         kind = rng.random(n_rows)
         on_topic = kind < s.search_on_topic_share
@@ -565,10 +617,17 @@ class _World:
             + r_topic * p.search_only_items_per_topic
             + _draw(self.search_only_cdf, rng, n_rows)
         )
-        r_item = np.where(search_only, so_item, feed_item)
+        return n_shown, r_owner, on_topic, np.where(search_only, so_item, feed_item)
 
-        # Clicks: a session has a click with some probability; then on-topic feed items are
-        # clicked with a position-decaying probability, at least one.
+    def _draw_search_clicks(
+        self, n_shown: np.ndarray, r_owner: np.ndarray, on_topic: np.ndarray
+    ) -> np.ndarray:
+        """(rows,) clicks: a session has a click with some probability (higher when about
+        the intent); then its on-topic feed items are clicked with a position-decaying
+        probability, at least one."""
+        s, rng = self.s, self.rng
+        n_ss, n_rows = len(n_shown), len(r_owner)
+        r_pos = _rank_within(n_shown)
         p_session = np.where(
             self.ss_about_intent, s.session_click_prob_intent, s.session_click_prob_background
         )
@@ -584,9 +643,7 @@ class _World:
         starts = np.cumsum(n_shown) - n_shown
         forced = np.where(first_eligible >= 0, first_eligible, starts)[need]
         click[forced] = True
-        self.sr_owner, self.sr_item, self.sr_click = r_owner, r_item, click
-        if s.tail_query_share > 0:
-            self._rephrase_tail_queries()
+        return click
 
     def _rephrase_tail_queries(self) -> None:
         """Long-tail phrasing (Story.tail_query_share), drawn from its own random stream so
@@ -609,7 +666,29 @@ class _World:
 
     # ------------------------------------------------------------------ feed
     def build_feed(self) -> None:
-        p, s, rng = self.p, self.s, self.rng
+        """Feed impressions (sittings of batches that share a timestamp), their topics and
+        items, and clicks; stored sorted by (user, time), ties in generation order."""
+        user, time = self._feed_rows()
+        ep = self._episode_at(user, time)
+        topic, item = self._feed_items(user, time, ep)
+        click, prob, is_intent, logit_without_intent = self._feed_clicks(user, topic, item, ep)
+        order = np.lexsort((np.arange(len(user)), time, user))
+        self.fd_user, self.fd_time, self.fd_item = user[order], time[order], item[order]
+        self.fd_click = click[order]
+        self.fd_prob = prob[order]
+        self.fd_prob_without_intent = (
+            1.0
+            / (1.0 + np.exp(-(logit_without_intent + _solve_intercept(logit_without_intent, 0.5))))[
+                order
+            ]
+        )
+        self.fd_is_intent = is_intent[order]
+
+    def _feed_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(user, time) of every feed impression: sittings at daily-rhythm times (more for
+        active users), each a few batches some seconds apart, every row of a batch at the
+        batch's timestamp."""
+        p, rng = self.p, self.rng
         batches_mean, batch_size_mean = 3.0, 1 + 9 * 0.4
         rows_per_sitting = batches_mean * batch_size_mean
         n_sit = np.maximum(1, rng.poisson(p.feed_rows_per_user * self.activity / rows_per_sitting))
@@ -626,11 +705,15 @@ class _World:
         b_time = sit_time[b_sit] + offsets
         size = 1 + rng.binomial(9, 0.4, len(b_user))
         row_batch = np.repeat(np.arange(len(b_user)), size)
-        user = b_user[row_batch]
-        time = b_time[row_batch].astype(np.int64)
-        n_rows = len(user)
+        return b_user[row_batch], b_time[row_batch].astype(np.int64)
 
-        ep = self._episode_at(user, time)
+    def _feed_items(
+        self, user: np.ndarray, time: np.ndarray, ep: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(topic, item) of every feed row (episode `ep`): popular topics, the user's taste,
+        or the current intent with a share that ramps up over the episode's age."""
+        s, rng = self.s, self.rng
+        n_rows = len(user)
         intent_topic = self.ep_topic[ep]
         age_h = (time - self.ep_start[ep]) / HOUR_MS
         ramp = np.clip(age_h / s.feed_intent_ramp_hours, 0.0, 1.0)
@@ -643,9 +726,16 @@ class _World:
         topic[taste_rows] = self._taste_topics(user[taste_rows])
         intent_rows = (u >= s.feed_taste_share) & (u < s.feed_taste_share + p_intent)
         topic[intent_rows] = intent_topic[intent_rows]
-        item = self._items_of(topic)
+        return topic, self._items_of(topic)
 
-        is_intent = topic == intent_topic
+    def _feed_clicks(
+        self, user: np.ndarray, topic: np.ndarray, item: np.ndarray, ep: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Clicks from the true click model (user bias, taste, popularity, quality, and the
+        episode's intent), its intercept solved for `target_click_rate`; -> (click, P(click),
+        row is about the intent, the logit without the intent term)."""
+        s = self.s
+        is_intent = topic == self.ep_topic[ep]
         logit_without_intent = (
             self.user_bias[user]
             + s.click_weight_taste * self.taste[user, topic]
@@ -656,19 +746,8 @@ class _World:
         logit = logit_without_intent + intent_term
         intercept = _solve_intercept(logit, s.target_click_rate)
         prob = 1.0 / (1.0 + np.exp(-(logit + intercept)))
-        click = rng.random(n_rows) < prob
-
-        order = np.lexsort((np.arange(n_rows), time, user))
-        self.fd_user, self.fd_time, self.fd_item = user[order], time[order], item[order]
-        self.fd_click = click[order]
-        self.fd_prob = prob[order]
-        self.fd_prob_without_intent = (
-            1.0
-            / (1.0 + np.exp(-(logit_without_intent + _solve_intercept(logit_without_intent, 0.5))))[
-                order
-            ]
-        )
-        self.fd_is_intent = is_intent[order]
+        click = self.rng.random(len(user)) < prob
+        return click, prob, is_intent, logit_without_intent
 
     # ------------------------------------------------------------------ writing
     def write_src_inter(self, out: Path) -> int:
@@ -755,14 +834,28 @@ class _World:
         edges.write_csv(out / SOCIAL_NETWORK.name)
 
     def write_item_features(self, out: Path) -> int:
-        p, s, rng = self.p, self.s, self.rng
+        """item_features.csv for the items the logs use, less a share that has no row (as
+        in real logs); -> its row count."""
         used = np.union1d(np.unique(self.fd_item), np.unique(self.sr_item))
-        drop = rng.random(len(used)) < s.missing_item_features_share
+        drop = self.rng.random(len(used)) < self.s.missing_item_features_share
         items = used[~drop]
+        columns: dict[str, object] = {
+            "item_id": self.item_raw_id[items].astype(np.int64),
+            "caption": self._item_captions(items),
+        }
+        columns.update(self._item_details(items))
+        columns.update(self._item_category_columns(items))
+        table = pl.DataFrame(columns).sort("item_id")
+        table.select(ITEM_FEATURES.header).write_csv(out / ITEM_FEATURES.name)
+        self.n_items_without_features = int(drop.sum())
+        return table.height
+
+    def _item_captions(self, items: np.ndarray) -> pl.Series:
+        """Captions: the item's key word, more words of its topic (2-4 in all) and 1-4
+        generic words, shuffled; a few items have none."""
+        p, rng = self.p, self.rng
         n = len(items)
         topic = self.item_topic[items]
-
-        # Captions: 2-4 words of the item's topic and 1-4 generic words, shuffled.
         n_topic_words = rng.integers(2, 5, n)
         n_generic = rng.integers(1, 5, n)
         length = n_topic_words + n_generic
@@ -780,10 +873,14 @@ class _World:
         generic_word = p.n_topics * p.words_per_topic + _draw(self.generic_cdf, rng, len(owner))
         words = self.word_ids[np.where(is_generic, generic_word, topic_word)]
         shuffle = np.lexsort((rng.random(len(owner)), owner))
-        captions = _token_strings(np.concatenate([[0], np.cumsum(length)]), words[shuffle])
+        return _token_strings(np.concatenate([[0], np.cumsum(length)]), words[shuffle])
 
-        n_groups = min(len(_FIRST_LEVEL), max(2, p.n_topics // 4))
-        group = topic % n_groups
+    def _item_details(self, items: np.ndarray) -> dict[str, object]:
+        """The author, type, upload time and type and music columns (author 0 and upload
+        1970-01-01 for missing values, as in the real file)."""
+        p, rng = self.p, self.rng
+        n = len(items)
+        topic = self.item_topic[items]
         author_pool = topic * p.authors_per_topic + rng.integers(0, p.authors_per_topic, n)
         author = 1000 + author_pool
         author[rng.random(n) < 0.02] = 0  # missing
@@ -798,16 +895,23 @@ class _World:
         feature_type = np.where(
             items < self.n_feed_items, "NORMAL", self.item_type[items].astype(str)
         )
-
-        columns: dict[str, object] = {
-            "item_id": self.item_raw_id[items].astype(np.int64),
-            "caption": captions,
+        return {
             "author_id": author.astype(np.int64),
             "item_type": feature_type,
             "upload_time": upload,
             "upload_type": rng.choice(_UPLOAD_TYPES, size=n, p=_UPLOAD_TYPE_WEIGHTS).astype(str),
             "music_id": music.astype(np.int64),
         }
+
+    def _item_category_columns(self, items: np.ndarray) -> dict[str, object]:
+        """Id, Chinese and English name of the four category levels: first = the topic's
+        group, second = the topic, third = its subtopic (often missing), fourth mostly
+        missing (id 0 / 空 / empty)."""
+        p, rng = self.p, self.rng
+        n = len(items)
+        topic = self.item_topic[items]
+        n_groups = min(len(_FIRST_LEVEL), max(2, p.n_topics // 4))
+        group = topic % n_groups
         names = _category_names(p.n_topics, n_groups)
         sub = self.item_subtopic[items]
         which = rng.integers(0, len(_FOURTH), n)
@@ -826,16 +930,14 @@ class _World:
                 np.where(has_fourth[:, None], names["fourth"][which], empty),
             ),
         }
+        columns: dict[str, object] = {}
         for level in CATEGORY_LEVELS:
             ids, cn_en = levels[level]
             cn, en = cn_en[:, 0], cn_en[:, 1]
             columns[f"{level}_level_category_id"] = np.asarray(ids, dtype=np.int64)
             columns[f"{level}_level_category_name"] = np.asarray(cn).astype(str)
             columns[f"{level}_level_category_name_en"] = np.asarray(en).astype(str)
-        table = pl.DataFrame(columns).sort("item_id")
-        table.select(ITEM_FEATURES.header).write_csv(out / ITEM_FEATURES.name)
-        self.n_items_without_features = int(drop.sum())
-        return table.height
+        return columns
 
     # ------------------------------------------------------------------ manifest
     def manifest(self, *, rec_rows: int, src_rows: int, item_rows: int) -> dict[str, object]:

@@ -35,11 +35,12 @@ import polars as pl
 from tqdm import tqdm
 
 from queryrec.diffusion.category_reference import CategoryReference, main_shown_category
-from queryrec.diffusion.train import load_model, pick_device
+from queryrec.diffusion.train import load_model
 from queryrec.diffusion.x0 import UNSEEN, sessions_in
 from queryrec.errors import QueryRecError
 from queryrec.features.dataset import PreparedDataset
 from queryrec.training.batches import PseudoPositives
+from queryrec.training.distributed import resolve_device
 
 AUGMENT_DIR, POSITIVES_FILE, MANIFEST_FILE = "augment", "pseudo_positives.parquet", "manifest.json"
 
@@ -55,7 +56,7 @@ def augment(
 ) -> dict[str, Any]:
     """Write the pseudo-positives; -> the manifest."""
     dataset = PreparedDataset(data_dir)
-    torch_device = pick_device(device)
+    torch_device = resolve_device(device)
     model = load_model(model_dir, dataset, torch_device)
     top_k = int(k if k is not None else model.info["train"]["k"])
     valid_start = int(dataset.schema["split"]["valid_start_ms"])

@@ -36,11 +36,11 @@ from queryrec.diffusion.train import (
     DiffusionModel,
     hidden_clicks_per_session,
     load_model,
-    pick_device,
     split_sessions,
 )
 from queryrec.diffusion.x0 import sessions_in
 from queryrec.features.dataset import PreparedDataset
+from queryrec.training.distributed import resolve_device
 
 CATEGORY_REFERENCE = "most-clicked of the main shown category (outside the three; reads categories)"
 
@@ -194,7 +194,7 @@ def run_quality(data_dir: Path, model_dir: Path, device: str) -> str:
     """`queryrec diffusion quality`: the table for a saved model and, when MODEL/autoencoder
     exists, its autoencoder reference; written into MODEL; -> the markdown."""
     dataset = PreparedDataset(data_dir)
-    torch_device = pick_device(device)
+    torch_device = resolve_device(device)
     diffusion = load_model(model_dir, dataset, torch_device)
     reference = Path(model_dir) / "autoencoder"
     autoencoder = load_model(reference, dataset, torch_device) if reference.is_dir() else None

@@ -1,4 +1,5 @@
-"""`queryrec diffusion train`: fit the denoiser on training-split queries that have clicks.
+"""Fit the denoiser on training-split queries that have clicks (`queryrec diffusion train`;
+the command itself, which also writes the quality table, is `commands.py`).
 
 What is noised (a choice, stated): DiffRec noises x0 itself and reads the denoiser's
 output on items the input did not have. Here the input a click-less query brings at
@@ -42,7 +43,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ from queryrec.diffusion.x0 import (
 )
 from queryrec.errors import QueryRecError
 from queryrec.features.dataset import PreparedDataset
+from queryrec.training.distributed import resolve_device
 
 MODEL_FILE, UNIVERSE_FILE, CONFIG_FILE = "denoiser.pt", "universe.npy", "diffusion.json"
 
@@ -178,12 +180,6 @@ class DiffusionModel:
         )
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def split_sessions(
     dataset: PreparedDataset, holdout: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -196,12 +192,46 @@ def split_sessions(
 
 
 def train_diffusion(data_dir: Path, out_dir: Path, cfg: DiffusionTrainConfig) -> DiffusionModel:
+    """Fit the denoiser on the clicked training-split sessions (module docstring), keep the
+    epoch with the best held-out hidden-click recall and save the model into `out_dir`."""
     dataset = PreparedDataset(data_dir)
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     fit_rows, held_out = split_sessions(dataset, cfg.holdout, cfg.seed)
     if len(fit_rows) == 0 or len(held_out) == 0:
         raise QueryRecError(f"{data_dir}: too few clicked search sessions in the training split")
+    job = _Job(dataset, _new_model(dataset, cfg, device), cfg, device)
+    start = time.perf_counter()
+    history, best_epoch = _fit_epochs(job, fit_rows, held_out)
+    job.model.info = _run_info(
+        job, data_dir, fit_rows, held_out, history, best_epoch, time.perf_counter() - start
+    )
+    save_model(job.model, out_dir)
+    return job.model
+
+
+@dataclass
+class _Job:
+    """What every step of `train_diffusion` reads: the data, the model being fitted (its
+    denoiser trains in place), the config and the device."""
+
+    dataset: PreparedDataset
+    model: DiffusionModel
+    cfg: DiffusionTrainConfig
+    device: torch.device
+
+    def score(self, x0: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """x̃0 (B, U) of x0 (B, U) for session rows (B,): how each epoch's model ranks the
+        held-out sessions' items."""
+        return self.model.scores(x0, self.device, self.model.words(self.dataset, rows))
+
+
+def _new_model(
+    dataset: PreparedDataset, cfg: DiffusionTrainConfig, device: torch.device
+) -> DiffusionModel:
+    """The untrained model: the universe (the `max_items` most shown items of the training
+    split), the noise schedule and a freshly initialised denoiser (torch's global RNG,
+    seeded by the caller) on `device`."""
     valid_start = int(dataset.schema["split"]["valid_start_ms"])
     every = np.flatnonzero(dataset.search_ts < valid_start)
     universe = ItemUniverse.most_shown(dataset, every, cfg.max_items)
@@ -215,74 +245,107 @@ def train_diffusion(data_dir: Path, out_dir: Path, cfg: DiffusionTrainConfig) ->
             words=int(dataset.schema["vocab_sizes"]["words"]) if cfg.query_words else 0,
         )
     ).to(device)
-    optimizer = torch.optim.Adam(denoiser.parameters(), lr=cfg.learning_rate)
+    return DiffusionModel(schedule, denoiser, universe, {"train": asdict(cfg)})
+
+
+def _fit_epochs(
+    job: _Job, fit_rows: np.ndarray, held_out: np.ndarray
+) -> tuple[list[dict[str, float]], int]:
+    """All epochs: train on `fit_rows`, score the hidden clicks of `held_out`, and leave the
+    weights of the epoch with the best recall in the denoiser; -> (per-epoch history, best
+    epoch). One numpy RNG (seeded by `cfg.seed`) draws every epoch's order and views."""
+    cfg, model = job.cfg, job.model
+    optimizer = torch.optim.Adam(model.denoiser.parameters(), lr=cfg.learning_rate)
     rng = np.random.default_rng(cfg.seed)
-    model = DiffusionModel(schedule, denoiser, universe, {"train": asdict(cfg)})
     history: list[dict[str, float]] = []
     best, best_epoch, best_state = -1.0, 0, None
-    start = time.perf_counter()
     for epoch in range(cfg.epochs):
-        denoiser.train()
-        order = rng.permutation(fit_rows)
-        losses = []
-        bar = tqdm(
-            range(0, len(order), cfg.batch_size),
-            desc=f"diffusion epoch {epoch + 1}/{cfg.epochs}",
-            disable=not cfg.progress,
-            leave=False,
-        )
-        for lo in bar:
-            rows = order[lo : lo + cfg.batch_size]
-            view_np, x0_np = training_pair(model, dataset, rows, cfg, rng)
-            x0, view = torch.from_numpy(x0_np).to(device), torch.from_numpy(view_np).to(device)
-            bag = model.words(dataset, rows)
-            words = None if bag is None else torch.from_numpy(bag).to(device)
-            if cfg.noise:
-                loss = training_loss(schedule, denoiser, x0, observed=view, words=words)
-            else:
-                t0 = torch.zeros(len(x0), dtype=torch.long, device=device)
-                loss = F.mse_loss(denoiser(view, t0, words), x0)
-            optimizer.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        metrics = hidden_click_metrics(
-            dataset,
-            model,
-            held_out,
-            cfg.k,
-            lambda x0, rows: model.scores(x0, device, model.words(dataset, rows)),
-        )
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **metrics})
+        loss = _train_epoch(job, fit_rows, optimizer, rng, epoch)
+        metrics = hidden_click_metrics(job.dataset, model, held_out, cfg.k, job.score)
+        history.append({"epoch": epoch + 1, "loss": loss, **metrics})
         if cfg.progress:
             print(
-                f"diffusion epoch {epoch + 1}: loss {np.mean(losses):.5f}, held-out recall@{cfg.k} {metrics['recall']:.4f}"
+                f"diffusion epoch {epoch + 1}: loss {loss:.5f}, held-out recall@{cfg.k} {metrics['recall']:.4f}"
             )
         if metrics["recall"] > best:
             best, best_state = (
                 metrics["recall"],
-                {k: v.detach().clone() for k, v in denoiser.state_dict().items()},
+                {k: v.detach().clone() for k, v in model.denoiser.state_dict().items()},
             )
             best_epoch = epoch + 1
     assert best_state is not None
-    denoiser.load_state_dict(best_state)
+    model.denoiser.load_state_dict(best_state)
+    return history, best_epoch
+
+
+def _train_epoch(
+    job: _Job,
+    fit_rows: np.ndarray,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    epoch: int,
+) -> float:
+    """One pass over `fit_rows` in an `rng` order, one Adam step per batch; -> the mean
+    batch loss."""
+    cfg = job.cfg
+    job.model.denoiser.train()
+    order = rng.permutation(fit_rows)
+    losses = []
+    bar = tqdm(
+        range(0, len(order), cfg.batch_size),
+        desc=f"diffusion epoch {epoch + 1}/{cfg.epochs}",
+        disable=not cfg.progress,
+        leave=False,
+    )
+    for lo in bar:
+        loss = _batch_loss(job, order[lo : lo + cfg.batch_size], rng)
+        optimizer.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return float(np.mean(losses))
+
+
+def _batch_loss(job: _Job, rows: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    """The loss of one batch of session rows: the diffusion loss on its (view, target)
+    pairs (`training_pair`), or the autoencoder's reconstruction MSE without noise."""
+    model, device = job.model, job.device
+    view_np, x0_np = training_pair(model, job.dataset, rows, job.cfg, rng)
+    x0, view = torch.from_numpy(x0_np).to(device), torch.from_numpy(view_np).to(device)
+    bag = model.words(job.dataset, rows)
+    words = None if bag is None else torch.from_numpy(bag).to(device)
+    if job.cfg.noise:
+        return training_loss(model.schedule, model.denoiser, x0, observed=view, words=words)
+    t0 = torch.zeros(len(x0), dtype=torch.long, device=device)
+    return F.mse_loss(model.denoiser(view, t0, words), x0)
+
+
+def _run_info(
+    job: _Job,
+    data_dir: Path,
+    fit_rows: np.ndarray,
+    held_out: np.ndarray,
+    history: list[dict[str, float]],
+    best_epoch: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """What `diffusion.json` records about the run: dataset hash and folder, the config,
+    the universe and the share of fit clicks inside it, session counts, history, timing."""
+    dataset, universe = job.dataset, job.model.universe
     clicks = clicked_lists(dataset, universe, fit_rows)
     total = int(sum(dataset.clicked_offsets[r + 1] - dataset.clicked_offsets[r] for r in fit_rows))
-    info = {
+    return {
         "schema_hash": dataset.content_hash,
         "data_dir": str(Path(data_dir).resolve()),
-        "train": asdict(cfg),
+        "train": asdict(job.cfg),
         "universe_items": len(universe),
         "clicks_in_universe": sum(len(c) for c in clicks) / max(total, 1),
         "fit_sessions": len(fit_rows),
         "held_out_sessions": len(held_out),
         "history": history,
         "best_epoch": best_epoch,
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
     }
-    model.info = info
-    save_model(model, out_dir)
-    return model
 
 
 def training_pair(
@@ -404,23 +467,3 @@ def load_model(model_dir: Path, dataset: PreparedDataset, device: torch.device) 
     denoiser.load_state_dict(torch.load(model_dir / MODEL_FILE, map_location="cpu"))
     schedule = DiffusionSchedule(ScheduleConfig(**info["schedule"]))
     return DiffusionModel(schedule, denoiser.to(device), universe, info)
-
-
-def run_diffusion_train(
-    data_dir: Path, out_dir: Path, cfg: DiffusionTrainConfig, references: bool
-) -> DiffusionModel:
-    """`queryrec diffusion train`: the model, and with `references` the autoencoder
-    reference (in OUT/autoencoder) and the quality table (OUT/results.json, RESULTS.md)."""
-    from queryrec.diffusion.quality import run_quality
-
-    model = train_diffusion(data_dir, out_dir, cfg)
-    best = model.info["history"][model.info["best_epoch"] - 1]
-    print(
-        f"diffusion model in {out_dir}: {len(model.universe):,} items, best epoch "
-        f"{model.info['best_epoch']}, held-out hidden-click recall@{cfg.k} {best['recall']:.4f}, "
-        f"NDCG@{cfg.k} {best['ndcg']:.4f}"
-    )
-    if references:
-        train_diffusion(data_dir, Path(out_dir) / "autoencoder", replace(cfg, noise=False))
-        print(run_quality(data_dir, out_dir, cfg.device))
-    return model

@@ -28,8 +28,16 @@ class DistributedContext:
         return self.world_size > 1
 
 
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
 def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
-    """`auto` picks CUDA when available; `cuda` without a GPU is a clear error."""
+    """The torch device for a `--device` choice (auto | cpu | cuda), used by training and
+    the diffusion jobs alike: `auto` picks CUDA when available, else the CPU; `cuda`
+    without a GPU, or any other choice, is a clear error. On CUDA the device is
+    `cuda:local_rank` (the process's GPU under torchrun)."""
+    if choice not in DEVICE_CHOICES:
+        raise QueryRecError(f"--device must be auto, cpu or cuda, not '{choice}'")
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise QueryRecError("--device cuda was asked for, but no CUDA device is available")

@@ -30,13 +30,13 @@ from queryrec.evaluation.slices import last_query_without_click
 from queryrec.features.dataset import PreparedDataset
 from queryrec.models.config import ModelConfig
 from queryrec.models.ctr_model import CTRModel
-from queryrec.models.registry import build_model, model_config, model_spec
+from queryrec.models.registry import ModelSpec, build_model, model_config, model_spec
 from queryrec.progress import say
 from queryrec.training.batch_order import bucketed_batches, split_for_ranks
-from queryrec.training.batches import BatchBuilder, SplitArrays
+from queryrec.training.batches import BatchBuilder, PseudoPositives, SplitArrays
 from queryrec.training.checkpoint import save_checkpoint
 from queryrec.training.config import TrainConfig
-from queryrec.training.distributed import init_distributed
+from queryrec.training.distributed import DistributedContext, init_distributed
 from queryrec.training.objective import Objective, to_tensors
 
 
@@ -130,24 +130,8 @@ def fit(
     ctx = init_distributed(cfg.device)
     spec = model_spec(cfg.model)
     model_cfg = model_config(cfg.model, dataset.schema, **cfg.model_overrides)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, dataset, model_cfg).to(ctx.device)
-    objective = Objective(model, spec, cfg.next_weight, cfg.cl_weight, cfg.temperature)
-    step_fn: torch.nn.Module = objective
-    if ctx.distributed:
-        # Feature-table buffers never change: no need to broadcast them every step.
-        step_fn = DistributedDataParallel(objective, broadcast_buffers=False)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
-    )
-    pseudo = None
-    if spec.contrastive_loss and spec.diffusion_positives:
-        pseudo = load_pseudo_positives(dataset)
-        if pseudo is None and ctx.is_main and cfg.progress:
-            say(
-                f"[train] {dataset.root} has no diffusion pseudo-positives: L_cl uses clicked "
-                "queries only (run 'queryrec diffusion augment' first)"
-            )
+    model, step_fn, optimizer = _seeded_model(dataset, cfg, spec, model_cfg, ctx)
+    pseudo = _pseudo_positives(dataset, cfg, spec, ctx)
     builder = BatchBuilder(
         dataset,
         click_history=model_cfg.click_history,
@@ -158,83 +142,9 @@ def fit(
     )
     train_arrays = builder.split_arrays("train", with_aux=True)
     valid_arrays = builder.split_arrays("valid", with_aux=False)
-    order_rng = np.random.default_rng(cfg.seed)
+    run = _Run(cfg, ctx, model, step_fn, optimizer, builder)
+    history, best_epoch, train_seconds, trained = _train_epochs(run, train_arrays, valid_arrays)
 
-    history: list[dict[str, float]] = []
-    best_auc, best_epoch, best_state, stale = -1.0, -1, copy.deepcopy(model.state_dict()), 0
-    train_seconds, trained = 0.0, 0
-    for epoch in range(cfg.epochs):
-        order = order_rng.permutation(len(train_arrays))  # identical on every process
-        if cfg.max_train_samples is not None:
-            order = order[: cfg.max_train_samples]
-        batches = split_for_ranks(
-            bucketed_batches(
-                order, train_arrays.query_count, cfg.batch_size * ctx.world_size, order_rng
-            ),
-            ctx.rank,
-            ctx.world_size,
-        )
-        share = sum(len(rows) for rows in batches)
-        aux_rng = np.random.default_rng([cfg.seed, epoch, ctx.rank])
-        model.train()
-        started = time.perf_counter()
-        running: dict[str, float] = {}
-        bar = tqdm(
-            batches,
-            desc=f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}",
-            disable=not (cfg.progress and ctx.is_main),
-            mininterval=1.0 if sys.stderr.isatty() else 30.0,  # few lines in logs
-            unit="batch",
-        )
-        done = 0
-        for rows in bar:
-            batch = to_tensors(builder.build(train_arrays, rows, aux_rng), ctx.device)
-            losses = step_fn(**batch)
-            optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            optimizer.step()
-            for name, value in losses.items():
-                value_f = float(value.detach())
-                running[name] = 0.98 * running.get(name, value_f) + 0.02 * value_f
-            done += len(rows)
-            elapsed = time.perf_counter() - started
-            bar.set_postfix(
-                loss=f"{running['total']:.4f}",
-                samples_s=f"{done / elapsed:,.0f}",
-                refresh=False,
-            )
-        epoch_seconds = time.perf_counter() - started
-        train_seconds += epoch_seconds
-        trained += share
-        valid_probs = predict(model, builder, valid_arrays, cfg.eval_batch_size, ctx.device)
-        # Early stopping needs AUC only; GAUC and the slice are computed once at the end.
-        valid_metrics = {
-            "auc": auc(valid_arrays.label, valid_probs),
-            "logloss": logloss(valid_arrays.label, valid_probs),
-        }
-        record = {
-            "epoch": epoch + 1,
-            "valid_auc": valid_metrics["auc"],
-            "valid_logloss": valid_metrics["logloss"],
-            "train_seconds": epoch_seconds,
-            **{f"train_{k}": v for k, v in running.items()},
-        }
-        history.append(record)
-        if ctx.is_main and cfg.progress:
-            say(
-                f"[train] {cfg.model} seed {cfg.seed} epoch {epoch + 1}: valid AUC "
-                f"{valid_metrics['auc']:.4f}, loss {running.get('total', float('nan')):.4f}, "
-                f"{share / epoch_seconds:,.0f} samples/s"
-            )
-        if valid_metrics["auc"] > best_auc:
-            best_auc, best_epoch, stale = valid_metrics["auc"], epoch + 1, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-            if stale >= cfg.patience:
-                break
-
-    model.load_state_dict(best_state)
     valid_probs = predict(model, builder, valid_arrays, cfg.eval_batch_size, ctx.device)
     valid_metrics, _ = split_metrics(dataset, valid_arrays, valid_probs)
     test_arrays = builder.split_arrays("test", with_aux=False)
@@ -252,6 +162,183 @@ def fit(
         samples_per_second=trained * ctx.world_size / train_seconds if train_seconds else 0.0,
     )
     return model, model_cfg, result, ctx.is_main
+
+
+def _seeded_model(
+    dataset: PreparedDataset,
+    cfg: TrainConfig,
+    spec: ModelSpec,
+    model_cfg: ModelConfig,
+    ctx: DistributedContext,
+) -> tuple[CTRModel, torch.nn.Module, torch.optim.Optimizer]:
+    """The model initialised from `cfg.seed` on this process's device, the module a training
+    step calls (the objective, wrapped in DDP when distributed) and its Adam optimizer."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, dataset, model_cfg).to(ctx.device)
+    objective = Objective(model, spec, cfg.next_weight, cfg.cl_weight, cfg.temperature)
+    step_fn: torch.nn.Module = objective
+    if ctx.distributed:
+        # Feature-table buffers never change: no need to broadcast them every step.
+        step_fn = DistributedDataParallel(objective, broadcast_buffers=False)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+    )
+    return model, step_fn, optimizer
+
+
+def _pseudo_positives(
+    dataset: PreparedDataset, cfg: TrainConfig, spec: ModelSpec, ctx: DistributedContext
+) -> PseudoPositives | None:
+    """The diffusion pseudo-positives when the model's L_cl uses them and the dataset was
+    augmented (else None, said once when progress is on)."""
+    if not (spec.contrastive_loss and spec.diffusion_positives):
+        return None
+    pseudo = load_pseudo_positives(dataset)
+    if pseudo is None and ctx.is_main and cfg.progress:
+        say(
+            f"[train] {dataset.root} has no diffusion pseudo-positives: L_cl uses clicked "
+            "queries only (run 'queryrec diffusion augment' first)"
+        )
+    return pseudo
+
+
+@dataclass
+class _Run:
+    """What the epochs of `fit` work with: the config, where this process sits, the model
+    with its training step and optimizer, and the batch builder."""
+
+    cfg: TrainConfig
+    ctx: DistributedContext
+    model: CTRModel
+    step_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    builder: BatchBuilder
+
+
+class _BestEpoch:
+    """Early stopping on validation AUC: the best epoch so far, its weights (the initial
+    ones until an epoch is seen) and the count of epochs since it without a gain."""
+
+    def __init__(self, model: CTRModel, patience: int) -> None:
+        self.patience = patience
+        self.auc, self.epoch, self.stale = -1.0, -1, 0
+        self.state = copy.deepcopy(model.state_dict())
+
+    def stop_after(self, model: CTRModel, valid_auc: float, epoch: int) -> bool:
+        """Record `epoch` (1-based) and its validation AUC; -> whether to stop now."""
+        if valid_auc > self.auc:
+            self.auc, self.epoch, self.stale = valid_auc, epoch, 0
+            self.state = copy.deepcopy(model.state_dict())
+            return False
+        self.stale += 1
+        return self.stale >= self.patience
+
+
+def _train_epochs(
+    run: _Run, train_arrays: SplitArrays, valid_arrays: SplitArrays
+) -> tuple[list[dict[str, float]], int, float, int]:
+    """Train and validate epoch by epoch until `cfg.epochs` or early stopping, then load the
+    best epoch's weights; -> (per-epoch history, best epoch, training seconds, samples this
+    process trained on). The batch order of every epoch comes from one RNG seeded by
+    `cfg.seed`, the auxiliary draws from one RNG per (seed, epoch, rank)."""
+    cfg, ctx = run.cfg, run.ctx
+    order_rng = np.random.default_rng(cfg.seed)
+    history: list[dict[str, float]] = []
+    best = _BestEpoch(run.model, cfg.patience)
+    train_seconds, trained = 0.0, 0
+    for epoch in range(cfg.epochs):
+        batches = _epoch_batches(run, train_arrays, order_rng)
+        share = sum(len(rows) for rows in batches)
+        aux_rng = np.random.default_rng([cfg.seed, epoch, ctx.rank])
+        running, epoch_seconds = _train_epoch(run, train_arrays, batches, aux_rng, epoch)
+        train_seconds += epoch_seconds
+        trained += share
+        valid_metrics = _validation_metrics(run, valid_arrays)
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "valid_auc": valid_metrics["auc"],
+                "valid_logloss": valid_metrics["logloss"],
+                "train_seconds": epoch_seconds,
+                **{f"train_{k}": v for k, v in running.items()},
+            }
+        )
+        if ctx.is_main and cfg.progress:
+            say(
+                f"[train] {cfg.model} seed {cfg.seed} epoch {epoch + 1}: valid AUC "
+                f"{valid_metrics['auc']:.4f}, loss {running.get('total', float('nan')):.4f}, "
+                f"{share / epoch_seconds:,.0f} samples/s"
+            )
+        if best.stop_after(run.model, valid_metrics["auc"], epoch + 1):
+            break
+    run.model.load_state_dict(best.state)
+    return history, best.epoch, train_seconds, trained
+
+
+def _epoch_batches(
+    run: _Run, train_arrays: SplitArrays, order_rng: np.random.Generator
+) -> list[np.ndarray]:
+    """This process's share of one epoch's batches: a fresh `order_rng` permutation of the
+    training samples (identical on every process; capped at `max_train_samples`), bucketed
+    by query-history length, each batch split disjointly across the ranks."""
+    cfg, ctx = run.cfg, run.ctx
+    order = order_rng.permutation(len(train_arrays))  # identical on every process
+    if cfg.max_train_samples is not None:
+        order = order[: cfg.max_train_samples]
+    return split_for_ranks(
+        bucketed_batches(
+            order, train_arrays.query_count, cfg.batch_size * ctx.world_size, order_rng
+        ),
+        ctx.rank,
+        ctx.world_size,
+    )
+
+
+def _train_epoch(
+    run: _Run,
+    train_arrays: SplitArrays,
+    batches: list[np.ndarray],
+    aux_rng: np.random.Generator,
+    epoch: int,
+) -> tuple[dict[str, float], float]:
+    """One Adam step per batch, with a progress bar; -> (running mean of every loss term,
+    seconds)."""
+    cfg, ctx = run.cfg, run.ctx
+    run.model.train()
+    started = time.perf_counter()
+    running: dict[str, float] = {}
+    bar = tqdm(
+        batches,
+        desc=f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}",
+        disable=not (cfg.progress and ctx.is_main),
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,  # few lines in logs
+        unit="batch",
+    )
+    done = 0
+    for rows in bar:
+        batch = to_tensors(run.builder.build(train_arrays, rows, aux_rng), ctx.device)
+        losses = run.step_fn(**batch)
+        run.optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        run.optimizer.step()
+        for name, value in losses.items():
+            value_f = float(value.detach())
+            running[name] = 0.98 * running.get(name, value_f) + 0.02 * value_f
+        done += len(rows)
+        elapsed = time.perf_counter() - started
+        bar.set_postfix(
+            loss=f"{running['total']:.4f}",
+            samples_s=f"{done / elapsed:,.0f}",
+            refresh=False,
+        )
+    return running, time.perf_counter() - started
+
+
+def _validation_metrics(run: _Run, valid_arrays: SplitArrays) -> dict[str, float]:
+    """Validation AUC and log loss of the current weights: early stopping needs AUC only;
+    GAUC and the slice are computed once at the end."""
+    probs = predict(run.model, run.builder, valid_arrays, run.cfg.eval_batch_size, run.ctx.device)
+    return {"auc": auc(valid_arrays.label, probs), "logloss": logloss(valid_arrays.label, probs)}
 
 
 def _jsonable(value: Any) -> Any:

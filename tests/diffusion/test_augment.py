@@ -178,6 +178,18 @@ def test_word_conditioned_denoiser_trains_and_augments(tiny_data: Path, tmp_path
     assert pseudo is not None and (np.diff(pseudo.offsets)[rows] == 4).all()
 
 
+def test_diffusion_commands_share_the_training_device_choice(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`diffusion train` resolves --device like `queryrec train` (training/distributed.py)."""
+    common = ["--data", str(tiny_data), "--out", str(tmp_path / "m"), "--no-references"]
+    assert main(["diffusion", "train", *common, "--device", "tpu"]) == 2
+    assert "--device must be auto, cpu or cuda, not 'tpu'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["diffusion", "train", *common, "--device", "cuda"]) == 2
+        assert "no CUDA device is available" in capsys.readouterr().err
+
+
 def test_quality_command_rewrites_the_table(
     augmented: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
