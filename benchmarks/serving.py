@@ -28,13 +28,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from clients.replay import build_events, run_replay
 from queryrec.demo import ServerProcess
 from queryrec.features.dataset import PreparedDataset
 from service.api import scorer_pb2, scorer_pb2_grpc
 from service.bundle import load_bundle
 from service.embedded_redis import EmbeddedRedis
 from service.features import FeatureBuilder, UserRow, ctr_inputs, encoder_inputs
-from clients.replay import build_events, run_replay
 from service.state import HistoryCaps, RedisState
 from service.state_load import load_state
 

@@ -130,8 +130,8 @@ def serve_and_replay(
 ) -> dict[str, float]:
     """Stages 5-7: state load into an embedded Redis, serve the bundle, replay the test
     split through it; -> `run_replay`'s summary. Redis and the server always stop."""
-    from service.embedded_redis import EmbeddedRedis
     from clients.replay import run_replay
+    from service.embedded_redis import EmbeddedRedis
     from service.state_load import load_state
 
     lengths = manifest["max_lengths"]
