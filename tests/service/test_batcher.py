@@ -156,6 +156,7 @@ def test_max_delay_gathers_requests_arriving_after_the_first(
     delay it joins the first's batch (which then is full and goes at once, so the long
     delay is never waited out); without one the first has already gone alone."""
     calls, run = recording_model()
+
     async def go() -> None:
         batcher: MicroBatcher[int, int] = MicroBatcher(
             "t", run, max_size=2, max_delay_s=max_delay_s, max_queue=100
@@ -173,6 +174,7 @@ def test_max_delay_gathers_requests_arriving_after_the_first(
 
 def test_a_batch_that_does_not_fill_goes_when_its_delay_is_over() -> None:
     calls, run = recording_model()
+
     async def go() -> None:
         batcher: MicroBatcher[int, int] = MicroBatcher(
             "t", run, max_size=8, max_delay_s=0.01, max_queue=100
