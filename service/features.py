@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from queryrec.features.bundle_format import IdMap, history_lengths
+from queryrec.features.dataset import profile_table
 from queryrec.features.graph_feeds import ctr_feed, encoder_feed
 from queryrec.features.model_inputs import EventTimelines, HistoryLengths, model_inputs
 from service.bundle import Bundle
@@ -66,11 +67,7 @@ class FeatureBuilder:
     @classmethod
     def for_bundle(cls, bundle: Bundle) -> FeatureBuilder:
         fields: list[str] = list(bundle.manifest["profile_fields"])
-        users = bundle.profiles()
-        index = users["index"].to_numpy()
-        table = np.zeros((int(index.max()) + 1 if len(index) else 1, len(fields)), np.int64)
-        if len(index):
-            table[index] = np.stack([users[f].to_numpy().astype(np.int64) for f in fields], axis=1)
+        table = profile_table(bundle.profiles(), fields)
         maps = IdMaps(users=bundle.users, items=bundle.items, words=bundle.words)
         return cls(history_lengths(bundle.manifest), maps, fields, table)
 

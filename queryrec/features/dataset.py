@@ -23,6 +23,19 @@ from queryrec.features.schema import load_schema
 SPLITS = ("train", "valid", "test")
 
 
+def profile_table(users: pl.DataFrame, fields: list[str], rows: int | None = None) -> np.ndarray:
+    """A `features/users.parquet` frame -> (rows, P) int64 profile codes by user index
+    (rows: default the largest index + 1; indices without a row are zeros). The dataset,
+    the models and the service's bundle all read the table this way."""
+    index = users["index"].to_numpy()
+    if rows is None:
+        rows = int(index.max()) + 1 if len(index) else 1
+    table = np.zeros((rows, len(fields)), dtype=np.int64)
+    if len(index):
+        table[index] = np.stack([users[f].to_numpy() for f in fields], axis=1)
+    return table
+
+
 def _csr(lists: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """A list column as (offsets (n+1,), flat values) arrays."""
     lengths = lists.list.len().fill_null(0).to_numpy().astype(np.int64)
@@ -77,13 +90,11 @@ class PreparedDataset:
     def profile_table(self) -> np.ndarray:
         """(n_users, P) int64 profile codes by user index (features/users.parquet), the
         table the models and the bundle carry."""
-        users = pl.read_parquet(self.root / "features/users.parquet")
-        fields = list(self.schema["vocab_sizes"]["profile"])
-        index = users["index"].to_numpy()
-        table = np.zeros((int(self.schema["vocab_sizes"]["users"]), len(fields)), np.int64)
-        if len(index):
-            table[index] = np.stack([users[f].to_numpy() for f in fields], axis=1)
-        return table
+        return profile_table(
+            pl.read_parquet(self.root / "features/users.parquet"),
+            list(self.schema["vocab_sizes"]["profile"]),
+            rows=int(self.schema["vocab_sizes"]["users"]),
+        )
 
     def timelines(self) -> EventTimelines:
         """Every user's events as the one feature path reads them (no copy but the

@@ -101,10 +101,6 @@ class EventTimelines:
             profile=np.asarray(profile, dtype=np.int64).reshape(1, -1),
         )
 
-    @property
-    def rows(self) -> int:
-        return len(self.click_start) - 1
-
     @cached_property
     def _click_keys(self) -> _TimeKeys:
         return _TimeKeys(self.click_start, self.click_ts)
