@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import SettingsError
@@ -21,20 +21,66 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="QUERYREC_", extra="ignore", frozen=True)
 
     bundle: Path | None = Field(None, description="model bundle directory (queryrec export)")
+    # Redis.
     redis_url: str | None = Field(
         None,
-        description="redis://, rediss:// (TLS) or unix:// URL, password in the URL; "
-        "unset: start an embedded redis-server on a free port",
+        description="redis://, rediss:// (TLS) or unix:// URL; unset: start an embedded "
+        "redis-server on a free port",
     )
+    redis_password: SecretStr | None = Field(
+        None, description="Redis AUTH password (wins over one in the URL; keep it off the "
+        "command line: use this variable or redis_password_file)"
+    )
+    redis_password_file: Path | None = Field(
+        None, description="file whose first line is the Redis AUTH password"
+    )
+    redis_pool_size: int = Field(
+        64, ge=1, le=10_000, description="Redis connections; more concurrent calls wait for one"
+    )
+    redis_reconnect_max_s: float = Field(
+        2.0, gt=0, description="longest pause between reconnect attempts while Redis is down"
+    )
+    # gRPC.
     host: str = Field("127.0.0.1", description="gRPC bind address")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate chain: serve gRPC over TLS (with tls_key_file)"
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
+    reflection: bool | None = Field(
+        None, description="gRPC server reflection; unset: on only when bound to loopback"
+    )
+    max_connection_age_s: float = Field(
+        300.0, gt=0, description="connections are closed (GOAWAY) after this long"
+    )
+    max_connection_idle_s: float = Field(
+        60.0, gt=0, description="connections without a call for this long are closed"
+    )
+    max_concurrent_streams: int = Field(
+        256, ge=1, description="concurrent calls per HTTP/2 connection"
+    )
+    # Admin HTTP (FastAPI) in the same process.
+    admin_host: str = Field("127.0.0.1", description="admin HTTP bind address")
+    admin_port: int | None = Field(
+        8081, ge=0, le=65535, description="admin HTTP port; 0 picks a free one; unset: no admin"
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token for the mutating admin endpoints (reload, score)"
+    )
+    admin_token_file: Path | None = Field(
+        None, description="file whose first line is the admin bearer token"
+    )
+    # Inference.
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="ONNX Runtime device")
     inference_threads: int = Field(
         1, ge=1, le=64, description="intra-op threads per ONNX Runtime session"
     )
     # Latency budget and its shares.
     budget_ms: float = Field(
-        50.0, gt=0, description="per-request budget; the gRPC deadline wins when shorter"
+        50.0,
+        gt=0,
+        description="whole-call budget of Score (Redis, encoder, CTR); the gRPC deadline "
+        "wins when shorter",
     )
     redis_share: float = Field(
         0.3, gt=0, le=1, description="share of the budget the Redis read may take"
@@ -42,8 +88,11 @@ class ServiceSettings(BaseSettings):
     encoder_share: float = Field(
         0.5, gt=0, le=1, description="share of the budget until the query vector must be ready"
     )
-    ctr_timeout_ms: float = Field(
-        10_000.0, gt=0, description="longest a Score waits for its CTR batch without a deadline"
+    write_budget_ms: float = Field(
+        500.0,
+        gt=0,
+        description="budget of RecordQuery / RecordClicks (the Redis write); the gRPC "
+        "deadline wins when shorter",
     )
     # Micro-batching.
     encoder_max_batch: int = Field(64, ge=1, le=4096, description="users per encoder call")
@@ -58,7 +107,10 @@ class ServiceSettings(BaseSettings):
     )
     ctr_max_delay_ms: float = Field(0.0, ge=0, description="longest wait to fill a CTR batch")
     max_queue: int = Field(
-        2048, ge=1, description="queued requests per batcher before RESOURCE_EXHAUSTED"
+        2048,
+        ge=1,
+        description="hard cap of queued requests per batcher (admission is by expected "
+        "wait; this only bounds memory)",
     )
     # State.
     query_history_cap: int = Field(
@@ -71,19 +123,53 @@ class ServiceSettings(BaseSettings):
         30 * 24 * 3600, ge=1, description="seconds a user's keys live after the last write"
     )
     cache_query_repr: bool = Field(
-        True, description="cache query vectors per (model version, history version)"
+        True, description="cache query vectors per (encoder version, history version)"
     )
     # Input limits (INVALID_ARGUMENT beyond them).
     max_candidates: int = Field(1000, ge=1, description="items per Score request")
     max_query_tokens: int = Field(64, ge=1, description="token ids per RecordQuery")
     max_clicks_per_call: int = Field(256, ge=1, description="item ids per RecordClicks")
     max_message_bytes: int = Field(1 << 20, ge=1024, description="gRPC max receive message")
+    max_future_ms: int = Field(
+        24 * 3600 * 1000,
+        ge=0,
+        description="how far ahead of the server clock a timestamp may be",
+    )
+    # Lifecycle.
+    drain_delay_s: float = Field(
+        5.0,
+        ge=0,
+        description="on SIGTERM: seconds to keep serving after health turns NOT_SERVING "
+        "(the time a load balancer needs to notice)",
+    )
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="after the drain delay: longest wait for in-flight calls"
+    )
 
     @model_validator(mode="after")
     def _shares_fit(self) -> ServiceSettings:
         if self.redis_share >= self.encoder_share:
             raise ValueError("redis_share must be below encoder_share (Redis is read first)")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
         return self
+
+    def secret(self, name: str) -> str | None:
+        """A secret setting (`redis_password`, `admin_token`): the variable, else the first
+        line of its `<name>_file`; None when neither is set."""
+        value: SecretStr | None = getattr(self, name)
+        if value is not None:
+            return value.get_secret_value()
+        path: Path | None = getattr(self, f"{name}_file")
+        if path is None:
+            return None
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as error:
+            raise SettingsError(f"{name}_file {path}: cannot read it ({error.strerror})") from None
+        if not lines or not lines[0].strip():
+            raise SettingsError(f"{name}_file {path}: the first line is empty")
+        return lines[0].strip()
 
 
 def load_settings(**overrides: object) -> ServiceSettings:
