@@ -228,7 +228,14 @@ class ServerProcess:
         # machine): under the replay's own load a production-tight budget would degrade
         # requests (fallback scores), and the served-vs-offline AUC proof needs every score
         # computed in full. A generous budget keeps them whole; latency is still measured.
-        env = {**os.environ, "QUERYREC_BUDGET_MS": str(SERVE_BUDGET_MS), "PYTHONUNBUFFERED": "1"}
+        # Admin API on a free port; no drain delay: nothing balances load in the demo.
+        env = {
+            **os.environ,
+            "QUERYREC_BUDGET_MS": str(SERVE_BUDGET_MS),
+            "QUERYREC_ADMIN_PORT": "0",
+            "QUERYREC_DRAIN_DELAY_S": "0",
+            "PYTHONUNBUFFERED": "1",
+        }
         env |= self.settings
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(

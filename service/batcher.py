@@ -7,7 +7,13 @@ dedicated worker thread (ONNX Runtime releases the GIL, so the event loop keeps 
 gRPC and Redis meanwhile), and resolves each request's future with its own result. While
 one batch runs, the next one fills: under load the batch grows by itself; at low load a
 request waits at most `max_delay_s` (MEASURED.md: a fixed delay hurts at low load, so keep
-it small). Cancelled requests (deadline passed) are dropped before the call.
+it small).
+
+Time, not queue length, decides admission: each request says by when (loop time) it
+must have its result; `submit` refuses it at once (`Overloaded`) when the expected wait,
+from the measured seconds per unit and what is queued and running, would end past that.
+Requests whose caller is gone (cancelled, deadline passed) are dropped before the call.
+`max_queue` is only a hard memory cap.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from service.errors import Overloaded
 
@@ -26,11 +32,30 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 
 
+# Weight of the newest batch in the running averages of the cost model.
+COST_SMOOTHING = 0.2
+
+
+class BatchObserver(Protocol):
+    """What the batcher reports (the server turns it into metrics)."""
+
+    def batch_ran(self, name: str, units: int, waits_s: list[float], compute_s: float) -> None:
+        """One call ran: its units, each request's queue wait, the call's duration."""
+
+    def dropped(self, name: str, count: int) -> None:
+        """Queued requests whose caller was gone were not computed."""
+
+    def refused(self, name: str) -> None:
+        """A request was not queued: its expected wait exceeded its time left."""
+
+
 @dataclass
 class _Pending(Generic[In, Out]):
     item: In
     units: int
     future: asyncio.Future[Out]
+    deadline: float  # loop time by which the caller needs the result (inf: none)
+    queued_at: float  # loop time
 
 
 class MicroBatcher(Generic[In, Out]):
@@ -47,11 +72,18 @@ class MicroBatcher(Generic[In, Out]):
         max_size: int,
         max_delay_s: float,
         max_queue: int,
+        observer: BatchObserver | None = None,
     ):
         self.name = name
         self.run_batch = run_batch
         self.max_size, self.max_delay_s, self.max_queue = max_size, max_delay_s, max_queue
+        self.observer = observer
         self._queue: asyncio.Queue[_Pending[In, Out]] = asyncio.Queue()
+        self._queued_units = 0  # units waiting (queue + carry)
+        self._running_since: float | None = None  # loop time the current call started
+        # Cost model: running averages of a call's seconds and units (0: not measured yet).
+        self._call_s = 0.0
+        self._call_units = 0.0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
         self._task: asyncio.Task[None] | None = None
         self._carry: _Pending[In, Out] | None = None  # did not fit the last batch
@@ -68,20 +100,52 @@ class MicroBatcher(Generic[In, Out]):
             self._task = None
         self._executor.shutdown(wait=True)
 
-    async def submit(self, item: In, units: int = 1) -> Out:
+    def expected_wait(self, units: int = 1) -> float:
+        """Seconds until a request of `units` submitted now would have its result: the
+        rest of the running call, then every queued unit and its own at the measured
+        seconds per unit (0 before the first call is measured)."""
+        if self._call_units == 0:
+            return 0.0
+        per_unit = self._call_s / self._call_units
+        running = 0.0
+        if self._running_since is not None:
+            elapsed = asyncio.get_running_loop().time() - self._running_since
+            running = max(self._call_s - elapsed, 0.0)
+        return running + (self._queued_units + units) * per_unit
+
+    async def submit(self, item: In, units: int = 1, deadline: float | None = None) -> Out:
+        """The item's result. `deadline` (loop time): refuse at once (`Overloaded`) when
+        the expected wait ends past it, and drop the item unrun once it has passed."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         if self._queue.qsize() >= self.max_queue:
             raise Overloaded(f"{self.name} queue is full ({self.max_queue} waiting)")
-        future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(item, units, future))
+        if deadline is not None and now + self.expected_wait(units) > deadline:
+            if self.observer is not None:
+                self.observer.refused(self.name)
+            raise Overloaded(f"{self.name} is busy: the expected wait exceeds the time left")
+        future: asyncio.Future[Out] = loop.create_future()
+        pending = _Pending(item, units, future, float("inf") if deadline is None else deadline, now)
+        self._queued_units += units
+        self._queue.put_nowait(pending)
         return await future
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
-            live = [p for p in batch if not p.future.done()]  # drop cancelled requests
+            self._queued_units -= sum(p.units for p in batch)
+            started = loop.time()
+            # Drop requests whose caller is gone (cancelled) or whose deadline has passed.
+            live = [p for p in batch if not p.future.done() and p.deadline > started]
+            for pending in batch:
+                if not pending.future.done() and pending.deadline <= started:
+                    pending.future.set_exception(TimeoutError(f"{self.name}: deadline passed"))
+            if len(live) < len(batch) and self.observer is not None:
+                self.observer.dropped(self.name, len(batch) - len(live))
             if not live:
                 continue
+            self._running_since = started
             try:
                 results = await loop.run_in_executor(
                     self._executor, self.run_batch, [p.item for p in live]
@@ -91,9 +155,24 @@ class MicroBatcher(Generic[In, Out]):
                     if not pending.future.done():
                         pending.future.set_exception(error)
                 continue
+            finally:
+                self._running_since = None
+            self._measured(live, started, loop.time())
             for pending, result in zip(live, results, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(result)
+
+    def _measured(self, live: list[_Pending[In, Out]], started: float, ended: float) -> None:
+        units = sum(p.units for p in live)
+        compute = ended - started
+        if self._call_units == 0:
+            self._call_s, self._call_units = compute, float(units)
+        else:
+            self._call_s += COST_SMOOTHING * (compute - self._call_s)
+            self._call_units += COST_SMOOTHING * (units - self._call_units)
+        if self.observer is not None:
+            waits = [started - p.queued_at for p in live]
+            self.observer.batch_ran(self.name, units, waits, compute)
 
     async def _collect(self) -> list[_Pending[In, Out]]:
         """The next batch: at least one request, at most `max_size` units (a single

@@ -29,6 +29,6 @@ MEANING: dict[Degraded, str] = {
     'budget; scored with the "no query" vector',
     Degraded.ENCODER_OVERLOADED: "the encoder queue's expected wait exceeded the time left "
     'for it, so the request did not queue; scored with the "no query" vector',
-    Degraded.ENCODER_FAILED: 'the encoder graph raised (the log has the detail); scored with '
+    Degraded.ENCODER_FAILED: "the encoder graph raised (the log has the detail); scored with "
     'the "no query" vector',
 }

@@ -8,6 +8,8 @@ __all__ = [
     "BundleError",
     "EmbeddedRedisError",
     "Overloaded",
+    "QueryRecError",
+    "Rejected",
     "SettingsError",
     "StateUnavailable",
 ]
@@ -27,3 +29,13 @@ class StateUnavailable(QueryRecError):
 
 class Overloaded(QueryRecError):
     """A micro-batcher's queue is full (RESOURCE_EXHAUSTED)."""
+
+
+class Rejected(QueryRecError):
+    """A call answered with an error status; `kind` maps to gRPC and HTTP codes
+    (service/calls.py): invalid, overloaded, deadline, unavailable, internal. The message
+    goes to the caller: it names the field or the state, never hosts or exception text."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind

@@ -1,59 +1,97 @@
 """One Score request end to end: Redis read -> encoder micro-batch -> CTR micro-batch.
 
-Per request (DESIGN.md "Serving behaviour"):
+The budget (min(configured budget, gRPC deadline)) bounds the whole call (DESIGN.md
+"Serving behaviour"):
 1. one pipelined Redis round trip for the user's histories, profile and cached vector,
    within `redis_share` of the budget;
 2. the query representation: the cached one when the history (and its age buckets) is
    unchanged since the last encode, the learned "no query" vector when the user has no
-   query before t, otherwise the encoder micro-batcher, within `encoder_share`;
-3. the CTR micro-batcher scores the request's candidates together with other requests'.
-If Redis or the encoder misses its share, the request is scored without the query
-representation (the "no query" vector; without Redis also without click history) and
-marked degraded with the reason. The budget is min(configured budget, gRPC deadline).
+   query before t, otherwise the encoder micro-batcher, until `encoder_share` of the
+   budget has passed;
+3. the CTR micro-batcher scores the request's candidates together with other requests',
+   within what is left of the budget.
+Stages 1 and 2 degrade: late or failed, the request is scored without the query
+representation (the "no query" vector; without Redis also without click history), and
+the answer carries stable reason codes (`service.degraded`). Stage 3 is the answer
+itself and has no cheaper fallback: if its expected queue wait exceeds the time left the
+request is refused at once (`Overloaded` -> RESOURCE_EXHAUSTED), and if it does not
+finish in time it fails (`TimeoutError` -> DEADLINE_EXCEEDED), never waits longer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.batcher import MicroBatcher
+from queryrec.features.bundle_format import ENCODER_FILE
+from service.batcher import BatchObserver, MicroBatcher
 from service.bundle import Bundle
-from service.errors import StateUnavailable
+from service.degraded import Degraded
+from service.errors import BundleError, Overloaded, StateUnavailable
 from service.features import FeatureBuilder, UserRow, ctr_inputs, encoder_inputs
+from service.logs import event
+from service.metrics import ServiceMetrics
 from service.redis_keys import unpack_query_repr
 from service.settings import ServiceSettings
 from service.state import RedisState, UserState
+
+# Kept back from the budget for serialising and sending the answer.
+RESPONSE_MARGIN_S = 0.001
 
 
 @dataclass
 class ScoreResult:
     scores: np.ndarray  # (N,) float32 P(click), request order
     degraded: bool = False
-    reasons: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # Degraded codes
 
 
 @dataclass
 class QueryPathCounts:
-    """How each request got its query vector (tests read them; metrics will)."""
+    """How each request got its query vector (tests read them; metrics count them too)."""
 
     cache_hits: int = 0
     encoded: int = 0
     no_query: int = 0
 
 
-class Scorer:
-    """The scoring pipeline over one bundle and one Redis state."""
+def encoder_version(bundle: Bundle) -> str:
+    """What a cached query vector depends on: the encoder graph and the word id map (the
+    history version digests word indices). Re-exporting only the CTR head keeps it."""
+    files = bundle.manifest["files"]
+    digest = hashlib.sha256(f"{files.get(ENCODER_FILE)}:{files.get('maps/words.parquet')}".encode())
+    return f"enc-{digest.hexdigest()[:16]}"
 
-    def __init__(self, bundle: Bundle, state: RedisState, settings: ServiceSettings):
+
+class Scorer:
+    """The scoring pipeline over one bundle and one Redis state.
+
+    A reload builds a second Scorer beside this one; `retire()` lets the calls already in
+    this one finish before its batchers stop.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        state: RedisState,
+        settings: ServiceSettings,
+        metrics: ServiceMetrics | None = None,
+        observer: BatchObserver | None = None,
+    ):
         self.bundle, self.state, self.settings = bundle, state, settings
+        self.metrics = metrics if metrics is not None else ServiceMetrics()
         self.features = FeatureBuilder.for_bundle(bundle)
         self.counts = QueryPathCounts()
+        self.encoder_version = encoder_version(bundle)
         self._background: set[asyncio.Task[None]] = set()
+        self._active = 0  # Score calls inside this scorer now
+        self._idle: asyncio.Event | None = None  # set when retiring and no call is active
         self.no_query: np.ndarray | None = None
         if bundle.encoder is not None:
             empty = encoder_inputs([self._empty_row()])
@@ -64,6 +102,7 @@ class Scorer:
             max_size=settings.encoder_max_batch,
             max_delay_s=settings.encoder_max_delay_ms / 1e3,
             max_queue=settings.max_queue,
+            observer=observer,
         )
         self.ctr: MicroBatcher[tuple[UserRow, np.ndarray | None, np.ndarray], np.ndarray] = (
             MicroBatcher(
@@ -72,6 +111,7 @@ class Scorer:
                 max_size=settings.ctr_max_pairs,
                 max_delay_s=settings.ctr_max_delay_ms / 1e3,
                 max_queue=settings.max_queue,
+                observer=observer,
             )
         )
 
@@ -84,8 +124,23 @@ class Scorer:
         self.ctr.start()
 
     async def stop(self) -> None:
+        """Stop the batchers and wait for the background cache writes."""
         await self.encoder.stop()
         await self.ctr.stop()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def retire(self, grace_s: float) -> None:
+        """Stop once the calls already inside have finished (at most `grace_s`)."""
+        self._idle = asyncio.Event()
+        if self._active == 0:
+            self._idle.set()
+        try:
+            async with asyncio.timeout(grace_s):
+                await self._idle.wait()
+        except TimeoutError:
+            event("retire_timeout", logging.WARNING, model_version=self.model_version)
+        await self.stop()
 
     def _empty_row(self) -> UserRow:
         """A request's row without any history (warm-up and the "no query" vector)."""
@@ -104,7 +159,17 @@ class Scorer:
     def warm_up(self) -> None:
         """Run every batch-shape bucket once (ORT allocates per new shape): encoder
         batches 1, 2, 4, ... up to the max at every history length, CTR pair counts
-        1, 2, 4, ... up to the max over 1 and several user rows."""
+        1, 2, 4, ... up to the max over 1 and several user rows. A graph that fails here
+        is a bundle problem: BundleError with one line."""
+        try:
+            self._warm_up()
+        except Exception as error:
+            raise BundleError(
+                f"{self.bundle.root}: warm-up failed ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else 'no detail'})"
+            ) from None
+
+    def _warm_up(self) -> None:
         lengths = self.features.lengths
         if self.bundle.encoder is not None:
             for users in _powers_of_two(self.settings.encoder_max_batch):
@@ -122,51 +187,57 @@ class Scorer:
                 self.bundle.ctr.run(None, ctr_inputs([row] * users, reprs, items))
 
     async def score(
-        self,
-        raw_user: int,
-        raw_items: list[int],
-        request_ms: int,
-        budget_s: float,
-        deadline_s: float | None = None,
+        self, raw_user: int, raw_items: list[int], request_ms: int, budget_s: float
     ) -> ScoreResult:
-        """Scores in request order. `budget_s` bounds the Redis and encoder stages (they
-        degrade when late); `deadline_s` (the gRPC deadline, None: none) bounds the whole
-        call, whose CTR stage otherwise gets `settings.ctr_timeout_ms`."""
-        start = asyncio.get_running_loop().time()
-        items = self.bundle.items(np.asarray(raw_items, dtype=np.int64))
-        state, reasons = await self._read_state(raw_user, budget_s)
-        row = self.features.user_row(raw_user, state, request_ms)
-        query = self.no_query  # None: a model without a query tower
-        if query is not None and not reasons:  # without Redis: no history, "no query"
-            encoder_until = start + budget_s * self.settings.encoder_share
-            query = await self._query_vector(raw_user, row, state, encoder_until, reasons)
-        scores = await self._ctr(row, query, items, start, deadline_s)
+        """Scores in request order, within `budget_s` from now (the whole call)."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        self._active += 1
+        try:
+            items = self.bundle.items(np.asarray(raw_items, dtype=np.int64))
+            state, reasons = await self._read_state(raw_user, budget_s * self.settings.redis_share)
+            row = self.features.user_row(raw_user, state, request_ms)
+            query = self.no_query  # None: a model without a query tower
+            if query is not None and not reasons:  # without Redis: no history, "no query"
+                encoder_until = start + budget_s * self.settings.encoder_share
+                query = await self._query_vector(raw_user, row, state, encoder_until, reasons)
+            scores = await self._ctr(row, query, items, start + budget_s - RESPONSE_MARGIN_S)
+        finally:
+            self._active -= 1
+            if self._active == 0 and self._idle is not None:
+                self._idle.set()
+        for reason in reasons:
+            self.metrics.degraded.labels(reason).inc()
         return ScoreResult(scores, bool(reasons), reasons)
 
-    async def _read_state(self, raw_user: int, budget_s: float) -> tuple[UserState, list[str]]:
-        """The user's state within Redis's share of the budget; an empty state and the
-        reason when Redis is late or down."""
+    async def _read_state(self, raw_user: int, limit_s: float) -> tuple[UserState, list[str]]:
+        """The user's state within `limit_s`; an empty state and the reason code when Redis
+        is late or down (the detail is in the Redis metrics and log)."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         try:
             # (asyncio.timeout, not wait_for: no extra task per stage)
-            async with asyncio.timeout(budget_s * self.settings.redis_share):
+            async with asyncio.timeout(limit_s):
                 (state,) = await self.state.read([raw_user], self._cache_version)
         except TimeoutError:
-            return UserState(), ["redis: no answer within its share of the budget"]
-        except StateUnavailable as error:
-            return UserState(), [f"redis: {error}"]
+            return UserState(), [Degraded.REDIS_TIMEOUT]
+        except StateUnavailable:
+            return UserState(), [Degraded.REDIS_UNAVAILABLE]
+        finally:
+            self.metrics.stage.labels("redis").observe(loop.time() - began)
         return state, []
 
     @property
     def _cache_version(self) -> str | None:
-        """The model version the query-vector cache is keyed by; None: cache off."""
-        return self.model_version if self.settings.cache_query_repr else None
+        """The encoder version the query-vector cache is keyed by; None: cache off."""
+        return self.encoder_version if self.settings.cache_query_repr else None
 
     async def _query_vector(
         self, raw_user: int, row: UserRow, state: UserState, until: float, reasons: list[str]
     ) -> np.ndarray:
         """e_q for the request: "no query" without queries, the cached vector when the
-        history is unchanged, else the encoder micro-batch until `until` (loop time; late:
-        "no query" and a reason appended to `reasons`)."""
+        history is unchanged, else the encoder micro-batch until `until` (loop time; late,
+        refused or failed: "no query" and a reason code appended to `reasons`)."""
         assert self.no_query is not None
         if row.query_count == 0:
             self.counts.no_query += 1
@@ -174,13 +245,21 @@ class Scorer:
         cached = _cached(state.cached_query_repr, row.history_version)
         if cached is not None:
             self.counts.cache_hits += 1
+            self.metrics.cache_hits.inc()
             return cached
-        loop = asyncio.get_running_loop()
+        self.metrics.cache_misses.inc()
         try:
-            async with asyncio.timeout(max(until - loop.time(), 0.0)):
-                query = await self.encoder.submit(row)
+            async with asyncio.timeout_at(until):
+                query = await self.encoder.submit(row, deadline=until)
+        except Overloaded:
+            reasons.append(Degraded.ENCODER_OVERLOADED)
+            return self.no_query
         except TimeoutError:
-            reasons.append("encoder: no answer within its share of the budget")
+            reasons.append(Degraded.ENCODER_TIMEOUT)
+            return self.no_query
+        except Exception as error:  # the graph raised: degrade, and say why in the log
+            event("encoder_failed", logging.ERROR, error=f"{type(error).__name__}: {error}")
+            reasons.append(Degraded.ENCODER_FAILED)
             return self.no_query
         self.counts.encoded += 1
         self._cache_in_background(raw_user, row, query)
@@ -194,25 +273,16 @@ class Scorer:
         task = asyncio.get_running_loop().create_task(
             self.state.cache_query_reprs(version, [(raw_user, row.history_version, query)])
         )
-        self._background.add(task)  # kept alive until done
+        self._background.add(task)  # kept alive until done; awaited by stop()
         task.add_done_callback(self._background.discard)
 
     async def _ctr(
-        self,
-        row: UserRow,
-        query: np.ndarray | None,
-        items: np.ndarray,
-        start: float,
-        deadline_s: float | None,
+        self, row: UserRow, query: np.ndarray | None, items: np.ndarray, deadline: float
     ) -> np.ndarray:
-        """The CTR micro-batch. It is the answer itself: it may use the rest of the gRPC
-        deadline (or, without one, `ctr_timeout_ms`); past that the request fails
-        (TimeoutError) rather than hangs."""
-        limit = self.settings.ctr_timeout_ms / 1e3
-        if deadline_s is not None:
-            limit = max(start + deadline_s - asyncio.get_running_loop().time(), 0.0)
-        async with asyncio.timeout(limit):
-            return await self.ctr.submit((row, query, items), units=len(items))
+        """The CTR micro-batch, done by `deadline` (loop time): refused at once when its
+        expected wait ends later (Overloaded), TimeoutError when it does not finish."""
+        async with asyncio.timeout_at(deadline):
+            return await self.ctr.submit((row, query, items), units=len(items), deadline=deadline)
 
     def _encode_batch(self, rows: list[UserRow]) -> Sequence[np.ndarray]:
         assert self.bundle.encoder is not None

@@ -1,141 +1,69 @@
-"""The gRPC server (`grpc.aio`): Scorer API, health, reflection; built by a factory.
+"""The gRPC server (`grpc.aio`): Scorer API, health, reflection, admin HTTP; a factory.
 
 `create_server(settings)` loads and verifies the bundle, connects to Redis (or starts an
 embedded one when no URL is configured), binds (port 0 picks a free port: tests do) and
-returns a `ScoringServer`; `await server.start()` warms every batch shape and only then
-sets health to SERVING. Every domain error becomes a status code: bad input
-INVALID_ARGUMENT, a full queue RESOURCE_EXHAUSTED, Redis down on a write UNAVAILABLE;
-the server keeps serving after each.
+returns a `ScoringServer`; `await server.start()` starts the admin API, warms every batch
+shape and only then sets health to SERVING. Every refusal is a status code with a
+message (`service.calls`); a request whose bytes do not parse is INVALID_ARGUMENT; the
+server keeps serving after each.
+
+Shutdown (`drain()`, on SIGTERM): health NOT_SERVING and /readyz 503 first, keep serving
+for `drain_delay_s`, then refuse new calls with UNAVAILABLE, let in-flight calls finish
+within `shutdown_grace_s`, end health Watch streams with OK, stop the batchers (awaiting
+the background cache writes), the admin API, Redis and the embedded Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from google.protobuf.message import DecodeError, Message
+from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.api import scorer_pb2, scorer_pb2_grpc
+from service.admin import AdminServer, build_admin_app
+from service.api import scorer_pb2 as pb
 from service.bundle import Bundle, load_bundle
+from service.calls import GRPC_CODES, Calls
 from service.embedded_redis import EmbeddedRedis
-from service.errors import Overloaded, SettingsError, StateUnavailable
-from service.scoring import Scorer, now_ms
+from service.errors import BundleError, Rejected, SettingsError, StateUnavailable
+from service.health import NOT_SERVING, SERVING, Health
+from service.logs import DegradedBursts, event
+from service.metrics import MetricsObserver, ServiceMetrics
+from service.model_holder import ModelHolder, ReloadResult
+from service.scoring import Scorer
 from service.settings import ServiceSettings
 from service.state import HistoryCaps, RedisState
 
-log = logging.getLogger("queryrec.serve")
-SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["Scorer"].full_name
-INT64_MAX = (1 << 63) - 1
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Scorer"].full_name
+HEALTH_SERVICE = "grpc.health.v1.Health"
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+READY_PING_S = 0.25  # how long /readyz waits for Redis's PING
+# After the drain delay, new calls are refused with UNAVAILABLE for at least this long
+# before the listener closes: calls already on the wire then get UNAVAILABLE from the
+# handler instead of being cut (CANCELLED) by the transport's shutdown.
+REFUSAL_WINDOW_S = 0.5
 
 
-class ScorerService(scorer_pb2_grpc.ScorerServicer):
-    """The three RPCs of DESIGN.md "gRPC API"."""
+class _Unparsable:
+    """Stands in for a request whose bytes did not parse (answered INVALID_ARGUMENT)."""
 
-    def __init__(self, scorer: Scorer, settings: ServiceSettings):
-        self.scorer, self.settings = scorer, settings
 
-    async def Score(
-        self, request: scorer_pb2.ScoreRequest, context: grpc.aio.ServicerContext
-    ) -> scorer_pb2.ScoreResponse:
-        items = list(request.item_ids)
-        await _validate(
-            context,
-            request.user_id,
-            ("item_ids", items, self.settings.max_candidates, "send at least one candidate"),
-            ("request_time_ms", request.request_time_ms),
-        )
-        budget = self.settings.budget_ms / 1e3
-        remaining = context.time_remaining()
-        if remaining is not None:
-            budget = min(budget, remaining)
+def _lenient(message_type: type[Message]) -> Callable[[bytes], Message | _Unparsable]:
+    def parse(data: bytes) -> Message | _Unparsable:
         try:
-            result = await self.scorer.score(
-                request.user_id, items, request.request_time_ms or now_ms(), budget, remaining
-            )
-        except Overloaded as error:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-        except TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "scoring did not finish")
-        return scorer_pb2.ScoreResponse(
-            scores=result.scores.tolist(),
-            model_version=self.scorer.model_version,
-            degraded=result.degraded,
-            degraded_reasons=result.reasons,
-        )
+            return message_type.FromString(data)
+        except (DecodeError, RuntimeError, ValueError):
+            return _Unparsable()
 
-    async def RecordQuery(
-        self, request: scorer_pb2.RecordQueryRequest, context: grpc.aio.ServicerContext
-    ) -> scorer_pb2.RecordQueryResponse:
-        tokens = list(request.token_ids)
-        await _validate(
-            context,
-            request.user_id,
-            # A search without words is a history slot, as offline (queryrec.features).
-            ("token_ids", tokens, self.settings.max_query_tokens, None),
-            ("timestamp_ms", request.timestamp_ms),
-        )
-        kept = await _stored(
-            context,
-            self.scorer.state.append_query(
-                request.user_id, request.timestamp_ms or now_ms(), tokens
-            ),
-        )
-        return scorer_pb2.RecordQueryResponse(history_length=kept)
-
-    async def RecordClicks(
-        self, request: scorer_pb2.RecordClicksRequest, context: grpc.aio.ServicerContext
-    ) -> scorer_pb2.RecordClicksResponse:
-        items = list(request.item_ids)
-        await _validate(
-            context,
-            request.user_id,
-            ("item_ids", items, self.settings.max_clicks_per_call, "send at least one click"),
-            ("timestamp_ms", request.timestamp_ms),
-        )
-        kept = await _stored(
-            context,
-            self.scorer.state.append_clicks(
-                request.user_id, request.timestamp_ms or now_ms(), items
-            ),
-        )
-        return scorer_pb2.RecordClicksResponse(history_length=kept)
-
-
-async def _validate(
-    context: grpc.aio.ServicerContext,
-    user_id: int,
-    ids: tuple[str, list[int], int, str | None],
-    time_field: tuple[str, int],
-) -> None:
-    """INVALID_ARGUMENT, with the field and what is wrong, for a bad request. `ids`:
-    (field, values, most entries, what to send when it is empty; None: may be empty)."""
-    field_name, values, maximum, need = ids
-    problem = None
-    if user_id <= 0:
-        problem = f"user_id must be a positive id, not {user_id}"
-    elif not values and need is not None:
-        problem = f"{field_name} is empty: {need}"
-    elif len(values) > maximum:
-        problem = f"{field_name} has {len(values)} entries; the maximum is {maximum}"
-    elif values and min(values) < 0:
-        problem = f"{field_name} holds a negative id"
-    elif time_field[1] < 0:
-        problem = f"{time_field[0]} is negative"
-    if problem is not None:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-
-
-async def _stored(context: grpc.aio.ServicerContext, write: Awaitable[int]) -> int:
-    """The write's result; UNAVAILABLE when Redis did not store it."""
-    try:
-        return await write
-    except StateUnavailable as error:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
-        raise  # abort raises; this keeps the type checker informed
+    return parse
 
 
 @dataclass
@@ -144,10 +72,25 @@ class ScoringServer:
 
     server: grpc.aio.Server
     port: int
-    scorer: Scorer
-    health: health.HealthServicer
+    settings: ServiceSettings
+    holder: ModelHolder
+    calls: Calls
+    state: RedisState
+    health: Health
+    metrics: ServiceMetrics
     embedded_redis: EmbeddedRedis | None = None
+    admin: AdminServer | None = None
+    accepting: bool = True  # False: new calls get UNAVAILABLE
+    draining: bool = False  # health NOT_SERVING, /readyz 503, still serving
+    warmed: bool = False
+    _in_flight: int = field(default=0, init=False)
+    _idle: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _stopped: bool = field(default=False, init=False)
+
+    @property
+    def scorer(self) -> Scorer:
+        """The scorer serving new calls now (follows reloads)."""
+        return self.holder.current
 
     @property
     def address(self) -> str:
@@ -159,28 +102,216 @@ class ScoringServer:
         await self.warm_up_and_serve()
 
     async def listen(self) -> None:
-        """Accept calls (health answers NOT_SERVING; the Scorer RPCs already work)."""
+        """Accept calls (health answers NOT_SERVING; the Scorer RPCs already work) and
+        start the admin API (/healthz answers, /readyz says warming up)."""
         await self.server.start()
         self.scorer.start()
+        if self.admin is not None:
+            await self.admin.start()
+        event(
+            "listening",
+            port=self.port,
+            admin_port=self.admin.port if self.admin else None,
+            model_version=self.scorer.model_version,
+            tls=self.settings.tls_cert_file is not None,
+        )
 
     async def warm_up_and_serve(self) -> None:
         """Run every batch shape once, then report SERVING."""
+        began = time.perf_counter()
         await asyncio.get_running_loop().run_in_executor(None, self.scorer.warm_up)
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving %s on port %d", self.scorer.model_version, self.port)
+        self.warmed = True
+        if not self.draining:
+            await self.health.set_all(SERVING)
+            self.metrics.ready.set(1)
+        event(
+            "ready",
+            model_version=self.scorer.model_version,
+            warm_up_s=round(time.perf_counter() - began, 3),
+        )
 
-    async def stop(self, grace_s: float = 2.0) -> None:
+    async def readiness(self) -> dict[str, Any]:
+        """/readyz: ready when warmed, not draining and Redis answers; else the reasons.
+        `serving_degraded`: the service answers Score, but without Redis's state."""
+        reasons = []
+        if not self.warmed:
+            reasons.append("warming_up")
+        if self.draining or not self.accepting:
+            reasons.append("draining")
+        redis_ok = True
+        try:
+            async with asyncio.timeout(READY_PING_S):
+                await self.state.ping()
+        except (TimeoutError, StateUnavailable):
+            redis_ok = False
+            reasons.append("redis_unavailable")
+        serving = self.warmed and self.accepting
+        self.metrics.ready.set(0 if reasons else 1)
+        return {
+            "ready": not reasons,
+            "reasons": reasons,
+            "model_version": self.scorer.model_version,
+            "serving": serving,
+            "serving_degraded": serving and not redis_ok,
+        }
+
+    async def reload(self, path: Path | None = None) -> ReloadResult:
+        """Zero-downtime reload (`ModelHolder.reload`); health follows the new model."""
+        return await self.holder.reload(path)
+
+    async def drain(self) -> None:
+        """The SIGTERM path: NOT_SERVING, keep serving `drain_delay_s`, then stop."""
+        if self.draining or self._stopped:
+            return
+        self.draining = True
+        self.metrics.ready.set(0)
+        await self.health.set_all(NOT_SERVING)
+        event("drain_started", drain_delay_s=self.settings.drain_delay_s)
+        await asyncio.sleep(self.settings.drain_delay_s)  # load balancers notice meanwhile
+        await self.stop(self.settings.shutdown_grace_s)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Refuse new calls (UNAVAILABLE), finish in-flight ones within `grace_s`, end
+        health streams, stop batchers (background writes awaited), admin and Redis."""
         if self._stopped:
             return
         self._stopped = True
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.stop(grace_s)
-        await self.scorer.stop()
-        await self.scorer.state.close()
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        self.draining, self.accepting = True, False
+        self.metrics.ready.set(0)
+        began = time.perf_counter()
+        try:
+            async with asyncio.timeout(grace):
+                await asyncio.gather(
+                    self._idle.wait() if self._in_flight else asyncio.sleep(0),
+                    asyncio.sleep(min(REFUSAL_WINDOW_S, grace)),
+                )
+        except TimeoutError:
+            event("grace_expired", logging.WARNING, in_flight=self._in_flight)
+        await self.health.close()
+        await self.server.stop(max(grace - (time.perf_counter() - began), 0.1))
+        await self.holder.close()
+        self.calls.bursts.flush()
+        if self.admin is not None:
+            await self.admin.stop()
+        await self.state.close()
         if self.embedded_redis is not None:
             self.embedded_redis.stop()
+        event("stopped", seconds=round(time.perf_counter() - began, 3))
+
+    # The gRPC side: one wrapper for every RPC.
+    def handler(
+        self,
+        method: str,
+        call: Callable[[Any, float | None], Awaitable[Message]],
+        request_type: type[Message],
+    ) -> grpc.RpcMethodHandler:
+        """The RPC with metrics, drain refusal, lenient parsing and status mapping."""
+        latency, requests = self.metrics.latency, self.metrics.requests
+        in_flight = self.metrics.in_flight
+
+        async def answer(request: Any, context: grpc.aio.ServicerContext) -> Message:
+            began = time.perf_counter()
+            code = grpc.StatusCode.OK
+            in_flight.inc()
+            self._in_flight += 1
+            self._idle.clear()
+            try:
+                if not self.accepting:
+                    code = grpc.StatusCode.UNAVAILABLE
+                    await context.abort(code, "the server is shutting down; retry elsewhere")
+                if isinstance(request, _Unparsable):
+                    event("unparsable_request", logging.WARNING, method=method)
+                    raise Rejected(
+                        "invalid", f"the request does not parse as {request_type.DESCRIPTOR.name}"
+                    )
+                return await call(request, context.time_remaining())
+            except Rejected as rejected:
+                code = GRPC_CODES[rejected.kind]
+                await context.abort(code, str(rejected))
+                raise  # abort raises; this keeps the type checker informed
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:  # a bug: one line in the log, a plain INTERNAL out
+                code = grpc.StatusCode.INTERNAL
+                event("rpc_failed", logging.ERROR, method=method, error=repr(error))
+                await context.abort(code, "internal error")
+                raise
+            finally:
+                seconds = time.perf_counter() - began
+                latency.labels(method, code.name).observe(seconds)
+                requests.labels(method, code.name).inc()
+                in_flight.dec()
+                self._in_flight -= 1
+                if self._in_flight == 0:
+                    self._idle.set()
+
+        return grpc.unary_unary_rpc_method_handler(
+            answer,
+            request_deserializer=_lenient(request_type),
+            response_serializer=lambda message: message.SerializeToString(),
+        )
+
+
+def _server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(max(settings.shutdown_grace_s, 1) * 1000)),
+        ("grpc.max_connection_idle_ms", int(settings.max_connection_idle_s * 1000)),
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+    ]
+
+
+def _bind(server: grpc.aio.Server, settings: ServiceSettings) -> int:
+    """Bind the gRPC port, over TLS when a certificate is configured; -> the port."""
+    address = f"{settings.host}:{settings.port}"
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        port = server.add_insecure_port(address)
+    else:
+        try:
+            chain = settings.tls_cert_file.read_bytes()
+            key = settings.tls_key_file.read_bytes()
+        except OSError as error:
+            raise SettingsError(f"TLS: cannot read {error.filename} ({error.strerror})") from None
+        port = server.add_secure_port(address, grpc.ssl_server_credentials([(key, chain)]))
+    if port == 0:
+        raise SettingsError(f"cannot bind {address}")
+    return port
+
+
+def scorer_factory(
+    settings: ServiceSettings,
+    state: RedisState,
+    metrics: ServiceMetrics,
+    observer: MetricsObserver,
+) -> Callable[[Path], Scorer]:
+    """Blocking: load, verify and warm a Scorer for a bundle (reloads use it)."""
+
+    def build(root: Path) -> Scorer:
+        bundle = load_bundle(root, device=settings.device, threads=settings.inference_threads)
+        _check_fits(bundle, state.caps)
+        scorer = Scorer(bundle, state, settings, metrics, observer)
+        scorer.warm_up()
+        return scorer
+
+    return build
+
+
+def _check_fits(bundle: Bundle, caps: HistoryCaps) -> None:
+    """A reloaded bundle must not need more history than Redis keeps (caps are set at
+    start from the first bundle)."""
+    lengths = bundle.manifest["max_lengths"]
+    for name, kept in (("query_history", caps.queries), ("click_history", caps.clicks)):
+        if int(lengths[name]) > kept:
+            raise BundleError(
+                f"{bundle.root}: needs {name} {lengths[name]} but Redis keeps {kept}; "
+                "restart the service with a larger cap"
+            )
 
 
 async def create_server(settings: ServiceSettings, bundle: Bundle | None = None) -> ScoringServer:
@@ -197,35 +328,77 @@ async def create_server(settings: ServiceSettings, bundle: Bundle | None = None)
         clicks=settings.click_history_cap or int(lengths["click_history"]),
         ttl_s=settings.state_ttl_s,
     )
+    password = settings.secret("redis_password")
+    admin_token = settings.secret("admin_token")
+    metrics = ServiceMetrics()
+    observer = MetricsObserver(metrics)
     embedded = None
     url = settings.redis_url
     if url is None:
         embedded = EmbeddedRedis()
         embedded.start()
         url = embedded.url
-    state = RedisState(url, caps)
+    state = RedisState(
+        url,
+        caps,
+        password=password,
+        pool_size=settings.redis_pool_size,
+        reconnect_max_s=settings.redis_reconnect_max_s,
+        events=observer,
+    )
     try:
         await state.ping()
-    except StateUnavailable:
+        scorer = Scorer(bundle, state, settings, metrics, observer)
+    except BaseException:
+        await state.close()
         if embedded is not None:
             embedded.stop()
         raise
-    scorer = Scorer(bundle, state, settings)
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ]
+    holder = ModelHolder(
+        scorer,
+        scorer_factory(settings, state, metrics, observer),
+        metrics,
+        settings.shutdown_grace_s,
     )
-    scorer_pb2_grpc.add_ScorerServicer_to_server(ScorerService(scorer, settings), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    calls = Calls(holder, state, settings, DegradedBursts())
+    server = grpc.aio.server(options=_server_options(settings))
+    health = Health(("", SERVICE_NAME))
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflect = settings.reflection
+    if reflect is None:
+        reflect = settings.host in LOOPBACK
+    if reflect:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), server
+        )
+    try:
+        port = _bind(server, settings)
+    except SettingsError:
+        await state.close()
+        if embedded is not None:
+            embedded.stop()
+        raise
+    scoring = ScoringServer(server, port, settings, holder, calls, state, health, metrics, embedded)
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                SERVICE_NAME,
+                {
+                    "Score": scoring.handler("Score", calls.score, pb.ScoreRequest),
+                    "RecordQuery": scoring.handler(
+                        "RecordQuery", calls.record_query, pb.RecordQueryRequest
+                    ),
+                    "RecordClicks": scoring.handler(
+                        "RecordClicks", calls.record_clicks, pb.RecordClicksRequest
+                    ),
+                },
+            ),
+        )
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    if port == 0:
-        raise SettingsError(f"cannot bind {settings.host}:{settings.port}")
-    return ScoringServer(server, port, scorer, health_servicer, embedded)
+    if settings.admin_port is not None:
+        scoring.admin = AdminServer(
+            build_admin_app(scoring, admin_token, settings.admin_host),
+            settings.admin_host,
+            settings.admin_port,
+        )
+    return scoring

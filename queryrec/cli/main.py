@@ -295,13 +295,23 @@ def serve_command(
     port: Annotated[int | None, typer.Option("--port", help="gRPC port; 0 = a free one.")] = None,
     host: Annotated[str | None, typer.Option("--host", help="gRPC bind address.")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda.")] = None,
+    admin_port: Annotated[
+        int | None,
+        typer.Option("--admin-port", help="Admin HTTP port (or QUERYREC_ADMIN_PORT); 0 = free."),
+    ] = None,
 ) -> None:
-    """Serve Score / RecordQuery / RecordClicks over gRPC until interrupted."""
+    """Serve Score / RecordQuery / RecordClicks over gRPC until SIGTERM / SIGINT (graceful
+    drain), with the admin HTTP API (health, readiness, metrics, reload); SIGHUP reloads."""
     from service.run import serve_forever
     from service.settings import load_settings
 
     settings = load_settings(
-        bundle=bundle, redis_url=redis_url, port=port, host=host, device=device
+        bundle=bundle,
+        redis_url=redis_url,
+        port=port,
+        host=host,
+        device=device,
+        admin_port=admin_port,
     )
     serve_forever(settings)
 

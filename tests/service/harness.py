@@ -7,6 +7,7 @@ gRPC or Redis is mocked.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
@@ -25,6 +26,7 @@ class ServerThread:
     """create() binds the server (health NOT_SERVING), start() warms it and serves."""
 
     def __init__(self, bundle: Path, redis_url: str | None, **settings: Any):
+        settings.setdefault("admin_port", None)  # admin API only where a test asks (port 0)
         self.settings = ServiceSettings(bundle=bundle, redis_url=redis_url, port=0, **settings)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -34,6 +36,10 @@ class ServerThread:
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def run_in_background(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start a coroutine in the server's loop; its result later (`.result(timeout)`)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
 
     def create(self) -> ScoringServer:
         self.server = self.run(create_server(self.settings))
@@ -58,7 +64,7 @@ class ServerThread:
         if self.channel is not None:
             self.channel.close()
         if self.server is not None:
-            self.run(self.server.stop(0.5))
+            self.run(self.server.stop(0.2))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()

@@ -1,0 +1,191 @@
+"""The admin HTTP API (FastAPI, served by uvicorn in the gRPC server's event loop).
+
+| endpoint | what |
+|---|---|
+| `GET /healthz` | 200 while the process is alive |
+| `GET /readyz` | 200 when the bundle is loaded and warmed, not draining, Redis answers; else 503 with the reasons |
+| `GET /metrics` | Prometheus text format |
+| `GET /v1/model` | the serving bundle's manifest |
+| `POST /v1/model/reload` | zero-downtime reload; optional JSON body `{"bundle": "/path"}` |
+| `POST /v1/score` | JSON mirror of the Score RPC (debugging) |
+
+The admin token (`QUERYREC_ADMIN_TOKEN` / `_FILE`) protects the mutating endpoint
+(reload): without the right `Authorization: Bearer <token>` it answers 401. With no token
+set, reload is allowed only when the admin port is bound to loopback (otherwise 403).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException, Response
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+
+from service.api import scorer_pb2 as pb
+from service.calls import HTTP_CODES, Calls
+from service.errors import Rejected, SettingsError
+from service.metrics import ServiceMetrics
+from service.model_holder import ModelHolder, ReloadRefused, ReloadResult
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class Operations(Protocol):
+    """What the admin API needs from the server (service.server.ScoringServer)."""
+
+    holder: ModelHolder
+    calls: Calls
+    metrics: ServiceMetrics
+
+    async def readiness(self) -> dict[str, Any]: ...
+
+    async def reload(self, path: Path | None = None) -> ReloadResult: ...
+
+
+class ReloadBody(BaseModel):
+    bundle: str | None = Field(None, description="bundle folder; unset: re-read the current one")
+
+
+class ScoreBody(BaseModel):
+    user_id: int
+    item_ids: list[int]
+    request_time_ms: int = 0
+
+
+def build_admin_app(ops: Operations, token: str | None, host: str) -> FastAPI:
+    """The admin app over a server's operations."""
+    app = FastAPI(title="QueryRec admin", docs_url=None, redoc_url=None, openapi_url=None)
+    bearer = HTTPBearer(auto_error=False)
+
+    def operator(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
+    ) -> None:
+        if token is None:
+            if host not in LOOPBACK:
+                raise HTTPException(403, "reload is off: no admin token set on a public bind")
+            return
+        given = credentials.credentials if credentials is not None else ""
+        if not secrets.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(
+                401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, bool]:
+        return {"alive": True}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        report = await ops.readiness()
+        return JSONResponse(report, status_code=200 if report["ready"] else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(ops.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/model")
+    async def model() -> dict[str, Any]:
+        return dict(ops.holder.current.bundle.manifest)
+
+    @app.post("/v1/model/reload", dependencies=[Depends(operator)])
+    async def reload(body: ReloadBody | None = None) -> JSONResponse:
+        path = Path(body.bundle) if body is not None and body.bundle else None
+        try:
+            result = await ops.reload(path)
+        except ReloadRefused as error:
+            return JSONResponse({"ok": False, "error": str(error)}, status_code=409)
+        return JSONResponse(
+            {
+                "ok": result.ok,
+                "model_version": result.model_version,
+                "previous_version": result.previous_version,
+                "seconds": round(result.seconds, 3),
+                "error": result.error,
+            },
+            status_code=200 if result.ok else 422,
+        )
+
+    @app.post("/v1/score")
+    async def score(body: ScoreBody) -> JSONResponse:
+        request = pb.ScoreRequest(
+            user_id=body.user_id, item_ids=body.item_ids, request_time_ms=body.request_time_ms
+        )
+        try:
+            answer = await ops.calls.score(request, None)
+        except Rejected as error:
+            return JSONResponse(
+                {"error": str(error), "kind": error.kind}, status_code=HTTP_CODES[error.kind]
+            )
+        except ValueError as error:  # an id outside int64
+            return JSONResponse({"error": str(error), "kind": "invalid"}, status_code=400)
+        return JSONResponse(
+            {
+                "scores": list(answer.scores),
+                "model_version": answer.model_version,
+                "degraded": answer.degraded,
+                "degraded_reasons": list(answer.degraded_reasons),
+            }
+        )
+
+    return app
+
+
+class _InLoopServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the gRPC process owns SIGTERM / SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class AdminServer:
+    """uvicorn serving the admin app on a socket bound here (port 0: a free one)."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        self.app, self.host, self._requested_port = app, host, port
+        self.port = port
+        self._server: _InLoopServer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Bind and serve; SettingsError with one line when the port cannot be bound."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self._requested_port))
+        except OSError as error:
+            sock.close()
+            raise SettingsError(
+                f"admin: cannot bind {self.host}:{self._requested_port} ({error.strerror})"
+            ) from None
+        sock.listen(128)
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app, log_config=None, log_level="warning", access_log=False, lifespan="off"
+        )
+        self._server = _InLoopServer(config)
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:  # uvicorn offers no event for "started"
+            if self._task.done():
+                self._task.result()
+                raise SettingsError(f"admin: uvicorn did not start on {self.host}:{self.port}")
+            await asyncio.sleep(0.005)
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        await self._task
+        self._server = self._task = None

@@ -1,0 +1,154 @@
+"""The whole-call budget: a deliberately slow graph, real gRPC, real Redis.
+
+The graphs are made slow in the test by wrapping the bundle's ONNX Runtime sessions
+(`SlowSession`): the batchers, the budget and the admission rule are the real ones.
+Answers are counted, not timed against tight thresholds: the margin below only
+separates "answered at the budget" from "waited for the slow graph".
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import polars as pl
+import pytest
+
+from service.api import scorer_pb2 as pb
+from tests.service.harness import ServerThread
+
+T = 1_700_000_000_000
+SLOW_S = 4.0  # a slow graph call: far beyond every budget below
+MARGIN_S = 1.5  # generous: a loaded 2-core machine; still far below SLOW_S
+
+
+class SlowSession:
+    """An ONNX Runtime session whose `run` first sleeps (in the batcher's thread)."""
+
+    def __init__(self, inner: Any, delay_s: float) -> None:
+        self.inner, self.delay_s = inner, delay_s
+        self.calls = 0
+        self.finished = threading.Event()  # set after each call
+
+    def run(self, outputs: Any, feed: dict[str, Any]) -> Any:
+        self.calls += 1
+        time.sleep(self.delay_s)
+        try:
+            return self.inner.run(outputs, feed)
+        finally:
+            self.finished.set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.fixture(scope="module")
+def raw(bundle: Path) -> dict[str, list[int]]:
+    return {
+        name: pl.read_parquet(bundle / f"maps/{name}.parquet")["raw_id"].to_list()[:50]
+        for name in ("users", "items", "words")
+    }
+
+
+@pytest.fixture
+def started(bundle: Path, redis_client_url: str) -> Iterator[ServerThread]:
+    harness = ServerThread(bundle, redis_client_url, budget_ms=400, shutdown_grace_s=0.5)
+    harness.create()
+    harness.start()
+    yield harness
+    harness.close()
+
+
+def slow_down(harness: ServerThread, graph: str, delay_s: float = SLOW_S) -> SlowSession:
+    assert harness.server is not None
+    bundle = harness.server.scorer.bundle
+    slow = SlowSession(getattr(bundle, graph), delay_s)
+    setattr(bundle, graph, slow)
+    return slow
+
+
+def timed_score(harness: ServerThread, request: pb.ScoreRequest) -> tuple[str, float]:
+    began = time.perf_counter()
+    try:
+        harness.stub.Score(request, timeout=60)
+        code = "OK"
+    except grpc.RpcError as error:
+        code = error.code().name
+    return code, time.perf_counter() - began
+
+
+def test_a_slow_ctr_graph_cannot_stretch_the_call(
+    started: ServerThread, raw: dict[str, list[int]]
+) -> None:
+    slow = slow_down(started, "ctr")
+    request = pb.ScoreRequest(user_id=raw["users"][0], item_ids=raw["items"][:5])
+    answers: list[tuple[str, float]] = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(timed_score(started, request)))
+        for _ in range(12)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    codes = Counter(code for code, _ in answers)
+    assert len(answers) == 12
+    assert set(codes) <= {"DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}, codes
+    late = [seconds for _, seconds in answers if seconds > 0.4 + MARGIN_S]
+    assert late == []  # nobody waited for the slow graph
+    slow.finished.wait(30)
+    # Work whose caller had gone was dropped, not computed: one slow call ran.
+    assert slow.calls == 1
+
+
+def test_the_grpc_deadline_wins_when_shorter(
+    started: ServerThread, raw: dict[str, list[int]]
+) -> None:
+    assert started.server is not None
+    started.server.calls.settings = started.server.settings.model_copy(
+        update={"budget_ms": 60_000.0}
+    )
+    slow_down(started, "ctr")
+    request = pb.ScoreRequest(user_id=raw["users"][0], item_ids=raw["items"][:5])
+    began = time.perf_counter()
+    with pytest.raises(grpc.RpcError) as caught:
+        started.stub.Score(request, timeout=0.3)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.perf_counter() - began < 0.3 + MARGIN_S
+
+
+def test_admission_refuses_at_once_when_the_queue_cannot_finish_in_time(
+    started: ServerThread, raw: dict[str, list[int]]
+) -> None:
+    slow = slow_down(started, "ctr", delay_s=1.0)
+    request = pb.ScoreRequest(user_id=raw["users"][0], item_ids=raw["items"][:5])
+    first, _ = timed_score(started, request)
+    assert first == "DEADLINE_EXCEEDED"
+    assert slow.finished.wait(30)  # the batch ran and its cost was measured
+    second, _ = timed_score(started, request)
+    assert second == "RESOURCE_EXHAUSTED"
+    assert slow.calls == 1  # the refused request never reached the graph
+
+
+def test_a_slow_encoder_degrades_the_answer(
+    started: ServerThread, raw: dict[str, list[int]]
+) -> None:
+    user = 660_000_001
+    started.stub.RecordQuery(
+        pb.RecordQueryRequest(user_id=user, token_ids=raw["words"][:2], timestamp_ms=T - 1000)
+    )
+    slow = slow_down(started, "encoder", delay_s=1.0)
+    request = pb.ScoreRequest(user_id=user, item_ids=raw["items"][:3], request_time_ms=T)
+    answer = started.stub.Score(request, timeout=60)
+    assert answer.degraded and list(answer.degraded_reasons) == ["encoder_timeout"]
+    assert len(answer.scores) == 3
+    assert slow.finished.wait(30)
+    # Measured: the next request does not even queue for the encoder.
+    again = started.stub.Score(request, timeout=60)
+    assert list(again.degraded_reasons) == ["encoder_overloaded"]
+    assert slow.calls == 1

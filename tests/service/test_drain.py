@@ -1,0 +1,115 @@
+"""Graceful drain: NOT_SERVING first, keep serving, refuse with UNAVAILABLE, finish the rest.
+
+Real gRPC server and Redis; the SIGTERM test runs `queryrec serve` as a process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import Counter
+from concurrent.futures import Future
+from pathlib import Path
+
+import grpc
+import polars as pl
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.api import scorer_pb2 as pb
+from service.api import scorer_pb2_grpc
+from tests.service.harness import ServerThread
+from tests.service.test_budget import SlowSession
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@pytest.fixture(scope="module")
+def raw(bundle: Path) -> dict[str, list[int]]:
+    return {
+        name: pl.read_parquet(bundle / f"maps/{name}.parquet")["raw_id"].to_list()[:50]
+        for name in ("users", "items", "words")
+    }
+
+
+def test_drain_under_load_fails_no_in_flight_call(
+    bundle: Path, redis_url: str, raw: dict[str, list[int]]
+) -> None:
+    harness = ServerThread(
+        bundle, redis_url, budget_ms=30_000, drain_delay_s=2.0, shutdown_grace_s=30
+    )
+    try:
+        server = harness.create()
+        harness.start()
+        assert harness.channel is not None
+        # Each CTR call takes a while, so calls are still in flight when the drain starts.
+        server.scorer.bundle.ctr = SlowSession(server.scorer.bundle.ctr, 0.05)
+        watch = health_pb2_grpc.HealthStub(harness.channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=120
+        )
+        assert next(watch).status == SERVING
+        request = pb.ScoreRequest(user_id=raw["users"][0], item_ids=raw["items"][:4])
+        in_flight: list[Future[pb.ScoreResponse]] = [
+            harness.stub.Score.future(request, timeout=120) for _ in range(200)
+        ]
+        drained = harness.run_in_background(server.drain())
+        assert next(watch).status == NOT_SERVING  # health flips first ...
+        during = harness.stub.Score(request, timeout=60)  # ... and the server still serves
+        assert len(during.scores) == 4
+        late: list[str] = []
+
+        def call_until_refused() -> None:
+            while True:
+                try:
+                    harness.stub.Score(request, timeout=60)
+                except grpc.RpcError as error:
+                    late.append(error.code().name)
+
+                    return
+
+        caller = threading.Thread(target=call_until_refused)
+        caller.start()
+        drained.result(120)
+        caller.join(60)
+        assert list(watch) == []  # the Watch stream ended cleanly (no RpcError)
+        assert [f.exception() for f in in_flight if f.exception() is not None] == []
+        assert late == ["UNAVAILABLE"]  # refused, never CANCELLED
+    finally:
+        harness.close()
+
+
+def test_sigterm_drains_and_exits_zero(bundle: Path, redis_url: str) -> None:
+    env = {
+        **os.environ,
+        "QUERYREC_DRAIN_DELAY_S": "0.5",
+        "QUERYREC_ADMIN_PORT": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    command = [sys.executable, "-m", "queryrec.cli.main", "serve", "--bundle", str(bundle)]
+    command += ["--redis", redis_url, "--port", "0"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()  # blocks until the server is warmed and listening
+        assert "listening on" in line, line
+        port = int(line.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = scorer_pb2_grpc.ScorerStub(channel)
+            assert len(stub.Score(pb.ScoreRequest(user_id=3, item_ids=[1, 2]), timeout=60).scores)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err[-2000:]
+    events = [json.loads(line).get("event") for line in err.splitlines() if line.startswith("{")]
+    for name in ("listening", "ready", "drain_started", "stopped"):
+        assert name in events, (name, Counter(events))
+    assert "Traceback" not in err
