@@ -36,7 +36,7 @@ from service.bundle import load_bundle
 from service.embedded_redis import EmbeddedRedis
 from service.features import FeatureBuilder, UserRow, ctr_inputs, encoder_inputs
 from service.state import HistoryCaps, RedisState
-from service.state_load import load_state
+from service.state_load import LoadReport, load_state
 
 
 def process_cpu_s(pid: int) -> float:
@@ -125,17 +125,20 @@ def main() -> None:
     streams, _, _ = build_events(dataset)
     pages = [(u, e.ids, e.ts) for u, events in streams.items() for e in events if e.kind == 0]
     with EmbeddedRedis() as redis_server:
-        caps = {
-            "query_cap": int(lengths["query_history"]),
-            "click_cap": int(lengths["click_history"]),
-        }
-        loaded = load_state(dataset, redis_server.url, progress=False, **caps)
+        query_cap, click_cap = int(lengths["query_history"]), int(lengths["click_history"])
+
+        def fresh_state() -> LoadReport:
+            return load_state(
+                dataset, redis_server.url, progress=False, query_cap=query_cap, click_cap=click_cap
+            )
+
+        loaded = fresh_state()
         result["state_load_users_per_min"] = loaded.users_per_minute
         print(f"state load: {loaded.users:,} users, {loaded.users_per_minute:,.0f} users/min")
         replays = []
         for delay in args.delays_ms.split(","):
             for concurrency in (int(c) for c in args.concurrency.split(",")):
-                load_state(dataset, redis_server.url, progress=False, **caps)  # fresh state
+                fresh_state()
                 delays = {f"QUERYREC_{b}_MAX_DELAY_MS": delay for b in ("ENCODER", "CTR")}
                 server = ServerProcess(
                     args.bundle, redis_server.url, Path("bench-work/serve.log"), delays

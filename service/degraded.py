@@ -32,3 +32,10 @@ MEANING: dict[Degraded, str] = {
     Degraded.ENCODER_FAILED: "the encoder graph raised (the log has the detail); scored with "
     'the "no query" vector',
 }
+
+
+def reasons_table() -> str:
+    """The README's table of reason codes (Markdown); a test keeps the README equal."""
+    rows = ["| reason | meaning |", "|---|---|"]
+    rows += [f"| `{reason}` | {meaning} |" for reason, meaning in MEANING.items()]
+    return "\n".join(rows)

@@ -18,7 +18,9 @@ from service.errors import SettingsError
 class ServiceSettings(BaseSettings):
     """Everything `queryrec serve` can be told; each field is `QUERYREC_<NAME>`."""
 
-    model_config = SettingsConfigDict(env_prefix="QUERYREC_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="QUERYREC_", extra="ignore", frozen=True, env_parse_none_str="none"
+    )
 
     bundle: Path | None = Field(None, description="model bundle directory (queryrec export)")
     # Redis.
@@ -28,8 +30,9 @@ class ServiceSettings(BaseSettings):
         "redis-server on a free port",
     )
     redis_password: SecretStr | None = Field(
-        None, description="Redis AUTH password (wins over one in the URL; keep it off the "
-        "command line: use this variable or redis_password_file)"
+        None,
+        description="Redis AUTH password (wins over one in the URL; keep it off the "
+        "command line: use this variable or redis_password_file)",
     )
     redis_password_file: Path | None = Field(
         None, description="file whose first line is the Redis AUTH password"
@@ -62,10 +65,15 @@ class ServiceSettings(BaseSettings):
     # Admin HTTP (FastAPI) in the same process.
     admin_host: str = Field("127.0.0.1", description="admin HTTP bind address")
     admin_port: int | None = Field(
-        8081, ge=0, le=65535, description="admin HTTP port; 0 picks a free one; unset: no admin"
+        8081,
+        ge=0,
+        le=65535,
+        description="admin HTTP port; 0 picks a free one; `none`: no admin API",
     )
     admin_token: SecretStr | None = Field(
-        None, description="bearer token for the mutating admin endpoints (reload, score)"
+        None,
+        description="bearer token for the mutating admin endpoint (reload); unset: reload only "
+        "on a loopback admin bind",
     )
     admin_token_file: Path | None = Field(
         None, description="file whose first line is the admin bearer token"
@@ -183,3 +191,25 @@ def load_settings(**overrides: object) -> ServiceSettings:
         where = ".".join(str(part) for part in first["loc"]) or "settings"
         name = f"QUERYREC_{where.upper()}" if first["loc"] else where
         raise SettingsError(f"invalid setting {name}: {first['msg']}") from None
+
+
+def settings_table() -> str:
+    """The README's settings table (Markdown), generated from `ServiceSettings`: one row
+    per field with its variable, default and meaning. `python -m service.settings`
+    prints it; a test keeps the README equal to it."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, info in ServiceSettings.model_fields.items():
+        default = info.default
+        if default is None:
+            shown = "unset"
+        elif isinstance(default, bool):
+            shown = str(default).lower()
+        else:
+            shown = str(default)
+        text = (info.description or "").replace("|", "\\|")
+        rows.append(f"| `QUERYREC_{name.upper()}` | `{shown}` | {text} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from google.protobuf.message import Message
 
 from service.api import scorer_pb2 as pb
 from service.calls import TIME_FLOOR_MS
