@@ -15,6 +15,11 @@ forgot, so an interrupted demo or test run leaves no process and no directory be
 
     with EmbeddedRedis() as server:
         client = redis.Redis.from_url(server.url)
+
+Fault tests drive the process directly: `pause()` / `resume()` (SIGSTOP / SIGCONT: the
+port stays open, nothing answers), `kill()` (SIGKILL: connections are reset, the port is
+closed) and `restart()` (a new, empty server on the SAME port). `password=` starts it
+with `requirepass` (written to a private config file, not put on the command line).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -89,13 +95,17 @@ def _encode_command(*args: str) -> bytes:
     return b"".join(parts)
 
 
-def _send_command(port: int, *args: str) -> bytes:
+def _send_command(port: int, *args: str, password: str | None = None) -> bytes:
     """Send one command to 127.0.0.1:port and return the first reply bytes (b"" if closed).
 
     Raw socket on purpose: the readiness probe and the shutdown must work without redis-py
-    and must not leave a connection pool behind. Raises OSError when nothing listens.
+    and must not leave a connection pool behind. With `password`, AUTH goes first (its
+    reply is read and dropped). Raises OSError when nothing listens.
     """
     with socket.create_connection((HOST, port), timeout=_SOCKET_TIMEOUT_S) as sock:
+        if password is not None:
+            sock.sendall(_encode_command("AUTH", password))
+            sock.recv(1024)
         sock.sendall(_encode_command(*args))
         try:
             return sock.recv(1024)
@@ -118,7 +128,7 @@ class EmbeddedRedis:
     Use as a context manager (`with EmbeddedRedis() as server: server.url`) or call
     `start()` / `stop()`. `stop()` is idempotent and also runs at interpreter exit for a
     server still running then. A stopped instance may be started again (new port, new
-    directory).
+    directory), or restarted on its previous port (`restart()`).
     """
 
     def __init__(
@@ -127,12 +137,14 @@ class EmbeddedRedis:
         maxmemory: str | int | None = None,
         executable: Path | None = None,
         startup_timeout_s: float = 10.0,
+        password: str | None = None,
     ) -> None:
         """Configure, start nothing.
 
         maxmemory: redis `maxmemory` (bytes, or a string such as "256mb"); None: unlimited.
         executable: the redis-server to run; None: `find_redis_server()` at start.
         startup_timeout_s: how long `start()` waits for the first PING answer.
+        password: require AUTH with this password (`requirepass`); None: no AUTH.
         """
         self._maxmemory = maxmemory
         self._executable = executable
@@ -141,6 +153,10 @@ class EmbeddedRedis:
         self._stderr: IO[bytes] | None = None
         self._directory: Path | None = None
         self._port: int | None = None
+        self._password = password
+        self._last_port: int | None = None  # where `restart()` starts a stopped server
+        self._started_executable: Path | None = None
+        self._paused = False
 
     # -- state ---------------------------------------------------------------------------
 
@@ -151,14 +167,16 @@ class EmbeddedRedis:
 
     @property
     def port(self) -> int:
-        """The TCP port the server listens on (only while started)."""
-        if self._port is None or self._process is None:
+        """The TCP port the server listens on: from `start()` until `stop()`, also after
+        `kill()` or while paused (where `restart()` brings a server back)."""
+        if self._port is None:
             raise EmbeddedRedisError("the embedded redis-server is not started")
         return self._port
 
     @property
     def url(self) -> str:
-        """redis-py URL of database 0, e.g. "redis://127.0.0.1:6399/0" (only while started)."""
+        """redis-py URL of database 0, e.g. "redis://127.0.0.1:6399/0" (as long as `port`).
+        Without the password, even when the server requires one (see `password`)."""
         return f"redis://{HOST}:{self.port}/0"
 
     @property
@@ -167,6 +185,16 @@ class EmbeddedRedis:
         if self._process is None:
             raise EmbeddedRedisError("the embedded redis-server is not started")
         return self._process.pid
+
+    @property
+    def password(self) -> str | None:
+        """The AUTH password the server requires (None: none). `url` never holds it."""
+        return self._password
+
+    @property
+    def paused(self) -> bool:
+        """True between `pause()` and `resume()` (or the end of the process)."""
+        return self._paused
 
     @property
     def directory(self) -> Path | None:
@@ -188,11 +216,11 @@ class EmbeddedRedis:
         tries, or no PING answer came within `startup_timeout_s`. Nothing is left behind
         on failure: the process is stopped and the directory removed.
         """
-        if self._process is not None:
-            if self.running:
-                return self
-            self.stop()  # died on its own: clean up, then start afresh
+        if self._process is not None and self.running:
+            return self
+        self.stop()  # died on its own or killed: clean up, then start afresh
         executable = self._executable if self._executable is not None else find_redis_server()
+        self._started_executable = executable
         self._directory = Path(tempfile.mkdtemp(prefix="queryrec-redis-"))
         atexit.register(self.stop)
         try:
@@ -216,18 +244,76 @@ class EmbeddedRedis:
             self.stop()
             raise
 
+    def restart(self) -> Self:
+        """A new, empty redis-server on the port of the current (or last) one; returns once
+        it answers PING. Whatever runs now is stopped first (a paused one too). For fault
+        tests: clients configured with the old URL reach the new server.
+
+        Raises EmbeddedRedisError when it was never started, or when the port cannot be
+        bound again (another process took it meanwhile) or the server does not start.
+        """
+        port = self._port if self._port is not None else self._last_port
+        if port is None:
+            raise EmbeddedRedisError("the embedded redis-server was never started")
+        self.stop()
+        executable = self._started_executable or find_redis_server()
+        self._directory = Path(tempfile.mkdtemp(prefix="queryrec-redis-"))
+        atexit.register(self.stop)
+        try:
+            self._launch(executable, port)
+            outcome = self._wait_ready()
+            if outcome != "ready":
+                report = self._failure_report()
+                raise EmbeddedRedisError(
+                    f"redis-server ({executable}) did not restart on {HOST}:{port}: "
+                    f"{'the port is taken' if outcome == 'bind' else outcome}\n{report}"
+                )
+            return self
+        except BaseException:
+            self.stop()
+            raise
+
+    def pause(self) -> None:
+        """SIGSTOP the server: connections and the port stay open, nothing is answered
+        (a hung Redis). Commands sent meanwhile run after `resume()`."""
+        os.kill(self.pid, signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        """SIGCONT a paused server; a no-op when it is not paused."""
+        if self._paused and self._process is not None and self._process.poll() is None:
+            os.kill(self._process.pid, signal.SIGCONT)
+        self._paused = False
+
+    def kill(self) -> None:
+        """SIGKILL the server and reap it (a crashed Redis: connections reset, the port
+        closed). The directory stays until `stop()`; `restart()` reuses the port."""
+        process = self._process
+        if process is None:
+            raise EmbeddedRedisError("the embedded redis-server is not started")
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        self._paused = False
+        self._last_port = self._port
+        self._reap()
+
     def stop(self) -> None:
         """Stop the server (SHUTDOWN NOSAVE, then SIGTERM, then SIGKILL) and remove its
-        directory. Safe to call any number of times, after a failed start, and at exit."""
+        directory. Safe to call any number of times, after a failed start, after `kill()`,
+        on a paused server (it is resumed first), and at exit."""
         try:
+            self.resume()
             if self._process is not None and self._process.poll() is None:
                 if self._port is not None:
                     with contextlib.suppress(OSError):
-                        _send_command(self._port, "SHUTDOWN", "NOSAVE")
+                        _send_command(self._port, "SHUTDOWN", "NOSAVE", password=self._password)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self._process.wait(timeout=5.0)  # else `_reap` escalates to signals
             self._reap()
         finally:
+            if self._port is not None:
+                self._last_port = self._port
             self._port = None
             if self._directory is not None:
                 shutil.rmtree(self._directory, ignore_errors=True)
@@ -271,6 +357,13 @@ class EmbeddedRedis:
         ]  # fmt: skip
         if self._maxmemory is not None:
             args += ["--maxmemory", str(self._maxmemory)]
+        if self._password is not None:
+            # In a private config file (0600), not in argv where `ps` would show it.
+            config = self._directory / "auth.conf"
+            escaped = self._password.replace("\\", "\\\\").replace('"', '\\"')
+            config.touch(mode=0o600)
+            config.write_text(f'requirepass "{escaped}"\n')
+            args.insert(1, str(config))  # the config file comes first, options override
         # Errors in the arguments go to stderr before the log file is opened: keep them.
         self._stderr = (self._directory / "redis.stderr").open("wb")
         self._process = subprocess.Popen(
@@ -294,7 +387,8 @@ class EmbeddedRedis:
                     return "bind"
                 return f"it exited with code {code}"
             with contextlib.suppress(OSError):
-                if _send_command(self._port, "PING").startswith(b"+PONG"):
+                reply = _send_command(self._port, "PING", password=self._password)
+                if reply.startswith(b"+PONG"):
                     return "ready"
             if time.monotonic() >= deadline:
                 return f"no PING answer on {HOST}:{self._port} within {self._startup_timeout_s} s"

@@ -138,12 +138,14 @@ class ScoringServer:
             reasons.append("warming_up")
         if self.draining or not self.accepting:
             reasons.append("draining")
-        redis_ok = True
-        try:
-            async with asyncio.timeout(READY_PING_S):
-                await self.state.ping()
-        except (TimeoutError, StateUnavailable):
-            redis_ok = False
+        redis_ok = self.state.available  # known down: no PING while it reconnects
+        if redis_ok:
+            try:
+                async with asyncio.timeout(READY_PING_S):
+                    await self.state.ping()
+            except (TimeoutError, StateUnavailable):
+                redis_ok = False
+        if not redis_ok:
             reasons.append("redis_unavailable")
         serving = self.warmed and self.accepting
         self.metrics.ready.set(0 if reasons else 1)

@@ -1,23 +1,88 @@
 """User state in Redis behind one small interface: append histories, read a batch of users.
 
-Writes are one `MULTI` transaction per call (`LPUSH` + `LTRIM` + `EXPIRE`), so nothing is
-acknowledged that was not stored and a list never exceeds its cap. Reads are one
-pipelined round trip for a whole batch of users (`LRANGE` x 2, `HGETALL`, and the cached
-query vector's `GET`). The client uses the hiredis parser when the `hiredis` package is
-installed (redis-py picks it by default; without it, parsing list replies costs about 4x,
-MEASURED.md). URLs: `redis://`, `rediss://` (TLS), `unix://`, passwords inside the URL.
+Writes are one `EVALSHA` per call of `redis_keys.APPEND_SCRIPT`: atomic in Redis, capped
+(`LTRIM`), refreshing the TTL, and idempotent, so that a write retried after a timeout is
+not stored twice (the rule: `service/redis_keys.py`). Nothing is acknowledged that was
+not stored. Reads are one pipelined round trip for a whole batch of users (`LRANGE` x 2,
+`HGETALL`, and the cached query vector's `GET`). The client uses the hiredis parser when
+the `hiredis` package is installed (redis-py picks it by default; without it, parsing
+list replies costs about 4x, MEASURED.md). URLs: `redis://`, `rediss://` (TLS),
+`unix://`; a password in the URL or, winning over it, the `password` argument.
+
+Faults, without a connection storm:
+- Connections come from a `BlockingConnectionPool`: more concurrent calls than
+  connections wait for one (the caller bounds the wait with its own `asyncio.timeout`)
+  instead of failing.
+- A connection error (refused, reset, AUTH refused) marks Redis down: `available` turns
+  False, `RedisEvents.redis_lost` is reported once, and ONE background task pings with
+  jittered exponential backoff (redis-py's `Retry`, capped at `reconnect_max_s`) on its
+  own connection. Meanwhile reads and appends raise `StateUnavailable` at once, without
+  touching the network, and cache writes are skipped. When the ping answers: available
+  again, `redis_regained(seconds down)`.
+- A timeout is not a fault of that kind: a slow or paused Redis is the caller's budget to
+  handle (its `asyncio.timeout` cancels the command). redis-py closes a connection whose
+  command was cancelled half-way, so no later command reads another one's reply.
+- `StateUnavailable` messages reach gRPC clients: they are fixed sentences with no host,
+  port, password or exception text. Details (URL redacted) go to `redis_lost` and to the
+  message of `ping`, which only operators see.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool, parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import redis_keys as keys
 from service.errors import StateUnavailable
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE = "Redis is unavailable"
+"""The client-facing message while Redis is down or refused a connection."""
+LATE = "Redis did not answer in time"
+WRITE_LATE = "Redis write did not finish in time"
+REFUSED = "Redis refused the command"
+
+RECONNECT_BASE_S = 0.05
+"""First reconnect pause (before jitter); it doubles per failed ping up to reconnect_max_s."""
+_PINGS_PER_ROUND = 30
+"""Failed pings per `Retry` round; the round then starts over from the base pause (which
+keeps `2 ** failures` in the backoff formula finite during a long outage)."""
+
+
+class RedisEvents(Protocol):
+    """What `RedisState` reports (the server passes its metrics + log adapter).
+
+    Called on the event loop; they must return quickly and not raise (an exception is
+    logged and otherwise ignored).
+    """
+
+    def redis_error(self, operation: str) -> None:
+        """One operation failed: "read", "write", "cache" or "ping". Counts calls that
+        Redis did not answer, answered too late or refused, and reads and writes refused
+        at once while Redis is known down (each is one `StateUnavailable`); also each
+        failed reconnect ping."""
+
+    def redis_lost(self, detail: str) -> None:
+        """Redis was found down (once per outage); `detail` is for the log (URL redacted)."""
+
+    def redis_regained(self, down_s: float) -> None:
+        """Redis answers again after `down_s` seconds down (once per outage)."""
 
 
 @dataclass(frozen=True)
@@ -46,67 +111,176 @@ class UserState:
     cached_query_repr: bytes | None = None
 
 
-class RedisState:
-    """The service's view of Redis (asyncio)."""
+def _is_connection_failure(error: BaseException) -> bool:
+    """A refused / reset / closed connection (Redis down), as opposed to a timeout or a
+    command error. Builtin TimeoutError is an OSError: it is a timeout here."""
+    if isinstance(error, (TimeoutError, RedisTimeoutError)):
+        return False
+    return isinstance(error, (RedisConnectionError, OSError))
 
-    def __init__(self, url: str, caps: HistoryCaps, *, timeout_s: float = 2.0):
+
+class RedisState:
+    """The service's view of Redis (asyncio). See the module docstring for faults."""
+
+    def __init__(
+        self,
+        url: str,
+        caps: HistoryCaps,
+        *,
+        password: str | None = None,
+        timeout_s: float = 2.0,
+        pool_size: int = 64,
+        reconnect_max_s: float = 2.0,
+        events: RedisEvents | None = None,
+    ) -> None:
+        """Configure the client; connects lazily (call `ping` to check at start).
+
+        password: AUTH password; wins over one in the URL (an empty string counts as not
+            given). Passed to redis-py as an argument, never put into a URL.
+        timeout_s: socket connect and read timeout of each command (a backstop: callers
+            bound their calls with their own, shorter `asyncio.timeout`).
+        pool_size: connections at most; more concurrent calls wait for a free one.
+        reconnect_max_s: the longest pause between reconnect pings while Redis is down.
+        events: where failures, losses and recoveries are reported; None: nowhere.
+        """
         self.caps = caps
         self.url = url
-        self.client = aioredis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        self._password = password or None
+        self._events = events
+        self._reconnect_max_s = reconnect_max_s
+        self._down_since: float | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._closed = False
+        from_url: dict[str, Any] = dict(parse_url(url))
+        options: dict[str, Any] = {
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+            **from_url,
+        }
+        if self._password is not None:
+            options["password"] = self._password
+        # Masked in every detail text (exception texts are not trusted to omit them).
+        self._secrets = [p for p in (self._password, from_url.get("password")) if p]
+        # One immediate retry on a connection error: a pooled connection the server closed
+        # (idle timeout, restart) is replaced without declaring Redis down. Every command
+        # is idempotent (reads, SET, the append script), so a retry never duplicates.
+        once = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+        pool = BlockingConnectionPool(
+            max_connections=pool_size, timeout=None, retry=once, **options
         )
+        self.client = aioredis.Redis.from_pool(pool)
+        # The reconnect task's own single connection, no retries of its own: its backoff
+        # decides when the next attempt is made.
+        probe_pool = ConnectionPool(max_connections=1, retry=Retry(NoBackoff(), 0), **options)
+        self._probe = aioredis.Redis.from_pool(probe_pool)
+        self._append_script = self.client.register_script(keys.APPEND_SCRIPT)
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        """False while Redis is known down and the background reconnect runs."""
+        return self._down_since is None
 
     async def ping(self) -> None:
+        """StateUnavailable (naming the redacted URL: for operators) if Redis does not
+        answer; at once while it is known down."""
+        if not self.available:
+            self._report_error("ping")
+            raise StateUnavailable(f"Redis at {redacted_url(self.url)} is down (reconnecting)")
         try:
             await self.client.ping()
         except (RedisError, OSError) as error:
+            self._failed("ping", error, LATE)
             raise StateUnavailable(
-                f"Redis at {redacted_url(self.url)} does not answer: {error}"
+                f"Redis at {redacted_url(self.url)} does not answer ({type(error).__name__})"
             ) from None
 
     async def close(self) -> None:
+        """Stop the reconnect task and close every connection."""
+        self._closed = True
+        task, self._reconnect_task = self._reconnect_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.client.aclose()
+        await self._probe.aclose()
 
-    async def append_query(self, user_id: int, timestamp_ms: int, token_ids: list[int]) -> int:
-        """Store one query; -> queries kept for the user."""
+    # -- writes --------------------------------------------------------------------------
+
+    async def append_query(
+        self,
+        user_id: int,
+        timestamp_ms: int,
+        token_ids: list[int],
+        *,
+        timeout_s: float | None = None,
+    ) -> int:
+        """Store one query (once, however often it is retried); -> queries kept.
+
+        timeout_s bounds the whole write (None: only the socket timeouts).
+        """
         return await self._append(
-            keys.query_key(user_id), [keys.pack_query(timestamp_ms, token_ids)], self.caps.queries
+            keys.query_key(user_id),
+            [keys.pack_query(timestamp_ms, token_ids)],
+            self.caps.queries,
+            timeout_s,
         )
 
-    async def append_clicks(self, user_id: int, timestamp_ms: int, item_ids: list[int]) -> int:
-        """Store clicks in click order (the last one becomes the newest); -> clicks kept."""
+    async def append_clicks(
+        self,
+        user_id: int,
+        timestamp_ms: int,
+        item_ids: list[int],
+        *,
+        timeout_s: float | None = None,
+    ) -> int:
+        """Store clicks in click order (the last one becomes the newest), once however
+        often the call is retried; -> clicks kept. timeout_s: as `append_query`."""
         return await self._append(
-            keys.click_key(user_id), keys.pack_clicks(timestamp_ms, item_ids), self.caps.clicks
+            keys.click_key(user_id),
+            keys.pack_clicks(timestamp_ms, item_ids),
+            self.caps.clicks,
+            timeout_s,
         )
 
-    async def _append(self, key: str, entries: list[bytes], cap: int) -> int:
+    async def _append(
+        self, key: str, entries: list[bytes], cap: int, timeout_s: float | None
+    ) -> int:
+        self._refuse_while_down("write")
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.lpush(key, *entries)
-                pipe.ltrim(key, 0, cap - 1)
-                pipe.expire(key, self.caps.ttl_s)
-                length, _, _ = await pipe.execute()
+            async with asyncio.timeout(timeout_s):
+                length = await self._append_script(
+                    keys=[key], args=keys.append_args(entries, cap, self.caps.ttl_s)
+                )
+        except TimeoutError:  # our timeout; the caller's own shows as a cancel, passed on
+            self._report_error("write")
+            raise StateUnavailable(WRITE_LATE) from None
         except (RedisError, OSError) as error:
-            raise StateUnavailable(f"Redis write failed: {error}") from None
+            raise self._failed("write", error, WRITE_LATE) from None
         return min(int(length), cap)
 
-    async def read(self, user_ids: list[int], model_version: str | None) -> list[UserState]:
+    # -- reads ---------------------------------------------------------------------------
+
+    async def read(self, user_ids: list[int], cache_version: str | None) -> list[UserState]:
         """Everything the model needs for each user, in one pipelined round trip.
 
-        `model_version` None: do not read a cached query vector.
+        `cache_version` None: do not read a cached query vector.
         """
+        self._refuse_while_down("read")
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for user in user_ids:
                     pipe.lrange(keys.query_key(user), 0, self.caps.queries - 1)
                     pipe.lrange(keys.click_key(user), 0, self.caps.clicks - 1)
                     pipe.hgetall(keys.profile_key(user))
-                    if model_version is not None:
-                        pipe.get(keys.query_repr_key(user, model_version))
+                    if cache_version is not None:
+                        pipe.get(keys.query_repr_key(user, cache_version))
                 replies = await pipe.execute()
         except (RedisError, OSError) as error:
-            raise StateUnavailable(f"Redis read failed: {error}") from None
-        per_user = 4 if model_version is not None else 3
+            raise self._failed("read", error, LATE) from None
+        per_user = 4 if cache_version is not None else 3
         states = []
         for i in range(len(user_ids)):
             queries, clicks, profile = replies[i * per_user : i * per_user + 3]
@@ -126,27 +300,145 @@ class RedisState:
         return states
 
     async def cache_query_reprs(
-        self, model_version: str, entries: list[tuple[int, bytes, np.ndarray]]
+        self, cache_version: str, entries: list[tuple[int, bytes, np.ndarray]]
     ) -> None:
-        """Store (user, history version, vector) triples; best effort (a cache)."""
-        if not entries:
+        """Store (user, history version, vector) triples under `cache_version` (the
+        encoder's version); best effort (a cache), skipped while Redis is down."""
+        if not entries or not self.available:
             return
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for user, version, vector in entries:
                     pipe.set(
-                        keys.query_repr_key(user, model_version),
+                        keys.query_repr_key(user, cache_version),
                         keys.pack_query_repr(version, vector),
                         ex=self.caps.ttl_s,
                     )
                 await pipe.execute()
-        except (RedisError, OSError):
-            pass  # a lost cache entry costs one encoder call later, nothing more
+        except (RedisError, OSError) as error:
+            self._failed("cache", error, LATE)  # a lost entry costs one encoder call later
+
+    # -- faults --------------------------------------------------------------------------
+
+    def _refuse_while_down(self, operation: str) -> None:
+        """StateUnavailable at once, without a network attempt, while Redis is down."""
+        if not self.available:
+            self._report_error(operation)
+            raise StateUnavailable(UNAVAILABLE)
+
+    def _failed(self, operation: str, error: BaseException, late: str) -> StateUnavailable:
+        """Report a failed command; mark Redis down on a connection failure; -> the
+        client-facing error (a fixed sentence: no host, port or exception text)."""
+        self._report_error(operation)
+        if _is_connection_failure(error):
+            self._mark_down(error)
+            return StateUnavailable(UNAVAILABLE)
+        if isinstance(error, (TimeoutError, RedisTimeoutError)):
+            return StateUnavailable(late)
+        return StateUnavailable(REFUSED)
+
+    def _mark_down(self, error: BaseException) -> None:
+        """The first connection failure of an outage: report it, start the one reconnect
+        task. Later failures of the same outage change nothing."""
+        if self._down_since is not None or self._closed:
+            return
+        self._down_since = time.monotonic()
+        detail = self._scrubbed(
+            f"Redis at {redacted_url(self.url)} is down: {type(error).__name__}: {error}"
+        )
+        self._report(lambda events: events.redis_lost(detail))
+        self._reconnect_task = asyncio.get_running_loop().create_task(
+            self._reconnect(), name="redis-reconnect"
+        )
+
+    async def _reconnect(self) -> None:
+        """Ping with jittered exponential backoff until Redis answers, then mark it up."""
+        # Idle pooled connections point at the lost server: drop them (reconnect lazily).
+        with contextlib.suppress(RedisError, OSError):
+            await self.client.connection_pool.disconnect(inuse_connections=False)
+        backoff = ExponentialWithJitterBackoff(
+            cap=self._reconnect_max_s, base=min(RECONNECT_BASE_S, self._reconnect_max_s)
+        )
+        retry = Retry(
+            backoff, _PINGS_PER_ROUND, supported_errors=(RedisConnectionError, RedisTimeoutError)
+        )
+        while True:
+            try:
+                await retry.call_with_retry(self._probe.ping, self._ping_failed)
+                break
+            except Exception:  # a round ran out (or something unexpected): pause, go on
+                await asyncio.sleep(self._reconnect_max_s)
+        with contextlib.suppress(RedisError, OSError):  # no idle probe connection kept
+            await self._probe.connection_pool.disconnect()
+        assert self._down_since is not None
+        down_s = time.monotonic() - self._down_since
+        self._down_since = None
+        self._reconnect_task = None
+        self._report(lambda events: events.redis_regained(down_s))
+
+    async def _ping_failed(self, error: Exception) -> None:
+        """`Retry`'s failure callback (the probe client has closed its connection)."""
+        self._report_error("ping")
+
+    def _report_error(self, operation: str) -> None:
+        self._report(lambda events: events.redis_error(operation))
+
+    def _report(self, call: Callable[[RedisEvents], None]) -> None:
+        """Run `call(events)`; a failing observer is logged, never breaks a command."""
+        if self._events is None:
+            return
+        try:
+            call(self._events)
+        except Exception:
+            log.exception("a RedisEvents observer failed")
+
+    def _scrubbed(self, text: str) -> str:
+        """`text` without any password this client knows (argument or URL)."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+_SECRET_PARAMETERS = ("pass", "secret", "token", "auth")
+"""Query parameters whose values are hidden (substrings of the lower-cased name)."""
 
 
 def redacted_url(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    """The URL without its password in any form, for messages and logs.
+
+    Read the way redis-py reads it (`urllib.parse.urlsplit`): the user info is everything
+    before the LAST "@" of the network location (a password may hold "@"); `user:pw@`
+    becomes `user:***@`, `:pw@` and `pw@` become `***@`; query parameters such as
+    `?password=` are masked; the fragment is dropped. Last, every occurrence of a password
+    found in the URL (raw or percent-encoded) is masked in the result, whatever the URL's
+    shape. An unparseable URL shows its scheme only.
+    """
+    scheme, separator, _ = url.partition("://")
+    if not separator:  # not a URL redis-py accepts; show it only when nothing can hide in it
+        return "***" if "@" in url or "pass" in url.lower() else url
+    try:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        return f"{scheme}://***"
+    secrets: list[str] = []
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, has_password, password = userinfo.partition(":")
+        secrets.append(unquote(password if has_password else user))
+        netloc = f"{user}:***@{hostport}" if has_password and user else f"***@{hostport}"
+    masked = []
+    for name, value in query:
+        if any(word in name.lower() for word in _SECRET_PARAMETERS):
+            secrets.append(value)
+            value = "***"
+        masked.append((name, value))
+    text = f"{parts.scheme}://{netloc}{parts.path}"
+    if masked:
+        text += "?" + urlencode(masked, safe="*")
+    for secret in secrets:
+        if secret:
+            for form in {secret, quote(secret, safe=""), quote(secret)}:
+                text = text.replace(form, "***")
+    return text

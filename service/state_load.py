@@ -6,6 +6,11 @@ caps them like the server does (the newest L queries, H clicks), maps model indi
 to raw ids (Redis holds raw ids, `service.redis_keys`) and writes users in pipelined
 chunks of `chunk` users: per user DEL + RPUSH (newest first) + EXPIRE for both lists and
 HSET for the profile. Existing keys of a loaded user are replaced.
+
+The AUTH password comes from the URL or, winning over it, the `password` argument (the CLI
+passes `default_redis_password()`: QUERYREC_REDIS_PASSWORD, else the first line of the
+file QUERYREC_REDIS_PASSWORD_FILE, like the service). Error messages name the URL with
+its password redacted and never the password itself.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from tqdm import tqdm
 
 from queryrec.features.dataset import PreparedDataset
 from service import redis_keys as keys
-from service.errors import StateUnavailable
+from service.errors import SettingsError, StateUnavailable
 from service.state import redacted_url
 
 
@@ -47,8 +52,12 @@ def load_state(
     ttl_s: int = 30 * 24 * 3600,
     chunk: int = 2000,
     progress: bool = True,
+    password: str | None = None,
 ) -> LoadReport:
-    """Write every user with any history or profile; -> counts and timing."""
+    """Write every user with any history or profile; -> counts and timing.
+
+    password: AUTH password, wins over one in `url` (None or "": the URL's, if any).
+    """
     start = time.perf_counter()
     as_of = int(dataset.schema["split"]["test_start_ms"]) if as_of_ms is None else as_of_ms
     user_raw, item_raw, word_raw = (dataset.raw_ids(n) for n in ("users", "items", "words"))
@@ -59,48 +68,61 @@ def load_state(
         int(i): {f: int(with_features[f][row]) for f in fields}
         for row, i in enumerate(with_features["index"].to_list())
     }
-    client = redis.Redis.from_url(url, socket_timeout=30)
-    try:
-        client.ping()
-    except (RedisError, OSError) as error:
-        raise StateUnavailable(f"Redis at {redacted_url(url)} does not answer: {error}") from None
+    # The password as an argument, never inside a URL string (which may end up in a
+    # message); set after parsing, so that it wins over the URL's (`from_url` lets the
+    # URL's options win over its keyword arguments).
+    pool = redis.ConnectionPool.from_url(url, socket_timeout=30)
+    if password:
+        pool.connection_kwargs["password"] = password
+    client = redis.Redis.from_pool(pool)
+    where = redacted_url(url)
 
-    packed_clicks = _pack_all_clicks(dataset, item_raw)
-    users = np.arange(2, len(dataset.search_user_start) - 1)  # 0, 1: padding, unknown
-    n_queries = n_clicks = 0
-    bar = tqdm(total=len(users), desc="state load", unit="user", disable=not progress)
-    for lo in range(0, len(users), chunk):
-        pipe = client.pipeline(transaction=False)
-        for user in users[lo : lo + chunk]:
-            raw_user = int(user_raw[user])
-            if raw_user < 0:
-                continue
-            q_entries = _query_entries(dataset, int(user), as_of, query_cap, word_raw)
-            c_entries = _click_entries(dataset, int(user), as_of, click_cap, packed_clicks)
-            qk, ck, pk = (
-                keys.query_key(raw_user),
-                keys.click_key(raw_user),
-                keys.profile_key(raw_user),
-            )
-            pipe.delete(qk, ck, pk)
-            if q_entries:
-                pipe.rpush(qk, *q_entries)
-                pipe.expire(qk, ttl_s)
-            if c_entries:
-                pipe.rpush(ck, *c_entries)
-                pipe.expire(ck, ttl_s)
-            if int(user) in profile_codes:
-                pipe.hset(pk, mapping=profile_codes[int(user)])
-                pipe.expire(pk, ttl_s)
-            n_queries += len(q_entries)
-            n_clicks += len(c_entries)
+    def failure(what: str, error: BaseException) -> StateUnavailable:
+        """The CLI's message: the redacted URL and the error, the password masked."""
+        text = f"{what} (Redis at {where}): {type(error).__name__}: {error}"
+        return StateUnavailable(text.replace(password, "***") if password else text)
+
+    with client:  # closed on every path
         try:
-            pipe.execute()
+            client.ping()
         except (RedisError, OSError) as error:
-            raise StateUnavailable(f"Redis write failed during state load: {error}") from None
-        bar.update(min(chunk, len(users) - lo))
-    bar.close()
-    client.close()
+            raise failure("Redis does not answer", error) from None
+
+        packed_clicks = _pack_all_clicks(dataset, item_raw)
+        users = np.arange(2, len(dataset.search_user_start) - 1)  # 0, 1: padding, unknown
+        n_queries = n_clicks = 0
+        bar = tqdm(total=len(users), desc="state load", unit="user", disable=not progress)
+        for lo in range(0, len(users), chunk):
+            pipe = client.pipeline(transaction=False)
+            for user in users[lo : lo + chunk]:
+                raw_user = int(user_raw[user])
+                if raw_user < 0:
+                    continue
+                q_entries = _query_entries(dataset, int(user), as_of, query_cap, word_raw)
+                c_entries = _click_entries(dataset, int(user), as_of, click_cap, packed_clicks)
+                qk, ck, pk = (
+                    keys.query_key(raw_user),
+                    keys.click_key(raw_user),
+                    keys.profile_key(raw_user),
+                )
+                pipe.delete(qk, ck, pk)
+                if q_entries:
+                    pipe.rpush(qk, *q_entries)
+                    pipe.expire(qk, ttl_s)
+                if c_entries:
+                    pipe.rpush(ck, *c_entries)
+                    pipe.expire(ck, ttl_s)
+                if int(user) in profile_codes:
+                    pipe.hset(pk, mapping=profile_codes[int(user)])
+                    pipe.expire(pk, ttl_s)
+                n_queries += len(q_entries)
+                n_clicks += len(c_entries)
+            try:
+                pipe.execute()
+            except (RedisError, OSError) as error:
+                raise failure("Redis write failed during state load", error) from None
+            bar.update(min(chunk, len(users) - lo))
+        bar.close()
     return LoadReport(len(users), n_queries, n_clicks, time.perf_counter() - start)
 
 
@@ -151,9 +173,34 @@ def parse_time(value: str) -> int:
 
 
 def default_redis_url(given: str | None) -> str:
+    """`given`, else QUERYREC_REDIS_URL; StateUnavailable when neither is set."""
     import os
 
     url = given or os.environ.get("QUERYREC_REDIS_URL")
     if not url:
         raise StateUnavailable("no Redis URL: pass --redis URL or set QUERYREC_REDIS_URL")
     return url
+
+
+def default_redis_password() -> str | None:
+    """The AUTH password as the service reads it: QUERYREC_REDIS_PASSWORD, else the first
+    line of the file named by QUERYREC_REDIS_PASSWORD_FILE; None when neither is set
+    (then a password in the URL, if any, is used). Kept off the command line on purpose."""
+    import os
+    from pathlib import Path
+
+    value = os.environ.get("QUERYREC_REDIS_PASSWORD")
+    if value:
+        return value
+    name = os.environ.get("QUERYREC_REDIS_PASSWORD_FILE")
+    if not name:
+        return None
+    try:
+        lines = Path(name).read_text().splitlines()
+    except OSError as error:
+        raise SettingsError(
+            f"QUERYREC_REDIS_PASSWORD_FILE {name}: cannot read it ({error.strerror})"
+        ) from None
+    if not lines or not lines[0].strip():
+        raise SettingsError(f"QUERYREC_REDIS_PASSWORD_FILE {name}: the first line is empty")
+    return lines[0].strip()

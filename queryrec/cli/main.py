@@ -331,7 +331,12 @@ def state_load_command(
 ) -> None:
     """Bulk-load every user's query and click histories and profile into Redis."""
     from queryrec.features.dataset import PreparedDataset
-    from service.state_load import default_redis_url, load_state, parse_time
+    from service.state_load import (
+        default_redis_password,
+        default_redis_url,
+        load_state,
+        parse_time,
+    )
 
     try:
         when = parse_time(as_of) if as_of is not None else None
@@ -343,6 +348,7 @@ def state_load_command(
         as_of_ms=when,
         query_cap=query_cap,
         click_cap=click_cap,
+        password=default_redis_password(),
     )
     print(
         f"loaded {report.users:,} users ({report.queries:,} queries, {report.clicks:,} clicks) "

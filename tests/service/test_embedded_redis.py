@@ -187,3 +187,85 @@ def test_imports_no_torch() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("redis://127.0.0.1:")
+
+
+def test_pause_stops_answers_and_resume_brings_them_back(server: EmbeddedRedis) -> None:
+    with redis.Redis.from_url(server.url, socket_timeout=0.3) as client:
+        client.set("key", "kept")
+        server.pause()
+        assert server.paused and server.running
+        with pytest.raises(redis.TimeoutError):
+            client.get("key")
+        server.resume()
+        assert not server.paused
+        assert client.get("key") == b"kept"
+    server.resume()  # not paused: a no-op
+
+
+def test_kill_then_restart_on_the_same_port() -> None:
+    server = EmbeddedRedis().start()
+    try:
+        port, pid, url = server.port, server.pid, server.url
+        with redis.Redis.from_url(url) as client:
+            client.set("key", "old")
+            server.kill()
+            assert not server.running
+            assert not _process_exists(pid)  # reaped, not a zombie
+            assert server.port == port  # known until stop(): restart() comes back there
+            with pytest.raises(redis.ConnectionError):
+                client.get("key")
+            assert server.restart() is server
+            assert server.port == port and server.url == url and server.pid != pid
+            assert client.get("key") is None  # a new, empty server answers the old URL
+    finally:
+        server.stop()
+    assert server.directory is None
+
+
+def test_restart_after_stop_and_of_a_paused_server_keeps_the_port() -> None:
+    server = EmbeddedRedis()
+    with pytest.raises(EmbeddedRedisError, match="never started"):
+        server.restart()
+    server.start()
+    try:
+        port = server.port
+        server.stop()
+        server.restart()
+        assert server.port == port
+        server.pause()
+        server.restart()  # the paused one is resumed, shut down and replaced
+        assert server.port == port and not server.paused
+        with redis.Redis.from_url(server.url) as client:
+            assert client.ping()
+    finally:
+        server.stop()
+
+
+def test_stop_of_a_paused_server_leaves_nothing() -> None:
+    server = EmbeddedRedis().start()
+    pid, directory = server.pid, server.directory
+    server.pause()
+    server.stop()
+    assert not _process_exists(pid)
+    assert directory is not None and not directory.exists()
+
+
+def test_password_is_required_and_kept_off_the_command_line() -> None:
+    secret = 'pa ss"w\\rd@x'
+    with EmbeddedRedis(password=secret) as server:
+        assert server.password == secret and secret not in server.url
+        cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes()
+        assert secret.encode() not in cmdline
+        with (
+            redis.Redis.from_url(server.url) as anonymous,
+            pytest.raises(redis.AuthenticationError),
+        ):
+            anonymous.ping()
+        with redis.Redis(host="127.0.0.1", port=server.port, password=secret) as client:
+            assert client.ping()
+        server.kill()
+        server.restart()  # the new server requires the password too
+        with redis.Redis(host="127.0.0.1", port=server.port, password=secret) as client:
+            assert client.ping()
+        pid = server.pid
+    assert not _process_exists(pid)  # SHUTDOWN after AUTH (or the signals) stopped it

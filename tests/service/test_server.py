@@ -15,9 +15,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.api import scorer_pb2 as pb
+from service.scoring import now_ms
 from tests.service.harness import ServerThread
 
 HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
 T = 1_700_000_000_000  # a fixed request time
 
 
@@ -140,6 +142,18 @@ BAD_REQUESTS = {
         "RecordQuery",
         pb.RecordQueryRequest(user_id=5, token_ids=[1], timestamp_ms=-1),
     ),
+    "timestamp before 2000": (
+        "RecordQuery",
+        pb.RecordQueryRequest(user_id=5, token_ids=[1], timestamp_ms=946_684_799_999),
+    ),
+    "timestamp two days ahead": (
+        "RecordClicks",
+        pb.RecordClicksRequest(user_id=5, item_ids=[1], timestamp_ms=now_ms() + 2 * DAY_MS),
+    ),
+    "request time far ahead": (
+        "Score",
+        pb.ScoreRequest(user_id=5, item_ids=[1], request_time_ms=2**62),
+    ),
     "no clicks": ("RecordClicks", pb.RecordClicksRequest(user_id=5, item_ids=[])),
     "negative click": ("RecordClicks", pb.RecordClicksRequest(user_id=5, item_ids=[-2])),
 }
@@ -255,3 +269,20 @@ def test_without_a_redis_url_the_server_runs_its_own(
     finally:
         harness.close()
     assert not server.embedded_redis.running  # stopped with the server
+
+
+def test_reflection_can_be_switched_off(bundle: Path, redis_url: str) -> None:
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    harness = ServerThread(bundle, redis_url, reflection=False)
+    try:
+        harness.create()
+        harness.start()
+        assert harness.channel is not None
+        with pytest.raises(grpc.RpcError) as caught:
+            ProtoReflectionDescriptorDatabase(harness.channel).get_services()
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        harness.close()

@@ -1,4 +1,5 @@
-"""Redis keys and state against a real Redis: exact key bytes, caps, TTL, URLs, bulk load."""
+"""Redis keys and state against a real Redis: exact key bytes, caps, TTL, idempotent
+appends, URLs and their redaction, bulk load. (Faults: test_redis_faults.py.)"""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from queryrec.features.dataset import PreparedDataset
 from service import redis_keys as keys
 from service.embedded_redis import EmbeddedRedis
 from service.errors import StateUnavailable
-from service.state import HistoryCaps, RedisState
-from service.state_load import load_state, parse_time
+from service.state import HistoryCaps, RedisState, redacted_url
+from service.state_load import default_redis_password, load_state, parse_time
 
 CAPS = HistoryCaps(queries=3, clicks=4, ttl_s=100)
 COMMANDS = ("lrange", "hgetall", "get", "lpush", "multi")
@@ -110,8 +111,7 @@ def test_read_of_many_users_is_one_round_trip_in_user_order(
 
 @pytest.mark.slow
 def test_password_url_works_and_a_wrong_one_is_a_clear_error() -> None:
-    with EmbeddedRedis() as server:
-        redis.Redis.from_url(server.url).config_set("requirepass", "s3cret")
+    with EmbeddedRedis(password="s3cret") as server:
         url = f"redis://:s3cret@127.0.0.1:{server.port}/0"
 
         async def go(target: str) -> None:
@@ -161,3 +161,165 @@ def test_the_client_parses_with_hiredis() -> None:
     from redis.utils import HIREDIS_AVAILABLE
 
     assert HIREDIS_AVAILABLE
+
+
+def _stored(url: str, key: str) -> list[bytes]:
+    with redis.Redis.from_url(url) as client:
+        return list(client.lrange(key, 0, -1))
+
+
+def test_a_repeated_write_is_stored_once_and_refreshes_the_ttl(redis_client_url: str) -> None:
+    admin = redis.Redis.from_url(redis_client_url)
+
+    async def go() -> None:
+        state = RedisState(redis_client_url, CAPS)
+        try:
+            assert await state.append_query(7, 1000, [1, 2]) == 1
+            assert await state.append_clicks(7, 2000, [11, 12]) == 2
+            admin.expire(keys.query_key(7), 5)
+            admin.expire(keys.click_key(7), 5)
+            assert await state.append_query(7, 1000, [1, 2]) == 1  # the retry: same answer
+            assert await state.append_clicks(7, 2000, [11, 12]) == 2
+            assert admin.ttl(keys.query_key(7)) > 5 and admin.ttl(keys.click_key(7)) > 5
+            assert await state.append_query(7, 1000, [1, 3]) == 2  # other words: a new entry
+            assert await state.append_query(7, 1001, [1, 2]) == 3  # another time: new entry
+            (user,) = await state.read([7], None)
+        finally:
+            await state.close()
+        assert user.query_ts.tolist() == [1001, 1000, 1000]
+        assert user.click_items.tolist() == [12, 11]
+
+    asyncio.run(go())
+    admin.close()
+
+
+def test_a_retry_is_recognised_behind_up_to_the_window_of_newer_entries(
+    redis_client_url: str,
+) -> None:
+    caps = HistoryCaps(queries=50, clicks=50, ttl_s=100)
+
+    async def go() -> None:
+        state = RedisState(redis_client_url, caps)
+        try:
+            await state.append_clicks(1, 10, [5, 6, 7])
+            for i in range(keys.DEDUP_WINDOW):  # other calls between the try and its retry
+                await state.append_clicks(1, 20 + i, [100 + i])
+            length = 3 + keys.DEDUP_WINDOW
+            assert await state.append_clicks(1, 10, [5, 6, 7]) == length  # recognised
+            await state.append_query(2, 10, [1])
+            for i in range(keys.DEDUP_WINDOW + 1):
+                await state.append_query(2, 20 + i, [2])
+            # Beyond the window the same entry counts as a new event.
+            assert await state.append_query(2, 10, [1]) == keys.DEDUP_WINDOW + 3
+        finally:
+            await state.close()
+
+    asyncio.run(go())
+    _, items = keys.unpack_clicks(_stored(redis_client_url, keys.click_key(1)))
+    assert items.tolist() == [107 - i for i in range(8)] + [7, 6, 5]
+
+
+def test_only_a_whole_contiguous_run_is_a_retry(redis_client_url: str) -> None:
+    async def go() -> None:
+        state = RedisState(redis_client_url, HistoryCaps(queries=3, clicks=10, ttl_s=100))
+        try:
+            assert await state.append_clicks(1, 10, [9, 9]) == 2  # within one call: as given
+            assert await state.append_clicks(1, 10, [9, 9]) == 2  # two identical calls: one
+            assert await state.append_clicks(1, 10, [9]) == 2  # a run inside the last call
+            assert await state.append_clicks(2, 10, [1, 2]) == 2
+            assert await state.append_clicks(2, 10, [2, 3]) == 4  # overlaps, is not a run
+            assert await state.append_clicks(2, 10, [1, 3]) == 6  # not contiguous: new
+        finally:
+            await state.close()
+
+    asyncio.run(go())
+    _, items = keys.unpack_clicks(_stored(redis_client_url, keys.click_key(2)))
+    assert items.tolist() == [3, 1, 3, 2, 2, 1]
+
+
+def test_a_call_longer_than_the_cap_is_recognised_by_what_was_kept(
+    redis_client_url: str,
+) -> None:
+    async def go() -> None:
+        state = RedisState(redis_client_url, CAPS)  # clicks capped at 4
+        try:
+            assert await state.append_clicks(3, 10, [1, 2, 3, 4, 5, 6]) == 4
+            assert await state.append_clicks(3, 10, [1, 2, 3, 4, 5, 6]) == 4
+        finally:
+            await state.close()
+
+    asyncio.run(go())
+    _, items = keys.unpack_clicks(_stored(redis_client_url, keys.click_key(3)))
+    assert items.tolist() == [6, 5, 4, 3]
+
+
+SECRET = "pa@ss:w0rd"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:hunter2@cache.example:6380/0", "redis://***@cache.example:6380/0"),
+        ("redis://alice:hunter2@cache.example/1", "redis://alice:***@cache.example/1"),
+        ("redis://:p@ss@cache.example:1", "redis://***@cache.example:1"),  # the LAST @
+        ("redis://cache.example:1/0?password=hunter2", "redis://cache.example:1/0?password=***"),
+        ("rediss://u:hunter2@tls.example:6380/0", "rediss://u:***@tls.example:6380/0"),
+        ("unix:///tmp/r.sock?password=hunter2&db=2", "unix:///tmp/r.sock?password=***&db=2"),
+        ("unix://:hunter2@/tmp/r.sock", "unix://***@/tmp/r.sock"),
+        ("redis://cache.example:6379/0", "redis://cache.example:6379/0"),
+        ("hunter2@cache.example", "***"),  # no scheme
+    ],
+)
+def test_redacted_url_shows_no_password_in_any_form(url: str, shown: str) -> None:
+    assert redacted_url(url) == shown
+    for secret in ("hunter2", "p@ss"):
+        assert secret not in redacted_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"redis://:{SECRET}@h:1/0",
+        "redis://:pa%40ss%3Aw0rd@h:1/0",  # percent-encoded
+        "redis://h:1/0?password=pa%40ss%3Aw0rd",
+        f"redis://h:1/0?password={SECRET}",
+        f"redis://:{SECRET}@h:1/0#frag",
+        f"redis://:{SECRET}@[::1/0",  # unparseable
+    ],
+)
+def test_redacted_url_hides_a_password_with_reserved_characters(url: str) -> None:
+    shown = redacted_url(url)
+    assert SECRET not in shown and "pa%40ss" not in shown and "w0rd" not in shown
+
+
+def test_password_argument_wins_over_the_url(redis_client_url: str) -> None:
+    state = RedisState("redis://:from-url@h:1/0", CAPS, password="from-argument")
+    assert state.client.connection_pool.connection_kwargs["password"] == "from-argument"
+    asyncio.run(state.close())
+    state = RedisState("redis://:from-url@h:1/0", CAPS)
+    assert state.client.connection_pool.connection_kwargs["password"] == "from-url"
+    asyncio.run(state.close())
+
+
+def test_state_load_takes_the_password_and_never_shows_it(
+    tiny_data: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    dataset = PreparedDataset(tiny_data)
+    with EmbeddedRedis(password=SECRET) as server:
+        wrong = f"redis://:{SECRET}x@127.0.0.1:{server.port}/0"
+        report = load_state(dataset, wrong, password=SECRET, progress=False)  # it wins
+        assert report.users > 0
+        with pytest.raises(StateUnavailable) as info:
+            load_state(dataset, wrong, progress=False)
+        assert SECRET not in str(info.value) and "127.0.0.1" in str(info.value)
+        with pytest.raises(StateUnavailable) as info:
+            load_state(dataset, server.url, password=SECRET + "x", progress=False)
+        assert SECRET not in str(info.value)
+    monkeypatch.delenv("QUERYREC_REDIS_PASSWORD", raising=False)
+    monkeypatch.delenv("QUERYREC_REDIS_PASSWORD_FILE", raising=False)
+    assert default_redis_password() is None
+    (tmp_path / "pw").write_text(SECRET + "\n")
+    monkeypatch.setenv("QUERYREC_REDIS_PASSWORD_FILE", str(tmp_path / "pw"))
+    assert default_redis_password() == SECRET
+    monkeypatch.setenv("QUERYREC_REDIS_PASSWORD", "from-env")
+    assert default_redis_password() == "from-env"
