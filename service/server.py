@@ -346,10 +346,10 @@ async def create_server(settings: ServiceSettings, bundle: Bundle | None = None)
         password=password,
         pool_size=settings.redis_pool_size,
         reconnect_max_s=settings.redis_reconnect_max_s,
-        events=observer,
     )
     try:
         await state.ping()
+        state.report_to(observer)
         scorer = Scorer(bundle, state, settings, metrics, observer)
     except BaseException:
         await state.close()

@@ -196,6 +196,12 @@ class RedisState:
                 f"Redis at {redacted_url(self.url)} does not answer ({type(error).__name__})"
             ) from None
 
+    def report_to(self, events: RedisEvents | None) -> None:
+        """Report failures, losses and recoveries to `events` from now on (the server
+        attaches its metrics after the start-up PING, so that a Redis missing at start
+        is one error line, not also a "lost" event)."""
+        self._events = events
+
     async def close(self) -> None:
         """Stop the reconnect task and close every connection."""
         self._closed = True
