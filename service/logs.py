@@ -19,9 +19,26 @@ from pythonjsonlogger.json import JsonFormatter
 log = logging.getLogger("queryrec.serve")
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is at the time of each record (a stream captured
+    at configuration time may be closed later, for example by a test's capture)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure_logging(level: int = logging.INFO) -> None:
-    """JSON lines on stderr for the whole process (uvicorn's and gRPC's loggers too)."""
-    handler = logging.StreamHandler(sys.stderr)
+    """JSON lines on stderr for the whole process (uvicorn's and gRPC's loggers too).
+    Idempotent: a second call replaces its own handler, not other handlers."""
+    handler = _StderrHandler()
     handler.setFormatter(
         JsonFormatter(
             "{asctime}{levelname}{name}{message}",
@@ -30,7 +47,8 @@ def configure_logging(level: int = logging.INFO) -> None:
         )
     )
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, _StderrHandler)]
+    root.addHandler(handler)
     root.setLevel(level)
 
 

@@ -182,14 +182,14 @@ class ScoringServer:
         self.draining, self.accepting = True, False
         self.metrics.ready.set(0)
         began = time.perf_counter()
-        try:
-            async with asyncio.timeout(grace):
-                await asyncio.gather(
-                    self._idle.wait() if self._in_flight else asyncio.sleep(0),
-                    asyncio.sleep(min(REFUSAL_WINDOW_S, grace)),
-                )
-        except TimeoutError:
-            event("grace_expired", logging.WARNING, in_flight=self._in_flight)
+        if self._in_flight:
+            try:
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
+            except TimeoutError:
+                event("grace_expired", logging.WARNING, in_flight=self._in_flight)
+        refused_for = time.perf_counter() - began
+        await asyncio.sleep(max(min(REFUSAL_WINDOW_S, grace) - refused_for, 0.0))
         await self.health.close()
         await self.server.stop(max(grace - (time.perf_counter() - began), 0.1))
         await self.holder.close()
