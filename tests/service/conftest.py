@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,3 +18,14 @@ def _root_logging_restored() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def raw(bundle: Path) -> dict[str, list[int]]:
+    """Some raw ids the tiny bundle knows: the first 50 users, items and words."""
+    import polars as pl
+
+    return {
+        name: pl.read_parquet(bundle / f"maps/{name}.parquet")["raw_id"].to_list()[:50]
+        for name in ("users", "items", "words")
+    }

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import polars as pl
 import pytest
 
 from service.api import scorer_pb2 as pb
@@ -45,14 +44,6 @@ class SlowSession:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
-
-
-@pytest.fixture(scope="module")
-def raw(bundle: Path) -> dict[str, list[int]]:
-    return {
-        name: pl.read_parquet(bundle / f"maps/{name}.parquet")["raw_id"].to_list()[:50]
-        for name in ("users", "items", "words")
-    }
 
 
 @pytest.fixture

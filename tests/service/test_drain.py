@@ -16,8 +16,6 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import grpc
-import polars as pl
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.api import scorer_pb2 as pb
@@ -27,14 +25,6 @@ from tests.service.test_budget import SlowSession
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-@pytest.fixture(scope="module")
-def raw(bundle: Path) -> dict[str, list[int]]:
-    return {
-        name: pl.read_parquet(bundle / f"maps/{name}.parquet")["raw_id"].to_list()[:50]
-        for name in ("users", "items", "words")
-    }
 
 
 def test_drain_under_load_fails_no_in_flight_call(

@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
-import polars as pl
 import pytest
 from google.protobuf import message as protobuf_message
 from google.protobuf.descriptor_pool import DescriptorPool
@@ -32,15 +31,6 @@ T = 1_700_000_000_000  # a fixed request time
 MINUTE_MS = 60_000
 Reply = TypeVar("Reply", bound=protobuf_message.Message)
 R = TypeVar("R")
-
-
-@pytest.fixture(scope="module")
-def raw(bundle: Path) -> dict[str, list[int]]:
-    """Some raw ids the bundle knows."""
-    return {
-        name: pl.read_parquet(bundle / f"maps/{name}.parquet")["raw_id"].to_list()[:20]
-        for name in ("users", "items", "words")
-    }
 
 
 @pytest.fixture(scope="module")

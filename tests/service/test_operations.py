@@ -12,7 +12,6 @@ from pathlib import Path
 
 import grpc
 import httpx
-import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,14 +22,6 @@ from tests.service.harness import ServerThread
 
 TOKEN = "s3cret-token"
 T = 1_700_000_000_000
-
-
-@pytest.fixture(scope="module")
-def raw(bundle: Path) -> dict[str, list[int]]:
-    return {
-        name: pl.read_parquet(bundle / f"maps/{name}.parquet")["raw_id"].to_list()[:50]
-        for name in ("users", "items", "words")
-    }
 
 
 @pytest.fixture

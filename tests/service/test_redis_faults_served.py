@@ -13,7 +13,6 @@ from pathlib import Path
 
 import grpc
 import httpx
-import polars as pl
 import pytest
 
 from service.api import scorer_pb2 as pb
@@ -21,14 +20,6 @@ from service.embedded_redis import EmbeddedRedis
 from tests.service.harness import ServerThread
 
 T = 1_700_000_000_000
-
-
-@pytest.fixture(scope="module")
-def raw(bundle: Path) -> dict[str, list[int]]:
-    return {
-        name: pl.read_parquet(bundle / f"maps/{name}.parquet")["raw_id"].to_list()[:50]
-        for name in ("users", "items", "words")
-    }
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import polars as pl
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -21,15 +20,6 @@ from tests.service.harness import ServerThread
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 T = 1_700_000_000_000  # a fixed request time
-
-
-@pytest.fixture(scope="module")
-def raw(bundle: Path) -> dict[str, list[int]]:
-    """Some raw ids the bundle knows."""
-    return {
-        name: pl.read_parquet(bundle / f"maps/{name}.parquet")["raw_id"].to_list()[:50]
-        for name in ("users", "items", "words")
-    }
 
 
 @pytest.fixture(scope="module")
