@@ -73,7 +73,7 @@ def test_drain_under_load_fails_no_in_flight_call(
         harness.close()
 
 
-def test_sigterm_drains_and_exits_zero(bundle: Path, redis_url: str) -> None:
+def test_sighup_reloads_and_sigterm_drains_and_exits_zero(bundle: Path, redis_url: str) -> None:
     env = {
         **os.environ,
         "QUERYREC_DRAIN_DELAY_S": "0.5",
@@ -85,6 +85,7 @@ def test_sigterm_drains_and_exits_zero(bundle: Path, redis_url: str) -> None:
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
+    seen: list[str] = []
     try:
         assert process.stdout is not None
         line = process.stdout.readline()  # blocks until the server is warmed and listening
@@ -93,13 +94,23 @@ def test_sigterm_drains_and_exits_zero(bundle: Path, redis_url: str) -> None:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = scorer_pb2_grpc.ScorerStub(channel)
             assert len(stub.Score(pb.ScoreRequest(user_id=3, item_ids=[1, 2]), timeout=60).scores)
+        process.send_signal(signal.SIGHUP)  # reload the bundle from its folder
+        assert process.stderr is not None
+        while not seen or seen[-1] not in ("reload_done", "reload_failed"):
+            line = process.stderr.readline()
+            assert line, f"the server exited; events so far: {seen}"
+            if line.startswith("{"):
+                seen.append(json.loads(line).get("event"))
+        assert seen[-1] == "reload_done", seen
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, err[-2000:]
-    events = [json.loads(line).get("event") for line in err.splitlines() if line.startswith("{")]
-    for name in ("listening", "ready", "drain_started", "stopped"):
+    events = seen + [
+        json.loads(line).get("event") for line in err.splitlines() if line.startswith("{")
+    ]
+    for name in ("listening", "ready", "reload_started", "reload_done", "drain_started", "stopped"):
         assert name in events, (name, Counter(events))
     assert "Traceback" not in err
