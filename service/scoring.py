@@ -103,6 +103,7 @@ class Scorer:
             max_delay_s=settings.encoder_max_delay_ms / 1e3,
             max_queue=settings.max_queue,
             observer=observer,
+            inline_max_s=settings.inline_max_ms / 1e3,
         )
         self.ctr: MicroBatcher[tuple[UserRow, np.ndarray | None, np.ndarray], np.ndarray] = (
             MicroBatcher(
@@ -112,6 +113,7 @@ class Scorer:
                 max_delay_s=settings.ctr_max_delay_ms / 1e3,
                 max_queue=settings.max_queue,
                 observer=observer,
+                inline_max_s=settings.inline_max_ms / 1e3,
             )
         )
 

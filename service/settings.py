@@ -114,6 +114,13 @@ class ServiceSettings(BaseSettings):
         4096, ge=1, description="candidate pairs per CTR call (many requests flattened)"
     )
     ctr_max_delay_ms: float = Field(0.0, ge=0, description="longest wait to fill a CTR batch")
+    inline_max_ms: float = Field(
+        0.0,
+        ge=0,
+        description="a request that finds its batcher idle runs on the event loop, without "
+        "the worker-thread hand-off, when the measured call time is at most this; 0: never "
+        "(the default: at 2 ms it cost 1.13x server CPU per Score, docs/BENCHMARKS.md)",
+    )
     max_queue: int = Field(
         2048,
         ge=1,
@@ -142,6 +149,14 @@ class ServiceSettings(BaseSettings):
         24 * 3600 * 1000,
         ge=0,
         description="how far ahead of the server clock a timestamp may be",
+    )
+    # Processes.
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="server processes sharing the gRPC port (SO_REUSEPORT) behind one admin "
+        "API; unset: one per CPU core; 1: a single process",
     )
     # Lifecycle.
     drain_delay_s: float = Field(

@@ -185,3 +185,49 @@ def test_a_batch_that_does_not_fill_goes_when_its_delay_is_over() -> None:
 
     asyncio.run(go())
     assert calls == [[1]]
+
+
+def test_an_idle_batcher_runs_a_measured_cheap_call_inline_and_an_unmeasured_one_in_its_thread() -> (
+    None
+):
+    threads: list[str] = []
+
+    def run(items: list[int]) -> list[int]:
+        threads.append(threading.current_thread().name)
+        return [i * 2 for i in items]
+
+    async def go() -> None:
+        batcher: MicroBatcher[int, int] = MicroBatcher(
+            "t", run, max_size=8, max_delay_s=0.0, max_queue=100, inline_max_s=60.0
+        )
+        batcher.start()
+        try:
+            assert await batcher.submit(1) == 2  # not measured yet: the worker thread
+            assert await batcher.submit(2) == 4  # measured and idle: inline, on the loop
+        finally:
+            await batcher.stop()
+
+    asyncio.run(go())
+    assert threads[0].startswith("batch-t") and threads[1] == threading.main_thread().name
+
+
+def test_inline_is_off_when_the_measured_call_is_slower_than_the_bound() -> None:
+    threads: list[str] = []
+
+    def run(items: list[int]) -> list[int]:
+        threads.append(threading.current_thread().name)
+        return items
+
+    async def go() -> None:
+        batcher: MicroBatcher[int, int] = MicroBatcher(
+            "t", run, max_size=8, max_delay_s=0.0, max_queue=100, inline_max_s=1e-12
+        )
+        batcher.start()
+        try:
+            for i in range(3):
+                await batcher.submit(i)
+        finally:
+            await batcher.stop()
+
+    asyncio.run(go())
+    assert all(name.startswith("batch-t") for name in threads)
