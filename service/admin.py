@@ -12,6 +12,10 @@
 The admin token (`QUERYREC_ADMIN_TOKEN` / `_FILE`) protects the mutating endpoint
 (reload): without the right `Authorization: Bearer <token>` it answers 401. With no token
 set, reload is allowed only when the admin port is bound to loopback (otherwise 403).
+
+`build_admin_app` serves one server process. `build_fleet_admin_app` is the same API for
+the supervisor of `serve --workers N` (service.workers): readiness and reload fan out to
+every worker, /metrics merges the workers' files, the rest is answered by one worker.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import asyncio
 import contextlib
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -62,9 +66,25 @@ class ScoreBody(BaseModel):
     request_time_ms: int = 0
 
 
-def build_admin_app(ops: Operations, token: str | None, host: str) -> FastAPI:
-    """The admin app over a server's operations."""
-    app = FastAPI(title="QueryRec admin", docs_url=None, redoc_url=None, openapi_url=None)
+class Fleet(Protocol):
+    """What the supervisor's admin API needs from the supervisor (service.workers).
+
+    Every answer is an HTTP status and a JSON body, as the workers gave it or merged."""
+
+    async def readiness(self) -> dict[str, Any]: ...
+
+    def metrics_text(self) -> bytes: ...
+
+    async def forward(
+        self, method: str, path: str, body: dict[str, Any] | None
+    ) -> tuple[int, Any]: ...
+
+    async def reload(self, bundle: str | None) -> tuple[int, dict[str, Any]]: ...
+
+
+def _operator_check(token: str | None, host: str) -> Callable[..., None]:
+    """The dependency that guards reload: the bearer token, or a loopback bind when no
+    token is set."""
     bearer = HTTPBearer(auto_error=False)
 
     def operator(
@@ -79,6 +99,18 @@ def build_admin_app(ops: Operations, token: str | None, host: str) -> FastAPI:
             raise HTTPException(
                 401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
             )
+
+    return operator
+
+
+def _new_app() -> FastAPI:
+    return FastAPI(title="QueryRec admin", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+def build_admin_app(ops: Operations, token: str | None, host: str) -> FastAPI:
+    """The admin app over a server's operations."""
+    app = _new_app()
+    operator = _operator_check(token, host)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, bool]:
@@ -136,6 +168,43 @@ def build_admin_app(ops: Operations, token: str | None, host: str) -> FastAPI:
                 "degraded_reasons": list(answer.degraded_reasons),
             }
         )
+
+    return app
+
+
+def build_fleet_admin_app(fleet: Fleet, token: str | None, host: str) -> FastAPI:
+    """The admin app of the supervisor of `serve --workers N`: the endpoints and the
+    token rule of `build_admin_app`, answered by the workers (`Fleet`)."""
+    app = _new_app()
+    operator = _operator_check(token, host)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, bool]:
+        return {"alive": True}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        report = await fleet.readiness()
+        return JSONResponse(report, status_code=200 if report["ready"] else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(fleet.metrics_text(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/model")
+    async def model() -> JSONResponse:
+        status, payload = await fleet.forward("GET", "/v1/model", None)
+        return JSONResponse(payload, status_code=status)
+
+    @app.post("/v1/model/reload", dependencies=[Depends(operator)])
+    async def reload(body: ReloadBody | None = None) -> JSONResponse:
+        status, payload = await fleet.reload(body.bundle if body is not None else None)
+        return JSONResponse(payload, status_code=status)
+
+    @app.post("/v1/score")
+    async def score(body: ScoreBody) -> JSONResponse:
+        status, payload = await fleet.forward("POST", "/v1/score", body.model_dump())
+        return JSONResponse(payload, status_code=status)
 
     return app
 

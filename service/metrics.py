@@ -4,13 +4,20 @@ Names follow the Prometheus conventions: a `queryrec_` prefix, base units in the
 (`_seconds`), `_total` on counters (added by the library). The README "Operations" lists
 them; `/metrics` on the admin port serves them. A registry per server, not the global
 one, so that several servers in one process (tests, a reload) never collide.
+
+Both of prometheus-client's modes work: one process (values in memory), and the
+multiprocess mode of `queryrec serve --workers N` (`PROMETHEUS_MULTIPROC_DIR` set before
+the library is imported: every worker writes its values to files there and the
+supervisor's `/metrics` merges them, `service.workers`). That mode has no `Info` metric,
+so the model is a gauge with the bundle as labels and the value 1, and every gauge says
+how the workers' values merge (`multiprocess_mode`; ignored in one process).
 """
 
 from __future__ import annotations
 
 import logging
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 
 from service.logs import event
 
@@ -35,6 +42,43 @@ LATENCY_BUCKETS = (
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 STAGES = ("redis", "encoder_queue", "encoder_compute", "ctr_queue", "ctr_compute")
+MODEL_LABELS = ("model_version", "model_name", "encoder_version", "bundle")
+
+
+def multiprocess_mode() -> bool:
+    """True when prometheus-client writes values to `PROMETHEUS_MULTIPROC_DIR` (decided
+    once, when the library was imported)."""
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
+class ModelInfo:
+    """`queryrec_model_info`: a gauge, 1 for the bundle served, its identity in labels.
+
+    The `Info` metric would say the same, but multiprocess mode does not support it. On
+    a reload the old label set goes: removed in one process; in multiprocess mode, where
+    a removal never reaches the other processes' view of the files, set to 0 (merged with
+    `livemax`: 1 while any live worker serves that bundle)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.gauge = Gauge(
+            "queryrec_model_info",
+            "1 for the bundle being served (follows reloads); its identity in the labels",
+            MODEL_LABELS,
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self._current: tuple[str, ...] | None = None
+
+    def info(self, labels: dict[str, str]) -> None:
+        """Serve `labels` (the keys of MODEL_LABELS) from now on."""
+        serving = tuple(str(labels[name]) for name in MODEL_LABELS)
+        if self._current is not None and self._current != serving:
+            if multiprocess_mode():
+                self.gauge.labels(*self._current).set(0)
+            else:
+                self.gauge.remove(*self._current)
+        self.gauge.labels(*serving).set(1)
+        self._current = serving
 
 
 class ServiceMetrics:
@@ -57,7 +101,10 @@ class ServiceMetrics:
             registry=r,
         )
         self.in_flight = Gauge(
-            "queryrec_grpc_requests_in_flight", "gRPC calls being answered now", registry=r
+            "queryrec_grpc_requests_in_flight",
+            "gRPC calls being answered now",
+            registry=r,
+            multiprocess_mode="livesum",  # workers: calls in flight in all of them
         )
         self.stage = Histogram(
             "queryrec_stage_duration_seconds",
@@ -114,9 +161,12 @@ class ServiceMetrics:
             registry=r,
         )
         self.redis_up = Gauge(
-            "queryrec_redis_up", "1 while Redis answers, 0 while it is down", registry=r
+            "queryrec_redis_up",
+            "1 while Redis answers, 0 while it is down",
+            registry=r,
+            multiprocess_mode="livemin",  # workers: 0 when any of them has lost Redis
         )
-        self.model = Info("queryrec_model", "the bundle being served (follows reloads)", registry=r)
+        self.model = ModelInfo(r)
         self.reloads = Counter(
             "queryrec_model_reloads",
             "model reloads, by result (success, failure)",
@@ -124,7 +174,10 @@ class ServiceMetrics:
             registry=r,
         )
         self.ready = Gauge(
-            "queryrec_ready", "1 while the service reports ready (/readyz 200)", registry=r
+            "queryrec_ready",
+            "1 while the service reports ready (/readyz 200)",
+            registry=r,
+            multiprocess_mode="livemin",  # workers: 1 only when every one of them is
         )
 
 

@@ -258,10 +258,13 @@ class ScoringServer:
         )
 
 
-def _server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
+def _server_options(settings: ServiceSettings, reuse_port: bool = False) -> list[tuple[str, int]]:
+    """Channel arguments of the server. SO_REUSEPORT only for the workers of
+    `serve --workers N` (they bind one port together); one process keeps the port to
+    itself, so a second server on the same port fails to bind instead of sharing it."""
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
         ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
         ("grpc.max_connection_age_grace_ms", int(max(settings.shutdown_grace_s, 1) * 1000)),
         ("grpc.max_connection_idle_ms", int(settings.max_connection_idle_s * 1000)),
@@ -316,8 +319,13 @@ def _check_fits(bundle: Bundle, caps: HistoryCaps) -> None:
             )
 
 
-async def create_server(settings: ServiceSettings, bundle: Bundle | None = None) -> ScoringServer:
-    """Load the bundle, connect Redis, bind the port; health NOT_SERVING until `start()`."""
+async def create_server(
+    settings: ServiceSettings, bundle: Bundle | None = None, *, reuse_port: bool = False
+) -> ScoringServer:
+    """Load the bundle, connect Redis, bind the port; health NOT_SERVING until `start()`.
+
+    `reuse_port`: bind with SO_REUSEPORT, for a worker of `serve --workers N`
+    (`service.workers`), which shares its concrete port with the other workers."""
     if bundle is None:
         if settings.bundle is None:
             raise SettingsError("no model bundle: set QUERYREC_BUNDLE or pass --bundle")
@@ -363,7 +371,7 @@ async def create_server(settings: ServiceSettings, bundle: Bundle | None = None)
         settings.shutdown_grace_s,
     )
     calls = Calls(holder, state, settings, DegradedBursts())
-    server = grpc.aio.server(options=_server_options(settings))
+    server = grpc.aio.server(options=_server_options(settings, reuse_port))
     health = Health(("", SERVICE_NAME))
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflect = settings.reflection

@@ -299,6 +299,14 @@ def serve_command(
         int | None,
         typer.Option("--admin-port", help="Admin HTTP port (or QUERYREC_ADMIN_PORT); 0 = free."),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            help="Server processes sharing the gRPC port (or QUERYREC_WORKERS); default one "
+            "per CPU core, 1 = one process.",
+        ),
+    ] = None,
 ) -> None:
     """Serve Score / RecordQuery / RecordClicks over gRPC until SIGTERM / SIGINT (graceful
     drain), with the admin HTTP API (health, readiness, metrics, reload); SIGHUP reloads."""
@@ -312,8 +320,11 @@ def serve_command(
         host=host,
         device=device,
         admin_port=admin_port,
+        workers=workers,
     )
-    serve_forever(settings)
+    code = serve_forever(settings)
+    if code:
+        raise typer.Exit(code)
 
 
 @state_app.command("load")

@@ -10,6 +10,13 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
+def _one_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`queryrec serve` defaults to one worker per core; tests that run it in-process
+    (the CLI's `main`) get one process on every machine unless they ask for more."""
+    monkeypatch.setenv("QUERYREC_WORKERS", "1")
+
+
+@pytest.fixture(autouse=True)
 def _root_logging_restored() -> Iterator[None]:
     """`queryrec serve` run in-process (tests call the CLI's `main`) configures the root
     logger for the process; put it back so later tests see only their own output."""
