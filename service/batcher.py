@@ -10,8 +10,10 @@ request waits at most `max_delay_s` (MEASURED.md: a fixed delay hurts at low loa
 it small).
 
 Time, not queue length, decides admission: each request says by when (loop time) it
-must have its result; `submit` refuses it at once (`Overloaded`) when the expected wait,
-from the measured seconds per unit and what is queued and running, would end past that.
+must have its result; `submit` refuses it at once (`Overloaded`) when the batcher is busy
+and the expected wait, from the measured seconds per unit and what is queued and
+running, would end past that. An idle batcher always admits (its next call refreshes
+the estimate; otherwise one slow measurement could refuse every later request).
 Requests whose caller is gone (cancelled, deadline passed) are dropped before the call.
 `max_queue` is only a hard memory cap.
 
@@ -129,7 +131,7 @@ class MicroBatcher(Generic[In, Out]):
         now = loop.time()
         if self._queue.qsize() >= self.max_queue:
             raise Overloaded(f"{self.name} queue is full ({self.max_queue} waiting)")
-        if deadline is not None and now + self.expected_wait(units) > deadline:
+        if deadline is not None and self._busy() and now + self.expected_wait(units) > deadline:
             if self.observer is not None:
                 self.observer.refused(self.name)
             raise Overloaded(f"{self.name} is busy: the expected wait exceeds the time left")
@@ -179,6 +181,12 @@ class MicroBatcher(Generic[In, Out]):
 
     def _idle(self) -> bool:
         return self._running_since is None and self._carry is None and self._queue.empty()
+
+    def _busy(self) -> bool:
+        """A call runs or requests wait. Only then is a request refused: an idle batcher
+        always admits, so a cost estimate measured at a bad moment is refreshed by the
+        next call instead of refusing every request from then on."""
+        return self._running_since is not None or self._queued_units > 0
 
     def _expected_call_s(self, units: int) -> float:
         """Seconds one call of `units` is measured to take (0: not measured yet)."""

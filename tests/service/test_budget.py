@@ -33,9 +33,11 @@ class SlowSession:
         self.inner, self.delay_s = inner, delay_s
         self.calls = 0
         self.finished = threading.Event()  # set after each call
+        self.started = [threading.Event() for _ in range(64)]  # [k]: call k + 1 began
 
     def run(self, outputs: Any, feed: dict[str, Any]) -> Any:
         self.calls += 1
+        self.started[min(self.calls, 64) - 1].set()
         time.sleep(self.delay_s)
         try:
             return self.inner.run(outputs, feed)
@@ -120,10 +122,33 @@ def test_admission_refuses_at_once_when_the_queue_cannot_finish_in_time(
     request = pb.ScoreRequest(user_id=raw["users"][0], item_ids=raw["items"][:5])
     first, _ = timed_score(started, request)
     assert first == "DEADLINE_EXCEEDED"
-    assert slow.finished.wait(30)  # the batch ran and its cost was measured
-    second, _ = timed_score(started, request)
-    assert second == "RESOURCE_EXHAUSTED"
-    assert slow.calls == 1  # the refused request never reached the graph
+    assert slow.finished.wait(30)  # the call ran and its cost was measured
+    # An idle batcher admits (the estimate is refreshed by the next call) ...
+    second = started.stub.Score.future(request, timeout=60)
+    assert slow.started[1].wait(30)
+    # ... a busy one refuses at once what cannot finish in time behind the running call.
+    third, _ = timed_score(started, request)
+    assert third == "RESOURCE_EXHAUSTED"
+    assert second.exception() is not None
+    assert second.exception().code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert slow.calls == 2  # the refused request never reached the graph
+
+
+def test_a_stale_slow_estimate_does_not_refuse_forever(
+    started: ServerThread, raw: dict[str, list[int]]
+) -> None:
+    """One slow call measured, then the graph is fast again: answers recover by
+    themselves (the idle batcher admits, and the next call refreshes the estimate)."""
+    assert started.server is not None
+    bundle = started.server.scorer.bundle
+    fast = bundle.ctr
+    slow = slow_down(started, "ctr", delay_s=1.0)
+    request = pb.ScoreRequest(user_id=raw["users"][0], item_ids=raw["items"][:5])
+    assert timed_score(started, request)[0] == "DEADLINE_EXCEEDED"
+    assert slow.finished.wait(30)
+    bundle.ctr = fast
+    codes = [timed_score(started, request)[0] for _ in range(5)]
+    assert codes == ["OK"] * 5
 
 
 def test_a_slow_encoder_degrades_the_answer(
@@ -138,8 +163,11 @@ def test_a_slow_encoder_degrades_the_answer(
     answer = started.stub.Score(request, timeout=60)
     assert answer.degraded and list(answer.degraded_reasons) == ["encoder_timeout"]
     assert len(answer.scores) == 3
-    assert slow.finished.wait(30)
-    # Measured: the next request does not even queue for the encoder.
+    assert slow.finished.wait(30)  # measured: a slow encoder
+    # While a second slow call runs, the next request does not even queue for it.
+    second = started.stub.Score.future(request, timeout=60)
+    assert slow.started[1].wait(30)
     again = started.stub.Score(request, timeout=60)
     assert list(again.degraded_reasons) == ["encoder_overloaded"]
-    assert slow.calls == 1
+    assert list(second.result().degraded_reasons) == ["encoder_timeout"]
+    assert slow.calls == 2
