@@ -20,7 +20,7 @@ from tests.no_torch import run_without_torch
 
 ROOT = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
-PACKAGES = ("queryrec", "export", "service", "clients")
+PACKAGES = ("queryrec", "export", "service", "clients", "loadtest")
 
 
 def lint_imports(project: Path) -> subprocess.CompletedProcess[str]:
