@@ -1,0 +1,429 @@
+"""Comparison servers for the side-by-side benchmark, on the service's own gRPC API.
+
+Each one is a `grpc.aio` server speaking `queryrec.v1.Scorer` (Score, RecordQuery,
+RecordClicks; the committed stubs in `service/api`) and `grpc.health.v1`, so that the
+same load generator, request stream and client code drive them and `queryrec serve`:
+
+- `echo`: the bare transport. Score answers a constant score per candidate without
+  touching Redis or a model; RecordQuery / RecordClicks answer without storing anything.
+  No model server on the same transport can be faster: this is the ceiling, and its CPU
+  per call is the transport's share of the floor (`loadtest.bench`).
+- `naive-onnx`: what a team writes first. One request at a time, inline on the event
+  loop: the Redis read (`service.state.RedisState.read`, no query-vector cache), the
+  service's feature path (`service.features.FeatureBuilder`, `encoder_inputs`,
+  `ctr_inputs`: reused, so the inputs are exactly the service's), then one ONNX Runtime
+  call per graph (encoder, then CTR) with one intra-op thread; no batching, no cache,
+  no budget, no degraded answers.
+- `naive-torch`: the same with the PyTorch eager model instead of ONNX Runtime: the
+  run's checkpoint (`queryrec.training.checkpoint.load_checkpoint`) wrapped in the export's
+  serving modules (`export.graphs.QueryEncoderGraph`, `CTRGraph`), which take the same
+  feed layout as the ONNX graphs, so only the runtime differs; `torch.set_num_threads(1)`,
+  `torch.inference_mode`.
+
+The naive servers always run the encoder, also for a user without queries: the encoder
+of an empty history is exactly the service's learned "no query" vector (the service
+computes it the same way at start), so the scores are the service's scores. Their writes
+go through `RedisState.append_query` / `append_clicks`, the service's own idempotent,
+capped writes, so every server leaves the same state behind.
+
+    python -m loadtest.reference_servers --kind naive-onnx --bundle BUNDLE \
+        --redis redis://127.0.0.1:6379/0 --port 50061
+
+prints `reference server KIND listening on HOST:PORT` once it serves, and stops on
+SIGTERM / SIGINT. `ReferenceServerProcess` runs one as a subprocess (tests, the bench).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2_grpc
+
+from service.api import scorer_pb2 as pb
+from service.api import scorer_pb2_grpc
+from service.bundle import Bundle, load_bundle
+from service.errors import StateUnavailable
+from service.features import FeatureBuilder, UserRow, ctr_inputs, encoder_inputs
+from service.health import SERVING, Health
+from service.state import HistoryCaps, RedisState
+
+if TYPE_CHECKING:
+    import torch
+
+KINDS = ("echo", "naive-onnx", "naive-torch")
+ECHO_SCORE = 0.5
+"""What `echo` answers for every candidate."""
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Scorer"].full_name
+STATE_TTL_S = 30 * 24 * 3600
+"""TTL of the keys the naive servers write: the service's default (`state_ttl_s`)."""
+LISTENING = re.compile(r"reference server (\S+) listening on (\S+):(\d+)")
+"""The line a server prints once it serves (groups: kind, host, port)."""
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 10.0
+STOP_GRACE_S = 1.0
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Model(Protocol):
+    """One request's scores from its user row and candidate item indices."""
+
+    def scores(self, row: UserRow, items: np.ndarray) -> np.ndarray: ...
+
+
+class OnnxModel:
+    """The bundle's ONNX graphs, one ONNX Runtime call per graph per request."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.encoder = bundle.encoder
+        self.ctr = bundle.ctr
+
+    def scores(self, row: UserRow, items: np.ndarray) -> np.ndarray:
+        reprs = None
+        if self.encoder is not None:
+            reprs = self.encoder.run(None, encoder_inputs([row]))[0]  # (1, d)
+        return np.asarray(self.ctr.run(None, ctr_inputs([row], reprs, [items]))[0])
+
+
+class TorchModel:
+    """The run's PyTorch model in eager mode, in the export's serving modules (the ONNX
+    graphs' feed layout, so the service's feature code builds the inputs unchanged)."""
+
+    def __init__(self, run_dir: Path, data_dir: Path | None) -> None:
+        import torch
+
+        from export.graphs import CTRGraph, QueryEncoderGraph
+        from queryrec.features.dataset import PreparedDataset
+        from queryrec.training.checkpoint import load_checkpoint, read_checkpoint
+
+        torch.set_num_threads(1)
+        torch.set_num_interop_threads(1)
+        payload = read_checkpoint(run_dir)
+        recorded = payload.get("data_dir")
+        data = data_dir if data_dir is not None else (Path(recorded) if recorded else None)
+        if data is None:
+            raise SystemExit(f"{run_dir}: the checkpoint does not record its dataset; pass --data")
+        model, _ = load_checkpoint(run_dir, PreparedDataset(data), payload)
+        self.torch = torch
+        self.encoder = QueryEncoderGraph(model).eval() if model.cfg.use_query else None
+        self.ctr = CTRGraph(model).eval()
+
+    def scores(self, row: UserRow, items: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            reprs = None
+            if self.encoder is not None:
+                reprs = self.encoder(**_tensors(self.torch, encoder_inputs([row]))).numpy()
+            feed: dict[str, torch.Tensor | None] = {"query_repr": None}
+            feed |= _tensors(self.torch, ctr_inputs([row], reprs, [items]))
+            return np.asarray(self.ctr(**feed).numpy())
+
+
+def _tensors(torch_module: Any, feed: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """numpy feed -> torch tensors (copies: the feed's arrays may be read-only views)."""
+    return {name: torch_module.from_numpy(np.array(value)) for name, value in feed.items()}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class EchoScorer(scorer_pb2_grpc.ScorerServicer):
+    """The transport alone: a constant score per candidate, writes not stored."""
+
+    async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ScoreResponse(scores=[ECHO_SCORE] * len(request.item_ids), model_version="echo")
+
+    async def RecordQuery(
+        self, request: pb.RecordQueryRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        return pb.RecordQueryResponse(history_length=0)
+
+    async def RecordClicks(
+        self, request: pb.RecordClicksRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        return pb.RecordClicksResponse(history_length=0)
+
+
+class NaiveScorer(scorer_pb2_grpc.ScorerServicer):
+    """Redis read, features, model, one request at a time on the event loop."""
+
+    def __init__(self, bundle: Bundle, state: RedisState, model: Model) -> None:
+        self.features = FeatureBuilder.for_bundle(bundle)
+        self.model_version = bundle.model_version
+        self.state = state
+        self.model = model
+
+    async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> Any:
+        raw_items = np.asarray(request.item_ids, dtype=np.int64)
+        if len(raw_items) == 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "item_ids is empty")
+        try:
+            (state,) = await self.state.read([request.user_id], None)
+        except StateUnavailable as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+        at = request.request_time_ms or now_ms()
+        row = self.features.user_row(request.user_id, state, at)
+        scores = self.model.scores(row, self.features.maps.items(raw_items))
+        return pb.ScoreResponse(scores=scores.tolist(), model_version=self.model_version)
+
+    async def RecordQuery(
+        self, request: pb.RecordQueryRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        try:
+            kept = await self.state.append_query(
+                request.user_id, request.timestamp_ms or now_ms(), list(request.token_ids)
+            )
+        except StateUnavailable as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+        return pb.RecordQueryResponse(history_length=kept)
+
+    async def RecordClicks(
+        self, request: pb.RecordClicksRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        try:
+            kept = await self.state.append_clicks(
+                request.user_id, request.timestamp_ms or now_ms(), list(request.item_ids)
+            )
+        except StateUnavailable as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+        return pb.RecordClicksResponse(history_length=kept)
+
+
+def history_caps(bundle: Bundle) -> HistoryCaps:
+    """The service's default caps: the bundle's history lengths L and H."""
+    lengths = bundle.manifest["max_lengths"]
+    return HistoryCaps(
+        queries=int(lengths["query_history"]),
+        clicks=int(lengths["click_history"]),
+        ttl_s=STATE_TTL_S,
+    )
+
+
+async def serve(
+    kind: str,
+    bundle_dir: Path | None,
+    redis_url: str | None,
+    host: str,
+    port: int,
+    run_dir: Path | None = None,
+    data_dir: Path | None = None,
+) -> None:
+    """Build the server of `kind`, serve until SIGTERM / SIGINT, then stop."""
+    state: RedisState | None = None
+    servicer: scorer_pb2_grpc.ScorerServicer
+    if kind == "echo":
+        servicer = EchoScorer()
+    else:
+        if bundle_dir is None or redis_url is None:
+            raise SystemExit(f"--kind {kind} needs --bundle and --redis")
+        bundle = load_bundle(bundle_dir, device="cpu", threads=1)
+        model: Model
+        if kind == "naive-onnx":
+            model = OnnxModel(bundle)
+        else:
+            if run_dir is None:
+                raise SystemExit("--kind naive-torch needs --run RUN_DIR (the trained run)")
+            model = TorchModel(run_dir, data_dir)
+        state = RedisState(redis_url, history_caps(bundle))
+        await state.ping()
+        servicer = NaiveScorer(bundle, state, model)
+    server = grpc.aio.server()
+    scorer_pb2_grpc.add_ScorerServicer_to_server(servicer, server)
+    health = Health(("", SERVICE_NAME))
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise SystemExit(f"cannot bind {host}:{port}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        await health.set_all(SERVING)
+        print(f"reference server {kind} listening on {host}:{bound}", flush=True)
+        await stop.wait()
+    finally:
+        await health.close()
+        await server.stop(STOP_GRACE_S)
+        if state is not None:
+            await state.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.reference_servers", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--kind", choices=KINDS, required=True)
+    parser.add_argument("--bundle", type=Path, help="model bundle (not read by echo)")
+    parser.add_argument("--run", type=Path, help="trained run folder (naive-torch)")
+    parser.add_argument(
+        "--data", type=Path, help="prepared dataset of the run (naive-torch; default: recorded)"
+    )
+    parser.add_argument("--redis", help="Redis URL (not used by echo)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    args = parser.parse_args(argv)
+    asyncio.run(
+        serve(args.kind, args.bundle, args.redis, args.host, args.port, args.run, args.data)
+    )
+
+
+class ReferenceServerProcess:
+    """A reference server as a subprocess: started, waited for, stopped; output to a log.
+
+    Like `queryrec.demo.ServerProcess` for `queryrec serve`: a reader thread copies every
+    output line (stdout and stderr merged) to `log_path` and keeps the last few for error
+    messages; `start` returns the port once the listening line appears.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        log_path: Path,
+        *,
+        bundle_dir: Path | None = None,
+        redis_url: str | None = None,
+        run_dir: Path | None = None,
+        data_dir: Path | None = None,
+        port: int = 0,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+        self.kind = kind
+        self.log_path = log_path
+        self.args = ["--kind", kind, "--port", str(port)]
+        for flag, value in (
+            ("--bundle", bundle_dir),
+            ("--redis", redis_url),
+            ("--run", run_dir),
+            ("--data", data_dir),
+        ):
+            if value is not None:
+                resolved = value if isinstance(value, str) else str(Path(value).resolve())
+                self.args += [flag, resolved]
+        self._process: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+        self._tail: collections.deque[str] = collections.deque(maxlen=20)
+        self._port: int | None = None
+        self._listening = threading.Event()
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "not started"
+        return self._process.pid
+
+    @property
+    def port(self) -> int:
+        assert self._port is not None, "not listening"
+        return self._port
+
+    def launch(self) -> None:
+        """Start the process without waiting (several can start side by side; `wait`)."""
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p
+            ),
+        }
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "loadtest.reference_servers", *self.args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env=env,
+        )
+        assert self._process.stdout is not None
+        self._reader = threading.Thread(
+            target=self._read, args=(self._process.stdout,), name=f"{self.kind}-log", daemon=True
+        )
+        self._reader.start()
+
+    def wait(self, timeout_s: float = START_TIMEOUT_S) -> int:
+        """-> the port once the listening line appears; RuntimeError with the server's
+        last output if it exits first or stays silent for `timeout_s` (it is stopped)."""
+        assert self._process is not None, "not launched"
+        deadline = time.monotonic() + timeout_s
+        while not self._listening.wait(timeout=0.1):
+            code = self._process.poll()
+            if code is not None or time.monotonic() >= deadline:
+                if self._reader is not None:
+                    self._reader.join(timeout=2.0)
+                self.stop()
+                why = f"exited with code {code}" if code is not None else "printed nothing"
+                raise RuntimeError(
+                    f"reference server {self.kind} {why} before listening\n{self.tail()}"
+                )
+        return self.port
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> int:
+        """`launch` and `wait`: -> the port."""
+        self.launch()
+        return self.wait(timeout_s)
+
+    def terminate(self) -> None:
+        """Send SIGTERM without waiting (to stop several at once; then `stop` each)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        """SIGTERM, wait `STOP_TIMEOUT_S`, then SIGKILL; idempotent."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5.0)
+            self._reader = None
+        if process.stdout is not None:
+            process.stdout.close()
+
+    def tail(self) -> str:
+        """The server's last output lines, for error messages."""
+        lines = "\n".join(self._tail) or "(no output)"
+        return f"--- last lines of {self.log_path} ---\n{lines}"
+
+    def __enter__(self) -> ReferenceServerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _read(self, stream: IO[str]) -> None:
+        with self.log_path.open("w", encoding="utf-8") as log:
+            for line in stream:
+                log.write(line)
+                log.flush()
+                self._tail.append(line.rstrip("\n"))
+                if self._port is None:
+                    match = LISTENING.search(line)
+                    if match:
+                        self._port = int(match.group(3))
+                        self._listening.set()
+
+
+if __name__ == "__main__":
+    main()
