@@ -37,21 +37,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import os
 import re
 import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2_grpc
 
+from queryrec.demo import ListeningProcess
 from service.api import scorer_pb2 as pb
 from service.api import scorer_pb2_grpc
 from service.bundle import Bundle, load_bundle
@@ -69,10 +67,8 @@ ECHO_SCORE = 0.5
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Scorer"].full_name
 STATE_TTL_S = 30 * 24 * 3600
 """TTL of the keys the naive servers write: the service's default (`state_ttl_s`)."""
-LISTENING = re.compile(r"reference server (\S+) listening on (\S+):(\d+)")
+LISTENING = re.compile(r"reference server (\S+) listening on (\S+):(?P<port>\d+)")
 """The line a server prints once it serves (groups: kind, host, port)."""
-START_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 10.0
 STOP_GRACE_S = 1.0
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -281,13 +277,11 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
-class ReferenceServerProcess:
-    """A reference server as a subprocess: started, waited for, stopped; output to a log.
+class ReferenceServerProcess(ListeningProcess):
+    """A reference server as a subprocess (`queryrec.demo.ListeningProcess`, as
+    `ServerProcess` is for `queryrec serve`): `launch` + `wait`, or `start`, -> its port."""
 
-    Like `queryrec.demo.ServerProcess` for `queryrec serve`: a reader thread copies every
-    output line (stdout and stderr merged) to `log_path` and keeps the last few for error
-    messages; `start` returns the port once the listening line appears.
-    """
+    listening = LISTENING
 
     def __init__(
         self,
@@ -302,8 +296,9 @@ class ReferenceServerProcess:
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+        super().__init__(log_path)
         self.kind = kind
-        self.log_path = log_path
+        self.name = f"reference server {kind}"
         self.args = ["--kind", kind, "--port", str(port)]
         for flag, value in (
             ("--bundle", bundle_dir),
@@ -314,96 +309,13 @@ class ReferenceServerProcess:
             if value is not None:
                 resolved = value if isinstance(value, str) else str(Path(value).resolve())
                 self.args += [flag, resolved]
-        self._process: subprocess.Popen[str] | None = None
-        self._reader: threading.Thread | None = None
-        self._tail: collections.deque[str] = collections.deque(maxlen=20)
-        self._port: int | None = None
-        self._listening = threading.Event()
 
-    @property
-    def pid(self) -> int:
-        assert self._process is not None, "not started"
-        return self._process.pid
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "loadtest.reference_servers", *self.args]
 
-    @property
-    def port(self) -> int:
-        assert self._port is not None, "not listening"
-        return self._port
-
-    def launch(self) -> None:
-        """Start the process without waiting (several can start side by side; `wait`)."""
-        env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join(
-                p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p
-            ),
-        }
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "loadtest.reference_servers", *self.args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-            env=env,
-        )
-        assert self._process.stdout is not None
-        self._reader = threading.Thread(
-            target=self._read, args=(self._process.stdout,), name=f"{self.kind}-log", daemon=True
-        )
-        self._reader.start()
-
-    def wait(self, timeout_s: float = START_TIMEOUT_S) -> int:
-        """-> the port once the listening line appears; RuntimeError with the server's
-        last output if it exits first or stays silent for `timeout_s` (it is stopped)."""
-        assert self._process is not None, "not launched"
-        deadline = time.monotonic() + timeout_s
-        while not self._listening.wait(timeout=0.1):
-            code = self._process.poll()
-            if code is not None or time.monotonic() >= deadline:
-                if self._reader is not None:
-                    self._reader.join(timeout=2.0)
-                self.stop()
-                why = f"exited with code {code}" if code is not None else "printed nothing"
-                raise RuntimeError(
-                    f"reference server {self.kind} {why} before listening\n{self.tail()}"
-                )
-        return self.port
-
-    def start(self, timeout_s: float = START_TIMEOUT_S) -> int:
-        """`launch` and `wait`: -> the port."""
-        self.launch()
-        return self.wait(timeout_s)
-
-    def terminate(self) -> None:
-        """Send SIGTERM without waiting (to stop several at once; then `stop` each)."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-
-    def stop(self) -> None:
-        """SIGTERM, wait `STOP_TIMEOUT_S`, then SIGKILL; idempotent."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if self._reader is not None:
-            self._reader.join(timeout=5.0)
-            self._reader = None
-        if process.stdout is not None:
-            process.stdout.close()
-
-    def tail(self) -> str:
-        """The server's last output lines, for error messages."""
-        lines = "\n".join(self._tail) or "(no output)"
-        return f"--- last lines of {self.log_path} ---\n{lines}"
+    def environment(self) -> dict[str, str]:
+        path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+        return {**super().environment(), "PYTHONPATH": path}
 
     def __enter__(self) -> ReferenceServerProcess:
         self.start()
@@ -411,18 +323,6 @@ class ReferenceServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    def _read(self, stream: IO[str]) -> None:
-        with self.log_path.open("w", encoding="utf-8") as log:
-            for line in stream:
-                log.write(line)
-                log.flush()
-                self._tail.append(line.rstrip("\n"))
-                if self._port is None:
-                    match = LISTENING.search(line)
-                    if match:
-                        self._port = int(match.group(3))
-                        self._listening.set()
 
 
 if __name__ == "__main__":
