@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import secrets
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -103,14 +103,11 @@ def _operator_check(token: str | None, host: str) -> Callable[..., None]:
     return operator
 
 
-def _new_app() -> FastAPI:
-    return FastAPI(title="QueryRec admin", docs_url=None, redoc_url=None, openapi_url=None)
-
-
-def build_admin_app(ops: Operations, token: str | None, host: str) -> FastAPI:
-    """The admin app over a server's operations."""
-    app = _new_app()
-    operator = _operator_check(token, host)
+def _probe_app(
+    readiness: Callable[[], Awaitable[dict[str, Any]]], metrics_text: Callable[[], bytes]
+) -> FastAPI:
+    """A new admin app with the probes both kinds share: /healthz, /readyz, /metrics."""
+    app = FastAPI(title="QueryRec admin", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, bool]:
@@ -118,12 +115,20 @@ def build_admin_app(ops: Operations, token: str | None, host: str) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        report = await ops.readiness()
+        report = await readiness()
         return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(ops.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics_text(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def build_admin_app(ops: Operations, token: str | None, host: str) -> FastAPI:
+    """The admin app over a server's operations."""
+    app = _probe_app(ops.readiness, lambda: generate_latest(ops.metrics.registry))
+    operator = _operator_check(token, host)
 
     @app.get("/v1/model")
     async def model() -> dict[str, Any]:
@@ -175,21 +180,8 @@ def build_admin_app(ops: Operations, token: str | None, host: str) -> FastAPI:
 def build_fleet_admin_app(fleet: Fleet, token: str | None, host: str) -> FastAPI:
     """The admin app of the supervisor of `serve --workers N`: the endpoints and the
     token rule of `build_admin_app`, answered by the workers (`Fleet`)."""
-    app = _new_app()
+    app = _probe_app(fleet.readiness, fleet.metrics_text)
     operator = _operator_check(token, host)
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, bool]:
-        return {"alive": True}
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        report = await fleet.readiness()
-        return JSONResponse(report, status_code=200 if report["ready"] else 503)
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(fleet.metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/model")
     async def model() -> JSONResponse:
