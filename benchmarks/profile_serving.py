@@ -3,6 +3,8 @@
     python benchmarks/profile_serving.py --data DATA_DIR --bundle BUNDLE_DIR [--candidates 100]
         [--seconds 20] [--concurrency 8] [--out bench-work/profile]
 
+Needs py-spy: `.venv/bin/pip install -e '.[profile]'`.
+
 Loads the dataset's state into an embedded Redis, starts `queryrec serve` on the bundle
 (a generous budget: the profile is of the full work, not of degraded answers), sends
 Score calls with `--candidates` items drawn from the test split's shown items with their
