@@ -60,6 +60,15 @@ class ServerThread:
         assert self.server is not None
         return self.server.address
 
+    def __enter__(self) -> ServerThread:
+        """Created and started (health SERVING); `close` on leaving."""
+        self.create()
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.channel is not None:
             self.channel.close()

@@ -50,11 +50,8 @@ class SlowSession:
 
 @pytest.fixture
 def started(bundle: Path, redis_client_url: str) -> Iterator[ServerThread]:
-    harness = ServerThread(bundle, redis_client_url, budget_ms=400, shutdown_grace_s=0.5)
-    harness.create()
-    harness.start()
-    yield harness
-    harness.close()
+    with ServerThread(bundle, redis_client_url, budget_ms=400, shutdown_grace_s=0.5) as harness:
+        yield harness
 
 
 def slow_down(harness: ServerThread, graph: str, delay_s: float = SLOW_S) -> SlowSession:

@@ -28,11 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def served(bundle: Path, redis_url: str) -> Iterator[ServerThread]:
-    harness = ServerThread(bundle, redis_url)
-    harness.create()
-    harness.start()
-    yield harness
-    harness.close()
+    with ServerThread(bundle, redis_url) as harness:
+        yield harness
 
 
 @pytest.fixture

@@ -35,11 +35,8 @@ R = TypeVar("R")
 
 @pytest.fixture(scope="module")
 def served(bundle: Path, redis_url: str) -> Iterator[ServerThread]:
-    harness = ServerThread(bundle, redis_url, budget_ms=5000, max_candidates=50)
-    harness.create()
-    harness.start()
-    yield harness
-    harness.close()
+    with ServerThread(bundle, redis_url, budget_ms=5000, max_candidates=50) as harness:
+        yield harness
 
 
 def run(coroutine: Coroutine[Any, Any, R]) -> R:

@@ -26,13 +26,10 @@ T = 1_700_000_000_000
 
 @pytest.fixture
 def served(bundle: Path, redis_client_url: str) -> Iterator[ServerThread]:
-    harness = ServerThread(
+    with ServerThread(
         bundle, redis_client_url, budget_ms=10_000, admin_port=0, admin_token=TOKEN
-    )
-    harness.create()
-    harness.start()
-    yield harness
-    harness.close()
+    ) as harness:
+        yield harness
 
 
 def admin(harness: ServerThread) -> httpx.Client:

@@ -66,18 +66,15 @@ REQUESTS = st.one_of(
 
 @pytest.fixture(scope="module")
 def served(bundle: Path, redis_url: str) -> Iterator[ServerThread]:
-    harness = ServerThread(
+    with ServerThread(
         bundle,
         redis_url,
         budget_ms=30_000,
         max_candidates=MAX_ITEMS,
         max_query_tokens=16,
         max_clicks_per_call=16,
-    )
-    harness.create()
-    harness.start()
-    yield harness
-    harness.close()
+    ) as harness:
+        yield harness
 
 
 @settings(

@@ -31,7 +31,7 @@ def redis_server() -> Iterator[EmbeddedRedis]:
 
 @pytest.fixture
 def served(bundle: Path, redis_server: EmbeddedRedis) -> Iterator[ServerThread]:
-    harness = ServerThread(
+    with ServerThread(
         bundle,
         redis_server.url,
         budget_ms=500,
@@ -39,11 +39,8 @@ def served(bundle: Path, redis_server: EmbeddedRedis) -> Iterator[ServerThread]:
         admin_port=0,
         redis_reconnect_max_s=0.2,
         shutdown_grace_s=0.5,
-    )
-    harness.create()
-    harness.start()
-    yield harness
-    harness.close()
+    ) as harness:
+        yield harness
 
 
 def score(harness: ServerThread, user: int, items: list[int]) -> pb.ScoreResponse:

@@ -24,11 +24,8 @@ T = 1_700_000_000_000  # a fixed request time
 
 @pytest.fixture(scope="module")
 def served(bundle: Path, redis_url: str) -> Iterator[ServerThread]:
-    harness = ServerThread(bundle, redis_url, budget_ms=5000, max_candidates=50)
-    harness.create()
-    harness.start()
-    yield harness
-    harness.close()
+    with ServerThread(bundle, redis_url, budget_ms=5000, max_candidates=50) as harness:
+        yield harness
 
 
 async def drain_background_writes(harness: ServerThread) -> None:

@@ -117,11 +117,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @pytest.fixture(scope="module")
 def tls_server(bundle: Path, redis_url: str, pki: Pki) -> Iterator[ServerThread]:
     # The harness's own channel is plaintext; these tests open their own.
-    harness = ServerThread(bundle, redis_url, tls_cert_file=pki.cert, tls_key_file=pki.key)
-    harness.create()
-    harness.start()
-    yield harness
-    harness.close()
+    with ServerThread(bundle, redis_url, tls_cert_file=pki.cert, tls_key_file=pki.key) as harness:
+        yield harness
 
 
 def score(channel: grpc.Channel) -> pb.ScoreResponse:
