@@ -1,13 +1,22 @@
-"""An asyncio micro-batcher: many concurrent requests, one model call per batch, off the loop.
+"""An asyncio micro-batcher: many concurrent requests, one model call per batch.
 
-Requests queue up; one dispatcher task takes what is queued (up to `max_size` units, for
+Requests queue up; the dispatcher takes what is queued (up to `max_size` units, for
 example users for the encoder or candidate pairs for the CTR graph), waits at most
-`max_delay_s` for more while the batch is not full, runs the batch function in a
-dedicated worker thread (ONNX Runtime releases the GIL, so the event loop keeps serving
-gRPC and Redis meanwhile), and resolves each request's future with its own result. While
-one batch runs, the next one fills: under load the batch grows by itself; at low load a
-request waits at most `max_delay_s` (MEASURED.md: a fixed delay hurts at low load, so keep
-it small).
+`max_delay_s` for more while the batch is not full, runs the batch function and resolves
+each request's future with its own result. Under load the batch grows by itself: what
+queued during one call is the next batch; at low load a request waits at most
+`max_delay_s` (MEASURED.md: a fixed delay hurts at low load, so keep it small).
+
+Where the call runs (`on_loop`):
+- **on the event loop** (the CPU default): the dispatch is a loop callback scheduled
+  when a request is queued, so every request that became ready in the same loop turn
+  joins one call, and no thread hand-off (two wake-ups and a GIL round trip per call)
+  is paid. The loop is blocked while the call runs, which costs nothing on a CPU
+  when each worker process has one core: there is no second core for a thread to use
+  (docs/BENCHMARKS.md: against the worker thread, 0.87x server CPU per Score with two
+  workers at the same rate, and fewer late calls);
+- **in a dedicated worker thread** (the GPU default): ONNX Runtime releases the GIL, so
+  the loop keeps serving gRPC and Redis while the device computes.
 
 Time, not queue length, decides admission: each request says by when (loop time) it
 must have its result; `submit` refuses it at once (`Overloaded`) when the batcher is busy
@@ -16,13 +25,6 @@ running, would end past that. An idle batcher always admits (its next call refre
 the estimate; otherwise one slow measurement could refuse every later request).
 Requests whose caller is gone (cancelled, deadline passed) are dropped before the call.
 `max_queue` is only a hard memory cap.
-
-Inline fast path: a request that finds the batcher idle (nothing running, nothing
-queued) and whose call is measured to take at most `inline_max_s` runs on the event loop
-itself, without the two thread hand-offs (about 0.1 ms and a GIL round trip each). The
-loop is blocked for that call, which is why it is bounded by the measured cost; a call
-that has not been measured yet (or is slower) always goes to the worker thread, where
-the caller's deadline can still cut the wait.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ class _Pending(Generic[In, Out]):
 class MicroBatcher(Generic[In, Out]):
     """`await batcher.submit(item, units)` -> the item's result from one batched call.
 
-    `run_batch(items) -> results` runs in the batcher's own thread, results in item order.
+    `run_batch(items) -> results`, results in item order, runs on the event loop
+    (`on_loop`) or in the batcher's own thread.
     """
 
     def __init__(
@@ -82,34 +85,57 @@ class MicroBatcher(Generic[In, Out]):
         max_delay_s: float,
         max_queue: int,
         observer: BatchObserver | None = None,
-        inline_max_s: float = 0.0,
+        on_loop: bool = False,
     ):
         self.name = name
         self.run_batch = run_batch
         self.max_size, self.max_delay_s, self.max_queue = max_size, max_delay_s, max_queue
         self.observer = observer
-        self.inline_max_s = inline_max_s
+        self.on_loop = on_loop
         self._queue: asyncio.Queue[_Pending[In, Out]] = asyncio.Queue()
         self._queued_units = 0  # units waiting (queue + carry)
         self._running_since: float | None = None  # loop time the current call started
         # Cost model: running averages of a call's seconds and units (0: not measured yet).
         self._call_s = 0.0
         self._call_units = 0.0
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
-        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        if not on_loop:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
+        self._task: asyncio.Task[None] | None = None  # the thread mode's dispatcher
+        self._dispatch: asyncio.Handle | None = None  # loop mode's
+        self._started = False
         self._carry: _Pending[In, Out] | None = None  # did not fit the last batch
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name=self.name)
+        self._started = True
+        loop = asyncio.get_running_loop()
+        if self._executor is not None and self._task is None:
+            self._task = loop.create_task(self._loop(), name=self.name)
+        elif self.on_loop and not self._queue.empty():
+            self._schedule(loop)
 
     async def stop(self) -> None:
+        """Stop dispatching; requests still queued fail with `Overloaded` (callers
+        normally are gone by now: a retiring scorer waits for its calls first)."""
+        self._started = False
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        self._executor.shutdown(wait=True)
+        if self._dispatch is not None:
+            self._dispatch.cancel()
+            self._dispatch = None
+        waiting = [self._carry] if self._carry is not None else []
+        self._carry = None
+        while not self._queue.empty():
+            waiting.append(self._queue.get_nowait())
+        for pending in waiting:
+            if not pending.future.done():
+                pending.future.set_exception(Overloaded(f"{self.name} stopped"))
+        self._queued_units = 0
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
     def expected_wait(self, units: int = 1) -> float:
         """Seconds until a request of `units` submitted now would have its result: the
@@ -135,13 +161,59 @@ class MicroBatcher(Generic[In, Out]):
             if self.observer is not None:
                 self.observer.refused(self.name)
             raise Overloaded(f"{self.name} is busy: the expected wait exceeds the time left")
-        if self._idle() and 0 < self._expected_call_s(units) <= self.inline_max_s:
-            return self._run_inline(item, units, now)
         future: asyncio.Future[Out] = loop.create_future()
         pending = _Pending(item, units, future, float("inf") if deadline is None else deadline, now)
         self._queued_units += units
         self._queue.put_nowait(pending)
+        if self.on_loop and self._started:
+            self._schedule(loop)
         return await future
+
+    # ------------------------------------------------------------ on the event loop
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run a batch once the loop has run what is ready now (or after the delay)."""
+        if self._dispatch is None:
+            if self.max_delay_s > 0:
+                self._dispatch = loop.call_later(self.max_delay_s, self._dispatch_on_loop)
+            else:
+                self._dispatch = loop.call_soon(self._dispatch_on_loop)
+
+    def _dispatch_on_loop(self) -> None:
+        self._dispatch = None
+        loop = asyncio.get_running_loop()
+        batch = self._take_queued()
+        self._queued_units -= sum(p.units for p in batch)
+        live = self._live(batch, loop.time())
+        if live:
+            started = loop.time()
+            self._running_since = started
+            try:
+                results = self.run_batch([p.item for p in live])
+            except Exception as error:  # the batch failed: every request in it fails
+                self._fail(live, error)
+            else:
+                self._finish(live, results, started, loop.time())
+            finally:
+                self._running_since = None
+        if self._carry is not None or not self._queue.empty():
+            self._schedule(loop)
+
+    def _take_queued(self) -> list[_Pending[In, Out]]:
+        """What is queued now, up to `max_size` units (a single larger request alone)."""
+        first = self._carry if self._carry is not None else self._queue.get_nowait()
+        self._carry = None
+        batch, units = [first], first.units
+        while units < self.max_size and not self._queue.empty():
+            pending = self._queue.get_nowait()
+            if units + pending.units > self.max_size:
+                self._carry = pending
+                break
+            batch.append(pending)
+            units += pending.units
+        return batch
+
+    # ------------------------------------------------------------ in the worker thread
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -149,13 +221,7 @@ class MicroBatcher(Generic[In, Out]):
             batch = await self._collect()
             self._queued_units -= sum(p.units for p in batch)
             started = loop.time()
-            # Drop requests whose caller is gone (cancelled) or whose deadline has passed.
-            live = [p for p in batch if not p.future.done() and p.deadline > started]
-            for pending in batch:
-                if not pending.future.done() and pending.deadline <= started:
-                    pending.future.set_exception(TimeoutError(f"{self.name}: deadline passed"))
-            if len(live) < len(batch) and self.observer is not None:
-                self.observer.dropped(self.name, len(batch) - len(live))
+            live = self._live(batch, started)
             if not live:
                 continue
             self._running_since = started
@@ -164,42 +230,45 @@ class MicroBatcher(Generic[In, Out]):
                     self._executor, self.run_batch, [p.item for p in live]
                 )
             except Exception as error:  # the batch failed: every request in it fails
-                for pending in live:
-                    if not pending.future.done():
-                        pending.future.set_exception(error)
+                self._fail(live, error)
                 continue
             finally:
                 self._running_since = None
-            self._measured(
-                sum(p.units for p in live),
-                [started - p.queued_at for p in live],
-                loop.time() - started,
-            )
-            for pending, result in zip(live, results, strict=True):
-                if not pending.future.done():
-                    pending.future.set_result(result)
+            self._finish(live, results, started, loop.time())
 
-    def _idle(self) -> bool:
-        return self._running_since is None and self._carry is None and self._queue.empty()
+    # ------------------------------------------------------------ both modes
+
+    def _live(self, batch: list[_Pending[In, Out]], now: float) -> list[_Pending[In, Out]]:
+        """Drop requests whose caller is gone (cancelled) or whose deadline has passed."""
+        live = [p for p in batch if not p.future.done() and p.deadline > now]
+        for pending in batch:
+            if not pending.future.done() and pending.deadline <= now:
+                pending.future.set_exception(TimeoutError(f"{self.name}: deadline passed"))
+        if len(live) < len(batch) and self.observer is not None:
+            self.observer.dropped(self.name, len(batch) - len(live))
+        return live
+
+    def _fail(self, live: list[_Pending[In, Out]], error: Exception) -> None:
+        for pending in live:
+            if not pending.future.done():
+                pending.future.set_exception(error)
+
+    def _finish(
+        self, live: list[_Pending[In, Out]], results: Sequence[Out], started: float, ended: float
+    ) -> None:
+        """Fold the call into the cost model and hand each request its result."""
+        self._measured(
+            sum(p.units for p in live), [started - p.queued_at for p in live], ended - started
+        )
+        for pending, result in zip(live, results, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(result)
 
     def _busy(self) -> bool:
         """A call runs or requests wait. Only then is a request refused: an idle batcher
         always admits, so a cost estimate measured at a bad moment is refreshed by the
         next call instead of refusing every request from then on."""
         return self._running_since is not None or self._queued_units > 0
-
-    def _expected_call_s(self, units: int) -> float:
-        """Seconds one call of `units` is measured to take (0: not measured yet)."""
-        if self._call_units == 0:
-            return 0.0
-        return units * self._call_s / self._call_units
-
-    def _run_inline(self, item: In, units: int, now: float) -> Out:
-        """The idle fast path: one call of one request, here on the loop."""
-        started = time.perf_counter()
-        (result,) = self.run_batch([item])
-        self._measured(units, [0.0], time.perf_counter() - started)
-        return result
 
     def _measured(self, units: int, waits_s: list[float], compute_s: float) -> None:
         """Fold one call into the cost model and report it."""

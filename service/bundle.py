@@ -101,6 +101,11 @@ class Bundle:
     def model_version(self) -> str:
         return str(self.manifest["model_version"])
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the CTR graph runs on the CUDA provider."""
+        return self.ctr.get_providers()[0] == "CUDAExecutionProvider"
+
     def profiles(self) -> pl.DataFrame:
         """Profile codes per user index (features/users.parquet), checked against the
         manifest (`bundle_format.read_profiles`)."""

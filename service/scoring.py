@@ -43,6 +43,8 @@ from service.state import RedisState, UserState
 
 # Kept back from the budget for serialising and sending the answer.
 RESPONSE_MARGIN_S = 0.001
+GPU_CTR_MAX_PAIRS = 4096
+"""Pairs per CTR call with CUDA when `ctr_max_pairs` is not set."""
 
 
 @dataclass
@@ -59,6 +61,22 @@ class QueryPathCounts:
     cache_hits: int = 0
     encoded: int = 0
     no_query: int = 0
+
+
+def runs_on_loop(settings: ServiceSettings, bundle: Bundle) -> bool:
+    """Whether model calls run on the event loop (`inference_on`; auto: unless CUDA)."""
+    if settings.inference_on == "auto":
+        return not bundle.on_gpu
+    return settings.inference_on == "loop"
+
+
+def ctr_max_pairs(settings: ServiceSettings, bundle: Bundle) -> int:
+    """Pairs per CTR call: the setting, else 4096 with CUDA and 1 on the CPU, where one
+    call per request is cheaper per pair than a merged call (the per-pair gathers of a
+    merged batch leave the cache; docs/BENCHMARKS.md)."""
+    if settings.ctr_max_pairs is not None:
+        return settings.ctr_max_pairs
+    return GPU_CTR_MAX_PAIRS if bundle.on_gpu else 1
 
 
 def encoder_version(bundle: Bundle) -> str:
@@ -96,6 +114,8 @@ class Scorer:
         if bundle.encoder is not None:
             empty = encoder_inputs([self._empty_row()])
             self.no_query = bundle.encoder.run(None, empty)[0][0]  # (d,)
+        on_loop = runs_on_loop(settings, bundle)
+        self.ctr_max_pairs = ctr_max_pairs(settings, bundle)
         self.encoder: MicroBatcher[UserRow, np.ndarray] = MicroBatcher(
             "encoder",
             self._encode_batch,
@@ -103,17 +123,17 @@ class Scorer:
             max_delay_s=settings.encoder_max_delay_ms / 1e3,
             max_queue=settings.max_queue,
             observer=observer,
-            inline_max_s=settings.inline_max_ms / 1e3,
+            on_loop=on_loop,
         )
         self.ctr: MicroBatcher[tuple[UserRow, np.ndarray | None, np.ndarray], np.ndarray] = (
             MicroBatcher(
                 "ctr",
                 self._ctr_batch,
-                max_size=settings.ctr_max_pairs,
+                max_size=self.ctr_max_pairs,
                 max_delay_s=settings.ctr_max_delay_ms / 1e3,
                 max_queue=settings.max_queue,
                 observer=observer,
-                inline_max_s=settings.inline_max_ms / 1e3,
+                on_loop=on_loop,
             )
         )
 
@@ -161,7 +181,8 @@ class Scorer:
     def warm_up(self) -> None:
         """Run every batch-shape bucket once (ORT allocates per new shape): encoder
         batches 1, 2, 4, ... up to the max at every history length, CTR pair counts
-        1, 2, 4, ... up to the max over 1 and several user rows. A graph that fails here
+        1, 2, 4, ... up to the larger of the batch cap and the request cap, over 1 and
+        several user rows. A graph that fails here
         is a bundle problem: BundleError with one line."""
         try:
             self._warm_up()
@@ -182,7 +203,7 @@ class Scorer:
                     }
                     self.bundle.encoder.run(None, feed)
         row = self._empty_row()
-        for pairs in _powers_of_two(self.settings.ctr_max_pairs):
+        for pairs in _powers_of_two(max(self.ctr_max_pairs, self.settings.max_candidates)):
             for users in sorted({1, min(pairs, 8)}):
                 items = np.array_split(np.ones(pairs, dtype=np.int64), users)
                 reprs = None if self.no_query is None else np.tile(self.no_query, (users, 1))

@@ -110,16 +110,20 @@ class ServiceSettings(BaseSettings):
         description="longest wait to fill an encoder batch; 0: dispatch at once when the "
         "worker is idle (batches still form from requests queued during a call)",
     )
-    ctr_max_pairs: int = Field(
-        4096, ge=1, description="candidate pairs per CTR call (many requests flattened)"
+    ctr_max_pairs: int | None = Field(
+        None,
+        ge=1,
+        description="candidate pairs per CTR call (many requests flattened); none: by "
+        "device, 4096 with CUDA, 1 on the CPU (each request alone: merging users' pairs "
+        "cost 1.3x per pair there, docs/BENCHMARKS.md)",
     )
     ctr_max_delay_ms: float = Field(0.0, ge=0, description="longest wait to fill a CTR batch")
-    inline_max_ms: float = Field(
-        0.0,
-        ge=0,
-        description="a request that finds its batcher idle runs on the event loop, without "
-        "the worker-thread hand-off, when the measured call time is at most this; 0: never "
-        "(the default: at 2 ms it cost 1.13x server CPU per Score, docs/BENCHMARKS.md)",
+    inference_on: str = Field(
+        "auto",
+        pattern="^(auto|loop|thread)$",
+        description="where model calls run: loop (on the event loop, batching what is "
+        "queued, no thread hand-off), thread (one worker thread per graph, overlapping the "
+        "loop); auto: thread with CUDA, loop on the CPU (docs/BENCHMARKS.md)",
     )
     max_queue: int = Field(
         2048,

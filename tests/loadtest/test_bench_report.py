@@ -15,6 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+import loadtest.bench as bench
 from loadtest.bench import SweepConfig, matmul_flops, rate_plan, tree_cpu_s
 from loadtest.report import (
     Rule,
@@ -119,7 +120,7 @@ def test_the_verdict_names_the_first_bound_a_step_breaks() -> None:
     assert step_verdict(step(100, 50.1), rule)[1].startswith("p99 50.1 ms")
     assert step_verdict(step(100, 10.0, failures=1), rule) == (False, "1 failed calls")
     assert step_verdict(step(100, 10.0, rps=80.0), rule)[1] == "delivered 80 of 100 req/s offered"
-    assert "degraded" in step_verdict(step(100, 10.0, degraded=0.01), rule)[1]
+    assert "degraded" in step_verdict(step(100, 10.0, degraded=0.02), rule)[1]
     assert step_verdict({"rate": 100, "error": "boom"}, rule) == (False, "error: boom")
     assert step_verdict({"rate": 100, "summary": {}}, rule)[0] is False
 
@@ -204,6 +205,30 @@ def test_the_rate_plan_doubles_then_bisects() -> None:
         20,
         10,
     ]
+
+
+def test_a_failing_step_is_repeated_once_and_the_rate_passes_if_the_repeat_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep's repeat rule on canned steps (the step runner is replaced: what is
+    tested is which rates are run, how often, and what counts)."""
+    outcomes = {100: [False, True], 200: [False, False]}  # 50 passes at once
+    ran: list[float] = []
+
+    def fake_step(server: Any, rate: float, *args: Any) -> dict[str, Any]:
+        ran.append(rate)
+        passed = outcomes[int(rate)].pop(0) if int(rate) in outcomes else True
+        record = step(rate, 10.0, failures=0 if passed else 1)
+        record["passed"], record["why"] = step_verdict(record, Rule())
+        record["cpu_ms_per_request"] = 1.0
+        return record
+
+    monkeypatch.setattr(bench, "run_step", fake_step)
+    config = SweepConfig(start_rate=50, bisect=0, warmup_s=0, repeats=1)
+    steps = bench.sweep("s", 100, None, tmp_path, tmp_path, config)  # type: ignore[arg-type]
+    assert ran == [50, 100, 100, 200, 200]  # 100 passed on its repeat; 200 failed twice
+    assert [s.get("repeat", False) for s in steps] == [False, False, True, False, True]
+    assert bench.summarize_max(steps, config.rule)["rate"] == 100  # type: ignore[index]
 
 
 def test_users_per_step_keep_the_pace_within_the_budget() -> None:

@@ -1,8 +1,10 @@
 """MicroBatcher: batches form under load, results keep request order, limits hold.
 
-Deterministic, without sleeps: the model function blocks on a `threading.Event` (it runs
-in the batcher's worker thread), so requests submitted while a call is in flight queue up
-behind it, and the test releases the call only once they are queued.
+Deterministic, without sleeps: in the thread mode the model function blocks on a
+`threading.Event` (it runs in the batcher's worker thread), so requests submitted while
+a call is in flight queue up behind it, and the test releases the call only once they
+are queued. In the loop mode the call runs in a loop callback, so requests submitted in
+one task step (`gather`) are queued together before it runs.
 """
 
 from __future__ import annotations
@@ -187,47 +189,87 @@ def test_a_batch_that_does_not_fill_goes_when_its_delay_is_over() -> None:
     assert calls == [[1]]
 
 
-def test_an_idle_batcher_runs_a_measured_cheap_call_inline_and_an_unmeasured_one_in_its_thread() -> (
-    None
-):
+def test_on_the_loop_requests_ready_in_one_turn_share_one_call_on_the_loop_thread() -> None:
+    """Loop mode: no worker thread; what is queued when the dispatch runs is one call
+    (bounded by max_size), and each request gets its own result."""
     threads: list[str] = []
+    calls: list[list[int]] = []
 
     def run(items: list[int]) -> list[int]:
         threads.append(threading.current_thread().name)
+        calls.append(items)
         return [i * 2 for i in items]
 
-    async def go() -> None:
+    async def go() -> list[int]:
         batcher: MicroBatcher[int, int] = MicroBatcher(
-            "t", run, max_size=8, max_delay_s=0.0, max_queue=100, inline_max_s=60.0
+            "t", run, max_size=3, max_delay_s=0.0, max_queue=100, on_loop=True
         )
         batcher.start()
         try:
-            assert await batcher.submit(1) == 2  # not measured yet: the worker thread
-            assert await batcher.submit(2) == 4  # measured and idle: inline, on the loop
+            return list(await asyncio.gather(*(batcher.submit(i) for i in range(5))))
         finally:
             await batcher.stop()
 
-    asyncio.run(go())
-    assert threads[0].startswith("batch-t") and threads[1] == threading.main_thread().name
+    assert asyncio.run(go()) == [0, 2, 4, 6, 8]
+    assert calls == [[0, 1, 2], [3, 4]]
+    assert set(threads) == {threading.main_thread().name}
 
 
-def test_inline_is_off_when_the_measured_call_is_slower_than_the_bound() -> None:
-    threads: list[str] = []
-
+def test_on_the_loop_a_failed_call_fails_its_requests_and_the_next_call_runs() -> None:
     def run(items: list[int]) -> list[int]:
-        threads.append(threading.current_thread().name)
+        if 99 in items:
+            raise RuntimeError("model failed")
         return items
 
     async def go() -> None:
         batcher: MicroBatcher[int, int] = MicroBatcher(
-            "t", run, max_size=8, max_delay_s=0.0, max_queue=100, inline_max_s=1e-12
+            "t", run, max_size=1, max_delay_s=0.0, max_queue=100, on_loop=True
         )
         batcher.start()
         try:
-            for i in range(3):
-                await batcher.submit(i)
+            bad, good = await asyncio.gather(
+                batcher.submit(99), batcher.submit(1), return_exceptions=True
+            )
+            assert isinstance(bad, RuntimeError) and good == 1
         finally:
             await batcher.stop()
 
     asyncio.run(go())
-    assert all(name.startswith("batch-t") for name in threads)
+
+
+def test_on_the_loop_a_request_past_its_deadline_is_dropped_unrun() -> None:
+    calls, run = recording_model()
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        batcher: MicroBatcher[int, int] = MicroBatcher(
+            "t", run, max_size=8, max_delay_s=0.0, max_queue=100, on_loop=True
+        )
+        batcher.start()
+        try:
+            late = batcher.submit(1, deadline=loop.time() - 1.0)  # idle: admitted, then dropped
+            on_time = batcher.submit(2, deadline=loop.time() + WAIT_S)
+            results = await asyncio.gather(late, on_time, return_exceptions=True)
+            assert isinstance(results[0], TimeoutError) and results[1] == 2
+        finally:
+            await batcher.stop()
+
+    asyncio.run(go())
+    assert calls == [[2]]
+
+
+def test_stopping_fails_what_is_still_queued() -> None:
+    calls, run = recording_model()
+
+    async def go() -> None:
+        batcher: MicroBatcher[int, int] = MicroBatcher(
+            "t", run, max_size=8, max_delay_s=60.0, max_queue=100, on_loop=True
+        )
+        batcher.start()
+        waiting = await queued(batcher, 1)  # held by the long delay
+        await batcher.stop()
+        with pytest.raises(Overloaded, match="stopped"):
+            await waiting
+
+    asyncio.run(go())
+    assert calls == []

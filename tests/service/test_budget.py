@@ -4,6 +4,11 @@ The graphs are made slow in the test by wrapping the bundle's ONNX Runtime sessi
 (`SlowSession`): the batchers, the budget and the admission rule are the real ones.
 Answers are counted, not timed against tight thresholds: the margin below only
 separates "answered at the budget" from "waited for the slow graph".
+
+Most tests run the graphs in the worker threads (`inference_on="thread"`, the GPU
+default), where the loop stays free during a slow call and can answer at the budget.
+On the loop (the CPU default) a running call blocks the loop; what the budget still
+guarantees there is tested last: work queued behind a slow call is dropped, not run.
 """
 
 from __future__ import annotations
@@ -50,7 +55,9 @@ class SlowSession:
 
 @pytest.fixture
 def started(bundle: Path, redis_client_url: str) -> Iterator[ServerThread]:
-    with ServerThread(bundle, redis_client_url, budget_ms=400, shutdown_grace_s=0.5) as harness:
+    with ServerThread(
+        bundle, redis_client_url, budget_ms=400, shutdown_grace_s=0.5, inference_on="thread"
+    ) as harness:
         yield harness
 
 
@@ -168,3 +175,29 @@ def test_a_slow_encoder_degrades_the_answer(
     assert list(again.degraded_reasons) == ["encoder_overloaded"]
     assert list(second.result().degraded_reasons) == ["encoder_timeout"]
     assert slow.calls == 2
+
+
+def test_on_the_loop_work_queued_behind_a_slow_call_is_dropped_not_run(
+    bundle: Path, redis_client_url: str, raw: dict[str, list[int]]
+) -> None:
+    with ServerThread(
+        bundle, redis_client_url, budget_ms=400, shutdown_grace_s=0.5, inference_on="loop"
+    ) as harness:
+        slow = slow_down(harness, "ctr", delay_s=2.0)
+        request = pb.ScoreRequest(user_id=raw["users"][0], item_ids=raw["items"][:5])
+        answers: list[tuple[str, float]] = []
+        threads = [
+            threading.Thread(target=lambda: answers.append(timed_score(harness, request)))
+            for _ in range(6)
+        ]
+        for thread in threads:
+            thread.start()
+        assert slow.started[0].wait(30)
+        for thread in threads:
+            thread.join(60)
+        assert len(answers) == 6
+        # The calls already waiting when the slow one ended were past their budget:
+        # dropped unrun. (A request that reached the server only after the loop was
+        # free again starts its budget then, and is computed.)
+        assert Counter(code for code, _ in answers)["DEADLINE_EXCEEDED"] >= 1
+        assert slow.calls < 6

@@ -30,8 +30,15 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 def test_drain_under_load_fails_no_in_flight_call(
     bundle: Path, redis_url: str, raw: dict[str, list[int]]
 ) -> None:
+    # The slow graph sleeps in its call: in the worker thread, so that the loop keeps
+    # answering health and new calls meanwhile (on the loop the sleep would block them).
     harness = ServerThread(
-        bundle, redis_url, budget_ms=30_000, drain_delay_s=2.0, shutdown_grace_s=30
+        bundle,
+        redis_url,
+        budget_ms=30_000,
+        drain_delay_s=2.0,
+        shutdown_grace_s=30,
+        inference_on="thread",
     )
     try:
         server = harness.create()
