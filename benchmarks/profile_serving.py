@@ -148,7 +148,11 @@ def main() -> None:
             args.bundle,
             redis_server.url,
             args.out / "serve.log",
-            {"QUERYREC_BUDGET_MS": "10000", "QUERYREC_MAX_CANDIDATES": str(args.candidates)},
+            {
+                "QUERYREC_BUDGET_MS": "10000",
+                "QUERYREC_MAX_CANDIDATES": str(args.candidates),
+                "QUERYREC_WORKERS": "1",  # one process: the one py-spy samples
+            },
         )
         port = server.start()
         target = f"127.0.0.1:{port}"
