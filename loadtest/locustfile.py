@@ -309,6 +309,14 @@ _listen(events.test_stop, _on_test_stop)
 _listen(events.quitting, _on_quitting)
 
 
+CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
+"""Each user its own TCP connection, as separate feed servers have. Without it gRPC
+shares one subchannel among a process's channels to the same target, so every user of
+a Locust process rode one connection, and a server with several worker processes on one
+port (SO_REUSEPORT balances connections, not calls) got all of a step's load on one
+worker (seen: every degraded answer of a soak came from worker 0)."""
+
+
 class FeedUser(User):
     """One feed server's connection: a channel through `LocustReporter`, the mix's calls
     at a constant pace (`constant_throughput`, set from the mix at init)."""
@@ -319,7 +327,7 @@ class FeedUser(User):
             raise SystemExit("loadtest/locustfile.py needs --host HOST:PORT of the server")
         self.mix: Mix = _state["mix"]
         self.rng = random.Random(self.mix.seed * 1_000_003 + next(_state["counter"]))
-        self._channel = grpc.insecure_channel(self.host)
+        self._channel = grpc.insecure_channel(self.host, options=CHANNEL_OPTIONS)
         intercepted = grpc.intercept_channel(self._channel, LocustReporter(environment))
         self.stub = scorer_pb2_grpc.ScorerStub(intercepted)
         self.budget_s = self.mix.budget_ms / 1e3

@@ -616,6 +616,10 @@ def run_soak(config: LoadConfig, server_pid: int | None) -> dict[str, Any]:
     return soak
 
 
+SOAK_SHARE = 0.7
+"""The share of the bench's maximum a soak from `--from-bench` runs at (the issue's 70 %)."""
+
+
 def rate_from_bench(path: Path) -> float:
     """The rate to soak at from a bench result file: its top-level "max_rate" (the highest
     offered rate that met the bench's bounds)."""
@@ -627,6 +631,13 @@ def rate_from_bench(path: Path) -> float:
     if not isinstance(rate, int | float) or rate <= 0:
         raise LoadTestError(f'{path}: no positive top-level "max_rate"; pass --rate R')
     return float(rate)
+
+
+def soak_rate(bench: Path, share: float = SOAK_SHARE) -> float:
+    """`share` of the bench's maximum, the rate a soak from `--from-bench` runs at."""
+    if not 0 < share <= 1:
+        raise LoadTestError(f"--share must be in (0, 1], not {share}")
+    return round(share * rate_from_bench(bench), 1)
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -658,6 +669,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     _add_common(soak, DEFAULT_SOAK_OUT)
     soak.add_argument("--rate", type=float, help="offered calls/s (else from --from-bench)")
     soak.add_argument("--from-bench", type=Path, help="bench result JSON with max_rate")
+    soak.add_argument(
+        "--share",
+        type=float,
+        default=SOAK_SHARE,
+        help="share of the bench's max_rate to soak at (with --from-bench)",
+    )
     soak.add_argument("--minutes", type=float, default=10.0)
     soak.add_argument("--server-pid", type=int, help="with --target: the server's pid, for its RSS")
     return parser.parse_args(argv)
@@ -684,7 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "soak" and rate is None:
             if args.from_bench is None:
                 raise LoadTestError("soak needs --rate R or --from-bench FILE")
-            rate = rate_from_bench(args.from_bench)
+            rate = soak_rate(args.from_bench, args.share)
         duration = args.duration if args.command == "run" else args.minutes * 60
         with contextlib.ExitStack() as stack:
             server_pid = getattr(args, "server_pid", None)

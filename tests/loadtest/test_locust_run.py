@@ -129,6 +129,27 @@ def test_missing_demo_folders_exit_2_with_a_hint(
     assert "make demo" in capsys.readouterr().err
 
 
+def test_a_soak_from_a_bench_runs_at_70_percent_of_its_maximum(tmp_path: Path) -> None:
+    from loadtest.run import soak_rate
+
+    bench = tmp_path / "results.json"
+    bench.write_text(json.dumps({"max_rate": 400}))
+    assert soak_rate(bench) == 280.0
+    assert soak_rate(bench, 0.5) == 200.0
+
+
+def test_a_bad_share_or_bench_file_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = tmp_path / "results.json"
+    bench.write_text(json.dumps({"max_rate": 400}))
+    assert main(["soak", "--from-bench", str(bench), "--share", "1.5"]) == 2
+    assert "--share must be in (0, 1]" in capsys.readouterr().err
+    bench.write_text(json.dumps({"max_rate": None}))
+    assert main(["soak", "--from-bench", str(bench)]) == 2
+    assert 'no positive top-level "max_rate"' in capsys.readouterr().err
+
+
 def test_the_runner_never_imported_locust_or_gevent_here() -> None:
     assert "locust" not in sys.modules
     assert "gevent" not in sys.modules

@@ -1,0 +1,54 @@
+"""The graph throughput table (what gpu_bench.sh runs on CUDA), on the CPU at tiny sizes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from loadtest.bench import full_history_feeds
+from loadtest.graph_throughput import ctr_batch, main, powers_of_two
+
+
+def test_powers_of_two_end_at_the_limit() -> None:
+    assert list(powers_of_two(1)) == [1]
+    assert list(powers_of_two(8)) == [1, 2, 4, 8]
+    assert list(powers_of_two(6)) == [1, 2, 4, 6]
+
+
+def test_a_tiled_ctr_batch_scores_every_user_like_the_single_one(bundle: Path) -> None:
+    """Tiling the one-user feed gives `users` identical requests: same scores each."""
+    from service.bundle import load_bundle
+
+    _, feed = full_history_feeds(bundle, 5)
+    ctr = load_bundle(bundle, device="cpu").ctr
+    one = ctr.run(None, feed)[0]
+    three = ctr.run(None, ctr_batch(feed, 3, 5))[0]
+    assert three.shape == (15,)
+    np.testing.assert_allclose(three.reshape(3, 5), np.tile(one, (3, 1)), rtol=1e-5, atol=1e-6)
+
+
+def test_the_cli_writes_a_row_per_shape(bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "throughput.json"
+    main(
+        [
+            "--bundle",
+            str(bundle),
+            "--max-batch",
+            "4",
+            "--candidates",
+            "3",
+            "--seconds",
+            "0.01",
+            "--out",
+            str(out),
+        ]
+    )
+    table = json.loads(out.read_text())
+    assert table["device"] == "cpu" and table["providers"][0] == "CPUExecutionProvider"
+    assert [row["users"] for row in table["ctr"]] == [1, 2, 4]
+    assert [row["pairs"] for row in table["ctr"]] == [3, 6, 12]
+    assert all(row["pairs_per_s"] > 0 for row in table["ctr"])
+    if table["encoder"]:  # a model with a query tower
+        assert [row["users"] for row in table["encoder"]] == [1, 2, 4]
