@@ -18,6 +18,7 @@ on a GPU machine; on the CPU it gives the same table for comparison.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -87,7 +88,7 @@ def measure(
         encoder = bundle.encoder
         for users in powers_of_two(max_batch):
             feed = tile_rows(encoder_feed, users)
-            call_s = median_call_s(lambda feed=feed: encoder.run(None, feed), seconds)
+            call_s = median_call_s(functools.partial(encoder.run, None, feed), seconds)
             result["encoder"].append(
                 {"users": users, "p50_ms": call_s * 1e3, "users_per_s": users / call_s}
             )
@@ -96,7 +97,7 @@ def measure(
     for users in powers_of_two(max_batch):
         feed = ctr_batch(ctr_feed, users, candidates)
         pairs = users * candidates
-        call_s = median_call_s(lambda feed=feed: ctr.run(None, feed), seconds)
+        call_s = median_call_s(functools.partial(ctr.run, None, feed), seconds)
         result["ctr"].append(
             {"users": users, "pairs": pairs, "p50_ms": call_s * 1e3, "pairs_per_s": pairs / call_s}
         )
