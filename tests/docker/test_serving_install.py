@@ -1,0 +1,82 @@
+"""The CPU image's install, built in a fresh virtual environment the way its Dockerfile
+builds it: the CLI serves, and torch is not there (the image really is torch-free)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow  # a fresh `pip install '.[serve]'`: a minute or more
+
+SITE_PACKAGES_BUDGET_MB = 900
+"""Upper bound on the serving install's site-packages (README "Deploy with Docker" lists
+the measured size); a dependency that drags in torch or CUDA libraries breaks it."""
+
+
+def site_packages(venv: Path) -> Path:
+    (found,) = venv.glob("lib/python3.*/site-packages")
+    return found
+
+
+def size_mb(folder: Path) -> float:
+    total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+    return total / 1e6
+
+
+def test_queryrec_serve_help_runs(serving_venv: Path) -> None:
+    done = subprocess.run(
+        [str(serving_venv / "bin" / "queryrec"), "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--bundle" in done.stdout and "--workers" in done.stdout
+
+
+def test_torch_is_not_installed(serving_venv: Path) -> None:
+    done = subprocess.run(
+        [str(serving_venv / "bin" / "python"), "-c", "import torch"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    assert "No module named 'torch'" in done.stderr, done.stderr
+    installed = {p.name.lower() for p in site_packages(serving_venv).iterdir()}
+    assert not {name for name in installed if name.startswith(("torch", "nvidia", "triton"))}
+
+
+def test_service_modules_import_and_health_probe_runs(serving_venv: Path) -> None:
+    python = str(serving_venv / "bin" / "python")
+    imports = "import service.server, service.run, service.healthcheck, onnxruntime, redis, hiredis"
+    done = subprocess.run([python, "-c", imports], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    # Nothing listens on port 1: the probe answers "no connection" (exit 2).
+    probe = [python, "-m", "service.healthcheck", "--addr", "127.0.0.1:1", "--timeout", "2"]
+    done = subprocess.run(probe, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+
+
+def test_site_packages_size_within_budget(serving_venv: Path) -> None:
+    size = size_mb(site_packages(serving_venv))
+    print(f"serving install: site-packages {size:.0f} MB")
+    assert size < SITE_PACKAGES_BUDGET_MB, f"{size:.0f} MB"
+
+
+def test_every_distribution_came_as_a_published_wheel(serving_venv: Path) -> None:
+    """No dependency was compiled at install time, so the image's build stage needs no
+    compiler (and the final stage, a copy of the venv, has none): every compiled wheel
+    is a manylinux one, never a local `linux_x86_64` build of an sdist."""
+    built_here = []
+    for wheel in site_packages(serving_venv).glob("*.dist-info/WHEEL"):
+        tags = [
+            line.split(":", 1)[1].strip()
+            for line in wheel.read_text().splitlines()
+            if line.startswith("Tag:")
+        ]
+        if any(tag.endswith("-linux_x86_64") or tag.endswith("-linux_aarch64") for tag in tags):
+            built_here.append(wheel.parent.name)
+    assert built_here == []
