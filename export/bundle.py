@@ -2,8 +2,9 @@
 
 Steps: read the checkpoint and its dataset (the run records where it is; `--data`
 overrides), check the dataset's schema hash, export both graphs (`onnx_export`), run the
-parity check (`parity`), optionally quantize the CTR graph to INT8 with an AUC guard
-(`quantize`), copy the torch-free artifacts, write `manifest.json` with every file's
+parity check (`parity`), calibrate the CTR graph's probabilities (Platt scaling fitted on
+validation, inside the graph: `calibration`), optionally quantize the CTR graph to INT8
+with an AUC guard (`quantize`), copy the torch-free artifacts, write `manifest.json` with every file's
 sha256, and move the finished folder into place. Nothing is left at the output path if
 any step fails. The bundle layout is `queryrec.features.bundle_format`'s docstring.
 """
@@ -22,6 +23,7 @@ from typing import Any
 import onnxruntime as ort
 import torch
 
+from export.calibration import calibrate_ctr
 from export.graphs import CTRGraph, QueryEncoderGraph
 from export.onnx_export import OPSET, GraphSpec, export_ctr, export_encoder
 from export.parity import check_parity
@@ -54,6 +56,7 @@ CTR_LAYOUT = (
 @dataclasses.dataclass(frozen=True)
 class ExportOptions:
     quantize: str = "none"  # none | int8
+    calibrate: str = "platt"  # platt | none (export.calibration)
     force: bool = False  # accept an INT8 AUC drop above the guard
     replace: bool = False  # replace a non-empty output folder
     data_dir: Path | None = None  # the dataset, if not the one the run recorded
@@ -62,6 +65,8 @@ class ExportOptions:
     def __post_init__(self) -> None:
         if self.quantize not in ("none", "int8"):
             raise QueryRecError(f"--quantize must be none or int8, not '{self.quantize}'")
+        if self.calibrate not in ("none", "platt"):
+            raise QueryRecError(f"--calibrate must be platt or none, not '{self.calibrate}'")
 
 
 def export_bundle(run_dir: Path, out_dir: Path, options: ExportOptions) -> dict[str, Any]:
@@ -116,6 +121,11 @@ def _build(
         "max_abs_diff": worst,
         "cases": [c.as_dict() for c in cases],
     }
+    manifest["calibration"] = {"method": "none"}
+    if options.calibrate == "platt":
+        # After the parity check (which compares the trained model's own probabilities),
+        # before INT8 (which only touches MatMul / Gemm weights).
+        manifest["calibration"] = calibrate_ctr(work / CTR_FILE, dataset, manifest, encoder)
     manifest["quantization"] = {"mode": "none"}
     if options.quantize == "int8":
         manifest["quantization"] = quantize_with_guard(
@@ -220,6 +230,12 @@ def manifest_summary(manifest: dict[str, Any], out_dir: Path) -> str:
         f"  offline test AUC {test.get('auc', float('nan')):.4f}, logloss {test.get('logloss', float('nan')):.4f}",
         f"  parity: max abs diff {manifest['parity']['max_abs_diff']:.2e} (tolerance 1e-5)",
     ]
+    calibration = manifest.get("calibration", {"method": "none"})
+    if "a" in calibration:
+        lines.append(
+            f"  calibration: platt (a {calibration['a']:.3f}, b {calibration['b']:.3f}), test ECE "
+            f"{calibration['test_ece_before']:.4f} -> {calibration['test_ece_after']:.4f}"
+        )
     quant = manifest["quantization"]
     if quant["mode"] == "int8":
         lines.append(

@@ -83,8 +83,13 @@ def check_parity(
     *,
     seed: int = 1234,
     tolerance: float = TOLERANCE,
+    platt: tuple[float, float] | None = None,
 ) -> list[ParityCase]:
-    """Run every case; raise ParityError naming the worst one if any exceeds `tolerance`."""
+    """Run every case; raise ParityError naming the worst one if any exceeds `tolerance`.
+
+    `platt` (a, b): the CTR graph is calibrated (`export.calibration`), so the model's
+    probability is compared as sigmoid(a * logit + b)."""
+    a, b = platt if platt is not None else (1.0, 0.0)
     rng = np.random.default_rng(seed)
     model.eval()
     cases: list[ParityCase] = []
@@ -101,7 +106,8 @@ def check_parity(
                 tokens, ages = draw_query_histories(model, users, rng)
                 rows = feed["pair_user"]
                 expected = torch.sigmoid(
-                    model(
+                    a
+                    * model(
                         torch.from_numpy(feed["user"][rows]),
                         torch.from_numpy(feed["item"]),
                         torch.from_numpy(feed["hour"][rows]),
@@ -109,6 +115,7 @@ def check_parity(
                         torch.from_numpy(tokens[rows]),
                         torch.from_numpy(ages[rows]),
                     )
+                    + b
                 ).numpy()
                 if model.cfg.use_query:
                     query = model.query_representation(

@@ -145,6 +145,10 @@ def export_command(
     quantize: Annotated[
         str, typer.Option("--quantize", help="none | int8 (dynamic INT8 CTR graph).")
     ] = "none",
+    calibrate: Annotated[
+        str,
+        typer.Option("--calibrate", help="platt (fitted on validation, inside ctr.onnx) | none."),
+    ] = "platt",
     data: Annotated[
         Path | None,
         typer.Option("--data", help="Dataset folder, if not the one the run recorded."),
@@ -157,7 +161,9 @@ def export_command(
     """Export a trained model to ONNX (parity-checked) and write the versioned bundle."""
     from export.bundle import ExportOptions, export_bundle, manifest_summary
 
-    options = ExportOptions(quantize=quantize, force=force, replace=force, data_dir=data)
+    options = ExportOptions(
+        quantize=quantize, calibrate=calibrate, force=force, replace=force, data_dir=data
+    )
     manifest = export_bundle(run, out, options)
     print(manifest_summary(manifest, out))
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from export.bundle import ExportOptions, export_bundle
+from export.calibration import apply_platt
 from export.parity import CTR_CANDIDATES, ENCODER_BATCHES
 from export.quantize import QuantizationRefused
 from queryrec.cli.main import main
@@ -78,6 +79,9 @@ def test_bundle_scores_like_the_checkpoint_without_torch(
     )
     assert done.returncode == 0, done.stderr
     served = np.load(out)
+    # The bundle's CTR graph carries the Platt scaling fitted at export (export.calibration).
+    calibration = json.loads((bundle / "manifest.json").read_text())["calibration"]
+    expected = apply_platt(expected, calibration["a"], calibration["b"])
     np.testing.assert_allclose(served, expected, atol=1e-5, rtol=0)
     from sklearn.metrics import roc_auc_score
 
@@ -191,10 +195,14 @@ def test_parity_check_names_the_failing_graph_and_shape(
 
     model, _ = load_checkpoint(queryrec_run, PreparedDataset(tiny_data))
     loaded = load_bundle(bundle)
-    assert check_parity(model, loaded.encoder, loaded.ctr)  # the exported graphs pass
+    calibration = loaded.manifest["calibration"]
+    platt = (calibration["a"], calibration["b"])
+    assert check_parity(model, loaded.encoder, loaded.ctr, platt=platt)  # the exported graphs
+    with pytest.raises(ParityError, match=r"ctr at users=\d+ pairs=\d+"):
+        check_parity(model, loaded.encoder, loaded.ctr)  # calibration not accounted for
     with torch.no_grad():
         model.sas.norm.bias.add_(0.01)  # the torch model drifts from the exported graph
     with pytest.raises(
         ParityError, match=r"query_encoder at users=\d+: .* differs from PyTorch by"
     ):
-        check_parity(model, loaded.encoder, loaded.ctr)
+        check_parity(model, loaded.encoder, loaded.ctr, platt=platt)

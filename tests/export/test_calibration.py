@@ -1,0 +1,82 @@
+"""Platt scaling: the fit, the graph surgery that carries it, ECE, and the bundle record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from export.calibration import (
+    CalibrationError,
+    apply_platt,
+    ece,
+    fit_platt,
+    insert_platt,
+    logit,
+)
+
+
+def sigmoid_graph(path: Path, op: str = "Sigmoid") -> Path:
+    """x (N,) -> op(x) (N,): the shape of the CTR graph's last step."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])
+    graph = helper.make_graph([helper.make_node(op, ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, str(path))
+    return path
+
+
+def test_the_fit_recovers_the_slope_and_offset_that_made_the_labels() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0.02, 0.98, 60_000)  # an overconfident model's probabilities
+    truth = apply_platt(scores, 0.6, -0.4)  # the click rate they really stand for
+    labels = (rng.uniform(size=scores.shape) < truth).astype(np.int64)
+    a, b = fit_platt(scores, labels)
+    assert a == pytest.approx(0.6, abs=0.05) and b == pytest.approx(-0.4, abs=0.05)
+    assert ece(apply_platt(scores, a, b), labels) < ece(scores, labels)
+
+
+def test_a_fit_on_one_class_or_inverted_scores_is_refused() -> None:
+    with pytest.raises(CalibrationError, match="both clicks and non-clicks"):
+        fit_platt(np.array([0.2, 0.7]), np.array([1, 1]))
+    scores = np.linspace(0.05, 0.95, 400)
+    with pytest.raises(CalibrationError, match="slope"):
+        fit_platt(scores, (scores < 0.5).astype(np.int64))  # higher score, fewer clicks
+
+
+def test_the_inserted_scaling_is_exactly_the_fitted_transform(tmp_path: Path) -> None:
+    path = sigmoid_graph(tmp_path / "g.onnx")
+    x = np.linspace(-6, 6, 101, dtype=np.float32)
+    insert_platt(path, 0.8, 0.25)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, 1 / (1 + np.exp(-(0.8 * x + 0.25))), atol=1e-6)
+    # the same as applying it to the uncalibrated probabilities
+    np.testing.assert_allclose(got, apply_platt(1 / (1 + np.exp(-x)), 0.8, 0.25), atol=1e-5)
+    with pytest.raises(CalibrationError, match="already calibrated"):
+        insert_platt(path, 0.8, 0.25)
+
+
+def test_a_graph_without_a_final_sigmoid_is_refused(tmp_path: Path) -> None:
+    path = sigmoid_graph(tmp_path / "g.onnx", op="Relu")
+    with pytest.raises(CalibrationError, match="not made by a Sigmoid"):
+        insert_platt(path, 1.0, 0.0)
+
+
+def test_ece_is_zero_when_every_bin_is_right_and_counts_the_gap_otherwise() -> None:
+    probs = np.array([0.25] * 4 + [0.75] * 4)
+    assert ece(probs, np.array([1, 0, 0, 0, 1, 1, 1, 0])) == pytest.approx(0.0, abs=1e-6)
+    assert ece(probs, np.array([1, 1, 0, 0, 1, 1, 1, 1])) == pytest.approx(0.25, abs=1e-6)
+    assert np.all(np.isfinite(logit(np.array([0.0, 1.0]))))  # clipped, not infinite
+
+
+def test_the_bundle_carries_the_calibration_it_was_checked_with(bundle: Path) -> None:
+    record = json.loads((bundle / "manifest.json").read_text())["calibration"]
+    assert record["a"] > 0 and record["max_abs_diff_to_fit"] <= 1e-5
+    # monotone: the ranking, hence AUC, is unchanged
+    assert record["test_auc_after"] == pytest.approx(record["test_auc_before"], abs=1e-6)
+    assert record["valid_ece_after"] <= record["valid_ece_before"] + 1e-9
