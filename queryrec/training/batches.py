@@ -33,9 +33,14 @@ impressions (hard negatives, which L_ctr already covers; on `small` they left L_
 near chance and it did not help validation AUC, docs/BENCHMARKS.md). P and N items are
 drawn uniformly with replacement; 0 where a window is empty.
 
-L_cl positives: the items clicked in the user's last search session before t (first K in
-display order). For a session without clicks, `PseudoPositives` (the diffusion job's
-output) may supply items; without it such a query has no positive and adds no L_cl term.
+L_cl positives of the user's last search session s before t, from one of two sources
+(`cl_positive_source`): "session" (default), the items clicked in s itself (first K in
+display order); or "query", the paper's I+_q: the items clicked in any training-split
+session of s's normalised query by any user, top K by click count, without the user's
+own sessions of that query at or after t (`queryrec.training.query_positives`, built once
+when the builder is made). Where that leaves no item, `PseudoPositives` (the diffusion
+job's output) may supply items; without it such a query has no positive and adds no L_cl
+term.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import numpy as np
 from queryrec.features.dataset import PreparedDataset
 from queryrec.features.model_inputs import HistoryLengths, gather_inputs, trim_query_columns
 from queryrec.features.time_features import HOUR_MS
+from queryrec.training.query_positives import query_positives
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,13 @@ class AuxiliaryConfig:
     next_negatives: int = 4  # N
     next_negative_source: str = "feed"  # "feed": any user's impressions; "user": own non-clicks
     cl_positives: int = 4  # K
+    cl_positive_source: str = "session"  # "session": clicks of s; "query": pooled I+_q
 
     def __post_init__(self) -> None:
+        if self.cl_positive_source not in ("session", "query"):
+            raise ValueError(
+                f"cl_positive_source must be session or query, not {self.cl_positive_source!r}"
+            )
         if self.next_negative_source not in ("feed", "user"):
             raise ValueError(
                 f"next_negative_source must be feed or user, not {self.next_negative_source!r}"
@@ -110,6 +121,11 @@ class BatchBuilder:
         self.events = dataset.timelines()
         self.aux = aux
         self.pseudo = pseudo_positives
+        self.query_positives = (
+            query_positives(dataset, aux.cl_positives)
+            if aux is not None and aux.cl_positive_source == "query"
+            else None
+        )
         unclicked = np.flatnonzero(dataset.feed_click == 0)
         self.noclick_user = dataset.feed_user[unclicked]
         self.noclick_ts = dataset.feed_ts[unclicked]
@@ -214,7 +230,10 @@ class BatchBuilder:
         """(B,) last session index (-1: none) -> (B, K) clicked (or pseudo) items, 0 = none."""
         assert self.aux is not None
         k = self.aux.cl_positives
-        offsets, items = self.ds.clicked_offsets, self.ds.clicked_items
+        if self.query_positives is not None:
+            offsets, items = self.query_positives.offsets, self.query_positives.items
+        else:
+            offsets, items = self.ds.clicked_offsets, self.ds.clicked_items
         out = _first_k(offsets, items, session, k)
         if self.pseudo is not None:
             empty = (out[:, 0] == 0) & (session >= 0)
