@@ -51,8 +51,13 @@ class CTRGraph(nn.Module):
     item_base: Tensor  # (N_items, d) id + author + type + categories part of each item
     item_caption: Tensor  # (N_items, d) caption part of each item
 
-    def __init__(self, model: CTRModel):
+    def __init__(self, model: CTRModel, platt: tuple[float, float] | None = None):
+        """`platt` (a, b): return sigmoid(a * logit + b), the calibration the export
+        inserts into ctr.onnx (`export.calibration.insert_platt`); for eager serving of a
+        calibrated bundle's model (loadtest's naive-torch). The export itself leaves it
+        None and calibrates the ONNX graph."""
         super().__init__()
+        self.platt = platt
         # Only the parts used at serving time (holding the whole model would drag the
         # unused, tied word table into the exported program).
         self.cfg = model.cfg
@@ -107,7 +112,7 @@ class CTRGraph(nn.Module):
                 history,
                 pair_user,
             )
-            return torch.sigmoid(logits)
+            return self._probability(logits)
         fields = [f[pair_user] for f in user_fields] + [caption]
         fields += [f[pair_user] for f in profile_fields]
         extra: list[Tensor] = []
@@ -116,4 +121,10 @@ class CTRGraph(nn.Module):
             query = query_repr[pair_user]  # (N, d)
             extra = [query, query * (candidate + caption)]
         logits = self.backbone(fields, candidate, history, click_history > 0, extra, pair_user)
-        return torch.sigmoid(logits)
+        return self._probability(logits)
+
+    def _probability(self, logits: Tensor) -> Tensor:
+        if self.platt is None:  # the export: nothing extra traced into the graph
+            return torch.sigmoid(logits)
+        a, b = self.platt
+        return torch.sigmoid(a * logits + b)

@@ -97,7 +97,9 @@ class TorchModel:
     """The run's PyTorch model in eager mode, in the export's serving modules (the ONNX
     graphs' feed layout, so the service's feature code builds the inputs unchanged)."""
 
-    def __init__(self, run_dir: Path, data_dir: Path | None) -> None:
+    def __init__(
+        self, run_dir: Path, data_dir: Path | None, platt: tuple[float, float] | None = None
+    ) -> None:
         import torch
 
         from export.graphs import CTRGraph, QueryEncoderGraph
@@ -114,7 +116,7 @@ class TorchModel:
         model, _ = load_checkpoint(run_dir, PreparedDataset(data), payload)
         self.torch = torch
         self.encoder = QueryEncoderGraph(model).eval() if model.cfg.use_query else None
-        self.ctr = CTRGraph(model).eval()
+        self.ctr = CTRGraph(model, platt=platt).eval()
 
     def scores(self, row: UserRow, items: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
@@ -197,6 +199,13 @@ class NaiveScorer(scorer_pb2_grpc.ScorerServicer):
         return pb.RecordClicksResponse(history_length=kept)
 
 
+def platt(bundle: Bundle) -> tuple[float, float] | None:
+    """The bundle's Platt scaling (a, b), which its ctr.onnx applies (export.calibration);
+    the eager model applies the same so that it scores what the service scores."""
+    calibration = bundle.manifest.get("calibration", {})
+    return (calibration["a"], calibration["b"]) if "a" in calibration else None
+
+
 def history_caps(bundle: Bundle) -> HistoryCaps:
     """The service's default caps: the bundle's history lengths L and H."""
     lengths = bundle.manifest["max_lengths"]
@@ -231,7 +240,7 @@ async def serve(
         else:
             if run_dir is None:
                 raise SystemExit("--kind naive-torch needs --run RUN_DIR (the trained run)")
-            model = TorchModel(run_dir, data_dir)
+            model = TorchModel(run_dir, data_dir, platt(bundle))
         state = RedisState(redis_url, history_caps(bundle))
         await state.ping()
         servicer = NaiveScorer(bundle, state, model)
