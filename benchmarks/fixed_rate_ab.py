@@ -5,7 +5,7 @@
         [--candidates 100] [--bundle demo-work/bundle] [--data demo-work/data] [--out FILE]
 
 Each `--variant NAME=VAR=VALUE,VAR=VALUE` is a `queryrec serve` with those QUERYREC_*
-settings on top of the defaults (budget 50 ms); `naive-onnx`, `naive-torch` and `echo`
+settings on top of the defaults (`loadtest.bench`'s `service` variant); `naive-onnx`, `naive-torch` and `echo`
 name the reference servers (`loadtest.reference_servers`). For every variant in turn:
 the embedded Redis is emptied and loaded with the dataset's state, the server starts, a
 3 s warm-up at 20 req/s, then one `loadtest.bench.run_step` at `--rate` (the same Locust
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +26,10 @@ import redis
 
 from loadtest.bench import (
     REFERENCE_KINDS,
-    RunningServer,
     SweepConfig,
-    free_port,
     run_step,
     started,
 )
-from queryrec.demo import ServerProcess
 from queryrec.features.dataset import PreparedDataset
 from service.embedded_redis import EmbeddedRedis
 from service.state_load import load_state
@@ -52,25 +47,6 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
             raise SystemExit(f"--variant {text}: expected QUERYREC_NAME=value, got {item!r}")
         settings[key] = value
     return name, settings
-
-
-@contextmanager
-def serving(
-    name: str, settings: dict[str, str], bundle: Path, data: Path, redis_url: str, log: Path
-) -> Iterator[RunningServer]:
-    if name in REFERENCE_KINDS:
-        with started(name, 0, bundle, redis_url, None, data, log) as running:
-            yield running
-        return
-    env = {"QUERYREC_BUDGET_MS": "50", "QUERYREC_ADMIN_PORT": str(free_port())} | settings
-    process = ServerProcess(bundle, redis_url, log, env)
-    try:
-        port = process.start()
-        yield RunningServer(
-            f"127.0.0.1:{port}", process.pid, int(env["QUERYREC_ADMIN_PORT"]), env, log
-        )
-    finally:
-        process.stop()
 
 
 def main() -> None:
@@ -101,7 +77,10 @@ def main() -> None:
                 progress=False,
             )
             log = work / f"{name}.log"
-            with serving(name, settings, args.bundle, args.data, redis_server.url, log) as server:
+            kind = name if name in REFERENCE_KINDS else "service"
+            with started(
+                kind, args.candidates, args.bundle, redis_server.url, None, args.data, log, settings
+            ) as server:
                 warm = work / f"{name}-warmup"
                 run_step(
                     server, WARMUP_RATE, WARMUP_S, 16, args.candidates, args.data, warm, config

@@ -152,8 +152,10 @@ def started(
     run_dir: Path | None,
     data: Path,
     log: Path,
+    settings: dict[str, str] | None = None,
 ) -> Iterator[RunningServer]:
-    """Start `server`, yield it, always stop it."""
+    """Start `server`, yield it, always stop it. `settings`: QUERYREC_* on top of a
+    service variant's own (`service_settings`)."""
     from loadtest.reference_servers import ReferenceServerProcess
     from queryrec.demo import ServerProcess
 
@@ -172,12 +174,12 @@ def started(
         finally:
             process.stop()
         return
-    settings = service_settings(server, candidates)
-    service = ServerProcess(bundle, redis_url, log, settings)
+    env = service_settings(server, candidates) | (settings or {})
+    service = ServerProcess(bundle, redis_url, log, env)
     try:
         port = service.start()
         yield RunningServer(
-            f"127.0.0.1:{port}", service.pid, int(settings["QUERYREC_ADMIN_PORT"]), settings, log
+            f"127.0.0.1:{port}", service.pid, int(env["QUERYREC_ADMIN_PORT"]), env, log
         )
     finally:
         service.stop()

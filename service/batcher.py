@@ -205,12 +205,10 @@ class MicroBatcher(Generic[In, Out]):
         self._carry = None
         batch, units = [first], first.units
         while units < self.max_size and not self._queue.empty():
-            pending = self._queue.get_nowait()
-            if units + pending.units > self.max_size:
-                self._carry = pending
+            joined = self._join(batch, units, self._queue.get_nowait())
+            if joined is None:
                 break
-            batch.append(pending)
-            units += pending.units
+            units = joined
         return batch
 
     # ------------------------------------------------------------ in the worker thread
@@ -298,9 +296,19 @@ class MicroBatcher(Generic[In, Out]):
                     pending = await asyncio.wait_for(self._queue.get(), remaining)
                 except TimeoutError:
                     break
-            if units + pending.units > self.max_size:
-                self._carry = pending
+            joined = self._join(batch, units, pending)
+            if joined is None:
                 break
-            batch.append(pending)
-            units += pending.units
+            units = joined
         return batch
+
+    def _join(
+        self, batch: list[_Pending[In, Out]], units: int, pending: _Pending[In, Out]
+    ) -> int | None:
+        """Add `pending` to `batch` if it fits (-> the batch's units now); otherwise keep
+        it for the next batch (None: this batch is closed)."""
+        if units + pending.units > self.max_size:
+            self._carry = pending
+            return None
+        batch.append(pending)
+        return units + pending.units

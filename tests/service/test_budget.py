@@ -79,20 +79,28 @@ def timed_score(harness: ServerThread, request: pb.ScoreRequest) -> tuple[str, f
     return code, time.perf_counter() - began
 
 
-def test_a_slow_ctr_graph_cannot_stretch_the_call(
-    started: ServerThread, raw: dict[str, list[int]]
-) -> None:
-    slow = slow_down(started, "ctr")
-    request = pb.ScoreRequest(user_id=raw["users"][0], item_ids=raw["items"][:5])
+def concurrent_scores(
+    harness: ServerThread, request: pb.ScoreRequest, calls: int
+) -> list[tuple[str, float]]:
+    """`calls` Score calls at once, each from its own thread; -> (code, seconds) each."""
     answers: list[tuple[str, float]] = []
     threads = [
-        threading.Thread(target=lambda: answers.append(timed_score(started, request)))
-        for _ in range(12)
+        threading.Thread(target=lambda: answers.append(timed_score(harness, request)))
+        for _ in range(calls)
     ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
+    return answers
+
+
+def test_a_slow_ctr_graph_cannot_stretch_the_call(
+    started: ServerThread, raw: dict[str, list[int]]
+) -> None:
+    slow = slow_down(started, "ctr")
+    request = pb.ScoreRequest(user_id=raw["users"][0], item_ids=raw["items"][:5])
+    answers = concurrent_scores(started, request, 12)
     codes = Counter(code for code, _ in answers)
     assert len(answers) == 12
     assert set(codes) <= {"DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}, codes
@@ -185,16 +193,8 @@ def test_on_the_loop_work_queued_behind_a_slow_call_is_dropped_not_run(
     ) as harness:
         slow = slow_down(harness, "ctr", delay_s=2.0)
         request = pb.ScoreRequest(user_id=raw["users"][0], item_ids=raw["items"][:5])
-        answers: list[tuple[str, float]] = []
-        threads = [
-            threading.Thread(target=lambda: answers.append(timed_score(harness, request)))
-            for _ in range(6)
-        ]
-        for thread in threads:
-            thread.start()
+        answers = concurrent_scores(harness, request, 6)
         assert slow.started[0].wait(30)
-        for thread in threads:
-            thread.join(60)
         assert len(answers) == 6
         # The calls already waiting when the slow one ended were past their budget:
         # dropped unrun. (A request that reached the server only after the loop was
