@@ -31,7 +31,9 @@ def test_drain_under_load_fails_no_in_flight_call(
     bundle: Path, redis_url: str, raw: dict[str, list[int]]
 ) -> None:
     # The slow graph sleeps in its call: in the worker thread, so that the loop keeps
-    # answering health and new calls meanwhile (on the loop the sleep would block them).
+    # answering health and new calls meanwhile (on the loop the sleep would block them),
+    # with CTR batches as with CUDA, so that 200 queued calls are a few slow calls, not
+    # 200 (one per request, the CPU default, can queue past the budget: refused).
     harness = ServerThread(
         bundle,
         redis_url,
@@ -39,6 +41,7 @@ def test_drain_under_load_fails_no_in_flight_call(
         drain_delay_s=2.0,
         shutdown_grace_s=30,
         inference_on="thread",
+        ctr_max_pairs=4096,
     )
     try:
         server = harness.create()
