@@ -1,22 +1,11 @@
-"""Calibrated probabilities: Platt scaling fitted on validation, carried inside ctr.onnx.
+"""The bundle's calibration: Platt scaling fitted on validation, carried inside ctr.onnx.
 
-A feed server blends and auctions on the scores, so P(click) must mean what it says; the
-trained models are overconfident (the demo's QueryRec: test ECE 0.040 over 10 bins).
-The choice, and why:
-- **Platt scaling** (a logistic regression of the label on the model's logit,
-  p' = sigmoid(a * logit + b), `sklearn.linear_model.LogisticRegression`): two numbers,
-  monotone (a > 0 keeps the ranking, so AUC is unchanged), and it fits *inside* the
-  graph: the export inserts `Mul(a)` and `Add(b)` before the graph's final `Sigmoid`,
-  so the service applies exactly what was fitted, covered by the bundle's hash, with no
-  serving code. Temperature scaling is its b = 0 special case; isotonic regression is
-  more flexible but is a step function (ties inside a step lose ranking, and it would
-  need a lookup artifact beside the graph).
-- Fitted on the **validation** split only (the split training stopped on, never test);
-  ECE and AUC are reported on validation and test, before and after, in the manifest's
-  `calibration` record.
-
-ECE: expected calibration error over equal-width bins, the L1 form
-(`torchmetrics.functional.classification.binary_calibration_error`).
+The fit, its reasons and how calibration is measured are in
+`queryrec.training.calibration`; this module scores validation and test with the exported
+CTR graph, fits on those scores, inserts `Mul(a)` and `Add(b)` before the graph's final
+`Sigmoid` (so the service applies exactly what was fitted, covered by the bundle's hash),
+checks the rewritten graph against the fit, and writes the manifest's `calibration`
+record (ECE and AUC, validation and test, before and after).
 """
 
 from __future__ import annotations
@@ -26,61 +15,22 @@ from typing import Any
 
 import numpy as np
 import onnx
-import torch
 from onnx import helper, numpy_helper
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from torchmetrics.functional.classification import binary_calibration_error
 
-from queryrec.errors import QueryRecError
 from queryrec.evaluation.bundle_scoring import GraphSession, cpu_session, score_split
 from queryrec.features.dataset import PreparedDataset
 from queryrec.progress import say
+from queryrec.training.calibration import (
+    ECE_BINS,
+    CalibrationError,
+    apply_platt,
+    ece,
+    fit_platt,
+)
 
-ECE_BINS = 10
-PROB_EPS = 1e-7  # probabilities are clipped to [eps, 1 - eps] before the logit
 SURGERY_TOLERANCE = 1e-5
 CALIBRATION_PREFIX = "calibration_"
-
-
-class CalibrationError(QueryRecError):
-    """The CTR graph cannot be calibrated (no final Sigmoid) or the fit is unusable."""
-
-
-def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    """Expected calibration error (L1, `bins` equal-width bins)."""
-    return float(
-        binary_calibration_error(
-            torch.from_numpy(np.asarray(probs, dtype=np.float32)),
-            torch.from_numpy(np.asarray(labels).astype(np.int64)),
-            n_bins=bins,
-            norm="l1",
-        )
-    )
-
-
-def logit(probs: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(probs, dtype=np.float64), PROB_EPS, 1 - PROB_EPS)
-    return np.log(p) - np.log1p(-p)
-
-
-def fit_platt(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """(a, b) of p' = sigmoid(a * logit(p) + b), maximum likelihood (no regularisation
-    to speak of: C = 1e6). CalibrationError if a <= 0 (it would invert the ranking)."""
-    labels = np.asarray(labels)
-    if len(np.unique(labels)) < 2:
-        raise CalibrationError("calibration needs both clicks and non-clicks in validation")
-    regression = LogisticRegression(C=1e6, max_iter=1000)
-    regression.fit(logit(probs).reshape(-1, 1), labels.astype(np.int64))
-    a, b = float(regression.coef_[0, 0]), float(regression.intercept_[0])
-    if not a > 0:
-        raise CalibrationError(f"Platt fit gave slope {a:.3g} <= 0: the scores are not usable")
-    return a, b
-
-
-def apply_platt(probs: np.ndarray, a: float, b: float) -> np.ndarray:
-    """What the calibrated graph computes, from the uncalibrated probabilities."""
-    return np.asarray(1 / (1 + np.exp(-(a * logit(probs) + b))), dtype=np.float32)
 
 
 def insert_platt(graph_path: Path, a: float, b: float) -> None:

@@ -4,7 +4,8 @@ Writes to BENCH_DIR:
 - `results.json` (DESIGN.md schema: per model mean/std of test AUC, GAUC, logloss, seeds,
   training time and throughput; the slice "no_click_recent_queries");
 - `RESULTS.md`, the table with Imp % over DIN (mean ± std over seeds) and the slice;
-- `valid_auc_per_epoch.png` and `test_auc_per_model.png`;
+- `valid_auc_per_epoch.png`, `test_auc_per_model.png` and `reliability.png` (test
+  reliability diagram per model, before and after the Platt scaling fitted on validation);
 - one run folder per model and seed (checkpoint and metrics);
 - when a model uses the diffusion pseudo-positives and the dataset has none yet: the
   diffusion job first (`diffusion/`: denoiser, autoencoder reference, augment into the
@@ -112,6 +113,7 @@ def summarise(dataset: PreparedDataset, runs: dict[str, list[TrainResult]]) -> d
             "train_seconds_mean": statistics.fmean(r.train_seconds for r in results),
             "samples_per_second_mean": statistics.fmean(r.samples_per_second for r in results),
             "best_epochs": [r.best_epoch for r in results],
+            **_calibration_summary(results),
         }  # fmt: skip
         slice_mean, slice_std = _mean_std([_slice_auc(r) for r in results])
         slices["no_click_recent_queries"][name] = {
@@ -126,6 +128,21 @@ def summarise(dataset: PreparedDataset, runs: dict[str, list[TrainResult]]) -> d
         "slices": slices,
         "paired": paired_differences(runs),
     }
+
+
+def _calibration_summary(results: list[TrainResult]) -> dict[str, Any]:
+    """Mean ± std over seeds of test ECE before / after Platt scaling, and of the test AUC
+    change it makes (0 up to float ties: the scaling is monotone)."""
+    reports = [r.calibration for r in results if r.calibration]
+    if not reports:
+        return {}
+    out: dict[str, Any] = {}
+    for key in ("test_ece_before", "test_ece_after"):
+        out[f"{key}_mean"], out[f"{key}_std"] = _mean_std([c[key] for c in reports])
+    out["calibrated_auc_change_max"] = max(
+        abs(c["test_auc_after"] - c["test_auc_before"]) for c in reports
+    )
+    return out
 
 
 def _test_auc(result: TrainResult) -> float:
@@ -198,6 +215,23 @@ def render_results(results: dict[str, Any]) -> str:
                 f"| {name} | {a['mean']:+.4f} ± {a['std']:.4f} | {a['full_ahead']}/{p['seeds']} | "
                 f"{s['mean']:+.4f} ± {s['std']:.4f} | {s['full_ahead']}/{p['seeds']} |"
             )
+    calibrated = {n: m for n, m in models.items() if "test_ece_after_mean" in m}
+    if calibrated:
+        lines += [
+            "",
+            "Calibration (Platt scaling fitted on validation, `queryrec.training.calibration`): "
+            "test ECE over 10 bins, mean ± std over seeds; reliability diagrams of seed 0 in "
+            "`reliability.png`.",
+            "",
+            "| Model | test ECE before | test ECE after | largest test AUC change |",
+            "|---|---|---|---|",
+        ]
+        for name, m in calibrated.items():
+            lines.append(
+                f"| {name} | {m['test_ece_before_mean']:.4f} ± {m['test_ece_before_std']:.4f} | "
+                f"{m['test_ece_after_mean']:.4f} ± {m['test_ece_after_std']:.4f} | "
+                f"{m['calibrated_auc_change_max']:.1e} |"
+            )
     lines += ["", f"Bench time: {results.get('bench_seconds', 0):.0f} s.", ""]
     return "\n".join(lines)
 
@@ -234,4 +268,42 @@ def plot_results(
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     fig.savefig(out_dir / "test_auc_per_model.png", dpi=120)
+    plt.close(fig)
+    plot_reliability(runs, out_dir / "reliability.png")
+
+
+def plot_reliability(runs: dict[str, list[TrainResult]], path: Path) -> None:
+    """One panel per model (seed 0): observed click rate against mean predicted
+    probability per bin on test, before and after the calibration; the diagonal is
+    perfect calibration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n, r in runs.items() if r[0].calibration]
+    if not names:
+        return
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        report = runs[name][0].calibration
+        ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
+        for key, label in (("before", "model"), ("after", "Platt-scaled")):
+            bins = report[f"test_reliability_{key}"]
+            ax.plot(
+                [b["predicted"] for b in bins],
+                [b["observed"] for b in bins],
+                marker="o",
+                label=f"{label}, ECE {report[f'test_ece_{key}']:.4f}",
+            )
+        ax.set_title(f"{name} (seed 0, test)", fontsize=9)
+        ax.set_xlabel("mean predicted P(click)")
+        ax.set_ylabel("observed click rate")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)

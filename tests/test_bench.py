@@ -63,6 +63,12 @@ def test_bench_writes_results(
     assert "| queryrec |" in table and "Imp % vs DIN" in table and "Paired by seed" in table
     assert (out / "valid_auc_per_epoch.png").stat().st_size > 0
     assert (out / "test_auc_per_model.png").stat().st_size > 0
+    # Every model is calibrated on validation and measured on test, with its diagram.
+    assert (out / "reliability.png").stat().st_size > 0
+    for name in ("din", "queryrec"):
+        m = results["models"][name]
+        assert m["test_ece_after_mean"] >= 0 and m["calibrated_auc_change_max"] < 1e-4
+    assert "test ECE before" in table
     assert "| din |" in capsys.readouterr().out
     # queryrec uses diffusion pseudo-positives: the bench ran the diffusion job first.
     assert (data / "augment/manifest.json").is_file()

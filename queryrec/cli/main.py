@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -20,6 +20,9 @@ DEFAULT_MODELS = (
     "din", "dcn", "queryrec", "queryrec-dcn", "queryrec-no-next", "queryrec-no-cl",
     "queryrec-no-diffusion",
 )  # fmt: skip
+
+# Mirror queryrec.training.batches.AuxiliaryConfig's defaults (a test checks they agree).
+DEFAULT_CL_POSITIVES, DEFAULT_NEXT_NEGATIVES = "session", "feed"
 
 app = typer.Typer(
     name="queryrec",
@@ -69,11 +72,21 @@ def data_prepare(
     raw: Annotated[Path, typer.Option("--raw", help="Folder with the KuaiSAR CSVs.")],
     out: Annotated[Path, typer.Option("--out", help="Dataset folder to write.")],
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
+    train_feed_fraction: Annotated[
+        float,
+        typer.Option(
+            "--train-feed-fraction",
+            help="Keep this share of training-period feed impressions (low-data runs); "
+            "validation, test and search data are kept whole.",
+        ),
+    ] = 1.0,
 ) -> None:
     """Build the dataset (id maps, timelines, time-split samples, schema.json, statistics)."""
     from queryrec.data.prepare import PrepareConfig, run_prepare
 
-    report = run_prepare(raw, out, PrepareConfig(), force=force)
+    report = run_prepare(
+        raw, out, PrepareConfig(train_feed_fraction=train_feed_fraction), force=force
+    )
     print(report)
 
 
@@ -99,6 +112,19 @@ def train_command(
             "--max-train-samples", help="Train on a random subset of this size per epoch."
         ),
     ] = None,
+    cl_positives: Annotated[
+        str,
+        typer.Option(
+            "--cl-positives",
+            help="L_cl positives: session (clicks of the last search) | query (pooled I+_q).",
+        ),
+    ] = DEFAULT_CL_POSITIVES,
+    next_negatives: Annotated[
+        str,
+        typer.Option(
+            "--next-negatives", help="L_next r- source: feed (any user's) | user (own non-clicks)."
+        ),
+    ] = DEFAULT_NEXT_NEGATIVES,
 ) -> None:
     """Train one model; under torchrun it runs as DDP (gloo on CPU, NCCL on GPUs)."""
     from queryrec.models.registry import model_spec
@@ -107,7 +133,12 @@ def train_command(
 
     model_spec(model)  # a clear error for an unknown name before any data is read
     cfg = TrainConfig(
-        model=model, seed=seed, device=device, epochs=epochs, max_train_samples=max_train_samples
+        model=model,
+        seed=seed,
+        device=device,
+        epochs=epochs,
+        max_train_samples=max_train_samples,
+        aux=auxiliary_config(cl_positives, next_negatives),
     )
     result = train(data, out, cfg)
     print(
@@ -126,13 +157,31 @@ def bench_command(
     seeds: Annotated[int, typer.Option("--seeds", help="Seeds per model (0..N-1).")] = 3,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
     epochs: Annotated[int, typer.Option("--epochs", help="Upper bound per run.")] = 4,
+    cl_positives: Annotated[
+        str,
+        typer.Option(
+            "--cl-positives",
+            help="L_cl positives: session (clicks of the last search) | query (pooled I+_q).",
+        ),
+    ] = DEFAULT_CL_POSITIVES,
+    next_negatives: Annotated[
+        str,
+        typer.Option(
+            "--next-negatives", help="L_next r- source: feed (any user's) | user (own non-clicks)."
+        ),
+    ] = DEFAULT_NEXT_NEGATIVES,
 ) -> None:
     """Train every model for N seeds; write the paper-style comparison."""
     from queryrec.bench import run_bench
     from queryrec.training.config import TrainConfig
 
     names = tuple(name.strip() for name in models.split(",") if name.strip())
-    base = TrainConfig(device=device, epochs=epochs, progress=False)
+    base = TrainConfig(
+        device=device,
+        epochs=epochs,
+        progress=False,
+        aux=auxiliary_config(cl_positives, next_negatives),
+    )
     results = run_bench(data, out, names, seeds, base)
     print((out / "RESULTS.md").read_text())
     del results
@@ -410,6 +459,17 @@ def demo(
     from queryrec.demo import run_demo
 
     run_demo(workdir, preset, epochs)
+
+
+def auxiliary_config(cl_positives: str, next_negatives: str) -> Any:
+    """The AuxiliaryConfig for `--cl-positives` / `--next-negatives` (a one-line error when
+    a value is not one of the choices)."""
+    from queryrec.training.batches import AuxiliaryConfig
+
+    try:
+        return AuxiliaryConfig(cl_positive_source=cl_positives, next_negative_source=next_negatives)
+    except ValueError as error:
+        raise QueryRecError(str(error)) from error
 
 
 def main(argv: list[str] | None = None) -> int:

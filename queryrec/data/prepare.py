@@ -77,12 +77,21 @@ class PrepareConfig:
     max_query_history: int = 20  # search queries the SAS encoder looks back at
     max_query_tokens: int = 8  # words kept per query
     max_caption_tokens: int = 16  # words kept per item caption
+    # Low-data regime (issue 17's L_next curve): keep this share of the *training-period*
+    # feed impressions (a seeded draw per row); the dropped ones vanish everywhere (labels,
+    # click histories, L_next targets), validation, test and all search data are kept.
+    train_feed_fraction: float = 1.0
+    train_feed_seed: int = 0
 
     def __post_init__(self) -> None:
         if not (0 < self.valid_fraction < 1 and 0 < self.test_fraction < 1):
             raise QueryRecError("valid and test fractions must be in (0, 1)")
         if self.valid_fraction + self.test_fraction >= 1:
             raise QueryRecError("valid + test fractions must leave some training data")
+        if not 0 < self.train_feed_fraction <= 1:
+            raise QueryRecError(
+                f"--train-feed-fraction must be in (0, 1], not {self.train_feed_fraction}"
+            )
 
 
 def run_prepare(
@@ -101,6 +110,9 @@ def run_prepare(
         builder = _DatasetBuilder(raw_dir, tables, config)
         with step("prepare", "split cut points"):
             builder.choose_split()
+        if config.train_feed_fraction < 1:
+            with step("prepare", f"keeping {config.train_feed_fraction:.0%} of training feed rows"):
+                builder.thin_training_feed()
         with step("prepare", "id maps"):
             builder.build_maps()
         with step("prepare", "item and user features"):
@@ -209,6 +221,14 @@ class _DatasetBuilder:
             )
         self.valid_start, self.test_start = valid_start, test_start
         self.t_min, self.t_max = t_min, t_max
+
+    def thin_training_feed(self) -> None:
+        """Keep `train_feed_fraction` of the feed rows before the validation cut (uniform,
+        seeded); the cut points stay those of the full log, so valid and test are unchanged."""
+        rng = np.random.default_rng(self.cfg.train_feed_seed)
+        keep = rng.random(self.rec.height) < self.cfg.train_feed_fraction
+        in_train = (self.rec["timestamp"] < self.valid_start).to_numpy()
+        self.rec = self.rec.filter(pl.Series(~in_train | keep))
 
     def _split_code(self, ts: pl.Expr) -> pl.Expr:
         return (

@@ -1,10 +1,15 @@
 """L_next: next-item prediction from the query representation (handles interest shift).
 
-For user u at time t, r+ are feed items u clicks after t and r- items shown after t and
-not clicked (sampled by the batch builder from a window, see `queryrec.training.batches`):
+For user u at time t, with e_q the query representation at t:
 
     L_next = -(1/n_pos) sum_{j in r+} log sigma(<e_q, e_j>)
              -(1/n_neg) sum_{k in r-} log(1 - sigma(<e_q, e_k>))
+
+r+ (P items) are draws from u's feed clicks in the window after t; r- (N items) are
+draws from the window's feed impressions of every user (or u's own non-clicked ones),
+with every item of u's r+ of that window removed, as the paper's r- = shown and not
+clicked by u asks. The sampling, stated exactly, is in `queryrec.training.batches`
+("L_next sampling").
 
 The seed writes log <e, e>; a dot product is not a probability, so sigma is applied.
 Samples with no positive (no negative) in the window contribute no positive (negative)

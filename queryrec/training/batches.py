@@ -22,16 +22,24 @@ samples have few queries (a mean of about 4 of L = 20 on `small`), so it saves m
 the encoder's work. `query_count` lets the training loop batch samples of similar history
 length together (`batch_order`).
 
-L_next window (choice): r+ are the user's feed clicks with timestamps in
-(t, t + `next_window_hours`], cut at the end of the sample's split; strictly after t, so
-the impression's own batch is never a target, and never from a later split, so a
-training sample cannot learn validation or test labels. r- come from the same window,
-from one of two sources (`next_negative_source`): "feed" (default), items of any user's
-feed impressions, so L_next teaches the query representation what the user will engage
-with against what the feed shows in general; or "user", the user's own non-clicked
-impressions (hard negatives, which L_ctr already covers; on `small` they left L_next
-near chance and it did not help validation AUC, docs/BENCHMARKS.md). P and N items are
-drawn uniformly with replacement; 0 where a window is empty.
+L_next sampling (choice; the paper names r+ and r- but not how they are drawn), for a
+sample of user u at time t in split S, with W = `next_window_hours`:
+- window: timestamps in (t, min(t + W, end of S)), strictly after t, so the impression's
+  own batch is never a target, and never in a later split, so a training sample cannot
+  learn validation or test labels;
+- r+: P draws, uniform with replacement, from u's feed clicks in the window (a click
+  counts once per clicked impression, so an item clicked twice is twice as likely);
+- r-: N draws, uniform with replacement, from the impressions in the window of one of two
+  sources (`next_negative_source`): "feed" (default), the impressions of every user, so
+  L_next teaches the query representation what the user will engage with against what
+  the feed shows in general; or "user", u's own non-clicked impressions (hard negatives,
+  which L_ctr already covers). With `next_negatives_exclude_positives` (default) an
+  impression whose item is one of u's r+ items of the window (any of them, not only the
+  P drawn) is never a negative: N x `next_negative_draws` candidates are drawn, those
+  items are rejected and the first N left are kept, which is a uniform draw from the
+  filtered impressions; where fewer than N pass (a window made almost only of u's own
+  clicked items), the remaining slots are empty.
+Empty slots are 0 and masked out of the loss.
 
 L_cl positives of the user's last search session s before t, from one of two sources
 (`cl_positive_source`): "session" (default), the items clicked in s itself (first K in
@@ -63,6 +71,8 @@ class AuxiliaryConfig:
     next_positives: int = 4  # P
     next_negatives: int = 4  # N
     next_negative_source: str = "feed"  # "feed": any user's impressions; "user": own non-clicks
+    next_negatives_exclude_positives: bool = True  # drop draws whose item is in the user's r+
+    next_negative_draws: int = 4  # draws per negative slot before the r+ filter (oversampling)
     cl_positives: int = 4  # K
     cl_positive_source: str = "session"  # "session": clicks of s; "query": pooled I+_q
 
@@ -74,6 +84,10 @@ class AuxiliaryConfig:
         if self.next_negative_source not in ("feed", "user"):
             raise ValueError(
                 f"next_negative_source must be feed or user, not {self.next_negative_source!r}"
+            )
+        if self.next_negative_draws < 1:
+            raise ValueError(
+                f"next_negative_draws must be positive, not {self.next_negative_draws}"
             )
 
 
@@ -220,11 +234,31 @@ class BatchBuilder:
                 if self.aux.next_negative_source == "user"
                 else self.feed_item_by_time
             )
-            batch["next_negative"] = _sample_ranges(
-                negatives, arrays.next_negative_range, rows, self.aux.next_negatives, rng
-            )
+            batch["next_negative"] = self._next_negatives(negatives, arrays, rows, rng)
             batch["cl_positive"] = self._last_query_positives(inputs.query_index[:, -1])
         return batch
+
+    def _next_negatives(
+        self, values: np.ndarray, arrays: SplitArrays, rows: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
+        """(B, N) r- draws: uniform with replacement from the window's impressions, without
+        those whose item is one of the user's r+ items of the same window (when
+        `next_negatives_exclude_positives`); by rejection: N x `next_negative_draws`
+        candidates per row, the first N that pass are kept, slots left over are 0."""
+        assert self.aux is not None and arrays.next_negative_range is not None
+        n = self.aux.next_negatives
+        if not self.aux.next_negatives_exclude_positives:
+            return _sample_ranges(values, arrays.next_negative_range, rows, n, rng)
+        assert arrays.next_positive_range is not None
+        draws = _sample_ranges(
+            values, arrays.next_negative_range, rows, n * self.aux.next_negative_draws, rng
+        )  # (B, N * draws)
+        own = _in_ranges(self.ds.click_item, arrays.next_positive_range, rows, draws)
+        keep = (draws > 0) & ~own
+        # Stable: the kept draws in drawing order, first n per row.
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :n]
+        picked = np.take_along_axis(draws, order, axis=1)
+        return np.where(np.take_along_axis(keep, order, axis=1), picked, 0).astype(np.int64)
 
     def _last_query_positives(self, session: np.ndarray) -> np.ndarray:
         """(B,) last session index (-1: none) -> (B, K) clicked (or pseudo) items, 0 = none."""
@@ -252,6 +286,24 @@ def _first_k(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray, k: int) 
     if len(values) == 0:
         return np.zeros((len(rows), k), dtype=np.int64)
     return np.where(ok, values[np.where(ok, positions, 0)], 0).astype(np.int64)
+
+
+def _in_ranges(
+    values: np.ndarray,
+    ranges: tuple[np.ndarray, np.ndarray],
+    rows: np.ndarray,
+    candidates: np.ndarray,
+) -> np.ndarray:
+    """(B, C) bool: candidates[i, c] is among values[lo:hi] of row rows[i]."""
+    lo, hi = ranges[0][rows], ranges[1][rows]
+    size = np.maximum(hi - lo, 0)
+    owner = np.repeat(np.arange(len(rows), dtype=np.int64), size)
+    index = np.arange(int(size.sum()), dtype=np.int64) - np.repeat(np.cumsum(size) - size, size)
+    members = values[np.repeat(lo, size) + index].astype(np.int64)
+    width = int(max(int(values.max(initial=0)), int(candidates.max(initial=0)))) + 1
+    member_keys = np.unique(owner * width + members)
+    keys = np.arange(len(rows), dtype=np.int64)[:, None] * width + candidates.astype(np.int64)
+    return np.isin(keys, member_keys)
 
 
 def _sample_ranges(

@@ -34,6 +34,7 @@ from queryrec.models.registry import ModelSpec, build_model, model_config, model
 from queryrec.progress import say
 from queryrec.training.batch_order import bucketed_batches, split_for_ranks
 from queryrec.training.batches import BatchBuilder, PseudoPositives, SplitArrays
+from queryrec.training.calibration import CalibrationError, calibration_report
 from queryrec.training.checkpoint import save_checkpoint
 from queryrec.training.config import TrainConfig
 from queryrec.training.distributed import DistributedContext, init_distributed
@@ -53,6 +54,9 @@ class TrainResult:
     best_epoch: int
     train_seconds: float
     samples_per_second: float
+    # Platt scaling fitted on validation, measured on test (queryrec.training.calibration);
+    # empty when a split has one class only.
+    calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def predict(
@@ -160,8 +164,20 @@ def fit(
         best_epoch=best_epoch,
         train_seconds=train_seconds,
         samples_per_second=trained * ctx.world_size / train_seconds if train_seconds else 0.0,
+        calibration=_calibration(valid_arrays, valid_probs, test_arrays, test_probs),
     )
     return model, model_cfg, result, ctx.is_main
+
+
+def _calibration(
+    valid: SplitArrays, valid_probs: np.ndarray, test: SplitArrays, test_probs: np.ndarray
+) -> dict[str, Any]:
+    """The run's calibration report; empty (and said) when it cannot be fitted."""
+    try:
+        return calibration_report(valid_probs, valid.label, test_probs, test.label)
+    except CalibrationError as error:
+        say(f"[train] no calibration report: {error}")
+        return {}
 
 
 def _seeded_model(

@@ -228,3 +228,31 @@ def test_single_timestamp_cannot_be_split(
     )
     assert main(["data", "prepare", "--raw", str(raw_copy), "--out", str(tmp_path / "d")]) == 2
     assert "column 'timestamp'" in capsys.readouterr().err
+
+
+def test_train_feed_fraction_thins_training_impressions_only(
+    tiny_raw: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The low-data regime: a share of training-period feed rows is dropped everywhere;
+    the split cuts, validation, test and search data are those of the full log."""
+    out = tmp_path / "thin"
+    assert main(["data", "prepare", "--raw", str(tiny_raw), "--out", str(out),
+                 "--train-feed-fraction", "0.3"]) == 0  # fmt: skip
+    full, thin = load_schema(tiny_data), load_schema(out)
+    assert thin["split"] == full["split"]
+    rows = {
+        name: (pl.read_parquet(tiny_data / f"samples/{name}.parquet").height,
+               pl.read_parquet(out / f"samples/{name}.parquet").height)
+        for name in ("train", "valid", "test")
+    }  # fmt: skip
+    assert rows["valid"][0] == rows["valid"][1] and rows["test"][0] == rows["test"][1]
+    assert 0.2 < rows["train"][1] / rows["train"][0] < 0.4
+    feed_full = pl.read_parquet(tiny_data / "timelines/feed.parquet").height
+    feed_thin = pl.read_parquet(out / "timelines/feed.parquet").height
+    assert feed_thin == rows["train"][1] + rows["valid"][1] + rows["test"][1] < feed_full
+    searches = [pl.read_parquet(d / "timelines/search.parquet").height for d in (tiny_data, out)]
+    assert searches[0] == searches[1]
+    capsys.readouterr()
+    assert main(["data", "prepare", "--raw", str(tiny_raw), "--out", str(tmp_path / "x"),
+                 "--train-feed-fraction", "0"]) == 2  # fmt: skip
+    assert "--train-feed-fraction must be in (0, 1]" in capsys.readouterr().err

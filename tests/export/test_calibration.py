@@ -11,13 +11,15 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from export.calibration import (
+from export.calibration import insert_platt
+from queryrec.training.calibration import (
     CalibrationError,
     apply_platt,
+    calibration_report,
     ece,
     fit_platt,
-    insert_platt,
     logit,
+    reliability_bins,
 )
 
 
@@ -72,6 +74,32 @@ def test_ece_is_zero_when_every_bin_is_right_and_counts_the_gap_otherwise() -> N
     assert ece(probs, np.array([1, 0, 0, 0, 1, 1, 1, 0])) == pytest.approx(0.0, abs=1e-6)
     assert ece(probs, np.array([1, 1, 0, 0, 1, 1, 1, 1])) == pytest.approx(0.25, abs=1e-6)
     assert np.all(np.isfinite(logit(np.array([0.0, 1.0]))))  # clipped, not infinite
+
+
+def test_reliability_bins_are_the_bins_ece_averages_over() -> None:
+    probs = np.array([0.05, 0.05, 0.55, 0.55, 0.95, 1.0])
+    labels = np.array([0, 1, 1, 1, 0, 1])
+    bins = reliability_bins(probs, labels)
+    assert [(b["count"], b["observed"]) for b in bins] == [(2, 0.5), (2, 1.0), (2, 0.5)]
+    gap = sum(b["count"] * abs(b["observed"] - b["predicted"]) for b in bins) / len(probs)
+    assert gap == pytest.approx(ece(probs, labels), abs=1e-6)
+
+
+def test_the_training_report_calibrates_overconfident_scores_without_reordering() -> None:
+    rng = np.random.default_rng(0)
+    true_logit = rng.normal(-1.0, 1.0, 40_000)
+    labels = (rng.random(40_000) < 1 / (1 + np.exp(-true_logit))).astype(np.int64)
+    overconfident = 1 / (1 + np.exp(-(3.0 * true_logit + 0.5)))  # too steep, shifted
+    half = len(labels) // 2
+    report = calibration_report(
+        overconfident[:half], labels[:half], overconfident[half:], labels[half:]
+    )
+    assert report["test_ece_before"] > 0.1 > 0.01 > report["test_ece_after"]
+    assert report["test_auc_after"] == pytest.approx(
+        report["test_auc_before"], abs=1e-6
+    )  # float32 ties
+    assert report["a"] == pytest.approx(1 / 3, rel=0.05)
+    assert sum(b["count"] for b in report["test_reliability_after"]) == half
 
 
 def test_the_bundle_carries_the_calibration_it_was_checked_with(bundle: Path) -> None:

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from export.bundle import ExportOptions, export_bundle
-from export.calibration import apply_platt
 from export.parity import CTR_CANDIDATES, ENCODER_BATCHES
 from export.quantize import QuantizationRefused
 from queryrec.cli.main import main
@@ -21,6 +20,7 @@ from queryrec.errors import BundleError
 from queryrec.features.bundle_format import read_manifest
 from queryrec.features.dataset import PreparedDataset
 from queryrec.training.batches import BatchBuilder
+from queryrec.training.calibration import apply_platt
 from queryrec.training.checkpoint import load_checkpoint
 from queryrec.training.config import TrainConfig
 from queryrec.training.loop import predict, train

@@ -225,7 +225,7 @@ def test_a_failing_step_is_repeated_once_and_the_rate_passes_if_the_repeat_does(
 
     monkeypatch.setattr(bench, "run_step", fake_step)
     config = SweepConfig(start_rate=50, bisect=0, warmup_s=0, repeats=1)
-    steps = bench.sweep("s", 100, None, tmp_path, tmp_path, config)  # type: ignore[arg-type]
+    steps = bench.sweep("s", 100, None, tmp_path, tmp_path, config)
     assert ran == [50, 100, 100, 200, 200]  # 100 passed on its repeat; 200 failed twice
     assert [s.get("repeat", False) for s in steps] == [False, False, True, False, True]
     assert bench.summarize_max(steps, config.rule)["rate"] == 100  # type: ignore[index]

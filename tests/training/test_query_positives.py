@@ -172,7 +172,14 @@ def test_session_source_stays_the_default(tiny_data: Path) -> None:
     assert builder.query_positives is None
 
 
-def _by_hand(user, ts, queries, clicks, train_end, k):
+def _by_hand(
+    user: list[int],
+    ts: list[int],
+    queries: list[list[int]],
+    clicks: list[list[int]],
+    train_end: int,
+    k: int,
+) -> list[list[tuple[int, int]]]:
     """The definition, one session at a time (small logs only)."""
     out = []
     for s in range(len(user)):

@@ -146,3 +146,59 @@ def test_next_item_targets_never_cross_the_split(dataset: PreparedDataset, negat
     assert all(times[a] > t for a, b, t in zip(lo, hi, arrays.ts, strict=True) if b > a)
     # Without the cut, a window this long would reach into validation for some samples.
     assert (hi > lo).any()
+
+
+@pytest.mark.parametrize("negatives", ["feed", "user"])
+def test_next_item_negatives_never_hold_the_users_own_window_clicks(
+    dataset: PreparedDataset, negatives: str
+) -> None:
+    """r- = shown and not clicked by u: no item of u's r+ window is drawn as a negative,
+    while without the rule some are (so the check can fail)."""
+    from queryrec.training.batches import AuxiliaryConfig
+
+    def batch(exclude: bool) -> tuple[dict[str, np.ndarray], np.ndarray, object]:
+        aux = AuxiliaryConfig(
+            next_window_hours=48,
+            next_negatives=16,
+            next_negative_source=negatives,
+            next_negatives_exclude_positives=exclude,
+        )
+        builder = BatchBuilder(dataset, click_history=50, query_history=20, query_tokens=8, aux=aux)
+        arrays = builder.split_arrays("train", with_aux=True)
+        rows = np.arange(len(arrays))
+        return builder.build(arrays, rows, np.random.default_rng(0)), rows, arrays
+
+    def own_clicks_drawn(out: dict[str, np.ndarray], arrays: object) -> int:
+        lo, hi = arrays.next_positive_range  # type: ignore[attr-defined]
+        return sum(
+            int(np.isin(out["next_negative"][i], dataset.click_item[a:b]).sum())
+            for i, (a, b) in enumerate(zip(lo, hi, strict=True))
+            if b > a
+        )
+
+    kept, _, arrays = batch(exclude=True)
+    assert own_clicks_drawn(kept, arrays) == 0
+    assert (kept["next_negative"] > 0).any()
+    unfiltered, _, arrays = batch(exclude=False)
+    assert own_clicks_drawn(unfiltered, arrays) > 0
+
+
+def test_cli_aux_defaults_mirror_the_config() -> None:
+    from queryrec.cli.main import DEFAULT_CL_POSITIVES, DEFAULT_NEXT_NEGATIVES
+    from queryrec.training.batches import AuxiliaryConfig
+
+    aux = AuxiliaryConfig()
+    assert (
+        aux.cl_positive_source,
+        aux.next_negative_source,
+    ) == (DEFAULT_CL_POSITIVES, DEFAULT_NEXT_NEGATIVES)
+
+
+def test_train_takes_the_cl_positive_source_and_refuses_an_unknown_one(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["train", "--data", str(tiny_data), "--model", "queryrec-no-diffusion", "--epochs", "1"]
+    assert main([*args, "--out", str(tmp_path / "q"), "--cl-positives", "query"]) == 0
+    assert (tmp_path / "q" / "checkpoint.pt").is_file()
+    assert main([*args, "--out", str(tmp_path / "x"), "--cl-positives", "everyone"]) == 2
+    assert "cl_positive_source must be session or query" in capsys.readouterr().err
