@@ -257,6 +257,14 @@ def diffusion_train_command(
             help="Condition the denoiser on the query's words (beside the timestep).",
         ),
     ] = False,
+    unit: Annotated[
+        str,
+        typer.Option(
+            "--unit",
+            help="One x0 per search session, or per query (every session of the normalised "
+            "query, any user: the paper's unit).",
+        ),
+    ] = "session",
     references: Annotated[
         bool,
         typer.Option(
@@ -280,6 +288,7 @@ def diffusion_train_command(
             pointwise=pointwise,
             hide_share=hide_share,
             query_words=query_words,
+            unit=unit,
         )
     except ValueError as error:
         raise QueryRecError(f"diffusion train: {error}") from error

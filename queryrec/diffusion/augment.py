@@ -35,6 +35,7 @@ import polars as pl
 from tqdm import tqdm
 
 from queryrec.diffusion.category_reference import CategoryReference, main_shown_category
+from queryrec.diffusion.query_units import QueryUnits, diffusion_view
 from queryrec.diffusion.train import load_model
 from queryrec.diffusion.x0 import UNSEEN, sessions_in
 from queryrec.errors import QueryRecError
@@ -55,9 +56,10 @@ def augment(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Write the pseudo-positives; -> the manifest."""
-    dataset = PreparedDataset(data_dir)
     torch_device = resolve_device(device)
-    model = load_model(model_dir, dataset, torch_device)
+    model = load_model(model_dir, PreparedDataset(data_dir), torch_device)
+    # Per query (query_units.py): rows are click-less queries, written for all their sessions.
+    dataset = diffusion_view(PreparedDataset(data_dir), model.unit)
     top_k = int(k if k is not None else model.info["train"]["k"])
     valid_start = int(dataset.schema["split"]["valid_start_ms"])
     sessions = sessions_in(dataset, 0, valid_start, clicked=False)
@@ -87,6 +89,7 @@ def augment(
             "model_best_epoch": model.info.get("best_epoch"),
             "universe_items": len(model.universe),
             "position_weight": model.position_weight,
+            "unit": model.unit,
             "seconds": seconds,
             "queries_per_s": len(sessions) / max(seconds, 1e-9),
             "device": str(torch_device),
@@ -132,18 +135,27 @@ def write_positives(
     category: np.ndarray,
     details: dict[str, Any],
 ) -> dict[str, Any]:
-    """Write (S,) click-less session rows' (S, K) pseudo-positives and the manifest (the
-    dataset hash, counts, `main_category_share` by `category` (`item_categories`), plus
-    `details`); -> the manifest."""
+    """Write (S,) click-less rows' (S, K) pseudo-positives and the manifest (the dataset
+    hash, counts, `main_category_share` by `category` (`item_categories`), plus
+    `details`); -> the manifest. Rows are search sessions, or, on the per-query view,
+    queries, whose positives are written for each of their sessions."""
     valid_start = int(dataset.schema["split"]["valid_start_ms"])
     clicked = sessions_in(dataset, 0, valid_start, clicked=True)
     out = dataset.root / AUGMENT_DIR
     out.mkdir(exist_ok=True)
-    pl.DataFrame({"session": sessions, "items": items.tolist()}).write_parquet(out / POSITIVES_FILE)
+    rows, source = (
+        dataset.sessions_of(sessions)
+        if isinstance(dataset, QueryUnits)
+        else (sessions, np.arange(len(sessions)))
+    )
+    pl.DataFrame({"session": rows, "items": items[source].tolist()}).write_parquet(
+        out / POSITIVES_FILE
+    )
     manifest: dict[str, Any] = {
         "schema_hash": dataset.content_hash,
         "k": int(items.shape[1]),
-        "sessions": len(sessions),
+        "sessions": len(rows),
+        "queries" if isinstance(dataset, QueryUnits) else "rows": len(sessions),
         "main_category_share": {
             "pseudo_positives": main_category_share(dataset, category, sessions, items),
             "clicks_of_clicked_queries": main_category_share(

@@ -32,6 +32,7 @@ import torch
 
 from queryrec.diffusion.augment import item_categories
 from queryrec.diffusion.category_reference import CategoryReference
+from queryrec.diffusion.query_units import diffusion_view
 from queryrec.diffusion.train import (
     DiffusionModel,
     hidden_clicks_per_session,
@@ -39,6 +40,7 @@ from queryrec.diffusion.train import (
     split_sessions,
 )
 from queryrec.diffusion.x0 import sessions_in
+from queryrec.errors import QueryRecError
 from queryrec.features.dataset import PreparedDataset
 from queryrec.training.distributed import resolve_device
 
@@ -198,6 +200,13 @@ def run_quality(data_dir: Path, model_dir: Path, device: str) -> str:
     diffusion = load_model(model_dir, dataset, torch_device)
     reference = Path(model_dir) / "autoencoder"
     autoencoder = load_model(reference, dataset, torch_device) if reference.is_dir() else None
+    if autoencoder is not None and autoencoder.unit != diffusion.unit:
+        raise QueryRecError(
+            f"{reference}: x0 per {autoencoder.unit}, but the diffusion model's is per "
+            f"{diffusion.unit}; retrain them together"
+        )
+    # Per query: the held-out validation-period queries are units too (query_units.py).
+    dataset = diffusion_view(dataset, diffusion.unit)
     write_quality(augmentation_quality(dataset, diffusion, autoencoder, torch_device), model_dir)
     return (Path(model_dir) / "RESULTS.md").read_text()
 

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from queryrec.diffusion.denoiser import Denoiser, DenoiserConfig
+from queryrec.diffusion.query_units import UNITS, diffusion_view
 from queryrec.diffusion.sampler import reconstruct, training_loss
 from queryrec.diffusion.schedule import DiffusionSchedule, ScheduleConfig
 from queryrec.diffusion.x0 import (
@@ -93,6 +94,9 @@ class DiffusionTrainConfig:
     hide_share: float = 0.5  # shown items taken out of each training view (training_pair)
     dropout: float = 0.0  # DiffRec's input dropout (DenoiserConfig.dropout); hide_share instead
     query_words: bool = False  # condition the denoiser on the query's word bag
+    # What one x0 is: "session" (one search session) or "query" (every session of the
+    # normalised query in the period, by any user; query_units.py, the paper's unit).
+    unit: str = "session"
     seed: int = 0
     device: str = "auto"
     progress: bool = True
@@ -110,6 +114,8 @@ class DiffusionTrainConfig:
                 )
         if not 0.0 <= self.hide_share < 1.0:
             raise ValueError(f"hide share must be in [0, 1), got {self.hide_share}")
+        if self.unit not in UNITS:
+            raise ValueError(f"unit must be session or query, got {self.unit!r}")
         if self.pointwise < 0:
             raise ValueError(f"pointwise width must be >= 0, got {self.pointwise}")
         if not 0 <= self.sampling_steps <= self.schedule.steps:
@@ -126,6 +132,10 @@ class DiffusionModel:
     denoiser: Denoiser
     universe: ItemUniverse
     info: dict[str, Any]
+
+    @property
+    def unit(self) -> str:
+        return str(self.info["train"].get("unit", "session"))
 
     @property
     def position_weight(self) -> float:
@@ -194,7 +204,7 @@ def split_sessions(
 def train_diffusion(data_dir: Path, out_dir: Path, cfg: DiffusionTrainConfig) -> DiffusionModel:
     """Fit the denoiser on the clicked training-split sessions (module docstring), keep the
     epoch with the best held-out hidden-click recall and save the model into `out_dir`."""
-    dataset = PreparedDataset(data_dir)
+    dataset = diffusion_view(PreparedDataset(data_dir), cfg.unit)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     fit_rows, held_out = split_sessions(dataset, cfg.holdout, cfg.seed)
@@ -233,8 +243,9 @@ def _new_model(
     split), the noise schedule and a freshly initialised denoiser (torch's global RNG,
     seeded by the caller) on `device`."""
     valid_start = int(dataset.schema["split"]["valid_start_ms"])
-    every = np.flatnonzero(dataset.search_ts < valid_start)
-    universe = ItemUniverse.most_shown(dataset, every, cfg.max_items)
+    sessions = getattr(dataset, "base", dataset)  # the universe counts shows per session
+    every = np.flatnonzero(sessions.search_ts < valid_start)
+    universe = ItemUniverse.most_shown(sessions, every, cfg.max_items)
     schedule = DiffusionSchedule(cfg.schedule)
     denoiser = Denoiser(
         DenoiserConfig(

@@ -1,4 +1,8 @@
-"""x0 per query: the item universe and each search session's vector over it (numpy only).
+"""x0: the item universe and each search row's vector over it (numpy only).
+
+A row is a search session of the prepared dataset, or, in the per-query view
+(`query_units.QueryUnits`, `DiffusionTrainConfig.unit = "query"`), every session of one
+query pooled, as the paper builds x0.
 
 **Universe.** KuaiSAR has millions of items, so a dense x0 over all of them is out of the
 question. The universe is the `max_items` items shown most often in training-split search
@@ -106,7 +110,14 @@ def build_x0(
     offsets = dataset.shown_offsets
     sizes = offsets[sessions + 1] - offsets[sessions]
     rows = np.repeat(np.arange(len(sessions)), sizes)
-    positions = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    # The display position of each shown entry: its place in the row, or, for a view
+    # that aggregates sessions (`query_units.QueryUnits`), the position it carries.
+    given = getattr(dataset, "shown_positions", None)
+    positions = (
+        _values(offsets, given, sessions)
+        if given is not None
+        else np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    )
     values = SHOWN + position_weight / np.log2(2.0 + positions)
     columns = universe.column[_values(offsets, dataset.shown_items, sessions)]
     inside = np.flatnonzero(columns >= 0)[::-1]  # written last to first: first place wins

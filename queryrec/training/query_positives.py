@@ -6,16 +6,10 @@ module builds it once, from the training split only, and stores it per search se
 `BatchBuilder` looks it up by the sample's last session before t exactly as it looks up
 the per-session clicks (`AuxiliaryConfig.cl_positive_source = "query"`).
 
-**What a query is** (choice): the *set* of its word indices, i.e. the token list with
-padding (0) removed, duplicates removed and sorted ascending. KuaiSAR's keyword is a
-list of hashed, already segmented words; the same words in another order ("red dress",
-"dress red") or with a word repeated ask for the same thing, and the order is not what
-the item catalogue answers to, so both collapse to one query. No stop tokens are removed:
-the words are hashes and the dataset names no stop list, so any list would be a guess.
-The unknown index (1) is kept as a word (a prepared dataset maps every query word, so it
-does not occur there). A search without any word is not pooled with other word-less
-searches (they share no intent): each such session is a query of its own, so its I+ is
-its own training clicks.
+**What a query is** (choice): the set of its word indices
+(`queryrec.features.query_identity`, which says why; the diffusion job's per-query x0
+groups by the same rule). A word-less search is a query of its own, so its I+ is its own
+training clicks.
 
 **What I+_q holds**: every click (one per clicked row of `clicked`) in a training session
 (ts < `valid_start_ms`) whose normalised query is q, by any user; validation and test
@@ -49,7 +43,7 @@ import numpy as np
 import polars as pl
 
 from queryrec.features.dataset import PreparedDataset
-from queryrec.features.schema import PADDING_INDEX
+from queryrec.features.query_identity import normalised_query_ids
 
 
 @dataclass(frozen=True)
@@ -61,28 +55,6 @@ class QueryPositives:
     items: np.ndarray  # (offsets[-1],) item indices
     counts: np.ndarray  # (offsets[-1],) click counts behind each item (after the correction)
     query: np.ndarray  # (n_sessions,) int64 normalised-query id of each session
-
-
-def normalised_query_ids(word_offsets: np.ndarray, words: np.ndarray) -> np.ndarray:
-    """(n_sessions,) query id per session: equal ids iff equal sets of non-padding words;
-    a session without words gets an id of its own."""
-    n = len(word_offsets) - 1
-    session = np.repeat(np.arange(n, dtype=np.int64), np.diff(word_offsets))
-    keep = words != PADDING_INDEX
-    tokens = (
-        pl.DataFrame({"session": session[keep], "word": words[keep].astype(np.int64)})
-        .unique()
-        .sort(["session", "word"])
-        .group_by("session", maintain_order=True)
-        .agg("word")
-    )
-    by_query = tokens.group_by("word", maintain_order=True).agg("session").with_row_index("q")
-    ids = np.full(n, -1, dtype=np.int64)
-    flat = by_query.explode("session")
-    ids[flat["session"].to_numpy()] = flat["q"].to_numpy().astype(np.int64)
-    wordless = np.flatnonzero(ids < 0)
-    ids[wordless] = by_query.height + np.arange(len(wordless))
-    return ids
 
 
 def build_query_positives(

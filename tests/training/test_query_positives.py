@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from queryrec.features.dataset import PreparedDataset
+from queryrec.features.query_identity import normalised_query_ids
 from queryrec.training.batches import AuxiliaryConfig, BatchBuilder
 from queryrec.training.query_positives import (
     build_query_positives,
-    normalised_query_ids,
     query_positives,
 )
 
