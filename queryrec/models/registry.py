@@ -9,6 +9,11 @@
 | queryrec-no-next | DIN | yes | - | yes |
 | queryrec-no-cl | DIN | yes | yes | - |
 | queryrec-no-diffusion | DIN | yes | yes | yes, clicked queries only |
+| queryrec-no-next-no-diffusion | DIN | yes | - | yes, clicked queries only |
+
+`queryrec-no-next-no-diffusion` isolates L_next without the diffusion job (paired with
+`queryrec-no-diffusion`), e.g. for the low-data curve, where a diffusion model per data
+fraction would cost more than the CTR runs.
 
 Models with L_cl take the diffusion job's pseudo-positives for click-less queries when the
 dataset has them (`queryrec diffusion augment`); `queryrec-no-diffusion` never does.
@@ -49,6 +54,9 @@ MODELS: dict[str, ModelSpec] = {
     "queryrec-no-cl": ModelSpec("din", use_query=True, next_loss=True, contrastive_loss=False),
     "queryrec-no-diffusion": ModelSpec(
         "din", use_query=True, next_loss=True, contrastive_loss=True, diffusion_positives=False
+    ),
+    "queryrec-no-next-no-diffusion": ModelSpec(
+        "din", use_query=True, next_loss=False, contrastive_loss=True, diffusion_positives=False
     ),
 }
 DEFAULT_BENCH_MODELS = (
