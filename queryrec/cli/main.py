@@ -23,6 +23,20 @@ DEFAULT_MODELS = (
 
 # Mirror queryrec.training.batches.AuxiliaryConfig's defaults (a test checks they agree).
 DEFAULT_CL_POSITIVES, DEFAULT_NEXT_NEGATIVES = "session", "feed"
+# The auxiliary-loss options `train` and `bench` share.
+ClPositivesOption = Annotated[
+    str,
+    typer.Option(
+        "--cl-positives",
+        help="L_cl positives: session (clicks of the last search) | query (pooled I+_q).",
+    ),
+]
+NextNegativesOption = Annotated[
+    str,
+    typer.Option(
+        "--next-negatives", help="L_next r- source: feed (any user's) | user (own non-clicks)."
+    ),
+]
 
 app = typer.Typer(
     name="queryrec",
@@ -112,19 +126,8 @@ def train_command(
             "--max-train-samples", help="Train on a random subset of this size per epoch."
         ),
     ] = None,
-    cl_positives: Annotated[
-        str,
-        typer.Option(
-            "--cl-positives",
-            help="L_cl positives: session (clicks of the last search) | query (pooled I+_q).",
-        ),
-    ] = DEFAULT_CL_POSITIVES,
-    next_negatives: Annotated[
-        str,
-        typer.Option(
-            "--next-negatives", help="L_next r- source: feed (any user's) | user (own non-clicks)."
-        ),
-    ] = DEFAULT_NEXT_NEGATIVES,
+    cl_positives: ClPositivesOption = DEFAULT_CL_POSITIVES,
+    next_negatives: NextNegativesOption = DEFAULT_NEXT_NEGATIVES,
 ) -> None:
     """Train one model; under torchrun it runs as DDP (gloo on CPU, NCCL on GPUs)."""
     from queryrec.models.registry import model_spec
@@ -157,19 +160,8 @@ def bench_command(
     seeds: Annotated[int, typer.Option("--seeds", help="Seeds per model (0..N-1).")] = 3,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
     epochs: Annotated[int, typer.Option("--epochs", help="Upper bound per run.")] = 4,
-    cl_positives: Annotated[
-        str,
-        typer.Option(
-            "--cl-positives",
-            help="L_cl positives: session (clicks of the last search) | query (pooled I+_q).",
-        ),
-    ] = DEFAULT_CL_POSITIVES,
-    next_negatives: Annotated[
-        str,
-        typer.Option(
-            "--next-negatives", help="L_next r- source: feed (any user's) | user (own non-clicks)."
-        ),
-    ] = DEFAULT_NEXT_NEGATIVES,
+    cl_positives: ClPositivesOption = DEFAULT_CL_POSITIVES,
+    next_negatives: NextNegativesOption = DEFAULT_NEXT_NEGATIVES,
 ) -> None:
     """Train every model for N seeds; write the paper-style comparison."""
     from queryrec.bench import run_bench
