@@ -169,7 +169,8 @@ def write_quality(quality: dict[str, Any], out_dir: Path) -> None:
         f"{quality['held_out_sessions']} clicked queries of the validation period "
         f"({int(next(iter(quality['methods'].values()))['sessions'])} with a click inside the "
         "item universe are scored), clicks hidden (x0 as if click-less); each method ranks "
-        "the session's shown items.",
+        "the query's shown items (a query is one search session, or with `diffusion train "
+        "--unit query` every session of the query in the period, pooled).",
         "",
         f"| method | recall@{k} | NDCG@{k} | diffusion's recall lead, 95 % interval |",
         "|---|---|---|---|",
