@@ -57,9 +57,10 @@ def augment(
 ) -> dict[str, Any]:
     """Write the pseudo-positives; -> the manifest."""
     torch_device = resolve_device(device)
-    model = load_model(model_dir, PreparedDataset(data_dir), torch_device)
+    base = PreparedDataset(data_dir)
+    model = load_model(model_dir, base, torch_device)
     # Per query (query_units.py): rows are click-less queries, written for all their sessions.
-    dataset = diffusion_view(PreparedDataset(data_dir), model.unit)
+    dataset = diffusion_view(base, model.unit)
     top_k = int(k if k is not None else model.info["train"]["k"])
     valid_start = int(dataset.schema["split"]["valid_start_ms"])
     sessions = sessions_in(dataset, 0, valid_start, clicked=False)

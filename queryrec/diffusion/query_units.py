@@ -58,7 +58,6 @@ def aggregate_queries(
     unit_of = unit_of.reshape(-1).astype(np.int64)
     n_units = len(keys)
     order = np.argsort(unit_of, kind="stable")
-    session_offsets = np.concatenate([[0], np.cumsum(np.bincount(unit_of, minlength=n_units))])
     first_ts = np.full(n_units, np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(first_ts, unit_of, np.asarray(ts, dtype=np.int64))
 
@@ -96,7 +95,7 @@ def aggregate_queries(
 
     return {
         "unit_of": unit_of,
-        "session_offsets": session_offsets.astype(np.int64),
+        "session_offsets": offsets(unit_of),
         "sessions": np.arange(n, dtype=np.int64)[order],
         "search_ts": first_ts,
         "shown_offsets": offsets(shown["unit"].to_numpy()),
@@ -125,7 +124,6 @@ class QueryUnits(PreparedDataset):
             base.clicked_offsets,
             base.clicked_items,
         )
-        self.unit_of = units["unit_of"]
         self.session_offsets, self.sessions = units["session_offsets"], units["sessions"]
         self.search_ts = units["search_ts"]
         self.shown_offsets, self.shown_items = units["shown_offsets"], units["shown_items"]
