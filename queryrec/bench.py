@@ -38,8 +38,15 @@ def run_bench(
     models: tuple[str, ...] = DEFAULT_BENCH_MODELS,
     seeds: int = 3,
     base: TrainConfig | None = None,
+    *,
+    diffusion_autoencoder: bool = False,
 ) -> dict[str, Any]:
-    """Train every (model, seed) in turn; write results.json, RESULTS.md and the plots."""
+    """Train every (model, seed) in turn; write results.json, RESULTS.md and the plots.
+
+    With `diffusion_autoencoder`, the diffusion job's quality table also holds the
+    autoencoder reference; off by default, as it trains a second network as long as the
+    denoiser (about 250 s on `small`) and no bench row depends on it.
+    """
     for name in models:
         model_spec(name)  # fail before training anything
     base = base or TrainConfig(progress=False)
@@ -48,7 +55,9 @@ def run_bench(
     out_dir.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[TrainResult]] = {}
     started = time.perf_counter()
-    quality = _diffusion_first(dataset, models, out_dir / "diffusion", base.device)
+    quality = _diffusion_first(
+        dataset, models, out_dir / "diffusion", base.device, diffusion_autoencoder
+    )
     for name in models:
         for seed in range(seeds):
             cfg = TrainConfig(**{**base.__dict__, "model": name, "seed": seed})
@@ -74,7 +83,11 @@ def run_bench(
 
 
 def _diffusion_first(
-    dataset: PreparedDataset, models: tuple[str, ...], out_dir: Path, device: str
+    dataset: PreparedDataset,
+    models: tuple[str, ...],
+    out_dir: Path,
+    device: str,
+    autoencoder: bool,
 ) -> dict[str, Any] | None:
     """Train the diffusion model and augment the dataset when a model needs the
     pseudo-positives and the dataset has none; -> the augmentation-quality results."""
@@ -87,7 +100,13 @@ def _diffusion_first(
     if not wanted or load_pseudo_positives(dataset) is not None:
         return None
     say(f"[bench] {', '.join(wanted)} use diffusion pseudo-positives: training the denoiser first")
-    run_diffusion_train(dataset.root, out_dir, DiffusionTrainConfig(device=device), references=True)
+    run_diffusion_train(
+        dataset.root,
+        out_dir,
+        DiffusionTrainConfig(device=device),
+        references=True,
+        autoencoder=autoencoder,
+    )
     augment(dataset.root, out_dir, device=device, progress=False)
     quality: dict[str, Any] = json.loads((out_dir / "results.json").read_text())
     return quality

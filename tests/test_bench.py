@@ -72,7 +72,11 @@ def test_bench_writes_results(
     assert "| din |" in capsys.readouterr().out
     # queryrec uses diffusion pseudo-positives: the bench ran the diffusion job first.
     assert (data / "augment/manifest.json").is_file()
-    assert "diffusion" in results["augmentation_quality"]["methods"]
+    methods = results["augmentation_quality"]["methods"]
+    assert "diffusion" in methods and "popular shown items" in methods
+    # The autoencoder reference is off in bench unless asked for (it doubles the job).
+    assert "autoencoder (no diffusion)" not in methods
+    assert not (out / "diffusion" / "autoencoder").exists()
     assert "hidden-click evaluation" in table
     assert (
         main(["bench", "--data", str(tiny_data), "--out", str(out), "--models", "din,bogus"]) == 2

@@ -162,6 +162,14 @@ def bench_command(
     epochs: Annotated[int, typer.Option("--epochs", help="Upper bound per run.")] = 4,
     cl_positives: ClPositivesOption = DEFAULT_CL_POSITIVES,
     next_negatives: NextNegativesOption = DEFAULT_NEXT_NEGATIVES,
+    diffusion_autoencoder: Annotated[
+        bool,
+        typer.Option(
+            "--diffusion-autoencoder/--no-diffusion-autoencoder",
+            help="Also train the diffusion job's autoencoder reference for its quality "
+            "table (as long again as the denoiser).",
+        ),
+    ] = False,
 ) -> None:
     """Train every model for N seeds; write the paper-style comparison."""
     from queryrec.bench import run_bench
@@ -174,7 +182,9 @@ def bench_command(
         progress=False,
         aux=auxiliary_config(cl_positives, next_negatives),
     )
-    results = run_bench(data, out, names, seeds, base)
+    results = run_bench(
+        data, out, names, seeds, base, diffusion_autoencoder=diffusion_autoencoder
+    )
     print((out / "RESULTS.md").read_text())
     del results
 

@@ -12,10 +12,17 @@ from queryrec.diffusion.train import DiffusionModel, DiffusionTrainConfig, train
 
 
 def run_diffusion_train(
-    data_dir: Path, out_dir: Path, cfg: DiffusionTrainConfig, references: bool
+    data_dir: Path,
+    out_dir: Path,
+    cfg: DiffusionTrainConfig,
+    references: bool,
+    *,
+    autoencoder: bool = True,
 ) -> DiffusionModel:
-    """`queryrec diffusion train`: the model, and with `references` the autoencoder
-    reference (in OUT/autoencoder) and the quality table (OUT/results.json, RESULTS.md)."""
+    """`queryrec diffusion train`: the model, and with `references` the quality table
+    (OUT/results.json, RESULTS.md) against popular items, random items, display position
+    and the category reference; with `autoencoder` too, the table also holds the same
+    network trained without noise (OUT/autoencoder), which costs as much as the model."""
     model = train_diffusion(data_dir, out_dir, cfg)
     best = model.info["history"][model.info["best_epoch"] - 1]
     print(
@@ -24,6 +31,7 @@ def run_diffusion_train(
         f"NDCG@{cfg.k} {best['ndcg']:.4f}"
     )
     if references:
-        train_diffusion(data_dir, Path(out_dir) / "autoencoder", replace(cfg, noise=False))
+        if autoencoder:
+            train_diffusion(data_dir, Path(out_dir) / "autoencoder", replace(cfg, noise=False))
         print(run_quality(data_dir, out_dir, cfg.device))
     return model
