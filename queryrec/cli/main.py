@@ -182,9 +182,7 @@ def bench_command(
         progress=False,
         aux=auxiliary_config(cl_positives, next_negatives),
     )
-    results = run_bench(
-        data, out, names, seeds, base, diffusion_autoencoder=diffusion_autoencoder
-    )
+    results = run_bench(data, out, names, seeds, base, diffusion_autoencoder=diffusion_autoencoder)
     print((out / "RESULTS.md").read_text())
     del results
 
