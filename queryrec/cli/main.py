@@ -71,11 +71,27 @@ def data_synth(
             "unclicked (0: the default story).",
         ),
     ] = 0.0,
+    generator: Annotated[
+        str,
+        typer.Option(
+            "--generator",
+            help="topics: the default story (synth.py); latent: a differently built one "
+            "(synth_latent.py) for checks on data nothing was tuned on.",
+        ),
+    ] = "topics",
 ) -> None:
     """Write synthetic KuaiSAR-format logs (rec_inter, src_inter, user/item features, follows)."""
     from queryrec.data.synth import preset_config, run_synth
+    from queryrec.data.synth_latent import run_latent_synth
 
-    manifest = run_synth(out, preset_config(preset, seed, tail_query_share), force=force)
+    if generator == "latent":
+        if tail_query_share:
+            raise QueryRecError("--tail-query-share is a knob of the topics generator only")
+        manifest = run_latent_synth(out, preset, seed, force=force)
+    elif generator == "topics":
+        manifest = run_synth(out, preset_config(preset, seed, tail_query_share), force=force)
+    else:
+        raise QueryRecError(f"unknown --generator '{generator}' (choose topics or latent)")
     rows = manifest["rows"]
     assert isinstance(rows, dict)
     print(f"wrote {out}: " + ", ".join(f"{name} {count:,} rows" for name, count in rows.items()))

@@ -250,20 +250,26 @@ _UPLOAD_TYPE_WEIGHTS = [0.45, 0.2, 0.1, 0.1, 0.15]
 
 
 def run_synth(out_dir: Path, config: SynthConfig, *, force: bool = False) -> dict[str, object]:
-    """Generate the five KuaiSAR CSVs (and synth_manifest.json) into `out_dir`.
+    """Generate the five KuaiSAR CSVs (and synth_manifest.json) into `out_dir`; -> the
+    manifest."""
+    world = _World(config)
+    with step("synth", f"users, topics and items ({config.preset.name}, seed {config.seed})"):
+        world.build_catalogue()
+    with step("synth", "intent episodes and search sessions"):
+        world.build_episodes()
+        world.build_search_sessions()
+    with step("synth", "feed impressions and clicks"):
+        world.build_feed()
+    return write_dataset(world, Path(out_dir), force=force)
+
+
+def write_dataset(world: _World, out_dir: Path, *, force: bool) -> dict[str, object]:
+    """Write a built world's five CSVs and synth_manifest.json into `out_dir`.
 
     Writes into a temporary sibling folder and renames it at the end, so a failure never
     leaves a half-written dataset. Returns the manifest.
     """
-    with atomic_output_dir(Path(out_dir), force=force) as tmp:
-        world = _World(config)
-        with step("synth", f"users, topics and items ({config.preset.name}, seed {config.seed})"):
-            world.build_catalogue()
-        with step("synth", "intent episodes and search sessions"):
-            world.build_episodes()
-            world.build_search_sessions()
-        with step("synth", "feed impressions and clicks"):
-            world.build_feed()
+    with atomic_output_dir(out_dir, force=force) as tmp:
         with step("synth", f"writing {SRC_INTER.name}"):
             src_rows = world.write_src_inter(tmp)
         with step("synth", f"writing {REC_INTER.name}"):
