@@ -22,6 +22,7 @@ from queryrec.data.kuaisar import (
     SRC_INTER,
 )
 from queryrec.data.synth import preset_config, run_synth
+from queryrec.data.synth_latent import run_latent_synth
 from queryrec.data.tokens import parse_token_list
 
 # The released headers, spelled out here rather than imported: this pins the format.
@@ -45,15 +46,27 @@ def _text(raw: Path, name: str) -> pl.DataFrame:
     return pl.read_csv(raw / name, infer_schema=False)
 
 
+@pytest.fixture(scope="module", params=["topics", "latent"])
+def any_raw(
+    request: pytest.FixtureRequest, tiny_raw: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """`tiny`, seed 0, from each generator: both must write the released format."""
+    if request.param == "topics":
+        return tiny_raw
+    out = tmp_path_factory.mktemp("latent") / "tiny"
+    run_latent_synth(out, "tiny", 0)
+    return out
+
+
 @pytest.mark.parametrize("name", list(RELEASED_HEADERS))
-def test_headers_are_the_released_ones(tiny_raw: Path, name: str) -> None:
-    first_line = (tiny_raw / name).read_text(encoding="utf-8").splitlines()[0]
+def test_headers_are_the_released_ones(any_raw: Path, name: str) -> None:
+    first_line = (any_raw / name).read_text(encoding="utf-8").splitlines()[0]
     assert first_line == RELEASED_HEADERS[name]
     assert {spec.name for spec in ALL_FILES} == set(RELEASED_HEADERS)
 
 
-def test_rec_inter_formats(tiny_raw: Path) -> None:
-    rec = _text(tiny_raw, REC_INTER.name)
+def test_rec_inter_formats(any_raw: Path) -> None:
+    rec = _text(any_raw, REC_INTER.name)
     assert rec["timestamp"].str.contains(r"^\d{13}\.0$").all()  # float Unix ms
     assert rec["duration_ms"].str.contains(r"^\d+\.\d+$").all()
     assert rec["time"].str.contains(BEIJING.pattern).all()
@@ -70,8 +83,8 @@ def test_rec_inter_formats(tiny_raw: Path) -> None:
     assert 0.4 < rec["click"].cast(pl.Int8).mean() < 0.6
 
 
-def test_src_inter_formats(tiny_raw: Path) -> None:
-    src = _text(tiny_raw, SRC_INTER.name)
+def test_src_inter_formats(any_raw: Path) -> None:
+    src = _text(any_raw, SRC_INTER.name)
     for keyword in src["keyword"].unique().to_list():
         assert keyword == json.dumps(parse_token_list(keyword))
     assert src["search_session_timestamp"].str.contains(r"^\d{13}$").all()  # integer ms
@@ -92,8 +105,8 @@ def test_src_inter_formats(tiny_raw: Path) -> None:
     assert 0.3 < 1 - clicked["any"].mean() < 0.5
 
 
-def test_item_features_formats(tiny_raw: Path) -> None:
-    items = _text(tiny_raw, ITEM_FEATURES.name)
+def test_item_features_formats(any_raw: Path) -> None:
+    items = _text(any_raw, ITEM_FEATURES.name)
     assert items["item_id"].cast(pl.Int64).max() > 10**9  # large ids, like the release
     assert items["caption"].str.contains(r"^\[[0-9, ]*\]$").all()
     assert (items["author_id"] == "0").any()  # missing author convention
@@ -111,14 +124,14 @@ def test_item_features_formats(tiny_raw: Path) -> None:
     assert (items["third_level_category_id"] == "0").any()
     assert (items["fourth_level_category_id"] == "0").mean() > 0.5
     # Feed items are only VIDEO / IMAGE_ATLAS in search results, i.e. NORMAL here.
-    rec_items = set(_text(tiny_raw, REC_INTER.name)["item_id"].unique().to_list())
+    rec_items = set(_text(any_raw, REC_INTER.name)["item_id"].unique().to_list())
     rec_types = items.filter(pl.col("item_id").is_in(list(rec_items)))["item_type"].unique()
     assert rec_types.to_list() == ["NORMAL"]
 
 
-def test_query_words_appear_in_captions_of_what_was_searched(tiny_raw: Path) -> None:
-    src = _text(tiny_raw, SRC_INTER.name)
-    items = _text(tiny_raw, ITEM_FEATURES.name)
+def test_query_words_appear_in_captions_of_what_was_searched(any_raw: Path) -> None:
+    src = _text(any_raw, SRC_INTER.name)
+    items = _text(any_raw, ITEM_FEATURES.name)
     caption_of = dict(zip(items["item_id"], items["caption"], strict=True))
     clicked = src.filter(pl.col("click_cnt") == "1")
     shared = [
@@ -129,8 +142,8 @@ def test_query_words_appear_in_captions_of_what_was_searched(tiny_raw: Path) -> 
     assert np.mean(shared) > 0.6
 
 
-def test_manifest_records_the_planted_effect(tiny_raw: Path) -> None:
-    manifest = json.loads((tiny_raw / "synth_manifest.json").read_text())
+def test_manifest_records_the_planted_effect(any_raw: Path) -> None:
+    manifest = json.loads((any_raw / "synth_manifest.json").read_text())
     auc = manifest["planted_auc"]
     # The intent term, which the queries reveal early, is a real part of the signal.
     assert auc["true_probability"] > auc["without_intent_term"] + 0.03
@@ -185,3 +198,50 @@ def test_tail_queries_use_words_of_their_own_and_mostly_go_unclicked(
     assert clicked[is_tail].mean() < 0.2 < clicked[~is_tail].mean()
     assert main(["data", "synth", "--out", str(tmp_path / "x"), "--tail-query-share", "2"]) == 2
     assert "--tail-query-share must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_latent_generator_is_deterministic_and_ranks_by_words(tmp_path: Path) -> None:
+    first, again, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    run_latent_synth(first, "tiny", 0)
+    run_latent_synth(again, "tiny", 0)
+    run_latent_synth(other, "tiny", 1)
+    for spec in ALL_FILES:
+        assert (again / spec.name).read_bytes() == (first / spec.name).read_bytes()
+    assert (other / REC_INTER.name).read_bytes() != (first / REC_INTER.name).read_bytes()
+    manifest = json.loads((first / "synth_manifest.json").read_text())
+    assert manifest["generator"] == "queryrec.data.synth_latent"
+    assert "caption_sharpness" in manifest["story"]
+    # The engine is lexical: shown items share a query word with their caption (popular
+    # items only fill pages with too few matches), and clicks favour the top of the page.
+    src = _text(first, SRC_INTER.name).with_row_index("row")
+    items = _text(first, ITEM_FEATURES.name)
+    caption_of = dict(zip(items["item_id"], items["caption"], strict=True))
+    src = src.with_columns(
+        pl.col("row").rank("ordinal").over(["user_id", "search_session_id"]).alias("pos"),
+        pl.col("row").count().over(["user_id", "search_session_id"]).alias("n"),
+    )
+    overlap = np.array(
+        [
+            len(set(parse_token_list(k)) & set(parse_token_list(caption_of.get(i, "[]"))))
+            for k, i in zip(src["keyword"], src["item_id"], strict=True)
+        ]
+    )
+    top = (src["pos"] == 1).to_numpy()
+    last = ((src["pos"] == src["n"]) & (src["n"] > 1)).to_numpy()
+    assert (overlap[top] > 0).mean() > 0.95 and (overlap > 0).mean() > 0.8
+    click = src["click_cnt"].cast(pl.Int8).to_numpy()
+    assert click[top].mean() > 2 * click[last].mean()
+
+
+def test_synth_cli_generator_choice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["data", "synth", "--preset", "tiny", "--generator"]
+    assert main([*base, "latent", "--out", str(tmp_path / "l")]) == 0
+    assert "rec_inter.csv" in capsys.readouterr().out
+    assert main([*base, "bogus", "--out", str(tmp_path / "b")]) == 2
+    assert "unknown --generator 'bogus'" in capsys.readouterr().err
+    assert main([*base, "latent", "--tail-query-share", "0.3", "--out", str(tmp_path / "t")]) == 2
+    assert "topics generator only" in capsys.readouterr().err
+    # The reader and prepare take the latent generator's files unchanged.
+    assert (
+        main(["data", "prepare", "--raw", str(tmp_path / "l"), "--out", str(tmp_path / "d")]) == 0
+    )
