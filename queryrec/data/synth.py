@@ -252,23 +252,24 @@ _UPLOAD_TYPE_WEIGHTS = [0.45, 0.2, 0.1, 0.1, 0.15]
 def run_synth(out_dir: Path, config: SynthConfig, *, force: bool = False) -> dict[str, object]:
     """Generate the five KuaiSAR CSVs (and synth_manifest.json) into `out_dir`; -> the
     manifest."""
-    world = _World(config)
-    with step("synth", f"users, topics and items ({config.preset.name}, seed {config.seed})"):
+    return generate(_World(config), Path(out_dir), force=force)
+
+
+def generate(world: _World, out_dir: Path, *, force: bool) -> dict[str, object]:
+    """Build a world in its stages and write its five CSVs and synth_manifest.json into
+    `out_dir`; -> the manifest.
+
+    Writes into a temporary sibling folder and renames it at the end, so a failure never
+    leaves a half-written dataset.
+    """
+    cfg = world.cfg
+    with step("synth", f"users and catalogue ({cfg.preset.name}, seed {cfg.seed})"):
         world.build_catalogue()
-    with step("synth", "intent episodes and search sessions"):
+    with step("synth", "intents and search sessions"):
         world.build_episodes()
         world.build_search_sessions()
     with step("synth", "feed impressions and clicks"):
         world.build_feed()
-    return write_dataset(world, Path(out_dir), force=force)
-
-
-def write_dataset(world: _World, out_dir: Path, *, force: bool) -> dict[str, object]:
-    """Write a built world's five CSVs and synth_manifest.json into `out_dir`.
-
-    Writes into a temporary sibling folder and renames it at the end, so a failure never
-    leaves a half-written dataset. Returns the manifest.
-    """
     with atomic_output_dir(out_dir, force=force) as tmp:
         with step("synth", f"writing {SRC_INTER.name}"):
             src_rows = world.write_src_inter(tmp)
@@ -422,13 +423,19 @@ class _World:
         # Sparse form for sampling: each user's few taste topics and their cumulative weights.
         self.taste_top = top  # (n_users, taste_topics_max)
         self.taste_top_cdf = np.cumsum(weights, axis=1)
+        self._build_user_profiles(s.user_bias_std)
+
+    def _build_user_profiles(self, user_bias_std: float) -> None:
+        """Activity, search propensity, the two one-hot features, a click bias (which
+        the second one-hot feature shifts) and the raw ids of every user."""
+        rng, n = self.rng, self.p.n_users
         self.activity = rng.lognormal(0.0, 0.8, n)
         self.activity /= self.activity.mean()
         self.search_propensity = rng.lognormal(0.0, 0.6, n)
         self.search_propensity /= self.search_propensity.mean()
         self.onehot_feat1 = rng.integers(0, 3, n)
         self.onehot_feat2 = rng.integers(0, 8, n)
-        self.user_bias = rng.normal(0.0, s.user_bias_std, n) + 0.12 * (self.onehot_feat2 - 3.5)
+        self.user_bias = rng.normal(0.0, user_bias_std, n) + 0.12 * (self.onehot_feat2 - 3.5)
         self.user_raw_id = rng.permutation(n) + 1
 
     def _taste_topics(self, users: np.ndarray) -> np.ndarray:

@@ -62,10 +62,9 @@ from queryrec.data.synth import (
     _token_strings,
     _World,
     _zipf_cdf,
-    write_dataset,
+    generate,
 )
 from queryrec.errors import QueryRecError
-from queryrec.progress import step
 
 _CHUNK = 8_192  # rows per block of the (rows, words) and (rows, candidates) score matrices
 
@@ -109,14 +108,7 @@ def run_latent_synth(
     if preset not in PRESETS:
         raise QueryRecError(f"unknown preset '{preset}' (choose one of: {', '.join(PRESETS)})")
     world = _LatentWorld(SynthConfig(preset=PRESETS[preset], seed=seed), story or LatentStory())
-    with step("synth", f"latent catalogue ({preset}, seed {seed})"):
-        world.build_catalogue()
-    with step("synth", "drifting intents and search sessions"):
-        world.build_episodes()
-        world.build_search_sessions()
-    with step("synth", "feed impressions and clicks"):
-        world.build_feed()
-    return write_dataset(world, Path(out_dir), force=force)
+    return generate(world, Path(out_dir), force=force)
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -168,16 +160,8 @@ class _LatentWorld(_World):
         self.caption_words = self._words_near(self.item_vec, lengths, ls.caption_sharpness)
         self.caption_offsets = np.concatenate([[0], np.cumsum(lengths)])
 
-        n = p.n_users
-        self.user_vec = _unit(rng.normal(size=(n, ls.dim)))
-        self.activity = rng.lognormal(0.0, 0.8, n)
-        self.activity /= self.activity.mean()
-        self.search_propensity = rng.lognormal(0.0, 0.6, n)
-        self.search_propensity /= self.search_propensity.mean()
-        self.onehot_feat1 = rng.integers(0, 3, n)
-        self.onehot_feat2 = rng.integers(0, 8, n)
-        self.user_bias = rng.normal(0.0, ls.user_bias_std, n) + 0.12 * (self.onehot_feat2 - 3.5)
-        self.user_raw_id = rng.permutation(n) + 1
+        self.user_vec = _unit(rng.normal(size=(p.n_users, ls.dim)))
+        self._build_user_profiles(ls.user_bias_std)
 
     def _words_near(
         self, direction: np.ndarray, lengths: np.ndarray, sharpness: float
