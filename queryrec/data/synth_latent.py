@@ -274,9 +274,17 @@ class _LatentWorld(_World):
                 + ls.engine_popularity_weight * self.item_pop_score[overlap.col]
                 - ls.engine_noise * np.log(-np.log(rng.random(len(overlap.data))))
             )
-            owners.append(overlap.row + start)
-            items.append(overlap.col)
-            scores.append(score)
+            # Only each session's n_shown best matches can be shown (a fill item always
+            # ranks below any match): keep those before the global sort, which would
+            # otherwise sort every caption that shares a frequent word with the query.
+            # One float key orders by session, then by descending score (|score| < 50).
+            order = np.argsort(overlap.row * 100.0 - score)
+            row = overlap.row[order]
+            rank = np.arange(len(row)) - np.searchsorted(row, row)
+            best = order[rank < n_shown[start + row]]
+            owners.append(overlap.row[best] + start)
+            items.append(overlap.col[best])
+            scores.append(score[best])
         # Fill: popular items at a score below any match, so they come last.
         fill_owner = np.repeat(np.arange(n_ss), n_shown)
         fill_item = _draw(
