@@ -41,7 +41,7 @@ from queryrec.features.bundle_format import (
 from queryrec.features.dataset import PreparedDataset
 from queryrec.features.schema import sha256_file
 from queryrec.progress import say
-from queryrec.training.checkpoint import load_checkpoint, read_checkpoint
+from queryrec.training.checkpoint import GBDT_MODEL_FILE, load_checkpoint, read_checkpoint
 
 # How `ctr.onnx` takes many requests at once (also written into the manifest).
 CTR_LAYOUT = (
@@ -74,12 +74,22 @@ def export_bundle(run_dir: Path, out_dir: Path, options: ExportOptions) -> dict[
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not options.replace:
         raise OutputExistsError(f"{out_dir}: exists and is not empty (pass --force to replace it)")
+    if (run_dir / GBDT_MODEL_FILE).is_file():
+        raise QueryRecError(
+            f"{run_dir}: a LightGBM run cannot be exported (the service runs ONNX graphs on "
+            "the one feature path; the trees read features it does not compute)"
+        )
     payload = read_checkpoint(run_dir)
     data_dir = options.data_dir or (Path(payload["data_dir"]) if payload.get("data_dir") else None)
     if data_dir is None:
         raise QueryRecError(f"{run_dir}: the checkpoint does not record its dataset; pass --data")
     dataset = PreparedDataset(data_dir)
     model, payload = load_checkpoint(run_dir, dataset, payload)
+    if not model.servable:
+        raise QueryRecError(
+            f"{run_dir}: model '{payload['model_name']}' cannot be served, so it is not "
+            f"exported: {model.not_servable_because}"
+        )
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,8 @@ from queryrec.errors import QueryRecError
 
 # Mirrors queryrec.models.registry.DEFAULT_BENCH_MODELS without importing torch at start-up.
 DEFAULT_MODELS = (
-    "din", "dcn", "queryrec", "queryrec-dcn", "queryrec-no-next", "queryrec-no-cl",
-    "queryrec-no-diffusion",
+    "din", "dcn", "ple", "sesrec", "iv4rec", "unisar", "lightgbm", "lightgbm-query",
+    "queryrec", "queryrec-dcn", "queryrec-no-next", "queryrec-no-cl", "queryrec-no-diffusion",
 )  # fmt: skip
 
 # Mirror queryrec.training.batches.AuxiliaryConfig's defaults (a test checks they agree).

@@ -160,6 +160,7 @@ class ModelInputs:
     profile: np.ndarray  # (B, P) int64
     query_index: np.ndarray  # (B, L) int64 row of each slot in the flat query arrays, -1 = padding
     query_count: np.ndarray  # (B,) int64 valid query slots (<= L)
+    click_index: np.ndarray  # (B, H) int64 row of each slot in the flat click arrays, -1 = padding
 
 
 def model_inputs(
@@ -204,6 +205,7 @@ def gather_inputs(
         profile=events.profile[rows],
         query_index=np.where(query_ok, query, -1),
         query_count=query_ok.sum(axis=1).astype(np.int64),
+        click_index=np.where(click_ok, click, -1),
     )
 
 

@@ -50,4 +50,7 @@ class ModelConfig:
     dropout: float = 0.0  # CPU dropout is costly; early stopping regularises instead
     use_query: bool = False  # add the SAS query representation as a field
     project_query_vector: bool = True  # linear map after the masked mean of word vectors
+    # The item's and its author's smoothed training click rates, bucketed, as two more
+    # embedded item fields (`queryrec.features.item_statistics`; the "-stats" models).
+    item_statistics: bool = False
     extra: dict[str, float] = field(default_factory=dict)  # reserved for model-specific knobs

@@ -14,7 +14,7 @@ Inputs (all int64, padding 0; see `queryrec.training.batches` for how they are b
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -32,20 +32,36 @@ BACKBONES = {"din": DINBackbone, "dcn": DCNBackbone}
 
 class CTRModel(nn.Module):
     """Backbone ("din" or "dcn") over user, item, context and click-history fields,
-    optionally with the SAS query representation as an extra field (cfg.use_query)."""
+    optionally with the SAS query representation as an extra field (cfg.use_query).
+
+    The baselines (`queryrec.models.ple`, `sesrec`, `iv4rec`, `unisar`) subclass it: they
+    share its embedding tables and item tower, may read more batch inputs
+    (`batch_extras`, built by `queryrec.training.extra_inputs`) and may add loss terms of
+    their own (`CTROutput.losses`, already weighted; the one training loop adds them).
+    """
 
     user_profile: Tensor  # (U, P) buffer: profile field codes per user index
+    # Batch keys beyond the six standard inputs that this model reads (training and
+    # offline scoring build them; the service does not, see `servable`).
+    batch_extras: ClassVar[tuple[str, ...]] = ()
+    # Whether export can write the two serving graphs for it; None = yes, else why not.
+    not_servable_because: ClassVar[str | None] = None
 
     def __init__(
-        self, cfg: ModelConfig, backbone: str, item_side: dict[str, Tensor], user_profile: Tensor
+        self,
+        cfg: ModelConfig,
+        backbone: str | nn.Module,
+        item_side: dict[str, Tensor],
+        user_profile: Tensor,
+        items: ItemTower | None = None,
     ):
         super().__init__()
-        if backbone not in BACKBONES:
+        if isinstance(backbone, str) and backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
         v, d = cfg.vocab, cfg.dim
         self.cfg = cfg
         self.words = nn.Embedding(v.words, d, padding_idx=0)
-        self.items = ItemTower(cfg, self.words, item_side)
+        self.items = items or ItemTower(cfg, self.words, item_side)
         self.user = nn.Embedding(v.users, d, padding_idx=0)
         self.profile = nn.ModuleList(nn.Embedding(n, d, padding_idx=0) for n in v.profile)
         self.register_buffer("user_profile", user_profile.long(), persistent=False)  # (U, P)
@@ -58,14 +74,44 @@ class CTRModel(nn.Module):
             # SAS positions) does not say whether the last query is minutes or days old.
             self.query_age = nn.Embedding(AGE_BUCKETS, d, padding_idx=0)
             self.sas = SASEncoder(cfg)
-        n_fields = 3 + len(v.profile)  # user, hour, candidate caption, profile fields
-        self.backbone = BACKBONES[backbone](cfg, n_fields, 2 if cfg.use_query else 0)
-        for module in self.modules():  # small embeddings; padding rows stay zero
+        self.backbone = (
+            BACKBONES[backbone](cfg, self.n_fields, 2 if cfg.use_query else 0)
+            if isinstance(backbone, str)
+            else backbone
+        )
+        self.init_embeddings()
+
+    @property
+    def n_fields(self) -> int:
+        """Fields before the candidate: user, hour, candidate caption, profile fields."""
+        return 3 + len(self.cfg.vocab.profile)
+
+    def init_embeddings(self) -> None:
+        """Small normal embeddings with zero padding rows (subclasses call it again after
+        adding tables of their own)."""
+        for module in self.modules():
             if isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=0.02)
                 if module.padding_idx is not None:
                     with torch.no_grad():
                         module.weight[module.padding_idx].zero_()
+
+    @property
+    def servable(self) -> bool:
+        return self.not_servable_because is None
+
+    def score(self, batch: dict[str, Tensor]) -> Tensor:
+        """Logits (B,) of a batch dict (`queryrec.training.batches`), with the extras this
+        model reads; what offline prediction calls for every model."""
+        return self.forward_with_query(
+            batch["user"],
+            batch["item"],
+            batch["hour"],
+            batch["click_history"],
+            batch["query_history"],
+            batch["query_age"],
+            extras={key: batch[key] for key in self.batch_extras if key in batch},
+        ).logits
 
     def query_representation(self, query_history: Tensor, query_age: Tensor) -> Tensor:
         """query_history (B, L, T), query_age (B, L) -> e_{q_u^t} (B, d)."""
@@ -97,9 +143,11 @@ class CTRModel(nn.Module):
         query_history: Tensor,
         query_age: Tensor,
         aux_items: Tensor | None = None,
+        extras: dict[str, Tensor] | None = None,
     ) -> CTROutput:
         """Logits, the query representation and the full vectors of `aux_items` (B, A)
-        (items the auxiliary losses score; computed in the same pass as the model's own)."""
+        (items the auxiliary losses score; computed in the same pass as the model's own).
+        `extras`: the batch keys of `batch_extras` (unused here; subclasses read them)."""
         profile = self.user_profile[user]  # (B, P)
         aux = aux_items if aux_items is not None else item.new_zeros((item.shape[0], 0))
         full_ids = torch.cat([item.unsqueeze(1), aux], dim=1)  # (B, 1 + A)
@@ -115,8 +163,31 @@ class CTRModel(nn.Module):
             # sum is the <e_q, e_j> score L_next trains (a DIN head sees pair interactions
             # as [h, c, h - c, h * c]; an MLP alone learns products poorly).
             extra = [query, query * full[:, 0]]
-        logits = self.backbone(fields, candidate, history, click_history > 0, extra)
-        return CTROutput(logits, query, full[:, 1:] if aux_items is not None else None)
+        parts = HeadInputs(fields, candidate, history, click_history > 0, extra, item, extras or {})
+        logits, losses = self.head(parts)
+        return CTROutput(logits, query, full[:, 1:] if aux_items is not None else None, losses)
+
+    def head(self, parts: HeadInputs) -> tuple[Tensor, dict[str, Tensor]]:
+        """The backbone on the assembled fields -> (logits (B,), the model's own weighted
+        loss terms). Here the backbone alone and no term; baselines override it."""
+        return (
+            self.backbone(
+                parts.fields, parts.candidate, parts.history, parts.history_mask, parts.extra
+            ),
+            {},
+        )
+
+
+class HeadInputs(NamedTuple):
+    """What `CTRModel.forward_with_query` has assembled when the head runs."""
+
+    fields: list[Tensor]  # (B, d) each: user, hour, candidate caption, profile fields
+    candidate: Tensor  # (B, d) the candidate's base vector (id, author, type, categories)
+    history: Tensor  # (B, H, d) base vectors of the click history
+    history_mask: Tensor  # (B, H) bool, True = a click
+    extra: list[Tensor]  # (B, d) each: the query field and its product with the candidate
+    item: Tensor  # (B,) candidate item indices
+    extras: dict[str, Tensor]  # the batch extras the model reads
 
 
 class CTROutput(NamedTuple):
@@ -125,3 +196,6 @@ class CTROutput(NamedTuple):
     logits: Tensor  # (B,)
     query: Tensor | None  # (B, d) e_{q_u^t}; None without the query tower
     aux_items: Tensor | None  # (B, A, d) full vectors of the requested auxiliary items
+    # A model's own loss terms, each already multiplied by its weight (name -> scalar);
+    # the objective adds them to the total and reports them by name.
+    losses: dict[str, Tensor] = {}  # noqa: RUF012 (never mutated; a fresh dict per model)

@@ -13,6 +13,8 @@ from torch import Tensor, nn
 
 from queryrec.models.config import ModelConfig
 
+RATE_BUCKETS = 16  # bucket codes 1..16 of the training click rates (0 = padding)
+
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Mean over the second-to-last axis of `values` where `mask` is true; 0 where none is.
@@ -62,6 +64,7 @@ class ItemTower(nn.Module):
     side_type: Tensor  # (N,)
     side_categories: Tensor  # (N, 4)
     side_caption: Tensor  # (N, Tc)
+    side_rates: Tensor  # (N, 2) bucketed training click rates, when given
 
     def __init__(self, cfg: ModelConfig, words: nn.Embedding, item_side: dict[str, Tensor]):
         super().__init__()
@@ -79,6 +82,15 @@ class ItemTower(nn.Module):
         self.register_buffer(
             "side_caption", item_side["caption"].long(), persistent=False
         )  # (N, Tc), 0 = pad
+        # Optional: bucketed item and author training click rates (the "-stats" models).
+        self.rates: nn.ModuleList | None = None
+        if "rate_buckets" in item_side:
+            self.register_buffer(
+                "side_rates", item_side["rate_buckets"].long(), persistent=False
+            )  # (N, 2)
+            self.rates = nn.ModuleList(
+                nn.Embedding(RATE_BUCKETS + 1, d, padding_idx=0) for _ in range(2)
+            )
 
     def base(self, items: Tensor) -> Tensor:
         """Id, author, type and category part: items (...) int64 -> (..., d)."""
@@ -88,6 +100,10 @@ class ItemTower(nn.Module):
         categories = self.side_categories[items]  # (..., 4)
         for level, table in enumerate(self.categories):
             vector = vector + table(categories[..., level])
+        if self.rates is not None:
+            rates = self.side_rates[items]  # (..., 2)
+            for column, table in enumerate(self.rates):
+                vector = vector + table(rates[..., column])
         return vector
 
     def caption(self, items: Tensor) -> Tensor:

@@ -15,6 +15,7 @@ the L_next and L_cl targets, and the order of samples. A batch is a dict of int6
 | `label` | (B,) | click 0/1 |
 | `next_positive`, `next_negative` | (B, P), (B, N) | L_next samples (training only) |
 | `cl_positive` | (B, K) | L_cl positives of the last query (training only) |
+| extras | | what a baseline's `batch_extras` names (`queryrec.training.extra_inputs`) |
 
 Left-padding columns that are empty for every sample of a batch are cut off
 (`model_inputs.trim_query_columns`, which the service's encoder batches use too); most
@@ -60,6 +61,7 @@ import numpy as np
 from queryrec.features.dataset import PreparedDataset
 from queryrec.features.model_inputs import HistoryLengths, gather_inputs, trim_query_columns
 from queryrec.features.time_features import HOUR_MS
+from queryrec.training.extra_inputs import ExtraInputs, first_k_per_row
 from queryrec.training.query_positives import query_positives
 
 
@@ -129,11 +131,14 @@ class BatchBuilder:
         query_tokens: int,
         aux: AuxiliaryConfig | None = None,
         pseudo_positives: PseudoPositives | None = None,
+        extras: tuple[str, ...] = (),
     ):
         self.ds = dataset
         self.lengths = HistoryLengths(click_history, query_history, query_tokens)
         self.events = dataset.timelines()
         self.aux = aux
+        # What some baselines read beyond the standard inputs (`extra_inputs`).
+        self.extras = ExtraInputs(dataset, extras, self.lengths) if extras else None
         self.pseudo = pseudo_positives
         self.query_positives = (
             query_positives(dataset, aux.cl_positives)
@@ -224,6 +229,8 @@ class BatchBuilder:
             "query_age": query_age,
             "label": arrays.label[rows],
         }
+        if self.extras is not None:
+            batch.update(self.extras.build(inputs, ts, query_history.shape[1], rng))
         if rng is not None and self.aux is not None and arrays.next_positive_range is not None:
             assert arrays.next_negative_range is not None
             batch["next_positive"] = _sample_ranges(
@@ -268,24 +275,11 @@ class BatchBuilder:
             offsets, items = self.query_positives.offsets, self.query_positives.items
         else:
             offsets, items = self.ds.clicked_offsets, self.ds.clicked_items
-        out = _first_k(offsets, items, session, k)
+        out = first_k_per_row(offsets, items, session, k)
         if self.pseudo is not None:
             empty = (out[:, 0] == 0) & (session >= 0)
-            out[empty] = _first_k(self.pseudo.offsets, self.pseudo.items, session[empty], k)
+            out[empty] = first_k_per_row(self.pseudo.offsets, self.pseudo.items, session[empty], k)
         return out
-
-
-def _first_k(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """values[offsets[r]:offsets[r+1]][:k] per r, zero-padded to (len(rows), k); r = -1: zeros."""
-    valid = rows >= 0
-    safe = np.where(valid, rows, 0)
-    start = offsets[safe]
-    size = np.where(valid, offsets[safe + 1] - start, 0)
-    positions = start[:, None] + np.arange(k)[None, :]
-    ok = np.arange(k)[None, :] < size[:, None]
-    if len(values) == 0:
-        return np.zeros((len(rows), k), dtype=np.int64)
-    return np.where(ok, values[np.where(ok, positions, 0)], 0).astype(np.int64)
 
 
 def _in_ranges(

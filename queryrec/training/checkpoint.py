@@ -29,6 +29,7 @@ from queryrec.models.registry import build_model
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
+GBDT_MODEL_FILE = "model.txt"  # a LightGBM run's booster (queryrec.training.gbdt), not a checkpoint
 # What every payload holds (`load_checkpoint` and the exporter read them).
 REQUIRED_KEYS = ("model_name", "model_config", "schema_hash", "metrics", "state_dict")
 

@@ -74,14 +74,7 @@ def predict(
         for start in range(0, len(arrays), batch_size):
             rows = by_length[start : start + batch_size]
             batch = to_tensors(builder.build(arrays, rows), device)
-            logits = model(
-                batch["user"],
-                batch["item"],
-                batch["hour"],
-                batch["click_history"],
-                batch["query_history"],
-                batch["query_age"],
-            )
+            logits = model.score(batch)
             out[rows] = torch.sigmoid(logits).float().cpu().numpy()
     return out
 
@@ -102,9 +95,15 @@ def train(
     """Train `cfg.model` on the dataset in `data_dir`; write the run to `run_dir`.
 
     The main process writes `checkpoint.pt` (weights, configs, schema hash, metrics) and
-    `metrics.json` (metrics, per-epoch history, throughput).
+    `metrics.json` (metrics, per-epoch history, throughput). The LightGBM rows train in
+    `queryrec.training.gbdt` instead (booster file and the same `metrics.json`).
     """
     dataset = dataset or PreparedDataset(Path(data_dir))
+    spec = model_spec(cfg.model)
+    if spec.architecture == "lightgbm":  # the trees' own fit (no torch model, no epochs)
+        from queryrec.training.gbdt import train_gbdt
+
+        return train_gbdt(dataset, Path(run_dir), cfg, with_query=spec.use_query)
     model, model_cfg, result, is_main = fit(dataset, cfg)
     if is_main:
         run_dir = Path(run_dir)
@@ -143,6 +142,7 @@ def fit(
         query_tokens=model_cfg.query_tokens,
         aux=cfg.aux if (spec.next_loss or spec.contrastive_loss) else None,
         pseudo_positives=pseudo,
+        extras=type(model).batch_extras,
     )
     train_arrays = builder.split_arrays("train", with_aux=True)
     valid_arrays = builder.split_arrays("valid", with_aux=False)

@@ -1,5 +1,10 @@
 """The training objective L = L_ctr + lambda_2 L_next + lambda_3 L_cl, as one module.
 
+A model may contribute loss terms of its own (the baselines' auxiliary losses: PLE's
+search task, SESRec's contrastive and triplet terms, IV4REC+'s first-stage regressions,
+UniSAR's alignment): they come back from its forward pass in `CTROutput.losses`, already
+weighted, and are added to the total here, so every model goes through this one loop.
+
 Wrapping the whole loss in a module's forward lets DistributedDataParallel see every
 parameter the auxiliary losses touch.
 """
@@ -44,6 +49,7 @@ class Objective(nn.Module):
         next_positive: Tensor | None = None,
         next_negative: Tensor | None = None,
         cl_positive: Tensor | None = None,
+        **extras: Tensor,
     ) -> dict[str, Tensor]:
         has_query = self.model.cfg.use_query
         use_next = self.next_weight > 0 and has_query and next_positive is not None
@@ -65,9 +71,13 @@ class Objective(nn.Module):
             query_history,
             query_age,
             torch.cat(aux_ids, dim=1) if aux_ids else None,
+            extras=extras,
         )
         losses = {"L_ctr": ctr_loss(out.logits, label)}
         total = losses["L_ctr"]
+        for name, term in out.losses.items():  # the model's own terms, weighted
+            losses[name] = term
+            total = total + term
         aux = out.aux_items  # (B, P + N + K, d)
         if use_next:
             assert next_positive is not None and next_negative is not None
