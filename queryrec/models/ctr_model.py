@@ -96,6 +96,11 @@ class CTRModel(nn.Module):
                     with torch.no_grad():
                         module.weight[module.padding_idx].zero_()
 
+    def wanted_extras(self) -> tuple[str, ...]:
+        """The batch extras this model reads: its class's, plus the training rows'
+        out-of-fold rate codes for the "-stats" models (`cfg.item_statistics`)."""
+        return self.batch_extras + (("train_rate_buckets",) if self.cfg.item_statistics else ())
+
     @property
     def servable(self) -> bool:
         return self.not_servable_because is None
@@ -110,7 +115,7 @@ class CTRModel(nn.Module):
             batch["click_history"],
             batch["query_history"],
             batch["query_age"],
-            extras={key: batch[key] for key in self.batch_extras if key in batch},
+            extras={key: batch[key] for key in self.wanted_extras() if key in batch},
         ).logits
 
     def query_representation(self, query_history: Tensor, query_age: Tensor) -> Tensor:
@@ -152,6 +157,11 @@ class CTRModel(nn.Module):
         aux = aux_items if aux_items is not None else item.new_zeros((item.shape[0], 0))
         full_ids = torch.cat([item.unsqueeze(1), aux], dim=1)  # (B, 1 + A)
         base, caption, history = self.items.lookup(full_ids, click_history)
+        if extras and "train_rate_buckets" in extras:
+            # Training rows: the candidate's rate fields from out-of-fold codes, not from
+            # the table (whose rates count this row's own label).
+            base = base.clone()
+            base[:, 0] = base[:, 0] + self.items.rate_correction(item, extras["train_rate_buckets"])
         full = base + caption  # (B, 1 + A, d) full item vectors
         candidate = base[:, 0]  # (B, d), comparable with the history vectors (B, H, d)
         fields = [self.user(user), self.hour(hour), caption[:, 0]]

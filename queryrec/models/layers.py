@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from queryrec.features.item_statistics import RATE_BUCKETS
 from queryrec.models.config import ModelConfig
-
-RATE_BUCKETS = 16  # bucket codes 1..16 of the training click rates (0 = padding)
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
@@ -105,6 +104,16 @@ class ItemTower(nn.Module):
             for column, table in enumerate(self.rates):
                 vector = vector + table(rates[..., column])
         return vector
+
+    def rate_correction(self, items: Tensor, codes: Tensor) -> Tensor:
+        """What replacing the table's rate codes of `items` (B,) by `codes` (B, 2) adds to
+        their base vectors: (B, d)."""
+        assert self.rates is not None
+        table = self.side_rates[items]  # (B, 2)
+        return sum(
+            (emb(codes[:, c]) - emb(table[:, c]) for c, emb in enumerate(self.rates)),
+            start=torch.zeros_like(self.item_id(items)),
+        )
 
     def caption(self, items: Tensor) -> Tensor:
         """Mean of the caption's word vectors (shared word table): (...) -> (..., d)."""

@@ -39,9 +39,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from queryrec.losses import ctr_loss
 from queryrec.models.config import ModelConfig
 from queryrec.models.ctr_model import CTRModel, CTROutput
 from queryrec.models.layers import MLP, TargetAttention
@@ -175,7 +175,10 @@ class PLEModel(CTRModel):
             extras["search_click_history"],
             extras["search_query"],
         )
-        loss = self.search_weight * ctr_loss(logits, extras["search_label"])
+        # The same BCE as L_ctr (models may not import the losses room: the contracts
+        # keep the paper's parts independent).
+        label = extras["search_label"].to(logits.dtype)
+        loss = self.search_weight * F.binary_cross_entropy_with_logits(logits, label)
         return out._replace(losses={"L_search": loss})
 
     def search_logits(

@@ -41,15 +41,9 @@ import torch
 
 from queryrec.errors import QueryRecError
 from queryrec.features.dataset import PreparedDataset
-from queryrec.features.item_statistics import (
-    item_authors,
-    rate_bucket_edges,
-    rate_buckets,
-    training_click_rates,
-)
+from queryrec.features.item_statistics import rate_bucket_fields
 from queryrec.models.config import ModelConfig, Vocab
 from queryrec.models.ctr_model import CTRModel
-from queryrec.models.layers import RATE_BUCKETS
 
 
 @dataclass(frozen=True)
@@ -144,21 +138,8 @@ def feature_tables(
         "caption": torch.from_numpy(caption),
     }
     if item_statistics:
-        side["rate_buckets"] = torch.from_numpy(rate_bucket_table(dataset))
+        side["rate_buckets"] = torch.from_numpy(rate_bucket_fields(dataset).table)
     return side, torch.from_numpy(dataset.profile_table())
-
-
-def rate_bucket_table(dataset: PreparedDataset) -> np.ndarray:
-    """(N, 2) int64 bucket codes (1..RATE_BUCKETS) of each item's and its author's smoothed
-    training click rate; edges = quantiles of the rates over the training impressions."""
-    rates = training_click_rates(dataset)
-    authors = item_authors(dataset)
-    train_items = dataset.samples("train")["item"].to_numpy().astype(np.int64)
-    columns = []
-    for per_item in (rates.item, rates.author[authors]):
-        edges = rate_bucket_edges(per_item[train_items], RATE_BUCKETS)
-        columns.append(rate_buckets(per_item, edges))
-    return np.stack(columns, axis=1)
 
 
 def build_model(name: str, dataset: PreparedDataset, cfg: ModelConfig) -> CTRModel:

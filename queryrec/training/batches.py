@@ -230,7 +230,7 @@ class BatchBuilder:
             "label": arrays.label[rows],
         }
         if self.extras is not None:
-            batch.update(self.extras.build(inputs, ts, query_history.shape[1], rng))
+            batch.update(self.extras.build(inputs, ts, query_history.shape[1], rng, rows))
         if rng is not None and self.aux is not None and arrays.next_positive_range is not None:
             assert arrays.next_negative_range is not None
             batch["next_positive"] = _sample_ranges(

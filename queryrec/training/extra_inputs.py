@@ -12,9 +12,11 @@ events strictly before the impression's time t), so they leak nothing either:
 | `search_click_history` | (S, H) | the feed clicks before that search | ple |
 | `search_query` | (S, T) | the search's own query words | ple |
 | `search_label` | (S,) float32 | whether the shown item was clicked in that search | ple |
+| `train_rate_buckets` | (B, 2) | the training row's out-of-fold item and author rate codes (`features.item_statistics.rate_bucket_fields`) | din-stats, queryrec-stats |
 
-The `search_*` keys are training targets (PLE's second task) and are drawn only when the
-builder is given a random generator (training batches), never for evaluation.
+The `search_*` keys (PLE's second task) and `train_rate_buckets` exist only for training
+batches (the builder is given a random generator, and the rows are training samples),
+never for evaluation, which reads the rates from the item table as serving does.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from __future__ import annotations
 import numpy as np
 
 from queryrec.features.dataset import PreparedDataset
+from queryrec.features.item_statistics import rate_bucket_fields
 from queryrec.features.model_inputs import HistoryLengths, ModelInputs, model_inputs
 
 INPUT_EXTRAS = ("query_clicks", "query_minutes", "click_minutes")
-TASK_EXTRAS = ("search_task",)  # the search_* keys above, as one name
+TASK_EXTRAS = ("search_task", "train_rate_buckets")  # the search_* keys above, as one name
 EXTRAS = INPUT_EXTRAS + TASK_EXTRAS
 MINUTE_MS = 60_000
 
@@ -48,6 +51,9 @@ class ExtraInputs:
         self.lengths = lengths
         self.query_clicks = query_clicks
         self.search = SearchImpressions(dataset) if "search_task" in names else None
+        self.train_rates = (
+            rate_bucket_fields(dataset).train_rows if "train_rate_buckets" in names else None
+        )
 
     def build(
         self,
@@ -55,8 +61,10 @@ class ExtraInputs:
         request_ms: np.ndarray,
         query_width: int,
         rng: np.random.Generator | None,
+        rows: np.ndarray,
     ) -> dict[str, np.ndarray]:
-        """The extras of one batch; `query_width` = L' of its trimmed `query_history`."""
+        """The extras of one batch; `query_width` = L' of its trimmed `query_history`,
+        `rows` its sample rows in the split (training rows when `rng` is given)."""
         out: dict[str, np.ndarray] = {}
         query_index = inputs.query_index[:, inputs.query_index.shape[1] - query_width :]
         if "query_clicks" in self.names:
@@ -67,6 +75,8 @@ class ExtraInputs:
             out["query_minutes"] = _minutes_before(self.ds.search_ts, query_index, request_ms)
         if "click_minutes" in self.names:
             out["click_minutes"] = _minutes_before(self.ds.click_ts, inputs.click_index, request_ms)
+        if self.train_rates is not None and rng is not None:
+            out["train_rate_buckets"] = self.train_rates[rows]
         if self.search is not None and rng is not None:
             out.update(self.search.draw(len(request_ms), self.lengths, rng))
         return out

@@ -142,7 +142,7 @@ def fit(
         query_tokens=model_cfg.query_tokens,
         aux=cfg.aux if (spec.next_loss or spec.contrastive_loss) else None,
         pseudo_positives=pseudo,
-        extras=type(model).batch_extras,
+        extras=model.wanted_extras(),
     )
     train_arrays = builder.split_arrays("train", with_aux=True)
     valid_arrays = builder.split_arrays("valid", with_aux=False)
