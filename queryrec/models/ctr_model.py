@@ -96,6 +96,15 @@ class CTRModel(nn.Module):
                     with torch.no_grad():
                         module.weight[module.padding_idx].zero_()
 
+    def context_fields(
+        self, user: Tensor, hour: Tensor, caption: Tensor, profile: Tensor
+    ) -> list[Tensor]:
+        """The fields before the candidate, in the trained order: user (B,), hour (B,), the
+        candidate's caption vector (B, d), profile codes (B, P) -> [user, hour, caption,
+        profile...], (B, d) each."""
+        fields = [self.user(user), self.hour(hour), caption]
+        return fields + [table(profile[:, i]) for i, table in enumerate(self.profile)]
+
     def wanted_extras(self) -> tuple[str, ...]:
         """The batch extras this model reads: its class's, plus the training rows'
         out-of-fold rate codes for the "-stats" models (`cfg.item_statistics`)."""
@@ -164,8 +173,7 @@ class CTRModel(nn.Module):
             base[:, 0] = base[:, 0] + self.items.rate_correction(item, extras["train_rate_buckets"])
         full = base + caption  # (B, 1 + A, d) full item vectors
         candidate = base[:, 0]  # (B, d), comparable with the history vectors (B, H, d)
-        fields = [self.user(user), self.hour(hour), caption[:, 0]]
-        fields += [table(profile[:, i]) for i, table in enumerate(self.profile)]
+        fields = self.context_fields(user, hour, caption[:, 0], profile)
         query = self.query_representation(query_history, query_age) if self.cfg.use_query else None
         extra: list[Tensor] = []
         if query is not None:

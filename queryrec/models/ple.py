@@ -188,8 +188,7 @@ class PLEModel(CTRModel):
         query words (S, T) -> logits (S,) of "clicked"."""
         profile = self.user_profile[user]  # (S, P)
         base, caption, history = self.items.lookup(item.unsqueeze(1), click_history)
-        fields = [self.user(user), self.hour(hour), caption[:, 0]]
-        fields += [table(profile[:, i]) for i, table in enumerate(self.profile)]
+        fields = self.context_fields(user, hour, caption[:, 0], profile)
         return self.backbone.task_logits(
             SEARCH, fields, base[:, 0], history, click_history > 0, self.search_query(query)
         )

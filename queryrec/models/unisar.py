@@ -391,8 +391,7 @@ class UniSARModel(CTRModel):
         full = base + caption
         history = looked_up[:, :horizon]  # (B, H, d)
         clicked = looked_up[:, horizon:].reshape(batch, width, per_query, -1)  # (B, S', K, d)
-        fields = [self.user(user), self.hour(hour), caption[:, 0]]
-        fields += [table(profile[:, i]) for i, table in enumerate(self.profile)]
+        fields = self.context_fields(user, hour, caption[:, 0], profile)
         click_valid = click_history > 0  # (B, H)
 
         # The behaviours: the last R feed clicks and the last S' searches.
