@@ -37,6 +37,14 @@ NextNegativesOption = Annotated[
         "--next-negatives", help="L_next r- source: feed (any user's) | user (own non-clicks)."
     ),
 ]
+EmbeddingUpdatesOption = Annotated[
+    str,
+    typer.Option(
+        "--embedding-updates",
+        help="Large id tables: sparse (SparseAdam on the touched rows) | dense (Adam) | "
+        "auto (sparse on CPU, dense on CUDA).",
+    ),
+]
 
 app = typer.Typer(
     name="queryrec",
@@ -144,6 +152,7 @@ def train_command(
     ] = None,
     cl_positives: ClPositivesOption = DEFAULT_CL_POSITIVES,
     next_negatives: NextNegativesOption = DEFAULT_NEXT_NEGATIVES,
+    embedding_updates: EmbeddingUpdatesOption = "auto",
 ) -> None:
     """Train one model; under torchrun it runs as DDP (gloo on CPU, NCCL on GPUs)."""
     from queryrec.models.registry import model_spec
@@ -158,6 +167,7 @@ def train_command(
         epochs=epochs,
         max_train_samples=max_train_samples,
         aux=auxiliary_config(cl_positives, next_negatives),
+        embedding_updates=embedding_updates,
     )
     result = train(data, out, cfg)
     print(
@@ -178,6 +188,7 @@ def bench_command(
     epochs: Annotated[int, typer.Option("--epochs", help="Upper bound per run.")] = 4,
     cl_positives: ClPositivesOption = DEFAULT_CL_POSITIVES,
     next_negatives: NextNegativesOption = DEFAULT_NEXT_NEGATIVES,
+    embedding_updates: EmbeddingUpdatesOption = "auto",
     diffusion_autoencoder: Annotated[
         bool,
         typer.Option(
@@ -197,6 +208,7 @@ def bench_command(
         epochs=epochs,
         progress=False,
         aux=auxiliary_config(cl_positives, next_negatives),
+        embedding_updates=embedding_updates,
     )
     results = run_bench(data, out, names, seeds, base, diffusion_autoencoder=diffusion_autoencoder)
     print((out / "RESULTS.md").read_text())

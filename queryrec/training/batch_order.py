@@ -40,14 +40,40 @@ def bucketed_batches(
 
 
 def split_for_ranks(batches: list[np.ndarray], rank: int, world_size: int) -> list[np.ndarray]:
-    """Each process's equal share of every batch (batches built with batch_size x world).
+    """This process's share of every batch (batches built with batch_size x world).
 
-    Every process gets the same number of steps (lock-step DDP); rows that do not divide
-    evenly are dropped from that step.
+    Every process gets the same number of steps (lock-step DDP) and every row goes to
+    exactly one process: rank r takes rows r, r + world, ... of each batch, so shares
+    differ by at most one row. A batch with fewer rows than processes (at most the
+    epoch's last one) is merged into the batch before it, so that no process gets an
+    empty step.
     """
-    out = []
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a world of {world_size}")
+    merged: list[np.ndarray] = []
     for batch in batches:
-        share = len(batch) // world_size
-        if share:
-            out.append(batch[rank::world_size][:share])
-    return out
+        if len(batch) < world_size and merged:
+            merged[-1] = np.concatenate([merged[-1], batch])
+        else:
+            merged.append(batch)
+    return [batch[rank::world_size] for batch in merged if len(batch) >= world_size]
+
+
+def epoch_batches(
+    order_rng: np.random.Generator,
+    lengths: np.ndarray,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    max_samples: int | None = None,
+) -> list[np.ndarray]:
+    """This process's share of one epoch's batches: a fresh `order_rng` permutation of
+    the samples (identical on every process, as every process seeds `order_rng` alike;
+    capped at `max_samples`), bucketed by `lengths`, every batch of `batch_size x
+    world_size` rows split disjointly across the ranks. Over the ranks, each sample of the
+    (capped) permutation is in exactly one batch of one process."""
+    order = order_rng.permutation(len(lengths))
+    if max_samples is not None:
+        order = order[:max_samples]
+    batches = bucketed_batches(order, lengths, batch_size * world_size, order_rng)
+    return split_for_ranks(batches, rank, world_size)

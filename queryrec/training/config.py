@@ -7,6 +7,7 @@ from typing import Any
 
 from queryrec.errors import QueryRecError
 from queryrec.training.batches import AuxiliaryConfig
+from queryrec.training.optimizers import check_embedding_updates
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class TrainConfig:
     temperature: float = 0.1  # beta of L_cl
     aux: AuxiliaryConfig = field(default_factory=AuxiliaryConfig)
     device: str = "auto"  # auto | cpu | cuda
+    # auto | dense | sparse: SparseAdam for the large id tables (queryrec.training.optimizers);
+    # auto = sparse on the CPU, dense on CUDA.
+    embedding_updates: str = "auto"
     max_train_samples: int | None = None  # cap for quick runs (a random subset)
     progress: bool = True
     model_overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
@@ -37,6 +41,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
             raise QueryRecError(f"--device must be auto, cpu or cuda, not '{self.device}'")
+        check_embedding_updates(self.embedding_updates)
         if self.epochs < 1 or self.batch_size < 1:
             raise QueryRecError("epochs and batch size must be positive")
         if self.max_train_samples is not None and self.max_train_samples < 1:

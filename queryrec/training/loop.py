@@ -32,13 +32,14 @@ from queryrec.models.config import ModelConfig
 from queryrec.models.ctr_model import CTRModel
 from queryrec.models.registry import ModelSpec, build_model, model_config, model_spec
 from queryrec.progress import say
-from queryrec.training.batch_order import bucketed_batches, split_for_ranks
+from queryrec.training.batch_order import epoch_batches
 from queryrec.training.batches import BatchBuilder, PseudoPositives, SplitArrays
 from queryrec.training.calibration import CalibrationError, calibration_report
 from queryrec.training.checkpoint import save_checkpoint
 from queryrec.training.config import TrainConfig
 from queryrec.training.distributed import DistributedContext, init_distributed
 from queryrec.training.objective import Objective, to_tensors
+from queryrec.training.optimizers import TrainingOptimizer, resolve_embedding_updates
 
 
 @dataclass
@@ -186,19 +187,22 @@ def _seeded_model(
     spec: ModelSpec,
     model_cfg: ModelConfig,
     ctx: DistributedContext,
-) -> tuple[CTRModel, torch.nn.Module, torch.optim.Optimizer]:
+) -> tuple[CTRModel, torch.nn.Module, TrainingOptimizer]:
     """The model initialised from `cfg.seed` on this process's device, the module a training
-    step calls (the objective, wrapped in DDP when distributed) and its Adam optimizer."""
+    step calls (the objective, wrapped in DDP when distributed) and its optimizer (dense
+    Adam, or SparseAdam for the large id tables: `queryrec.training.optimizers`)."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, dataset, model_cfg).to(ctx.device)
+    updates = resolve_embedding_updates(cfg.embedding_updates, ctx.device, ctx.distributed)
+    # Before the DDP wrap: DDP reads which tables give sparse gradients when it is built.
+    optimizer = TrainingOptimizer(model, cfg.learning_rate, cfg.weight_decay, updates)
+    if ctx.is_main and cfg.progress and optimizer.sparse_names:
+        say(f"[train] sparse updates (SparseAdam) for {', '.join(optimizer.sparse_names)}")
     objective = Objective(model, spec, cfg.next_weight, cfg.cl_weight, cfg.temperature)
     step_fn: torch.nn.Module = objective
     if ctx.distributed:
         # Feature-table buffers never change: no need to broadcast them every step.
         step_fn = DistributedDataParallel(objective, broadcast_buffers=False)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
-    )
     return model, step_fn, optimizer
 
 
@@ -227,7 +231,7 @@ class _Run:
     ctx: DistributedContext
     model: CTRModel
     step_fn: torch.nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: TrainingOptimizer
     builder: BatchBuilder
 
 
@@ -263,7 +267,14 @@ def _train_epochs(
     best = _BestEpoch(run.model, cfg.patience)
     train_seconds, trained = 0.0, 0
     for epoch in range(cfg.epochs):
-        batches = _epoch_batches(run, train_arrays, order_rng)
+        batches = epoch_batches(
+            order_rng,
+            train_arrays.query_count,
+            cfg.batch_size,
+            ctx.rank,
+            ctx.world_size,
+            cfg.max_train_samples,
+        )
         share = sum(len(rows) for rows in batches)
         aux_rng = np.random.default_rng([cfg.seed, epoch, ctx.rank])
         running, epoch_seconds = _train_epoch(run, train_arrays, batches, aux_rng, epoch)
@@ -291,25 +302,6 @@ def _train_epochs(
     return history, best.epoch, train_seconds, trained
 
 
-def _epoch_batches(
-    run: _Run, train_arrays: SplitArrays, order_rng: np.random.Generator
-) -> list[np.ndarray]:
-    """This process's share of one epoch's batches: a fresh `order_rng` permutation of the
-    training samples (identical on every process; capped at `max_train_samples`), bucketed
-    by query-history length, each batch split disjointly across the ranks."""
-    cfg, ctx = run.cfg, run.ctx
-    order = order_rng.permutation(len(train_arrays))  # identical on every process
-    if cfg.max_train_samples is not None:
-        order = order[: cfg.max_train_samples]
-    return split_for_ranks(
-        bucketed_batches(
-            order, train_arrays.query_count, cfg.batch_size * ctx.world_size, order_rng
-        ),
-        ctx.rank,
-        ctx.world_size,
-    )
-
-
 def _train_epoch(
     run: _Run,
     train_arrays: SplitArrays,
@@ -334,7 +326,7 @@ def _train_epoch(
     for rows in bar:
         batch = to_tensors(run.builder.build(train_arrays, rows, aux_rng), ctx.device)
         losses = run.step_fn(**batch)
-        run.optimizer.zero_grad(set_to_none=True)
+        run.optimizer.zero_grad()
         losses["total"].backward()
         run.optimizer.step()
         for name, value in losses.items():

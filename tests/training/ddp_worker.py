@@ -1,4 +1,5 @@
-"""Run under torchrun by test_ddp.py: train briefly, then save this rank's weights."""
+"""Run under torchrun by test_ddp.py: train briefly (sparse embedding updates, gloo), then
+save this rank's weights and the rows of two full epochs' batches as this rank draws them."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from queryrec.features.dataset import PreparedDataset
 from queryrec.models.registry import build_model, model_config
+from queryrec.training.batch_order import epoch_batches
+from queryrec.training.batches import BatchBuilder
 from queryrec.training.config import TrainConfig
 from queryrec.training.distributed import shutdown_distributed
 from queryrec.training.loop import fit
@@ -33,6 +37,20 @@ def main() -> None:
     rank = os.environ["RANK"]
     torch.save(model.state_dict(), out / f"rank{rank}.pt")
     torch.save(initial.state_dict(), out / f"initial{rank}.pt")
+    # The loop's sharding over whole epochs of the training split (no cap), as fit draws it.
+    model_cfg = model_config(cfg.model, dataset.schema)
+    builder = BatchBuilder(
+        dataset,
+        click_history=model_cfg.click_history,
+        query_history=model_cfg.query_history,
+        query_tokens=model_cfg.query_tokens,
+    )
+    lengths = builder.split_arrays("train", with_aux=False).query_count
+    order_rng = np.random.default_rng(cfg.seed)
+    world = int(os.environ["WORLD_SIZE"])
+    epochs = [epoch_batches(order_rng, lengths, 100, int(rank), world) for _ in range(2)]
+    steps = [len(epoch) for epoch in epochs]
+    np.savez(out / f"shards{rank}.npz", *[np.concatenate(e) for e in epochs], steps=steps)
     shutdown_distributed()
 
 

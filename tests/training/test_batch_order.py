@@ -27,12 +27,23 @@ def test_every_sample_once_and_batches_bucketed() -> None:
     assert all((a == b).all() for a, b in zip(batches, again, strict=True))
 
 
-def test_ranks_get_equal_disjoint_shares() -> None:
+def test_ranks_share_every_row_once_in_lock_step() -> None:
+    # The 1-row batch is fewer rows than ranks: merged into the batch before it.
     batches = [np.arange(10), np.arange(10, 17), np.arange(17, 18)]
     shares = [split_for_ranks(batches, rank, 2) for rank in range(2)]
-    assert [len(b) for b in shares[0]] == [len(b) for b in shares[1]] == [5, 3]
+    assert [len(b) for b in shares[0]] == [5, 4]
+    assert [len(b) for b in shares[1]] == [5, 4]
     together = np.concatenate([np.concatenate(s) for s in shares])
-    assert len(np.unique(together)) == len(together)
+    np.testing.assert_array_equal(np.sort(together), np.arange(18))
+
+
+def test_three_ranks_shares_differ_by_at_most_one_row() -> None:
+    batches = [np.arange(7), np.arange(7, 9)]  # 2 rows < 3 ranks: merged
+    shares = [split_for_ranks(batches, rank, 3) for rank in range(3)]
+    assert [len(s) for s in shares] == [1, 1, 1]
+    assert sorted(len(s[0]) for s in shares) == [3, 3, 3]
+    together = np.concatenate([s[0] for s in shares])
+    np.testing.assert_array_equal(np.sort(together), np.arange(9))
 
 
 def test_cutting_empty_query_columns_changes_no_output(tiny_data: Path) -> None:

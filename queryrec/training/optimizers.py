@@ -1,0 +1,123 @@
+"""The training optimizer: dense Adam, or sparse row updates for the large id tables.
+
+At the real release's scale (`kuaisar-small`: 2.03 M items, 120 k authors) the item-id
+table dominates the step when it is updated densely: `loss.backward()` makes a (2 M, d)
+gradient and Adam reads and writes every row of its weights and two moment buffers each
+step, although a batch touches a few thousand rows. With sparse updates
+(`--embedding-updates sparse`) every `nn.Embedding` of at least `SPARSE_MIN_ROWS` rows is
+switched to `sparse=True`, so backward makes a sparse gradient of the touched rows only,
+and those tables are stepped by `torch.optim.SparseAdam` (lazy Adam: moments of the
+touched rows only), the rest by the usual dense Adam. This is the CTR field's standard
+(sparse embedding tables with a lazy / row-wise optimizer, dense optimizer for the
+network).
+
+Weight decay, a choice (docs/RESULTS.md "Issue 19"): dense Adam here uses coupled L2
+(`weight_decay` adds `wd * w` to every row's gradient, touched or not). `SparseAdam` has
+no weight decay, so the sparse path adds `wd * w` to the gradient of the rows the batch
+touched (lazy L2, as lazy Adam does for the moments): untouched rows are not decayed. The
+AUC of both paths on the same data is in docs/BENCHMARKS.md "Scale".
+
+`auto` chooses sparse on the CPU and dense on CUDA: on a GPU the dense update of a 2 M
+row table is cheap, and NCCL, the GPU backend of DDP, cannot all-reduce sparse gradients
+(gloo, the CPU backend, can).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from queryrec.errors import QueryRecError
+
+EMBEDDING_UPDATES = ("auto", "dense", "sparse")
+SPARSE_MIN_ROWS = 10_000
+"""Tables with at least this many rows get sparse updates (items, authors, words, users
+at the real release's scale; the small tables (categories, profile, hours, positions) stay
+dense, where a sparse gradient costs more than it saves)."""
+
+
+def check_embedding_updates(choice: str) -> None:
+    """A clear error for an unknown `--embedding-updates` choice."""
+    if choice not in EMBEDDING_UPDATES:
+        raise QueryRecError(f"--embedding-updates must be auto, dense or sparse, not '{choice}'")
+
+
+def resolve_embedding_updates(choice: str, device: torch.device, distributed: bool) -> str:
+    """`dense` or `sparse` for a `--embedding-updates` choice (see the module docstring)."""
+    check_embedding_updates(choice)
+    if choice == "auto":
+        return "dense" if device.type == "cuda" else "sparse"
+    if choice == "sparse" and distributed and device.type == "cuda":
+        raise QueryRecError(
+            "--embedding-updates sparse cannot run under DDP on CUDA: NCCL does not "
+            "all-reduce sparse gradients; use --embedding-updates dense (or auto) on GPUs"
+        )
+    return choice
+
+
+def make_tables_sparse(model: nn.Module, min_rows: int = SPARSE_MIN_ROWS) -> list[str]:
+    """Switch every `nn.Embedding` of at least `min_rows` rows to sparse gradients; ->
+    the names of their weight parameters. A table shared by several modules (the word
+    table of captions and queries) is one parameter and is switched once."""
+    names: list[str] = []
+    for name, module in model.named_modules(remove_duplicate=True):
+        if isinstance(module, nn.Embedding) and module.num_embeddings >= min_rows:
+            if module.max_norm is not None:
+                raise QueryRecError(f"embedding '{name}' has max_norm, which sparse updates lack")
+            module.sparse = True
+            names.append(f"{name}.weight" if name else "weight")
+    return names
+
+
+class TrainingOptimizer:
+    """Dense Adam for every parameter, or (sparse) SparseAdam for the sparse tables and
+    dense Adam for the rest; `zero_grad` and `step` as one optimizer."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        learning_rate: float,
+        weight_decay: float,
+        updates: str,
+        min_rows: int = SPARSE_MIN_ROWS,
+    ) -> None:
+        if updates not in ("dense", "sparse"):
+            raise QueryRecError(f"embedding updates must be dense or sparse, not '{updates}'")
+        self.updates = updates
+        self.weight_decay = weight_decay
+        sparse_names = set(make_tables_sparse(model, min_rows)) if updates == "sparse" else set()
+        named = dict(model.named_parameters())
+        self.sparse_params = [p for n, p in named.items() if n in sparse_names]
+        self.sparse_names = sorted(sparse_names)
+        dense_params = [p for n, p in named.items() if n not in sparse_names]
+        self.dense = torch.optim.Adam(dense_params, lr=learning_rate, weight_decay=weight_decay)
+        self.sparse = (
+            torch.optim.SparseAdam(self.sparse_params, lr=learning_rate)
+            if self.sparse_params
+            else None
+        )
+
+    def zero_grad(self) -> None:
+        self.dense.zero_grad(set_to_none=True)
+        if self.sparse is not None:
+            self.sparse.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        self.dense.step()
+        if self.sparse is None:
+            return
+        if self.weight_decay:
+            for param in self.sparse_params:
+                if param.grad is not None:
+                    param.grad = _with_row_decay(param.grad, param.detach(), self.weight_decay)
+        self.sparse.step()  # type: ignore[no-untyped-call]
+
+
+def _with_row_decay(grad: torch.Tensor, weight: torch.Tensor, decay: float) -> torch.Tensor:
+    """The sparse gradient (V, d) plus `decay * weight` on the rows it holds (lazy L2)."""
+    grad = grad.coalesce()
+    rows = grad.indices()[0]  # (n,)
+    values = grad.values() + decay * weight[rows]  # (n, d)
+    return torch.sparse_coo_tensor(
+        grad.indices(), values, grad.shape, is_coalesced=True, check_invariants=False
+    )
