@@ -20,12 +20,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch.distributed
+
 from queryrec.diffusion.train import DiffusionTrainConfig
 from queryrec.evaluation.metrics import improvement
 from queryrec.features.dataset import PreparedDataset
 from queryrec.models.registry import DEFAULT_BENCH_MODELS, model_spec
 from queryrec.progress import say
 from queryrec.training.config import TrainConfig
+from queryrec.training.distributed import DistributedContext, init_distributed
 from queryrec.training.loop import TrainResult, train
 
 REFERENCE_MODEL = "din"
@@ -57,6 +60,11 @@ def run_bench(
     With `diffusion_autoencoder`, the diffusion job's quality table also holds the
     autoencoder reference; off by default, as it trains a second network as long as the
     denoiser (about 250 s on `small`) and no bench row depends on it.
+
+    Under `torchrun --nproc_per_node N` every neural run trains as DDP over the N
+    processes; the diffusion job and the LightGBM rows (single-process fits) run on rank 0
+    while the others wait at a barrier, and only rank 0 writes the results (the other
+    ranks return an empty dict).
     """
     for name in models:
         model_spec(name)  # fail before training anything
@@ -66,20 +74,33 @@ def run_bench(
     out_dir.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[TrainResult]] = {}
     started = time.perf_counter()
-    quality = _diffusion_first(
-        dataset, models, out_dir / "diffusion", base.device, diffusion_autoencoder
-    )
+    ctx = init_distributed(base.device)
+    quality = None
+    if ctx.is_main:
+        quality = _diffusion_first(
+            dataset, models, out_dir / "diffusion", base.device, diffusion_autoencoder
+        )
+    _wait_for_rank0(ctx)
     for name in models:
+        alone = model_spec(name).architecture == "lightgbm"  # no DDP: rank 0 fits it
         for seed in range(seeds):
             cfg = TrainConfig(**{**base.__dict__, "model": name, "seed": seed})
+            if alone and not ctx.is_main:
+                _wait_for_rank0(ctx)
+                continue
             result = train(
                 dataset.root, out_dir / "runs" / f"{name}-seed{seed}", cfg, dataset=dataset
             )
+            if alone:
+                _wait_for_rank0(ctx)
             runs.setdefault(name, []).append(result)
-            say(
-                f"[bench] {name} seed {seed}: test AUC {result.test['auc']:.4f} "
-                f"({time.perf_counter() - started:.0f}s elapsed)"
-            )
+            if ctx.is_main:
+                say(
+                    f"[bench] {name} seed {seed}: test AUC {result.test['auc']:.4f} "
+                    f"({time.perf_counter() - started:.0f}s elapsed)"
+                )
+    if not ctx.is_main:
+        return {}
     results = summarise(dataset, runs)
     results["bench_seconds"] = time.perf_counter() - started
     if quality is not None:
@@ -91,6 +112,12 @@ def run_bench(
     (out_dir / "RESULTS.md").write_text(markdown)
     plot_results(runs, results, out_dir)
     return results
+
+
+def _wait_for_rank0(ctx: DistributedContext) -> None:
+    """Under torchrun: every process waits here until rank 0 has finished its work alone."""
+    if ctx.distributed:
+        torch.distributed.barrier()
 
 
 def _diffusion_first(

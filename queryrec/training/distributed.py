@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -29,6 +30,7 @@ class DistributedContext:
 
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
 
 
 def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
@@ -55,7 +57,9 @@ def init_distributed(device_choice: str) -> DistributedContext:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        # Collectives wait this long: under `bench`, the other ranks wait at a barrier
+        # while rank 0 alone trains the diffusion job or a LightGBM row.
+        dist.init_process_group(backend=backend, timeout=COLLECTIVE_TIMEOUT)
     return DistributedContext(rank=rank, world_size=world, device=device)
 
 

@@ -58,6 +58,7 @@ class TrainResult:
     # Platt scaling fitted on validation, measured on test (queryrec.training.calibration);
     # empty when a split has one class only.
     calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
+    world_size: int = 1  # processes that trained it (DDP under torchrun)
 
 
 def predict(
@@ -166,6 +167,7 @@ def fit(
         train_seconds=train_seconds,
         samples_per_second=trained * ctx.world_size / train_seconds if train_seconds else 0.0,
         calibration=_calibration(valid_arrays, valid_probs, test_arrays, test_probs),
+        world_size=ctx.world_size,
     )
     return model, model_cfg, result, ctx.is_main
 

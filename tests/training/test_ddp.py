@@ -3,6 +3,7 @@ default) end with identical weights, and the epoch's sharding covers every sampl
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -64,3 +65,23 @@ def test_sharding_covers_each_sample_once_per_epoch(ddp_run: Path, tiny_data: Pa
         assert np.array_equal(np.sort(rows), np.arange(samples)), epoch
     assert list(shards[0]["steps"]) == list(shards[1]["steps"])  # lock-step
     assert not np.array_equal(shards[0]["arr_0"], shards[0]["arr_1"])  # a new order per epoch
+
+
+def test_bench_under_torchrun_trains_as_ddp_and_rank0_alone_writes(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "bench"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "queryrec.cli.main", "bench", "--data", str(tiny_data), "--out", str(out),
+        "--models", "din,lightgbm", "--seeds", "1", "--epochs", "1", "--device", "cpu",
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["models"]) == {"din", "lightgbm"}
+    metrics = json.loads((out / "runs" / "din-seed0" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2  # DIN trained as DDP over both processes
