@@ -24,7 +24,8 @@ MEANING: dict[Degraded, str] = {
     Degraded.REDIS_TIMEOUT: "Redis did not answer within its share of the budget; scored "
     'without history and with the learned "no query" vector',
     Degraded.REDIS_UNAVAILABLE: "Redis refused or is down (the service reconnects with "
-    'backoff); scored without history and with the "no query" vector',
+    "backoff; with a Redis Cluster: the user's master); scored without history and with "
+    'the "no query" vector',
     Degraded.ENCODER_TIMEOUT: "the query encoder did not finish within its share of the "
     'budget; scored with the "no query" vector',
     Degraded.ENCODER_OVERLOADED: "the encoder queue's expected wait exceeded the time left "

@@ -34,6 +34,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
@@ -138,6 +139,8 @@ class EmbeddedRedis:
         executable: Path | None = None,
         startup_timeout_s: float = 10.0,
         password: str | None = None,
+        config: Mapping[str, str] | None = None,
+        pick_port: Callable[[], int] | None = None,
     ) -> None:
         """Configure, start nothing.
 
@@ -145,7 +148,15 @@ class EmbeddedRedis:
         executable: the redis-server to run; None: `find_redis_server()` at start.
         startup_timeout_s: how long `start()` waits for the first PING answer.
         password: require AUTH with this password (`requirepass`); None: no AUTH.
+        config: more redis.conf directives, name -> value, passed as `--name value`
+            after the defaults (so they may override them), e.g. the cluster mode's
+            (`service.embedded_cluster`). A relative file name in a value lands in the
+            server's private directory (its `dir`).
+        pick_port: returns a free port to try (called again after a failed bind); None:
+            one the OS picks. The cluster mode needs port + 10000 free too.
         """
+        self._config = dict(config or {})
+        self._pick_port = pick_port
         self._maxmemory = maxmemory
         self._executable = executable
         self._startup_timeout_s = startup_timeout_s
@@ -226,7 +237,7 @@ class EmbeddedRedis:
         try:
             last_error = ""
             for _ in range(BIND_ATTEMPTS):
-                self._launch(executable, _free_port())
+                self._launch(executable, self._pick_port() if self._pick_port else _free_port())
                 outcome = self._wait_ready()
                 if outcome == "ready":
                     return self
@@ -357,6 +368,8 @@ class EmbeddedRedis:
         ]  # fmt: skip
         if self._maxmemory is not None:
             args += ["--maxmemory", str(self._maxmemory)]
+        for name, value in self._config.items():
+            args += [f"--{name}", value]
         if self._password is not None:
             # In a private config file (0600), not in argv where `ps` would show it.
             config = self._directory / "auth.conf"

@@ -162,7 +162,7 @@ class ServiceMetrics:
         )
         self.redis_up = Gauge(
             "queryrec_redis_up",
-            "1 while Redis answers, 0 while it is down",
+            "1 while Redis answers, 0 while it is down (Redis Cluster: while any master is)",
             registry=r,
             multiprocess_mode="livemin",  # workers: 0 when any of them has lost Redis
         )

@@ -39,7 +39,7 @@ from service.logs import event
 from service.metrics import ServiceMetrics
 from service.redis_keys import unpack_query_repr
 from service.settings import ServiceSettings
-from service.state import RedisState, UserState
+from service.state import LATE, RedisState, UserState
 
 # Kept back from the budget for serialising and sending the answer.
 RESPONSE_MARGIN_S = 0.001
@@ -248,6 +248,9 @@ class Scorer:
             return UserState(), [Degraded.REDIS_UNAVAILABLE]
         finally:
             self.metrics.stage.labels("redis").observe(loop.time() - began)
+        if state.unavailable is not None:  # cluster: this user's master failed, not all
+            late = state.unavailable == LATE
+            return UserState(), [Degraded.REDIS_TIMEOUT if late else Degraded.REDIS_UNAVAILABLE]
         return state, []
 
     @property

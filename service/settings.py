@@ -26,8 +26,10 @@ class ServiceSettings(BaseSettings):
     # Redis.
     redis_url: str | None = Field(
         None,
-        description="redis://, rediss:// (TLS) or unix:// URL; unset: start an embedded "
-        "redis-server on a free port",
+        description="redis://, rediss:// (TLS) or unix:// URL, or a Redis Cluster: "
+        "redis+cluster://host:port[,host:port...] (rediss+cluster:// with TLS; any "
+        "answering node discovers the rest); unset: start an embedded redis-server on a "
+        "free port",
     )
     redis_password: SecretStr | None = Field(
         None,

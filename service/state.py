@@ -25,12 +25,23 @@ Faults, without a connection storm:
 - `StateUnavailable` messages reach gRPC clients: they are fixed sentences with no host,
   port, password or exception text. Details (URL redacted) go to `redis_lost` and to the
   message of `ping`, which only operators see.
+
+Redis Cluster (`redis+cluster://host:port[,host:port...]`, TLS: `rediss+cluster://`):
+the same interface over redis-py's cluster client, routed by `service.state_cluster`. A
+read of many users is one pipelined round trip per node (the nodes concurrently), and
+the fault model above holds per master: a dead master fails its own users at once
+(`UserState.unavailable`, or `StateUnavailable` when every user of the call is on failed
+nodes) while the other masters' users are read and written normally; `available` turns
+False only when every master is down. Appends run the same script by EVALSHA, routed by
+their one key (EVAL on that node when it does not have the script yet, which also loads
+it there). MOVED and ASK during a slot migration are followed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -44,11 +55,19 @@ from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool, par
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import redis_keys as keys
 from service.errors import StateUnavailable
+from service.state_cluster import (
+    ClusterEvents,
+    ClusterRouter,
+    Failure,
+    Outcome,
+    Unit,
+    is_cluster_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +128,10 @@ class UserState:
     click_items: np.ndarray = field(default_factory=_no_events)  # (n,) raw item ids
     profile: dict[str, int] = field(default_factory=dict)
     cached_query_repr: bytes | None = None
+    # Cluster mode: why this user's state could not be read (the client-facing sentence,
+    # e.g. UNAVAILABLE while the user's master is down); None: read. Single-node reads
+    # fail as a whole (StateUnavailable) and never set it.
+    unavailable: str | None = None
 
 
 def _is_connection_failure(error: BaseException) -> bool:
@@ -151,6 +174,28 @@ class RedisState:
         self._down_since: float | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
         self._closed = False
+        self.cluster: ClusterRouter | None = None
+        if is_cluster_url(url):
+            self.cluster = ClusterRouter(
+                url,
+                shown_url=redacted_url(url),
+                password=self._password,
+                timeout_s=timeout_s,
+                pool_size=pool_size,
+                reconnect_max_s=reconnect_max_s,
+                events=ClusterEvents(
+                    ping_failed=lambda: self._report_error("ping"),
+                    lost=lambda detail: self._report(lambda events: events.redis_lost(detail)),
+                    regained=lambda down_s: self._report(
+                        lambda events: events.redis_regained(down_s)
+                    ),
+                ),
+                scrub=self._scrubbed,
+            )
+            self._secrets = [self._password] if self._password else []
+            self._secrets += [p for p in (urlsplit(url).password,) if p]
+            self._append_sha = hashlib.sha1(keys.APPEND_SCRIPT.encode()).hexdigest()
+            return
         from_url: dict[str, Any] = dict(parse_url(url))
         options: dict[str, Any] = {
             "socket_timeout": timeout_s,
@@ -179,12 +224,20 @@ class RedisState:
 
     @property
     def available(self) -> bool:
-        """False while Redis is known down and the background reconnect runs."""
+        """False while Redis is known down and the background reconnect runs (cluster:
+        while every master is)."""
+        if self.cluster is not None:
+            return self.cluster.available
         return self._down_since is None
 
     async def ping(self) -> None:
         """StateUnavailable (naming the redacted URL: for operators) if Redis does not
-        answer; at once while it is known down."""
+        answer; at once while it is known down. Cluster: discovers the cluster and pings
+        every master; fails only when none answers (a down master is reconnected in the
+        background and its users degrade meanwhile)."""
+        if self.cluster is not None:
+            await self.cluster.ping()
+            return
         if not self.available:
             self._report_error("ping")
             raise StateUnavailable(f"Redis at {redacted_url(self.url)} is down (reconnecting)")
@@ -205,6 +258,9 @@ class RedisState:
     async def close(self) -> None:
         """Stop the reconnect task and close every connection."""
         self._closed = True
+        if self.cluster is not None:
+            await self.cluster.close()
+            return
         task, self._reconnect_task = self._reconnect_task, None
         if task is not None:
             task.cancel()
@@ -257,9 +313,12 @@ class RedisState:
         self._refuse_while_down("write")
         try:
             async with asyncio.timeout(timeout_s):
-                length = await self._append_script(
-                    keys=[key], args=keys.append_args(entries, cap, self.caps.ttl_s)
-                )
+                if self.cluster is not None:
+                    length = await self._cluster_append(key, entries, cap)
+                else:
+                    length = await self._append_script(
+                        keys=[key], args=keys.append_args(entries, cap, self.caps.ttl_s)
+                    )
         except TimeoutError:  # our timeout; the caller's own shows as a cancel, passed on
             self._report_error("write")
             raise StateUnavailable(WRITE_LATE) from None
@@ -267,14 +326,39 @@ class RedisState:
             raise self._failed("write", error, WRITE_LATE) from None
         return min(int(length), cap)
 
+    async def _cluster_append(self, key: str, entries: list[bytes], cap: int) -> int:
+        """The append script on the key's node: EVALSHA, or EVAL (which loads it there)
+        when that node does not know the script yet. StateUnavailable when the node is
+        down, late or refuses; redis_error("write") reported once."""
+        assert self.cluster is not None
+        args = keys.append_args(entries, cap, self.caps.ttl_s)
+        (outcome,) = await self.cluster.run(
+            [Unit(key, [("EVALSHA", self._append_sha, 1, key, *args)])]
+        )
+        if not isinstance(outcome, Failure) and isinstance(outcome[0], NoScriptError):
+            (outcome,) = await self.cluster.run(
+                [Unit(key, [("EVAL", keys.APPEND_SCRIPT, 1, key, *args)])]
+            )
+        message = _cluster_failure(outcome, WRITE_LATE)
+        if message is not None:
+            self._report_error("write")
+            raise StateUnavailable(message)
+        assert not isinstance(outcome, Failure)
+        return int(outcome[0])
+
     # -- reads ---------------------------------------------------------------------------
 
     async def read(self, user_ids: list[int], cache_version: str | None) -> list[UserState]:
-        """Everything the model needs for each user, in one pipelined round trip.
+        """Everything the model needs for each user, in one pipelined round trip (cluster:
+        one per node, the nodes concurrently).
 
-        `cache_version` None: do not read a cached query vector.
+        `cache_version` None: do not read a cached query vector. Cluster: a user whose
+        master is down or failing comes back with `unavailable` set while the others are
+        read; StateUnavailable only when no user of the call could be read.
         """
         self._refuse_while_down("read")
+        if self.cluster is not None:
+            return await self._cluster_read(user_ids, cache_version)
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for user in user_ids:
@@ -287,22 +371,39 @@ class RedisState:
         except (RedisError, OSError) as error:
             raise self._failed("read", error, LATE) from None
         per_user = 4 if cache_version is not None else 3
+        return [
+            _user_state(replies[i * per_user : (i + 1) * per_user]) for i in range(len(user_ids))
+        ]
+
+    async def _cluster_read(
+        self, user_ids: list[int], cache_version: str | None
+    ) -> list[UserState]:
+        """`read` on a cluster: one unit of commands per user (one slot: hash tag)."""
+        assert self.cluster is not None
+        units = []
+        for user in user_ids:
+            commands: list[tuple[Any, ...]] = [
+                ("LRANGE", keys.query_key(user), 0, self.caps.queries - 1),
+                ("LRANGE", keys.click_key(user), 0, self.caps.clicks - 1),
+                ("HGETALL", keys.profile_key(user)),
+            ]
+            if cache_version is not None:
+                commands.append(("GET", keys.query_repr_key(user, cache_version)))
+            units.append(Unit(keys.query_key(user), commands))
         states = []
-        for i in range(len(user_ids)):
-            queries, clicks, profile = replies[i * per_user : i * per_user + 3]
-            click_ts, click_items = keys.unpack_clicks(clicks)
-            query_ts, query_sizes, query_words = keys.unpack_queries(queries)
-            states.append(
-                UserState(
-                    query_ts=query_ts,
-                    query_sizes=query_sizes,
-                    query_words=query_words,
-                    click_ts=click_ts,
-                    click_items=click_items,
-                    profile={k.decode(): int(v) for k, v in profile.items()},
-                    cached_query_repr=replies[i * per_user + 3] if per_user == 4 else None,
-                )
-            )
+        failures = []
+        for outcome in await self.cluster.run(units):
+            message = _cluster_failure(outcome, LATE)
+            if message is None:
+                assert not isinstance(outcome, Failure)
+                states.append(_user_state(outcome))
+            else:
+                failures.append(message)
+                states.append(UserState(unavailable=message))
+        if failures:
+            self._report_error("read")
+            if len(failures) == len(user_ids):
+                raise StateUnavailable(failures[0])
         return states
 
     async def cache_query_reprs(
@@ -311,6 +412,26 @@ class RedisState:
         """Store (user, history version, vector) triples under `cache_version` (the
         encoder's version); best effort (a cache), skipped while Redis is down."""
         if not entries or not self.available:
+            return
+        if self.cluster is not None:  # users on a down master are skipped (no network)
+            units = [
+                Unit(
+                    keys.query_repr_key(user, cache_version),
+                    [
+                        (
+                            "SET",
+                            keys.query_repr_key(user, cache_version),
+                            keys.pack_query_repr(version, vector),
+                            "EX",
+                            self.caps.ttl_s,
+                        )
+                    ],
+                )
+                for user, version, vector in entries
+            ]
+            outcomes = await self.cluster.run(units)
+            if any(_cluster_failure(outcome, LATE) is not None for outcome in outcomes):
+                self._report_error("cache")  # a lost entry costs one encoder call later
             return
         try:
             async with self.client.pipeline(transaction=False) as pipe:
@@ -403,6 +524,36 @@ class RedisState:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+def _user_state(replies: list[Any]) -> UserState:
+    """One user's replies (LRANGE queries, LRANGE clicks, HGETALL profile[, GET cached
+    vector]) -> their state."""
+    queries, clicks, profile = replies[:3]
+    click_ts, click_items = keys.unpack_clicks(clicks)
+    query_ts, query_sizes, query_words = keys.unpack_queries(queries)
+    return UserState(
+        query_ts=query_ts,
+        query_sizes=query_sizes,
+        query_words=query_words,
+        click_ts=click_ts,
+        click_items=click_items,
+        profile={k.decode(): int(v) for k, v in profile.items()},
+        cached_query_repr=replies[3] if len(replies) == 4 else None,
+    )
+
+
+def _cluster_failure(outcome: Outcome, late: str) -> str | None:
+    """The client-facing sentence for a unit that failed (None: it was answered): its
+    node down -> UNAVAILABLE, late -> `late`, a command error (any reply an error) or
+    too many redirections -> REFUSED."""
+    if outcome is Failure.DOWN:
+        return UNAVAILABLE
+    if outcome is Failure.LATE:
+        return late
+    if outcome is Failure.REFUSED or any(isinstance(reply, Exception) for reply in outcome):
+        return REFUSED
+    return None
 
 
 _SECRET_PARAMETERS = ("pass", "secret", "token", "auth")

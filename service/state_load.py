@@ -7,6 +7,10 @@ to raw ids (Redis holds raw ids, `service.redis_keys`) and writes users in pipel
 chunks of `chunk` users: per user DEL + RPUSH (newest first) + EXPIRE for both lists and
 HSET for the profile. Existing keys of a loaded user are replaced.
 
+A Redis Cluster URL (`redis+cluster://host:port[,host:port...]`, `service.state_cluster`)
+loads through redis-py's cluster client: each chunk's pipeline is split by node (a user's
+keys share one slot, so the per-user DEL of three keys stays one command).
+
 The AUTH password comes from the URL or, winning over it, the `password` argument (the CLI
 passes `default_redis_password()`: QUERYREC_REDIS_PASSWORD, else the first line of the
 file QUERYREC_REDIS_PASSWORD_FILE, like the service). Error messages name the URL with
@@ -21,13 +25,15 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 import redis
-from redis.exceptions import RedisError
+import redis.cluster
+from redis.exceptions import RedisClusterException, RedisError
 from tqdm import tqdm
 
 from queryrec.features.dataset import PreparedDataset
 from service import redis_keys as keys
 from service.errors import SettingsError, StateUnavailable
 from service.state import redacted_url
+from service.state_cluster import is_cluster_url, parse_cluster_url
 
 
 @dataclass(frozen=True)
@@ -68,14 +74,8 @@ def load_state(
         int(i): {f: int(with_features[f][row]) for f in fields}
         for row, i in enumerate(with_features["index"].to_list())
     }
-    # The password as an argument, never inside a URL string (which may end up in a
-    # message); set after parsing, so that it wins over the URL's (`from_url` lets the
-    # URL's options win over its keyword arguments).
-    pool = redis.ConnectionPool.from_url(url, socket_timeout=30)
-    if password:
-        pool.connection_kwargs["password"] = password
-    client = redis.Redis.from_pool(pool)
     where = redacted_url(url)
+    client = _client(url, where, password)
 
     def failure(what: str, error: BaseException) -> StateUnavailable:
         """The CLI's message: the redacted URL and the error, the password masked."""
@@ -85,7 +85,7 @@ def load_state(
     with client:  # closed on every path
         try:
             client.ping()
-        except (RedisError, OSError) as error:
+        except (RedisError, RedisClusterException, OSError) as error:
             raise failure("Redis does not answer", error) from None
 
         packed_clicks = _pack_all_clicks(dataset, item_raw)
@@ -105,7 +105,9 @@ def load_state(
                     keys.click_key(raw_user),
                     keys.profile_key(raw_user),
                 )
-                pipe.delete(qk, ck, pk)
+                # One DEL of the three keys (one slot); raw, as redis-py's cluster pipeline
+                # refuses `delete` of several keys even when they share a slot.
+                pipe.execute_command("DEL", qk, ck, pk)
                 if q_entries:
                     pipe.rpush(qk, *q_entries)
                     pipe.expire(qk, ttl_s)
@@ -119,11 +121,35 @@ def load_state(
                 n_clicks += len(c_entries)
             try:
                 pipe.execute()
-            except (RedisError, OSError) as error:
+            except (RedisError, RedisClusterException, OSError) as error:
                 raise failure("Redis write failed during state load", error) from None
             bar.update(min(chunk, len(users) - lo))
         bar.close()
     return LoadReport(len(users), n_queries, n_clicks, time.perf_counter() - start)
+
+
+def _client(url: str, where: str, password: str | None) -> redis.Redis | redis.cluster.RedisCluster:
+    """The blocking client of `url`: single-node, or redis-py's cluster client for a
+    cluster URL. The password as an argument, never inside a URL string (which may end
+    up in a message), winning over the URL's."""
+    if is_cluster_url(url):
+        nodes, options = parse_cluster_url(url, where)
+        options.setdefault("socket_timeout", 30)
+        if password:
+            options["password"] = password
+        return redis.cluster.RedisCluster(
+            startup_nodes=[
+                redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]
+                for host, port in nodes
+            ],
+            **options,
+        )
+    # Set after parsing, so that it wins over the URL's (`from_url` lets the URL's
+    # options win over its keyword arguments).
+    pool = redis.ConnectionPool.from_url(url, socket_timeout=30)
+    if password:
+        pool.connection_kwargs["password"] = password
+    return redis.Redis.from_pool(pool)
 
 
 def _query_entries(
