@@ -211,8 +211,8 @@ def bench_command(
         embedding_updates=embedding_updates,
     )
     results = run_bench(data, out, names, seeds, base, diffusion_autoencoder=diffusion_autoencoder)
-    print((out / "RESULTS.md").read_text())
-    del results
+    if results:  # under torchrun only rank 0 writes (and returns) the results
+        print((out / "RESULTS.md").read_text())
 
 
 @app.command("export")
