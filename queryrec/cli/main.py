@@ -41,7 +41,7 @@ EmbeddingUpdatesOption = Annotated[
     str,
     typer.Option(
         "--embedding-updates",
-        help="Large id tables: sparse (SparseAdam on the touched rows) | dense (Adam) | "
+        help="Large id tables: sparse (lazy Adam on the touched rows) | dense (Adam) | "
         "auto (sparse on CPU, dense on CUDA).",
     ),
 ]

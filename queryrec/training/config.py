@@ -31,7 +31,7 @@ class TrainConfig:
     temperature: float = 0.1  # beta of L_cl
     aux: AuxiliaryConfig = field(default_factory=AuxiliaryConfig)
     device: str = "auto"  # auto | cpu | cuda
-    # auto | dense | sparse: SparseAdam for the large id tables (queryrec.training.optimizers);
+    # auto | dense | sparse: lazy Adam for the large id tables (queryrec.training.optimizers);
     # auto = sparse on the CPU, dense on CUDA.
     embedding_updates: str = "auto"
     max_train_samples: int | None = None  # cap for quick runs (a random subset)

@@ -192,14 +192,14 @@ def _seeded_model(
 ) -> tuple[CTRModel, torch.nn.Module, TrainingOptimizer]:
     """The model initialised from `cfg.seed` on this process's device, the module a training
     step calls (the objective, wrapped in DDP when distributed) and its optimizer (dense
-    Adam, or SparseAdam for the large id tables: `queryrec.training.optimizers`)."""
+    Adam, or lazy Adam for the large id tables: `queryrec.training.optimizers`)."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, dataset, model_cfg).to(ctx.device)
     updates = resolve_embedding_updates(cfg.embedding_updates, ctx.device, ctx.distributed)
     # Before the DDP wrap: DDP reads which tables give sparse gradients when it is built.
     optimizer = TrainingOptimizer(model, cfg.learning_rate, cfg.weight_decay, updates)
     if ctx.is_main and cfg.progress and optimizer.sparse_names:
-        say(f"[train] sparse updates (SparseAdam) for {', '.join(optimizer.sparse_names)}")
+        say(f"[train] sparse updates (lazy Adam) for {', '.join(optimizer.sparse_names)}")
     objective = Objective(model, spec, cfg.next_weight, cfg.cl_weight, cfg.temperature)
     step_fn: torch.nn.Module = objective
     if ctx.distributed:

@@ -6,16 +6,16 @@ gradient and Adam reads and writes every row of its weights and two moment buffe
 step, although a batch touches a few thousand rows. With sparse updates
 (`--embedding-updates sparse`) every `nn.Embedding` of at least `SPARSE_MIN_ROWS` rows is
 switched to `sparse=True`, so backward makes a sparse gradient of the touched rows only,
-and those tables are stepped by `torch.optim.SparseAdam` (lazy Adam: moments of the
-touched rows only), the rest by the usual dense Adam. This is the CTR field's standard
-(sparse embedding tables with a lazy / row-wise optimizer, dense optimizer for the
-network).
+and those tables are stepped by lazy Adam (`queryrec.training.lazy_adam.LazyAdam`:
+`torch.optim.SparseAdam`'s math on the touched rows, in fewer passes), the rest by the
+usual dense Adam. This is the CTR field's standard (sparse embedding tables with a lazy /
+row-wise optimizer, dense optimizer for the network).
 
 Weight decay, a choice (docs/RESULTS.md "Issue 19"): dense Adam here uses coupled L2
-(`weight_decay` adds `wd * w` to every row's gradient, touched or not). `SparseAdam` has
-no weight decay, so the sparse path adds `wd * w` to the gradient of the rows the batch
-touched (lazy L2, as lazy Adam does for the moments): untouched rows are not decayed. The
-AUC of both paths on the same data is in docs/BENCHMARKS.md "Scale".
+(`weight_decay` adds `wd * w` to every row's gradient, touched or not). The sparse path
+adds `wd * w` to the gradient of the rows the batch touched (lazy L2, as lazy Adam does
+for the moments): untouched rows are not decayed. The AUC of both paths on the same data
+is in docs/BENCHMARKS.md "Scale".
 
 `auto` chooses sparse on the CPU and dense on CUDA: on a GPU the dense update of a 2 M
 row table is cheap, and NCCL, the GPU backend of DDP, cannot all-reduce sparse gradients
@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from queryrec.errors import QueryRecError
+from queryrec.training.lazy_adam import LazyAdam
 
 EMBEDDING_UPDATES = ("auto", "dense", "sparse")
 SPARSE_MIN_ROWS = 10_000
@@ -70,7 +71,7 @@ def make_tables_sparse(model: nn.Module, min_rows: int = SPARSE_MIN_ROWS) -> lis
 
 
 class TrainingOptimizer:
-    """Dense Adam for every parameter, or (sparse) SparseAdam for the sparse tables and
+    """Dense Adam for every parameter, or (sparse) lazy Adam for the sparse tables and
     dense Adam for the rest; `zero_grad` and `step` as one optimizer."""
 
     def __init__(
@@ -84,16 +85,15 @@ class TrainingOptimizer:
         if updates not in ("dense", "sparse"):
             raise QueryRecError(f"embedding updates must be dense or sparse, not '{updates}'")
         self.updates = updates
-        self.weight_decay = weight_decay
         sparse_names = set(make_tables_sparse(model, min_rows)) if updates == "sparse" else set()
         named = dict(model.named_parameters())
-        self.sparse_params = [p for n, p in named.items() if n in sparse_names]
         self.sparse_names = sorted(sparse_names)
+        sparse_params = [named[name] for name in self.sparse_names]
         dense_params = [p for n, p in named.items() if n not in sparse_names]
         self.dense = torch.optim.Adam(dense_params, lr=learning_rate, weight_decay=weight_decay)
         self.sparse = (
-            torch.optim.SparseAdam(self.sparse_params, lr=learning_rate)
-            if self.sparse_params
+            LazyAdam(sparse_params, lr=learning_rate, weight_decay=weight_decay)
+            if sparse_params
             else None
         )
 
@@ -104,20 +104,5 @@ class TrainingOptimizer:
 
     def step(self) -> None:
         self.dense.step()
-        if self.sparse is None:
-            return
-        if self.weight_decay:
-            for param in self.sparse_params:
-                if param.grad is not None:
-                    param.grad = _with_row_decay(param.grad, param.detach(), self.weight_decay)
-        self.sparse.step()  # type: ignore[no-untyped-call]
-
-
-def _with_row_decay(grad: torch.Tensor, weight: torch.Tensor, decay: float) -> torch.Tensor:
-    """The sparse gradient (V, d) plus `decay * weight` on the rows it holds (lazy L2)."""
-    grad = grad.coalesce()
-    rows = grad.indices()[0]  # (n,)
-    values = grad.values() + decay * weight[rows]  # (n, d)
-    return torch.sparse_coo_tensor(
-        grad.indices(), values, grad.shape, is_coalesced=True, check_invariants=False
-    )
+        if self.sparse is not None:
+            self.sparse.step()

@@ -1,0 +1,64 @@
+"""Lazy Adam (the large id tables' optimizer): SparseAdam's math on the touched rows,
+plus coupled L2 on those rows only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from queryrec.training.lazy_adam import LazyAdam
+
+
+def _sparse_grads(rows: int, dim: int, steps: int) -> list[torch.Tensor]:
+    """Uncoalesced row-sparse gradients (repeated rows, as an embedding lookup gives)."""
+    generator = torch.Generator().manual_seed(1)
+    grads = []
+    for _ in range(steps):
+        index = torch.randint(0, rows, (rows // 2,), generator=generator)
+        values = torch.randn(rows // 2, dim, generator=generator)
+        grads.append(torch.sparse_coo_tensor(index.unsqueeze(0), values, (rows, dim)))
+    return grads
+
+
+def test_without_decay_it_steps_as_torch_sparse_adam() -> None:
+    start = torch.randn(40, 6, generator=torch.Generator().manual_seed(0))
+    ours = torch.nn.Parameter(start.clone())
+    reference = torch.nn.Parameter(start.clone())
+    lazy = LazyAdam([ours], lr=0.05, betas=(0.8, 0.99), eps=1e-6)
+    sparse_adam = torch.optim.SparseAdam([reference], lr=0.05, betas=(0.8, 0.99), eps=1e-6)
+    for grad in _sparse_grads(40, 6, steps=6):
+        ours.grad, reference.grad = grad, grad.clone()
+        lazy.step()
+        sparse_adam.step()  # type: ignore[no-untyped-call]
+        torch.testing.assert_close(ours.detach(), reference.detach(), rtol=1e-6, atol=1e-6)
+    assert not torch.equal(ours.detach(), start)
+
+
+def test_decay_is_coupled_l2_on_the_touched_rows_and_spares_the_others() -> None:
+    start = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+    sparse = torch.nn.Parameter(start.clone())
+    dense = torch.nn.Parameter(start.clone())
+    lazy = LazyAdam([sparse], lr=0.1, weight_decay=0.5)
+    adam = torch.optim.Adam([dense], lr=0.1, weight_decay=0.5)
+    touched = torch.tensor([2, 5, 5])
+    for _ in range(3):
+        values = torch.ones(3, 3)
+        sparse.grad = torch.sparse_coo_tensor(touched.unsqueeze(0), values, (10, 3))
+        dense.grad = sparse.grad.to_dense()
+        lazy.step()
+        adam.step()
+    rows = torch.tensor([2, 5])
+    torch.testing.assert_close(sparse.detach()[rows], dense.detach()[rows])
+    others = torch.tensor([i for i in range(10) if i not in (2, 5)])
+    assert torch.equal(sparse.detach()[others], start[others])  # dense Adam decays them
+
+
+def test_a_dense_gradient_or_bad_settings_are_refused() -> None:
+    param = torch.nn.Parameter(torch.zeros(4, 2))
+    param.grad = torch.ones(4, 2)
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        LazyAdam([param]).step()
+    with pytest.raises(ValueError, match="betas"):
+        LazyAdam([param], betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="not be negative"):
+        LazyAdam([param], weight_decay=-1.0)
