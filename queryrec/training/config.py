@@ -7,7 +7,7 @@ from typing import Any
 
 from queryrec.errors import QueryRecError
 from queryrec.training.batches import AuxiliaryConfig
-from queryrec.training.optimizers import check_embedding_updates
+from queryrec.training.optimizers import SPARSE_MIN_ROWS, check_embedding_updates
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class TrainConfig:
     # auto | dense | sparse: lazy Adam for the large id tables (queryrec.training.optimizers);
     # auto = sparse on the CPU, dense on CUDA.
     embedding_updates: str = "auto"
+    # Tables of at least this many rows get the sparse updates (optimizers.SPARSE_MIN_ROWS).
+    sparse_min_rows: int = SPARSE_MIN_ROWS
     max_train_samples: int | None = None  # cap for quick runs (a random subset)
     progress: bool = True
     model_overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
@@ -44,5 +46,7 @@ class TrainConfig:
         check_embedding_updates(self.embedding_updates)
         if self.epochs < 1 or self.batch_size < 1:
             raise QueryRecError("epochs and batch size must be positive")
+        if self.sparse_min_rows < 1:
+            raise QueryRecError("sparse_min_rows must be positive")
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise QueryRecError("--max-train-samples must be positive")

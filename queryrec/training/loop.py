@@ -197,7 +197,9 @@ def _seeded_model(
     model = build_model(cfg.model, dataset, model_cfg).to(ctx.device)
     updates = resolve_embedding_updates(cfg.embedding_updates, ctx.device, ctx.distributed)
     # Before the DDP wrap: DDP reads which tables give sparse gradients when it is built.
-    optimizer = TrainingOptimizer(model, cfg.learning_rate, cfg.weight_decay, updates)
+    optimizer = TrainingOptimizer(
+        model, cfg.learning_rate, cfg.weight_decay, updates, cfg.sparse_min_rows
+    )
     if ctx.is_main and cfg.progress and optimizer.sparse_names:
         say(f"[train] sparse updates (lazy Adam) for {', '.join(optimizer.sparse_names)}")
     objective = Objective(model, spec, cfg.next_weight, cfg.cl_weight, cfg.temperature)

@@ -31,10 +31,13 @@ from queryrec.errors import QueryRecError
 from queryrec.training.lazy_adam import LazyAdam
 
 EMBEDDING_UPDATES = ("auto", "dense", "sparse")
-SPARSE_MIN_ROWS = 10_000
-"""Tables with at least this many rows get sparse updates (items, authors, words, users
-at the real release's scale; the small tables (categories, profile, hours, positions) stay
-dense, where a sparse gradient costs more than it saves)."""
+SPARSE_MIN_ROWS = 100_000
+"""Tables with at least this many rows get sparse updates: at the real release's scale the
+items (2.03 M rows) and authors (120 k). Words (33 k) and users (26 k) stay dense with the
+small tables: a batch of 1,024 makes about 250 k word lookups, so the sparse gradient
+would be larger than the table, and coalescing it costs more than a dense update
+(measured on `kuaisar-small`: 112.5 ms a step with this threshold against 118.0 ms with
+10,000, and 122.5 ms with the authors dense too; docs/BENCHMARKS.md "Scale")."""
 
 
 def check_embedding_updates(choice: str) -> None:

@@ -3,6 +3,7 @@ save this rank's weights and the rows of two full epochs' batches as this rank d
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -29,12 +30,16 @@ def main() -> None:
         max_train_samples=2048,
         progress=False,
         device="cpu",
+        # `tiny` has about 1,600 items: below the default threshold no table is sparse.
+        sparse_min_rows=1_000,
     )
     dataset = PreparedDataset(data)
     torch.manual_seed(cfg.seed)  # the initial weights, as fit() draws them
     initial = build_model(cfg.model, dataset, model_config(cfg.model, dataset.schema))
     model, _, _, _ = fit(dataset, cfg)
     rank = os.environ["RANK"]
+    sparse = sorted(n for n, m in model.named_modules() if getattr(m, "sparse", False))
+    (out / f"sparse{rank}.json").write_text(json.dumps(sparse))
     torch.save(model.state_dict(), out / f"rank{rank}.pt")
     torch.save(initial.state_dict(), out / f"initial{rank}.pt")
     # The loop's sharding over whole epochs of the training split (no cap), as fit draws it.

@@ -55,6 +55,7 @@ def test_two_gloo_processes_end_with_identical_weights(ddp_run: Path) -> None:
     assert all(torch.equal(initial0[n], initial1[n]) for n in initial0)
     assert any(not torch.equal(rank0[n], initial0[n]) for n in rank0)
     assert not torch.equal(rank0["items.item_id.weight"], initial0["items.item_id.weight"])
+    assert "items.item_id" in json.loads((ddp_run / "sparse0.json").read_text())
 
 
 def test_sharding_covers_each_sample_once_per_epoch(ddp_run: Path, tiny_data: Path) -> None:
