@@ -26,6 +26,17 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return total / count
 
 
+def gather_rows(table: Tensor, index: Tensor) -> Tensor:
+    """`table[index]` for an integer index of any shape, through `index_select`.
+
+    table (N, ...), index (...) -> (..., ...). Same values as advanced indexing, which on
+    the CPU is several times slower for a 2-D table (46 k rows of a (2 M, 16) caption
+    table: 4.5 ms against 0.3 ms; about 6 % of a `kuaisar-small` training step).
+    """
+    flat = table.index_select(0, index.reshape(-1))  # (index.numel(), ...)
+    return flat.reshape(*index.shape, *table.shape[1:])
+
+
 class MLP(nn.Module):
     """Linear -> ReLU -> dropout blocks, optionally ending in a linear output layer."""
 
@@ -94,13 +105,13 @@ class ItemTower(nn.Module):
     def base(self, items: Tensor) -> Tensor:
         """Id, author, type and category part: items (...) int64 -> (..., d)."""
         vector = self.item_id(items)
-        vector = vector + self.author(self.side_author[items])
-        vector = vector + self.item_type(self.side_type[items])
-        categories = self.side_categories[items]  # (..., 4)
+        vector = vector + self.author(gather_rows(self.side_author, items))
+        vector = vector + self.item_type(gather_rows(self.side_type, items))
+        categories = gather_rows(self.side_categories, items)  # (..., 4)
         for level, table in enumerate(self.categories):
             vector = vector + table(categories[..., level])
         if self.rates is not None:
-            rates = self.side_rates[items]  # (..., 2)
+            rates = gather_rows(self.side_rates, items)  # (..., 2)
             for column, table in enumerate(self.rates):
                 vector = vector + table(rates[..., column])
         return vector
@@ -117,7 +128,7 @@ class ItemTower(nn.Module):
 
     def caption(self, items: Tensor) -> Tensor:
         """Mean of the caption's word vectors (shared word table): (...) -> (..., d)."""
-        caption = self.side_caption[items]  # (..., Tc)
+        caption = gather_rows(self.side_caption, items)  # (..., Tc)
         return masked_mean(self.words(caption), caption > 0)
 
     def forward(self, items: Tensor) -> Tensor:
