@@ -295,9 +295,14 @@ def _in_ranges(
     index = np.arange(int(size.sum()), dtype=np.int64) - np.repeat(np.cumsum(size) - size, size)
     members = values[np.repeat(lo, size) + index].astype(np.int64)
     width = int(max(int(values.max(initial=0)), int(candidates.max(initial=0)))) + 1
-    member_keys = np.unique(owner * width + members)
     keys = np.arange(len(rows), dtype=np.int64)[:, None] * width + candidates.astype(np.int64)
-    return np.isin(keys, member_keys)
+    if len(members) == 0:
+        return np.zeros(keys.shape, dtype=bool)
+    # Membership by binary search in the sorted keys: np.isin / np.unique (hash-based in
+    # numpy 2) took about 3/4 of a kuaisar-small training batch's build.
+    member_keys = np.sort(owner * width + members)  # (M,)
+    where = np.minimum(np.searchsorted(member_keys, keys), len(member_keys) - 1)  # (B, C)
+    return member_keys[where] == keys
 
 
 def _sample_ranges(
