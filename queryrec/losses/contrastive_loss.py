@@ -32,8 +32,13 @@ def contrastive_loss(
     candidate_ids = positive_ids[:, 0]  # (B,)
     sims = (q @ candidates.t()) / temperature  # (B, B)
     # Column j is a negative for row b if it is a real item that is not among b's positives.
-    shared = (positive_ids.unsqueeze(-1) == candidate_ids.view(1, 1, -1)) & mask.unsqueeze(-1)
-    negative = (candidate_ids > 0).unsqueeze(0) & ~shared.any(dim=1)  # (B, B)
+    # shared[b, j]: candidate j is one of b's positives, one (B, B) comparison per slot k
+    # (a (B, K, B) comparison reduced over K cost twice as much). A padding slot (id 0)
+    # matches only padding candidates, which are no negatives anyway.
+    shared = positive_ids[:, :1] == candidate_ids.unsqueeze(0)  # (B, B)
+    for k in range(1, positive_ids.shape[1]):
+        shared |= positive_ids[:, k : k + 1] == candidate_ids.unsqueeze(0)
+    negative = (candidate_ids > 0).unsqueeze(0) & ~shared  # (B, B)
     has_negative = negative.any(dim=-1)  # (B,)
     masked = sims.masked_fill(~negative, float("-inf"))
     masked = torch.where(has_negative.unsqueeze(-1), masked, torch.zeros_like(masked))
