@@ -1,18 +1,19 @@
 """Benchmark: train QueryRec on the `kuaisar-small` preset (CPU): time, peak memory, AUC.
 
     python benchmarks/train_kuaisar_small.py [--workdir bench-work]
-        [--runs sparse:0,dense:1000000,sparse:1000000] [--epochs 1]
+        [--runs sparse:0,dense:0,sparse-ddp2:1000000] [--epochs 1]
 
 Uses the dataset of `benchmarks/prepare_kuaisar_small.py` (bench-work/data-kuaisar-small;
 prepared here if absent). Each run is `queryrec train --model queryrec --epochs E
 --embedding-updates U [--max-train-samples N]` as a child process (N = 0: the full
-training split), timed, with the child's peak resident memory (wait4 ru_maxrss).
-The default runs, in one invocation on the same data: a full epoch with sparse
-embedding updates (issue 19's target: <= 15 min), and dense and sparse on the same random
-1,000,000 training samples (the same seed draws the same subset and order), which pairs
-the two paths' throughput and AUC without a full dense epoch (about an hour on 2 cores,
-extrapolated from the measured throughput). Validation and test are always scored in
-full. Writes bench-work/train_kuaisar_small.json.
+training split), timed, with the child's peak resident memory (wait4 ru_maxrss: the
+largest of the child and its descendants). A run named `U-ddpK` runs under `torchrun
+--standalone --nproc_per_node K` with one torch thread per process (K processes share
+the cores). The default runs, in one invocation on the same data and seed: a full epoch
+with sparse embedding updates (issue 19's target: <= 15 min), a full epoch with dense
+updates (today's path before sparse updates; about an hour on 2 cores), and sparse under
+two DDP processes on 1,000,000 samples (a throughput figure). Validation and test are
+always scored in full. Writes bench-work/train_kuaisar_small.json after every run.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("bench-work"))
-    parser.add_argument("--runs", default="sparse:0,dense:1000000,sparse:1000000")
+    parser.add_argument("--runs", default="sparse:0,dense:0,sparse-ddp2:1000000")
     parser.add_argument("--epochs", type=int, default=1)
     args = parser.parse_args()
     data = args.workdir / "data-kuaisar-small"
@@ -41,7 +42,8 @@ def main() -> int:
         subprocess.run([sys.executable, str(here), "--workdir", str(args.workdir)], check=False)
     stats = json.loads((data / "stats.json").read_text())
     train_rows = int(stats["per_split"]["train"]["feed_rows"])
-    runs = []
+    runs: list[dict[str, Any]] = []
+    target = args.workdir / "train_kuaisar_small.json"
     for spec in args.runs.split(","):
         updates, _, samples = spec.partition(":")
         result = _train(data, args.workdir, updates, int(samples or 0), args.epochs, train_rows)
@@ -49,17 +51,16 @@ def main() -> int:
             return 2
         runs.append(result)
         print(json.dumps(result, indent=2), flush=True)
-    summary = {
-        "benchmark": "train queryrec, kuaisar-small preset, CPU, sparse vs dense embeddings",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-        },
-        "train_samples_available": train_rows,
-        "runs": runs,
-    }
-    target = args.workdir / "train_kuaisar_small.json"
-    target.write_text(json.dumps(summary, indent=2) + "\n")
+        summary = {
+            "benchmark": "train queryrec, kuaisar-small preset, CPU, sparse vs dense embeddings",
+            "machine": {
+                "cpus": os.cpu_count(),
+                "processor": platform.processor() or platform.machine(),
+            },
+            "train_samples_available": train_rows,
+            "runs": runs,
+        }
+        target.write_text(json.dumps(summary, indent=2) + "\n")  # after every run
     print(f"written to {target}")
     return 0
 
@@ -67,18 +68,29 @@ def main() -> int:
 def _train(
     data: Path, workdir: Path, updates: str, samples: int, epochs: int, train_rows: int
 ) -> dict[str, Any] | None:
-    """One `queryrec train` child: its timings, peak RSS and metrics (None if it failed)."""
-    run_dir = workdir / f"run-kuaisar-small-queryrec-{updates}-{samples or 'full'}"
+    """One `queryrec train` child: its timings, peak RSS and metrics (None if it failed).
+    `updates` is dense | sparse, or `sparse-ddp2` for sparse under two DDP processes."""
+    updates, _, ddp = updates.partition("-ddp")
+    processes = int(ddp or 1)
+    name = f"{updates}-ddp{processes}" if processes > 1 else updates
+    run_dir = workdir / f"run-kuaisar-small-queryrec-{name}-{samples or 'full'}"
+    launcher = [sys.executable, "-m", "queryrec.cli.main"]
+    env = dict(os.environ)
+    if processes > 1:
+        launcher = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc_per_node", str(processes), "-m", "queryrec.cli.main",
+        ]  # fmt: skip
+        env["OMP_NUM_THREADS"] = "1"  # the processes share the cores
     command = [
-        sys.executable, "-m", "queryrec.cli.main", "train", "--data", str(data),
-        "--model", "queryrec", "--out", str(run_dir), "--epochs", str(epochs),
-        "--device", "cpu", "--embedding-updates", updates,
+        *launcher, "train", "--data", str(data), "--model", "queryrec", "--out", str(run_dir),
+        "--epochs", str(epochs), "--device", "cpu", "--embedding-updates", updates,
     ]  # fmt: skip
     if samples:
         command += ["--max-train-samples", str(samples)]
     print(f"[bench] {' '.join(command[2:])}", flush=True)
     started = time.perf_counter()
-    child = subprocess.Popen(command)
+    child = subprocess.Popen(command, env=env)
     _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
@@ -89,6 +101,7 @@ def _train(
     trained = min(train_rows, samples or train_rows)
     return {
         "embedding_updates": updates,
+        "processes": processes,
         "train_samples_per_epoch_used": trained,
         "epochs_run": len(metrics["history"]),
         "wall_seconds": round(seconds, 1),

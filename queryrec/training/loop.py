@@ -298,7 +298,7 @@ def _train_epochs(
             say(
                 f"[train] {cfg.model} seed {cfg.seed} epoch {epoch + 1}: valid AUC "
                 f"{valid_metrics['auc']:.4f}, loss {running.get('total', float('nan')):.4f}, "
-                f"{share / epoch_seconds:,.0f} samples/s"
+                f"{share * ctx.world_size / epoch_seconds:,.0f} samples/s"
             )
         if best.stop_after(run.model, valid_metrics["auc"], epoch + 1):
             break
@@ -336,7 +336,7 @@ def _train_epoch(
         for name, value in losses.items():
             value_f = float(value.detach())
             running[name] = 0.98 * running.get(name, value_f) + 0.02 * value_f
-        done += len(rows)
+        done += len(rows) * ctx.world_size  # every process trains an equal share
         elapsed = time.perf_counter() - started
         bar.set_postfix(
             loss=f"{running['total']:.4f}",
