@@ -16,39 +16,10 @@ from service import redis_keys as keys
 from service.embedded_redis import EmbeddedRedis
 from service.errors import StateUnavailable
 from service.state import UNAVAILABLE, WRITE_LATE, HistoryCaps, RedisState
+from tests.service.redis_observers import Recorder, wait_for
 
 CAPS = HistoryCaps(queries=5, clicks=10, ttl_s=100)
 PASSWORD = "s3cr@t:pw"
-WAIT_S = 60.0
-"""Overall limit of a wait for a condition (generous: the machine is shared)."""
-
-
-class Recorder:
-    """A RedisEvents observer that keeps what it was told."""
-
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-        self.lost: list[str] = []
-        self.regained: list[float] = []
-
-    def redis_error(self, operation: str) -> None:
-        self.errors.append(operation)
-
-    def redis_lost(self, detail: str) -> None:
-        self.lost.append(detail)
-
-    def redis_regained(self, down_s: float) -> None:
-        self.regained.append(down_s)
-
-
-async def wait_for(condition: Callable[[], bool], what: str) -> None:
-    """Poll `condition` until it holds (fails after WAIT_S: a hang, not a slow machine)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_S
-    while not condition():
-        if loop.time() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

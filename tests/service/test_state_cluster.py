@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -21,39 +21,11 @@ from service.embedded_cluster import SLOTS, EmbeddedCluster, slot_ranges
 from service.errors import SettingsError, StateUnavailable
 from service.state import LATE, REFUSED, UNAVAILABLE, HistoryCaps, RedisState
 from service.state_cluster import is_cluster_url, parse_cluster_url
+from tests.service.redis_observers import Recorder, wait_for
 
 CAPS = HistoryCaps(queries=3, clicks=4, ttl_s=100)
 USERS = list(range(1, 65))
 SECRET = "pa@ss:w0rd"
-WAIT_S = 60.0
-
-
-class Recorder:
-    """A RedisEvents observer that keeps what it was told."""
-
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-        self.lost: list[str] = []
-        self.regained: list[float] = []
-
-    def redis_error(self, operation: str) -> None:
-        self.errors.append(operation)
-
-    def redis_lost(self, detail: str) -> None:
-        self.lost.append(detail)
-
-    def redis_regained(self, down_s: float) -> None:
-        self.regained.append(down_s)
-
-
-async def wait_for(condition: Callable[[], bool], what: str) -> None:
-    """Poll `condition` until it holds (fails after WAIT_S: a hang, not a slow machine)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_S
-    while not condition():
-        if loop.time() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
