@@ -23,6 +23,7 @@ DEFAULT_MODELS = (
 
 # Mirror queryrec.training.batches.AuxiliaryConfig's defaults (a test checks they agree).
 DEFAULT_CL_POSITIVES, DEFAULT_NEXT_NEGATIVES = "session", "feed"
+DEFAULT_SPARSE_DECAY = 0.0  # TrainConfig.sparse_decay (the CLI imports no torch at start)
 # The auxiliary-loss options `train` and `bench` share.
 ClPositivesOption = Annotated[
     str,
@@ -43,6 +44,15 @@ EmbeddingUpdatesOption = Annotated[
         "--embedding-updates",
         help="Large id tables: sparse (lazy Adam on the touched rows) | dense (Adam) | "
         "auto (sparse on CPU, dense on CUDA).",
+    ),
+]
+
+SparseDecayOption = Annotated[
+    float,
+    typer.Option(
+        "--sparse-decay",
+        help="Decoupled (AdamW) decay of the sparse tables' rows per step, applied lazily "
+        "(0 = off).",
     ),
 ]
 
@@ -153,6 +163,7 @@ def train_command(
     cl_positives: ClPositivesOption = DEFAULT_CL_POSITIVES,
     next_negatives: NextNegativesOption = DEFAULT_NEXT_NEGATIVES,
     embedding_updates: EmbeddingUpdatesOption = "auto",
+    sparse_decay: SparseDecayOption = DEFAULT_SPARSE_DECAY,
 ) -> None:
     """Train one model; under torchrun it runs as DDP (gloo on CPU, NCCL on GPUs)."""
     from queryrec.models.registry import model_spec
@@ -168,6 +179,7 @@ def train_command(
         max_train_samples=max_train_samples,
         aux=auxiliary_config(cl_positives, next_negatives),
         embedding_updates=embedding_updates,
+        sparse_decay=sparse_decay,
     )
     result = train(data, out, cfg)
     print(
@@ -189,6 +201,7 @@ def bench_command(
     cl_positives: ClPositivesOption = DEFAULT_CL_POSITIVES,
     next_negatives: NextNegativesOption = DEFAULT_NEXT_NEGATIVES,
     embedding_updates: EmbeddingUpdatesOption = "auto",
+    sparse_decay: SparseDecayOption = DEFAULT_SPARSE_DECAY,
     diffusion_autoencoder: Annotated[
         bool,
         typer.Option(
@@ -209,6 +222,7 @@ def bench_command(
         progress=False,
         aux=auxiliary_config(cl_positives, next_negatives),
         embedding_updates=embedding_updates,
+        sparse_decay=sparse_decay,
     )
     results = run_bench(data, out, names, seeds, base, diffusion_autoencoder=diffusion_autoencoder)
     if results:  # under torchrun only rank 0 writes (and returns) the results

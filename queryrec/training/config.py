@@ -36,6 +36,9 @@ class TrainConfig:
     embedding_updates: str = "auto"
     # Tables of at least this many rows get the sparse updates (optimizers.SPARSE_MIN_ROWS).
     sparse_min_rows: int = SPARSE_MIN_ROWS
+    # Decoupled (AdamW) decay of the sparse tables' rows, every step, caught up lazily
+    # (queryrec.training.lazy_adam); 0 = off.
+    sparse_decay: float = 0.0
     max_train_samples: int | None = None  # cap for quick runs (a random subset)
     progress: bool = True
     model_overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
@@ -46,6 +49,8 @@ class TrainConfig:
         check_embedding_updates(self.embedding_updates)
         if self.epochs < 1 or self.batch_size < 1:
             raise QueryRecError("epochs and batch size must be positive")
+        if self.sparse_decay < 0 or self.sparse_decay * self.learning_rate >= 1:
+            raise QueryRecError("sparse_decay must be >= 0 with sparse_decay * learning_rate < 1")
         if self.sparse_min_rows < 1:
             raise QueryRecError("sparse_min_rows must be positive")
         if self.max_train_samples is not None and self.max_train_samples < 1:

@@ -11,6 +11,13 @@ sparse tensors a step, and with the lazy L2 before it (a second coalesce-and-reb
 the sparse update took about 50 ms of a 150 ms training step; the same update as
 `index_select` of the touched rows, dense math on (n, d), and `index_copy_` back takes
 a fraction of that. It stays an `Optimizer` (state dict, `zero_grad`, param groups).
+
+`decay` (off by default) adds AdamW's decoupled weight decay, `w <- w * (1 - lr * decay)`
+every step for every row, applied lazily but exactly: a row's missed steps are caught up
+in closed form when a batch touches it, and `settle()` brings every row up to date (call
+it before the weights are read: validation, checkpoints). Dense Adam with L2 shrinks the
+rows no batch touches every step; lazy updates alone never do (docs/BENCHMARKS.md
+"Scale").
 """
 
 from __future__ import annotations
@@ -33,12 +40,21 @@ class LazyAdam(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        decay: float = 0.0,
     ) -> None:
-        if lr < 0 or eps < 0 or weight_decay < 0:
-            raise ValueError("lr, eps and weight_decay must not be negative")
+        if lr < 0 or eps < 0 or weight_decay < 0 or decay < 0:
+            raise ValueError("lr, eps, weight_decay and decay must not be negative")
+        if lr * decay >= 1:
+            raise ValueError(f"lr * decay must be below 1, not {lr * decay}")
         if not all(0.0 <= beta < 1.0 for beta in betas):
             raise ValueError(f"betas must be in [0, 1), not {betas}")
-        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "decay": decay,
+        }
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -49,6 +65,24 @@ class LazyAdam(torch.optim.Optimizer):
                 if param.grad is not None:
                     self._update(param, group)
         return loss
+
+    @torch.no_grad()
+    def settle(self) -> None:
+        """Apply every row's pending decoupled decay (a no-op without `decay`)."""
+        for group in self.param_groups:
+            for param in group["params"]:
+                state = self.state[param]
+                if group["decay"] and state:
+                    every_row = torch.arange(param.shape[0], device=param.device)
+                    param.mul_(self._catch_up(state, every_row, group).unsqueeze(1))
+
+    @staticmethod
+    def _catch_up(state: dict[str, Any], rows: Tensor, group: dict[str, Any]) -> Tensor:
+        """(n,) factors that bring `rows` up to the table's step, (1 - lr * decay) per
+        missed step; marks them up to date."""
+        missed = state["step"] - state["decayed_to"][rows]  # (n,) steps
+        state["decayed_to"][rows] = state["step"]
+        return torch.pow(1.0 - group["lr"] * group["decay"], missed.to(torch.float64)).float()
 
     def _update(self, param: Tensor, group: dict[str, Any]) -> None:
         """One lazy Adam step of `param` (V, d) on the rows its sparse gradient holds."""
@@ -67,8 +101,14 @@ class LazyAdam(torch.optim.Optimizer):
             state["step"] = 0
             state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            if group["decay"]:  # per row: the step its decoupled decay has been applied to
+                state["decayed_to"] = torch.zeros(
+                    param.shape[0], dtype=torch.int64, device=param.device
+                )
         state["step"] += 1
         weight = param.index_select(0, rows)  # (n, d)
+        if group["decay"]:
+            weight.mul_(self._catch_up(state, rows, group).unsqueeze(1))  # AdamW, caught up
         if group["weight_decay"]:
             values = values.add(weight, alpha=group["weight_decay"])  # lazy L2
         exp_avg = state["exp_avg"].index_select(0, rows).lerp_(values, 1 - beta1)  # (n, d)

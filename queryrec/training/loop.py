@@ -198,7 +198,7 @@ def _seeded_model(
     updates = resolve_embedding_updates(cfg.embedding_updates, ctx.device, ctx.distributed)
     # Before the DDP wrap: DDP reads which tables give sparse gradients when it is built.
     optimizer = TrainingOptimizer(
-        model, cfg.learning_rate, cfg.weight_decay, updates, cfg.sparse_min_rows
+        model, cfg.learning_rate, cfg.weight_decay, updates, cfg.sparse_min_rows, cfg.sparse_decay
     )
     if ctx.is_main and cfg.progress and optimizer.sparse_names:
         say(f"[train] sparse updates (lazy Adam) for {', '.join(optimizer.sparse_names)}")
@@ -282,6 +282,7 @@ def _train_epochs(
         share = sum(len(rows) for rows in batches)
         aux_rng = np.random.default_rng([cfg.seed, epoch, ctx.rank])
         running, epoch_seconds = _train_epoch(run, train_arrays, batches, aux_rng, epoch)
+        run.optimizer.settle()  # lazily updated rows up to date before they are read
         train_seconds += epoch_seconds
         trained += share
         valid_metrics = _validation_metrics(run, valid_arrays)

@@ -84,6 +84,7 @@ class TrainingOptimizer:
         weight_decay: float,
         updates: str,
         min_rows: int = SPARSE_MIN_ROWS,
+        sparse_decay: float = 0.0,
     ) -> None:
         if updates not in ("dense", "sparse"):
             raise QueryRecError(f"embedding updates must be dense or sparse, not '{updates}'")
@@ -95,7 +96,7 @@ class TrainingOptimizer:
         dense_params = [p for n, p in named.items() if n not in sparse_names]
         self.dense = torch.optim.Adam(dense_params, lr=learning_rate, weight_decay=weight_decay)
         self.sparse = (
-            LazyAdam(sparse_params, lr=learning_rate, weight_decay=weight_decay)
+            LazyAdam(sparse_params, lr=learning_rate, weight_decay=weight_decay, decay=sparse_decay)
             if sparse_params
             else None
         )
@@ -109,3 +110,8 @@ class TrainingOptimizer:
         self.dense.step()
         if self.sparse is not None:
             self.sparse.step()
+
+    def settle(self) -> None:
+        """Bring lazily updated rows up to date before the weights are read."""
+        if self.sparse is not None:
+            self.sparse.settle()

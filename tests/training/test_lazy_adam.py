@@ -62,3 +62,33 @@ def test_a_dense_gradient_or_bad_settings_are_refused() -> None:
         LazyAdam([param], betas=(0.9, 1.0))
     with pytest.raises(ValueError, match="not be negative"):
         LazyAdam([param], weight_decay=-1.0)
+    with pytest.raises(ValueError, match="lr \\* decay"):
+        LazyAdam([param], lr=0.1, decay=10.0)
+
+
+def test_lazy_decoupled_decay_is_adamw_for_rows_touched_every_step_or_never() -> None:
+    """AdamW decays every row every step; the lazy form catches a row up when a batch
+    touches it and `settle()` catches up the rest. Rows touched at every step and rows
+    never touched (zero moments: AdamW's step moves them by the decay alone) match AdamW."""
+    start = torch.randn(12, 3, generator=torch.Generator().manual_seed(0))
+    lazy_param = torch.nn.Parameter(start.clone())
+    dense_param = torch.nn.Parameter(start.clone())
+    lazy = LazyAdam([lazy_param], lr=0.05, decay=2.0)
+    adamw = torch.optim.AdamW([dense_param], lr=0.05, weight_decay=2.0)
+    touched = torch.tensor([1, 4, 4, 9])
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(5):
+        values = torch.randn(4, 3, generator=generator)
+        lazy_param.grad = torch.sparse_coo_tensor(touched.unsqueeze(0), values, (12, 3))
+        dense_param.grad = lazy_param.grad.to_dense()
+        lazy.step()
+        adamw.step()
+    rows = torch.tensor([1, 4, 9])
+    torch.testing.assert_close(lazy_param.detach()[rows], dense_param.detach()[rows])
+    others = torch.tensor([i for i in range(12) if i not in (1, 4, 9)])
+    assert torch.equal(lazy_param.detach()[others], start[others])  # pending until settled
+    lazy.settle()
+    torch.testing.assert_close(lazy_param.detach(), dense_param.detach())
+    torch.testing.assert_close(lazy_param.detach()[others], start[others] * (1 - 0.05 * 2.0) ** 5)
+    lazy.settle()  # idempotent: nothing is pending any more
+    torch.testing.assert_close(lazy_param.detach(), dense_param.detach())
