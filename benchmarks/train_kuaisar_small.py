@@ -1,7 +1,7 @@
 """Benchmark: train QueryRec on the `kuaisar-small` preset (CPU): time, peak memory, AUC.
 
     python benchmarks/train_kuaisar_small.py [--workdir bench-work]
-        [--runs sparse:0,dense:0,sparse-ddp2:1000000] [--epochs 1]
+        [--runs sparse:0,dense:0,sparse-ddp2:1000000,sparse@0:0] [--epochs 1]
 
 Uses the dataset of `benchmarks/prepare_kuaisar_small.py` (bench-work/data-kuaisar-small;
 prepared here if absent). Each run is `queryrec train --model queryrec --epochs E
@@ -9,11 +9,13 @@ prepared here if absent). Each run is `queryrec train --model queryrec --epochs 
 training split), timed, with the child's peak resident memory (wait4 ru_maxrss: the
 largest of the child and its descendants). A run named `U-ddpK` runs under `torchrun
 --standalone --nproc_per_node K` with one torch thread per process (K processes share
-the cores). The default runs, in one invocation on the same data and seed: a full epoch
-with sparse embedding updates (issue 19's target: <= 15 min), a full epoch with dense
-updates (today's path before sparse updates; about an hour on 2 cores), and sparse under
-two DDP processes on 1,000,000 samples (a throughput figure). Validation and test are
-always scored in full. Writes bench-work/train_kuaisar_small.json after every run.
+the cores); `U@D` passes `--sparse-decay D` (else the default). The default runs, in one
+invocation on the same data and seed: a full epoch with sparse embedding updates (issue
+19's target: <= 15 min), a full epoch with dense updates (the path before sparse updates;
+about an hour on 2 cores), sparse under two DDP processes on 1,000,000 samples (a
+throughput figure), and a full sparse epoch without the lazy decoupled decay (what the
+decay buys). Validation and test are always scored in full. Writes
+bench-work/train_kuaisar_small.json after every run.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from queryrec.training.config import TrainConfig
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("bench-work"))
-    parser.add_argument("--runs", default="sparse:0,dense:0,sparse-ddp2:1000000")
+    parser.add_argument("--runs", default="sparse:0,dense:0,sparse-ddp2:1000000,sparse@0:0")
     parser.add_argument("--epochs", type=int, default=1)
     args = parser.parse_args()
     data = args.workdir / "data-kuaisar-small"
@@ -69,10 +73,12 @@ def _train(
     data: Path, workdir: Path, updates: str, samples: int, epochs: int, train_rows: int
 ) -> dict[str, Any] | None:
     """One `queryrec train` child: its timings, peak RSS and metrics (None if it failed).
-    `updates` is dense | sparse, or `sparse-ddp2` for sparse under two DDP processes."""
+    `updates` is dense | sparse, `-ddpK` appended for K DDP processes, `@D` for
+    `--sparse-decay D`."""
+    name = updates
+    updates, _, decay = updates.partition("@")
     updates, _, ddp = updates.partition("-ddp")
     processes = int(ddp or 1)
-    name = f"{updates}-ddp{processes}" if processes > 1 else updates
     run_dir = workdir / f"run-kuaisar-small-queryrec-{name}-{samples or 'full'}"
     launcher = [sys.executable, "-m", "queryrec.cli.main"]
     env = dict(os.environ)
@@ -88,6 +94,8 @@ def _train(
     ]  # fmt: skip
     if samples:
         command += ["--max-train-samples", str(samples)]
+    if decay:
+        command += ["--sparse-decay", decay]
     print(f"[bench] {' '.join(command[2:])}", flush=True)
     started = time.perf_counter()
     child = subprocess.Popen(command, env=env)
@@ -100,8 +108,10 @@ def _train(
     throughput = float(metrics["samples_per_second"])
     trained = min(train_rows, samples or train_rows)
     return {
+        "run": name,
         "embedding_updates": updates,
         "processes": processes,
+        "sparse_decay": float(decay) if decay else TrainConfig().sparse_decay,
         "train_samples_per_epoch_used": trained,
         "epochs_run": len(metrics["history"]),
         "wall_seconds": round(seconds, 1),

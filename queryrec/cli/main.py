@@ -21,9 +21,10 @@ DEFAULT_MODELS = (
     "queryrec", "queryrec-dcn", "queryrec-no-next", "queryrec-no-cl", "queryrec-no-diffusion",
 )  # fmt: skip
 
-# Mirror queryrec.training.batches.AuxiliaryConfig's defaults (a test checks they agree).
+# Mirror AuxiliaryConfig's and TrainConfig's defaults without importing torch at start-up
+# (a test checks they agree).
 DEFAULT_CL_POSITIVES, DEFAULT_NEXT_NEGATIVES = "session", "feed"
-DEFAULT_SPARSE_DECAY = 0.0  # TrainConfig.sparse_decay (the CLI imports no torch at start)
+DEFAULT_SPARSE_DECAY = 10.0  # TrainConfig.sparse_decay
 # The auxiliary-loss options `train` and `bench` share.
 ClPositivesOption = Annotated[
     str,

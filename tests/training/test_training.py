@@ -186,15 +186,17 @@ def test_next_item_negatives_never_hold_the_users_own_window_clicks(
     assert own_clicks_drawn(unfiltered, arrays) > 0
 
 
-def test_cli_aux_defaults_mirror_the_config() -> None:
-    from queryrec.cli.main import DEFAULT_CL_POSITIVES, DEFAULT_NEXT_NEGATIVES
+def test_cli_defaults_mirror_the_config() -> None:
+    from queryrec.cli.main import DEFAULT_CL_POSITIVES, DEFAULT_NEXT_NEGATIVES, DEFAULT_SPARSE_DECAY
     from queryrec.training.batches import AuxiliaryConfig
+    from queryrec.training.config import TrainConfig
 
     aux = AuxiliaryConfig()
     assert (
         aux.cl_positive_source,
         aux.next_negative_source,
-    ) == (DEFAULT_CL_POSITIVES, DEFAULT_NEXT_NEGATIVES)
+        TrainConfig().sparse_decay,
+    ) == (DEFAULT_CL_POSITIVES, DEFAULT_NEXT_NEGATIVES, DEFAULT_SPARSE_DECAY)
 
 
 def test_train_takes_the_cl_positive_source_and_refuses_an_unknown_one(
