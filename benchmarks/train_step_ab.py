@@ -1,7 +1,7 @@
 """Benchmark: one QueryRec training step on `kuaisar-small`, variants side by side.
 
     python benchmarks/train_step_ab.py [--workdir bench-work] [--rounds 20] [--steps 10]
-        [--variants default,sparse-adam,threshold-10k,dense]
+        [--variants default,no-decay,sparse-adam,threshold-10k,dense]
 
 Every variant is a model with the same initial weights and its own optimizer, in one
 process; they step on the same pre-built batches (so batch building is not in the
@@ -10,10 +10,12 @@ against this box's drift. Per variant: the median ms per step (forward, backward
 optimizer) over the rounds, and the median over rounds of its time / the default's.
 
 Variants:
-- `default`: what `queryrec train` does on the CPU (lazy Adam on the tables of at least
-  `SPARSE_MIN_ROWS` rows, dense Adam for the rest);
+- `default`: what `queryrec train` does on the CPU (lazy Adam with the lazy decoupled
+  decay `TrainConfig.sparse_decay` on the tables of at least `SPARSE_MIN_ROWS` rows,
+  dense Adam for the rest);
+- `no-decay`: the same without the decoupled decay (`--sparse-decay 0`);
 - `sparse-adam`: those tables stepped by `torch.optim.SparseAdam` with the lazy L2 added
-  to the coalesced gradient first (the path before `LazyAdam`);
+  to the coalesced gradient first (the path before `LazyAdam`; no decoupled decay);
 - `threshold-10k`: sparse updates for tables of at least 10,000 rows (words and users too);
 - `dense`: dense Adam on every table (`--embedding-updates dense`).
 
@@ -42,7 +44,7 @@ from queryrec.training.config import TrainConfig
 from queryrec.training.objective import Objective, to_tensors
 from queryrec.training.optimizers import SPARSE_MIN_ROWS, TrainingOptimizer
 
-VARIANTS = ("default", "sparse-adam", "threshold-10k", "dense")
+VARIANTS = ("default", "no-decay", "sparse-adam", "threshold-10k", "dense")
 
 
 class _SparseAdamWithRowDecay:
@@ -72,7 +74,10 @@ class _SparseAdamWithRowDecay:
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig, variant: str) -> TrainingOptimizer:
     updates = "dense" if variant == "dense" else "sparse"
     min_rows = 10_000 if variant == "threshold-10k" else SPARSE_MIN_ROWS
-    optimizer = TrainingOptimizer(model, cfg.learning_rate, cfg.weight_decay, updates, min_rows)
+    decay = 0.0 if variant in ("no-decay", "sparse-adam") else cfg.sparse_decay
+    optimizer = TrainingOptimizer(
+        model, cfg.learning_rate, cfg.weight_decay, updates, min_rows, decay
+    )
     if variant == "sparse-adam" and optimizer.sparse is not None:
         params = list(optimizer.sparse.param_groups[0]["params"])
         optimizer.sparse = _SparseAdamWithRowDecay(params, cfg.learning_rate, cfg.weight_decay)  # type: ignore[assignment]

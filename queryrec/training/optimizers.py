@@ -11,11 +11,14 @@ and those tables are stepped by lazy Adam (`queryrec.training.lazy_adam.LazyAdam
 usual dense Adam. This is the CTR field's standard (sparse embedding tables with a lazy /
 row-wise optimizer, dense optimizer for the network).
 
-Weight decay, a choice (docs/RESULTS.md "Issue 19"): dense Adam here uses coupled L2
-(`weight_decay` adds `wd * w` to every row's gradient, touched or not). The sparse path
-adds `wd * w` to the gradient of the rows the batch touched (lazy L2, as lazy Adam does
-for the moments): untouched rows are not decayed. The AUC of both paths on the same data
-is in docs/BENCHMARKS.md "Scale".
+Weight decay, a choice (docs/RESULTS.md, the deviations table): dense Adam here uses
+coupled L2 (`weight_decay` adds `wd * w` to every row's gradient, touched or not; Adam's
+normalisation turns that into a step of about `lr` towards zero for a row no batch
+touches, so rare items end near zero). The sparse path adds `wd * w` to the gradient of
+the rows the batch touched (lazy L2, as lazy Adam does for the moments) and, by default,
+AdamW's decoupled decay of every row (`TrainConfig.sparse_decay`, applied lazily), which
+plays the part of the shrinking dense Adam gives rare rows. The AUC of both paths on the
+same data is in docs/BENCHMARKS.md "Scale".
 
 `auto` chooses sparse on the CPU and dense on CUDA: on a GPU the dense update of a 2 M
 row table is cheap, and NCCL, the GPU backend of DDP, cannot all-reduce sparse gradients
