@@ -9,7 +9,8 @@ prepared here if absent). Each run is `queryrec train --model queryrec --epochs 
 training split), timed, with the child's peak resident memory (wait4 ru_maxrss: the
 largest of the child and its descendants). A run named `U-ddpK` runs under `torchrun
 --standalone --nproc_per_node K` with one torch thread per process (K processes share
-the cores); `U@D` passes `--sparse-decay D` (else the default). The default runs, in one
+the cores); `U@D` passes `--sparse-decay D` (else the default), `U+catchup` passes
+`--sparse-catch-up` (lazy Adam takes the momentum steps a row missed). The default runs, in one
 invocation on the same data and seed: a full epoch with sparse embedding updates (issue
 19's target: <= 15 min), a full epoch with dense updates (the path before sparse updates;
 about an hour on 2 cores), sparse under two DDP processes on 1,000,000 samples (a
@@ -74,8 +75,11 @@ def _train(
 ) -> dict[str, Any] | None:
     """One `queryrec train` child: its timings, peak RSS and metrics (None if it failed).
     `updates` is dense | sparse, `-ddpK` appended for K DDP processes, `@D` for
-    `--sparse-decay D`."""
+    `--sparse-decay D`, `+catchup` for `--sparse-catch-up`."""
     name = updates
+    updates, _, catch_up = updates.partition("+")
+    if catch_up not in ("", "catchup"):
+        raise SystemExit(f"unknown run suffix '+{catch_up}' in '{name}' (known: +catchup)")
     updates, _, decay = updates.partition("@")
     updates, _, ddp = updates.partition("-ddp")
     processes = int(ddp or 1)
@@ -96,6 +100,8 @@ def _train(
         command += ["--max-train-samples", str(samples)]
     if decay:
         command += ["--sparse-decay", decay]
+    if catch_up:
+        command += ["--sparse-catch-up"]
     print(f"[bench] {' '.join(command[2:])}", flush=True)
     started = time.perf_counter()
     child = subprocess.Popen(command, env=env)
@@ -112,6 +118,7 @@ def _train(
         "embedding_updates": updates,
         "processes": processes,
         "sparse_decay": float(decay) if decay else TrainConfig().sparse_decay,
+        "sparse_momentum_catch_up": bool(catch_up) or TrainConfig().sparse_momentum_catch_up,
         "train_samples_per_epoch_used": trained,
         "epochs_run": len(metrics["history"]),
         "wall_seconds": round(seconds, 1),

@@ -25,6 +25,7 @@ DEFAULT_MODELS = (
 # (a test checks they agree).
 DEFAULT_CL_POSITIVES, DEFAULT_NEXT_NEGATIVES = "session", "feed"
 DEFAULT_SPARSE_DECAY = 10.0  # TrainConfig.sparse_decay
+DEFAULT_SPARSE_CATCH_UP = False  # TrainConfig.sparse_momentum_catch_up
 # The auxiliary-loss options `train` and `bench` share.
 ClPositivesOption = Annotated[
     str,
@@ -54,6 +55,13 @@ SparseDecayOption = Annotated[
         "--sparse-decay",
         help="Decoupled (AdamW) decay of the sparse tables' rows per step, applied lazily "
         "(0 = off).",
+    ),
+]
+SparseCatchUpOption = Annotated[
+    bool,
+    typer.Option(
+        "--sparse-catch-up/--no-sparse-catch-up",
+        help="Lazy Adam also takes the momentum steps a sparse row missed, as dense Adam does.",
     ),
 ]
 
@@ -165,6 +173,7 @@ def train_command(
     next_negatives: NextNegativesOption = DEFAULT_NEXT_NEGATIVES,
     embedding_updates: EmbeddingUpdatesOption = "auto",
     sparse_decay: SparseDecayOption = DEFAULT_SPARSE_DECAY,
+    sparse_catch_up: SparseCatchUpOption = DEFAULT_SPARSE_CATCH_UP,
 ) -> None:
     """Train one model; under torchrun it runs as DDP (gloo on CPU, NCCL on GPUs)."""
     from queryrec.models.registry import model_spec
@@ -181,6 +190,7 @@ def train_command(
         aux=auxiliary_config(cl_positives, next_negatives),
         embedding_updates=embedding_updates,
         sparse_decay=sparse_decay,
+        sparse_momentum_catch_up=sparse_catch_up,
     )
     result = train(data, out, cfg)
     print(
@@ -203,6 +213,7 @@ def bench_command(
     next_negatives: NextNegativesOption = DEFAULT_NEXT_NEGATIVES,
     embedding_updates: EmbeddingUpdatesOption = "auto",
     sparse_decay: SparseDecayOption = DEFAULT_SPARSE_DECAY,
+    sparse_catch_up: SparseCatchUpOption = DEFAULT_SPARSE_CATCH_UP,
     diffusion_autoencoder: Annotated[
         bool,
         typer.Option(
@@ -224,6 +235,7 @@ def bench_command(
         aux=auxiliary_config(cl_positives, next_negatives),
         embedding_updates=embedding_updates,
         sparse_decay=sparse_decay,
+        sparse_momentum_catch_up=sparse_catch_up,
     )
     results = run_bench(data, out, names, seeds, base, diffusion_autoencoder=diffusion_autoencoder)
     if results:  # under torchrun only rank 0 writes (and returns) the results

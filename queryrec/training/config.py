@@ -41,6 +41,9 @@ class TrainConfig:
     # a batch rarely touches towards zero as dense Adam's coupled L2 does: the best of
     # 0 / 2 / 10 on kuaisar-small's validation AUC (docs/BENCHMARKS.md "Scale").
     sparse_decay: float = 10.0
+    # Lazy Adam also takes the momentum steps a row missed between batches that touch it,
+    # as dense Adam does (queryrec.training.lazy_adam).
+    sparse_momentum_catch_up: bool = False
     max_train_samples: int | None = None  # cap for quick runs (a random subset)
     progress: bool = True
     model_overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields

@@ -198,7 +198,13 @@ def _seeded_model(
     updates = resolve_embedding_updates(cfg.embedding_updates, ctx.device, ctx.distributed)
     # Before the DDP wrap: DDP reads which tables give sparse gradients when it is built.
     optimizer = TrainingOptimizer(
-        model, cfg.learning_rate, cfg.weight_decay, updates, cfg.sparse_min_rows, cfg.sparse_decay
+        model,
+        cfg.learning_rate,
+        cfg.weight_decay,
+        updates,
+        cfg.sparse_min_rows,
+        cfg.sparse_decay,
+        cfg.sparse_momentum_catch_up,
     )
     if ctx.is_main and cfg.progress and optimizer.sparse_names:
         say(f"[train] sparse updates (lazy Adam) for {', '.join(optimizer.sparse_names)}")

@@ -88,6 +88,7 @@ class TrainingOptimizer:
         updates: str,
         min_rows: int = SPARSE_MIN_ROWS,
         sparse_decay: float = 0.0,
+        momentum_catch_up: bool = False,
     ) -> None:
         if updates not in ("dense", "sparse"):
             raise QueryRecError(f"embedding updates must be dense or sparse, not '{updates}'")
@@ -99,7 +100,13 @@ class TrainingOptimizer:
         dense_params = [p for n, p in named.items() if n not in sparse_names]
         self.dense = torch.optim.Adam(dense_params, lr=learning_rate, weight_decay=weight_decay)
         self.sparse = (
-            LazyAdam(sparse_params, lr=learning_rate, weight_decay=weight_decay, decay=sparse_decay)
+            LazyAdam(
+                sparse_params,
+                lr=learning_rate,
+                weight_decay=weight_decay,
+                decay=sparse_decay,
+                momentum_catch_up=momentum_catch_up,
+            )
             if sparse_params
             else None
         )

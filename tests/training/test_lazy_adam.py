@@ -92,3 +92,47 @@ def test_lazy_decoupled_decay_is_adamw_for_rows_touched_every_step_or_never() ->
     torch.testing.assert_close(lazy_param.detach()[others], start[others] * (1 - 0.05 * 2.0) ** 5)
     lazy.settle()  # idempotent: nothing is pending any more
     torch.testing.assert_close(lazy_param.detach(), dense_param.detach())
+
+
+def _touched_now_and_then(rows: int, dim: int, warm_up: int, steps: int) -> list[torch.Tensor]:
+    """Row-sparse gradients: every row at each of `warm_up` steps, then each row with
+    probability 0.1 a step (some steps touch none)."""
+    generator = torch.Generator().manual_seed(3)
+    every_row = torch.arange(rows)
+    grads = []
+    for step in range(warm_up + steps):
+        keep = torch.rand(rows, generator=generator) < 0.1
+        touched = every_row if step < warm_up else every_row[keep]
+        values = torch.randn(len(touched), dim, generator=generator)
+        grads.append(torch.sparse_coo_tensor(touched.unsqueeze(0), values, (rows, dim)))
+    return grads
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.5])
+def test_momentum_catch_up_follows_dense_adam_and_adamw(decay: float) -> None:
+    """With `momentum_catch_up` a row that batches touch now and then ends where dense
+    Adam (AdamW with `decay`) puts it, which keeps moving it by its momentum in the steps
+    between; without it, lazy Adam lags. The catch-up uses the current step's bias
+    correction, so the comparison starts after a warm-up (every row touched) that brings
+    the corrections near one."""
+    rows, dim, lr, betas = 16, 3, 0.01, (0.8, 0.95)
+    start = torch.randn(rows, dim, generator=torch.Generator().manual_seed(0))
+    params = {name: torch.nn.Parameter(start.clone()) for name in ("dense", "caught", "lazy")}
+    dense = torch.optim.AdamW([params["dense"]], lr=lr, betas=betas, weight_decay=decay)
+    caught = LazyAdam([params["caught"]], lr=lr, betas=betas, decay=decay, momentum_catch_up=True)
+    lazy = LazyAdam([params["lazy"]], lr=lr, betas=betas, decay=decay)
+    for grad in _touched_now_and_then(rows, dim, warm_up=700, steps=300):
+        params["dense"].grad = grad.to_dense()
+        params["caught"].grad, params["lazy"].grad = grad, grad.clone()
+        for optimizer in (dense, caught, lazy):
+            optimizer.step()
+    before_settle = params["caught"].detach().clone()
+    caught.settle()
+    lazy.settle()
+    assert not torch.equal(params["caught"].detach(), before_settle)  # the pending tails
+    torch.testing.assert_close(
+        params["caught"].detach(), params["dense"].detach(), rtol=1e-4, atol=1e-5
+    )
+    assert not torch.allclose(
+        params["lazy"].detach(), params["dense"].detach(), rtol=1e-3, atol=1e-3
+    )

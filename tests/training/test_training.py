@@ -187,7 +187,12 @@ def test_next_item_negatives_never_hold_the_users_own_window_clicks(
 
 
 def test_cli_defaults_mirror_the_config() -> None:
-    from queryrec.cli.main import DEFAULT_CL_POSITIVES, DEFAULT_NEXT_NEGATIVES, DEFAULT_SPARSE_DECAY
+    from queryrec.cli.main import (
+        DEFAULT_CL_POSITIVES,
+        DEFAULT_NEXT_NEGATIVES,
+        DEFAULT_SPARSE_CATCH_UP,
+        DEFAULT_SPARSE_DECAY,
+    )
     from queryrec.training.batches import AuxiliaryConfig
     from queryrec.training.config import TrainConfig
 
@@ -196,7 +201,13 @@ def test_cli_defaults_mirror_the_config() -> None:
         aux.cl_positive_source,
         aux.next_negative_source,
         TrainConfig().sparse_decay,
-    ) == (DEFAULT_CL_POSITIVES, DEFAULT_NEXT_NEGATIVES, DEFAULT_SPARSE_DECAY)
+        TrainConfig().sparse_momentum_catch_up,
+    ) == (
+        DEFAULT_CL_POSITIVES,
+        DEFAULT_NEXT_NEGATIVES,
+        DEFAULT_SPARSE_DECAY,
+        DEFAULT_SPARSE_CATCH_UP,
+    )
 
 
 def test_train_takes_the_cl_positive_source_and_refuses_an_unknown_one(
