@@ -29,7 +29,9 @@ closed form, and the moments are decayed by `beta^missed` before the new gradien
 added, so a table stepped this way follows dense Adam (with AdamW's decay, when `decay`
 is set) up to two approximations: the bias correction of the current step for the whole
 series, and `eps` added to `sqrt(v)` rather than to `sqrt(beta2^j v)`; a test pins it to
-`torch.optim.Adam` / `AdamW` once the bias corrections are near one.
+`torch.optim.Adam` / `AdamW` once the bias corrections are near one. The coupled L2
+(`weight_decay`) still acts on the touched rows only: in dense Adam it also enters the
+moments of untouched rows, which has no closed form.
 """
 
 from __future__ import annotations
