@@ -39,8 +39,8 @@ SPARSE_MIN_ROWS = 100_000
 items (2.03 M rows) and authors (120 k). Words (33 k) and users (26 k) stay dense with the
 small tables: a batch of 1,024 makes about 250 k word lookups, so the sparse gradient
 would be larger than the table, and coalescing it costs more than a dense update
-(measured on `kuaisar-small`: 112.5 ms a step with this threshold against 118.0 ms with
-10,000, and 122.5 ms with the authors dense too; docs/BENCHMARKS.md "Scale")."""
+(measured on `kuaisar-small`, paired in one process: 104.2 ms a step with this threshold,
+1.038x that with 10,000; docs/BENCHMARKS.md "Scale")."""
 
 
 def check_embedding_updates(choice: str) -> None:
