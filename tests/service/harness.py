@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from service.api import scorer_pb2_grpc
+from service.api import scorer_pb2, scorer_pb2_grpc
 from service.server import ScoringServer, create_server
 from service.settings import ServiceSettings
 
@@ -54,6 +54,16 @@ class ServerThread:
     def stub(self) -> scorer_pb2_grpc.ScorerStub:
         assert self.channel is not None
         return scorer_pb2_grpc.ScorerStub(self.channel)
+
+    def score(
+        self, user: int, items: list[int], request_time_ms: int, timeout: float = 60
+    ) -> scorer_pb2.ScoreResponse:
+        """One Score call over the real channel."""
+        response: scorer_pb2.ScoreResponse = self.stub.Score(
+            scorer_pb2.ScoreRequest(user_id=user, item_ids=items, request_time_ms=request_time_ms),
+            timeout=timeout,
+        )
+        return response
 
     @property
     def address(self) -> str:

@@ -47,10 +47,7 @@ def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 
 
 def score(harness: ServerThread, user: int, items: list[int]) -> pb.ScoreResponse:
-    response: pb.ScoreResponse = harness.stub.Score(
-        pb.ScoreRequest(user_id=user, item_ids=items, request_time_ms=T), timeout=30
-    )
-    return response
+    return harness.score(user, items, request_time_ms=T, timeout=30)
 
 
 def version_copy(bundle: Path, where: Path, suffix: str) -> Path:

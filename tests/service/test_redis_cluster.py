@@ -64,10 +64,7 @@ def served(bundle: Path, cluster: EmbeddedCluster) -> Iterator[ServerThread]:
 
 
 def score(harness: ServerThread, user: int, items: list[int]) -> pb.ScoreResponse:
-    response: pb.ScoreResponse = harness.stub.Score(
-        pb.ScoreRequest(user_id=user, item_ids=items, request_time_ms=T), timeout=60
-    )
-    return response
+    return harness.score(user, items, request_time_ms=T, timeout=60)
 
 
 def record_query(harness: ServerThread, user: int, tokens: list[int], at: int) -> int:
