@@ -33,6 +33,8 @@ from typing import Any
 
 from queryrec.training.config import TrainConfig
 
+DEFAULTS = TrainConfig()  # what `queryrec train` uses where a run names no option
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -117,8 +119,8 @@ def _train(
         "run": name,
         "embedding_updates": updates,
         "processes": processes,
-        "sparse_decay": float(decay) if decay else TrainConfig().sparse_decay,
-        "sparse_momentum_catch_up": bool(catch_up) or TrainConfig().sparse_momentum_catch_up,
+        "sparse_decay": float(decay) if decay else DEFAULTS.sparse_decay,
+        "sparse_momentum_catch_up": bool(catch_up) or DEFAULTS.sparse_momentum_catch_up,
         "train_samples_per_epoch_used": trained,
         "epochs_run": len(metrics["history"]),
         "wall_seconds": round(seconds, 1),

@@ -38,8 +38,8 @@ class TrainConfig:
     sparse_min_rows: int = SPARSE_MIN_ROWS
     # Decoupled (AdamW) decay of the sparse tables' rows, every step, caught up lazily
     # (queryrec.training.lazy_adam); 0 = off. 10 (1 % a step at lr 1e-3) brings the rows
-    # a batch rarely touches towards zero as dense Adam's coupled L2 does: the best of
-    # 0 / 2 / 10 on kuaisar-small's validation AUC (docs/BENCHMARKS.md "Scale").
+    # a batch rarely touches towards zero as dense Adam's coupled L2 does: the better of
+    # 0 and 10 on kuaisar-small's validation AUC (docs/BENCHMARKS.md "Scale").
     sparse_decay: float = 10.0
     # Lazy Adam also takes the momentum steps a row missed between batches that touch it,
     # as dense Adam does (queryrec.training.lazy_adam).
