@@ -114,7 +114,13 @@ def main() -> int:
         model = build_model(cfg.model, dataset, model_cfg)
         optimizer = _optimizer(model, cfg, variant)
         sparse_tables[variant] = optimizer.sparse_names
-        objective = Objective(model, spec, cfg.next_weight, cfg.cl_weight, cfg.temperature)
+        objective = Objective(
+            model,
+            spec,
+            spec.next_weight if cfg.next_weight is None else cfg.next_weight,
+            spec.cl_weight if cfg.cl_weight is None else cfg.cl_weight,
+            cfg.temperature,
+        )
         steps[variant] = (objective, optimizer)
     builder = BatchBuilder(
         dataset,

@@ -3,9 +3,13 @@ score against the offline score of the same impression.
 
 After `queryrec state load` (histories as of the start of the test split), every event of
 the test period is sent as it happened: each search as `RecordQuery` (a search without
-words too: it is a history slot on both sides, `queryrec.features.model_inputs`), each
-feed page (one user's impressions at one timestamp) as one `Score` with all its items,
-then that page's clicks as `RecordClicks`. At equal timestamps the Score goes first:
+words too: it is a history slot on both sides, `queryrec.features.model_inputs`),
+followed at once, when the search had clicked results, by `RecordSearchClicks` for it
+(the same timestamp; its clicked items in display order, distinct, at most the server's
+`max_search_clicks`): the offline features attach all of a search's clicks to the search
+itself, so they are stored before any later event of the user. Each feed page (one
+user's impressions at one timestamp) is one `Score` with all its items, then that page's
+clicks as `RecordClicks`. At equal timestamps the Score goes first:
 features count only events strictly before an impression. Users are independent (a
 user's features depend on that user's history only), so users' event streams run
 concurrently, each in order.
@@ -47,6 +51,8 @@ class ReplayReport:
     latencies_ms: list[float] = field(default_factory=list)
     degraded: int = 0  # degraded Score responses
     empty_queries: int = 0  # searches without words sent (history slots on both sides)
+    search_click_calls: int = 0  # RecordSearchClicks sent (searches with clicked results)
+    search_clicks: int = 0  # clicked results they carried
     seconds: float = 0.0
     calls: int = 0
 
@@ -64,11 +70,15 @@ class _Event:
     kind: int  # 0 = Score (first at equal ts), 1 = RecordClicks, 2 = RecordQuery
     ids: list[int]
     rows: np.ndarray | None = None  # test-sample rows of a Score
+    clicked: list[int] = field(default_factory=list)  # a search's clicked results (raw ids)
 
 
-def build_events(dataset: PreparedDataset) -> tuple[dict[int, list[_Event]], np.ndarray, int]:
+def build_events(
+    dataset: PreparedDataset, max_search_clicks: int = 16
+) -> tuple[dict[int, list[_Event]], np.ndarray, int]:
     """Per raw user, the test period's events in order; the labels; how many searches
-    have no words (sent like the others)."""
+    have no words (sent like the others). A search carries its clicked results: distinct,
+    in display order, the first `max_search_clicks` (what the server keeps per search)."""
     t0 = int(dataset.schema["split"]["test_start_ms"])
     user_raw, item_raw, word_raw = (dataset.raw_ids(n) for n in ("users", "items", "words"))
 
@@ -102,8 +112,15 @@ def build_events(dataset: PreparedDataset) -> tuple[dict[int, list[_Event]], np.
         a, b = dataset.query_offsets[session], dataset.query_offsets[session + 1]
         empty += int(a == b)
         user = int(user_raw[dataset.search_user[session]])
+        c, d = dataset.clicked_offsets[session], dataset.clicked_offsets[session + 1]
+        results = list(dict.fromkeys(raw(item_raw, dataset.clicked_items[c:d])))
         streams.setdefault(user, []).append(
-            _Event(int(dataset.search_ts[session]), 2, raw(word_raw, dataset.query_words[a:b]))
+            _Event(
+                int(dataset.search_ts[session]),
+                2,
+                raw(word_raw, dataset.query_words[a:b]),
+                clicked=results[:max_search_clicks],
+            )
         )
     for events in streams.values():
         events.sort(key=lambda e: (e.ts, e.kind))  # stable: timeline order within a kind
@@ -112,9 +129,16 @@ def build_events(dataset: PreparedDataset) -> tuple[dict[int, list[_Event]], np.
 
 
 async def replay(
-    dataset: PreparedDataset, target: str, *, concurrency: int = 16, progress: bool = True
+    dataset: PreparedDataset,
+    target: str,
+    *,
+    concurrency: int = 16,
+    progress: bool = True,
+    max_search_clicks: int = 16,
 ) -> ReplayReport:
-    streams, labels, empty = build_events(dataset)
+    """Send every test-period event (module docstring); `max_search_clicks`: the server's
+    setting of that name (clicked results sent per search)."""
+    streams, labels, empty = build_events(dataset, max_search_clicks)
     report = ReplayReport(
         np.full(len(labels), np.nan, dtype=np.float32), labels, np.zeros(len(labels), bool)
     )
@@ -163,6 +187,15 @@ async def _send(
         await stub.RecordQuery(
             scorer_pb2.RecordQueryRequest(user_id=user, token_ids=event.ids, timestamp_ms=event.ts)
         )
+        if event.clicked:
+            report.calls += 1
+            await stub.RecordSearchClicks(
+                scorer_pb2.RecordSearchClicksRequest(
+                    user_id=user, search_timestamp_ms=event.ts, item_ids=event.clicked
+                )
+            )
+            report.search_click_calls += 1
+            report.search_clicks += len(event.clicked)
 
 
 TOLERANCE = 1e-5  # |served - offline| allowed for any impression of a non-degraded answer
@@ -192,13 +225,19 @@ class Parity:
 
 
 def run_replay(
-    data: Path, target: str, bundle_dir: Path | None, concurrency: int = 16
+    data: Path,
+    target: str,
+    bundle_dir: Path | None,
+    concurrency: int = 16,
+    max_search_clicks: int = 16,
 ) -> dict[str, float]:
     """Replay and print what was served; with `bundle_dir` (the bundle the server runs)
     also the per-impression comparison with offline scores, QueryRecError above
-    `TOLERANCE`."""
+    `TOLERANCE`. `max_search_clicks`: the server's setting of that name."""
     dataset = PreparedDataset(data)
-    report = asyncio.run(replay(dataset, target, concurrency=concurrency))
+    report = asyncio.run(
+        replay(dataset, target, concurrency=concurrency, max_search_clicks=max_search_clicks)
+    )
     summary = _print_served(report, concurrency)
     if bundle_dir is None:
         print("  (pass --bundle, the server's bundle, to compare every score with offline)")
@@ -242,6 +281,8 @@ def _print_served(report: ReplayReport, concurrency: int) -> dict[str, float]:
         "score_p99_ms": report.latency(99),
         "degraded": float(report.degraded),
         "empty_queries": float(report.empty_queries),
+        "search_click_calls": float(report.search_click_calls),
+        "search_clicks": float(report.search_clicks),
     }
     print(
         f"replay: {report.calls:,} calls ({scores:,} Score over {len(report.labels):,} "
@@ -251,7 +292,8 @@ def _print_served(report: ReplayReport, concurrency: int) -> dict[str, float]:
     print(
         f"  Score latency p50 {summary['score_p50_ms']:.2f} ms, p99 "
         f"{summary['score_p99_ms']:.2f} ms; degraded {report.degraded}; "
-        f"{report.empty_queries} searches without words sent"
+        f"{report.empty_queries} searches without words sent; {report.search_click_calls:,} "
+        f"searches' clicks sent ({report.search_clicks:,} clicked results)"
     )
     print(f"  served AUC  {report.served_auc:.4f}")
     return summary

@@ -24,7 +24,7 @@ import onnxruntime as ort
 import torch
 
 from export.calibration import calibrate_ctr
-from export.graphs import CTRGraph, QueryEncoderGraph
+from export.graphs import CTRGraph, QueryEncoderGraph, encoder_outputs
 from export.onnx_export import OPSET, GraphSpec, export_ctr, export_encoder
 from export.parity import check_parity
 from export.quantize import MAX_AUC_DROP, quantize_with_guard
@@ -45,8 +45,9 @@ from queryrec.training.checkpoint import GBDT_MODEL_FILE, load_checkpoint, read_
 
 # How `ctr.onnx` takes many requests at once (also written into the manifest).
 CTR_LAYOUT = (
-    "Flat pairs: one row per user in the user-level inputs (query_repr, user, hour, "
-    "profile, click_history; U rows) and one entry per candidate in pair_user and item "
+    "Flat pairs: one row per user in the user-level inputs (the encoder outputs, user, "
+    "hour, profile, click_history and the query slots; U rows) and one entry per "
+    "candidate in pair_user and item "
     "(N pairs). pair_user[i] is the user row (0..U-1) of candidate item[i]; probability[i] "
     "is P(click) for pair i. Requests with different candidate counts batch together by "
     "appending their user row and their pairs; nothing is padded to the largest request."
@@ -154,14 +155,14 @@ def _export_graphs(model: Any, name: str, work: Path) -> dict[str, tuple[str, Gr
     """query_encoder.onnx (models with a query tower) and ctr.onnx; -> graph key ->
     (file, input and output spec)."""
     graphs: dict[str, tuple[str, GraphSpec]] = {}
-    if model.cfg.use_query:
+    if encoder_outputs(model):
         say(f"[export] {name}: query encoder -> {ENCODER_FILE}")
         graphs["query_encoder"] = (
             ENCODER_FILE,
             export_encoder(QueryEncoderGraph(model), work / ENCODER_FILE),
         )
     say(f"[export] {name}: CTR graph -> {CTR_FILE}")
-    graphs["ctr"] = (CTR_FILE, export_ctr(CTRGraph(model), work / CTR_FILE))
+    graphs["ctr"] = (CTR_FILE, export_ctr(CTRGraph(model), model, work / CTR_FILE))
     return graphs
 
 
@@ -197,7 +198,9 @@ def _manifest_body(
             "click_history": cfg.click_history,
             "query_history": cfg.query_history,
             "query_tokens": cfg.query_tokens,
+            "query_clicks": cfg.query_clicks,
         },
+        "reads": sorted(model.reads),
         "profile_fields": list(dataset.schema["vocab_sizes"]["profile"]),
         "graphs": {
             key: {"file": file, "inputs": spec.inputs, "outputs": spec.outputs}

@@ -1,20 +1,28 @@
-"""The two serving graphs, as torch modules wrapping a trained `CTRModel`.
+"""The serving graphs, as torch modules wrapping a trained `CTRModel`.
 
-`QueryEncoderGraph`: a batch of users' query histories -> query representations.
+Every graph input is a `ModelInputs` field by name (or an encoder output); the service and
+offline scoring build feeds by those names (`queryrec.features.graph_feeds`).
+
+`QueryEncoderGraph`: a batch of users' query slots -> what the model computes from the
+query history alone (`query_repr` (U, d), and for the served QueryRec also
+`query_states` (U, L, d), the SAS output at every slot). The service caches it per
+history version.
+
 `CTRGraph`: user-level rows plus a flat list of (user row, candidate item) pairs ->
 P(click) per pair. The flat layout lets the service batch the candidates of many requests
 without padding each request to the largest N: request r with N_r candidates adds one
-user row and N_r pairs pointing at it.
-
-Both compute exactly what `CTRModel.forward` computes (the parity check compares them);
-what changes is where the work happens:
-- item vectors (id, author, type, categories, caption) do not depend on the request, so
-  they are computed once at export for every item and stored as two tables (base and
-  caption part) inside the graph; the service sends item indices only;
-- user-level parts (user, hour and profile embeddings, query representation, the click
-  history's item vectors) are computed once per user row and gathered per pair;
-- a DIN head is replaced by its serving rewrite (`export.din_serving`): the same function
-  in fewer, larger operations. DCN keeps the trained backbone's forward.
+user row and N_r pairs pointing at it. Three forms, by model:
+- the paper's models and the backbones (`CTRModel`, PLE, IV4REC+): item vectors (id,
+  author, type, categories, caption) do not depend on the request, so they are computed
+  once at export for every item and stored as two tables (base and caption part) inside
+  the graph; user-level parts are computed once per user row and gathered per pair; a
+  DIN head is replaced by its serving rewrite (`export.din_serving`);
+- the served QueryRec (`QueryRecModel`): the same, plus its target attention over the
+  encoder's `query_states` and its match counts;
+- the baselines that encode whole histories per candidate (SESRec, UniSAR): the model's
+  own forward on the user rows gathered per pair (`ModelInputs.per_pair`).
+All compute exactly what `CTRModel.score` computes on the same inputs (the parity check
+compares them).
 """
 
 from __future__ import annotations
@@ -23,30 +31,63 @@ import torch
 from torch import Tensor, nn
 
 from export.din_serving import DINServingHead, supports
+from queryrec.features.model_inputs import ModelInputs
 from queryrec.models.ctr_model import CTRModel
+from queryrec.models.queryrec_model import QueryRecModel
+from queryrec.models.sesrec import SESRecModel
+from queryrec.models.unisar import UniSARModel
+
+WHOLE_MODEL = (SESRecModel, UniSARModel)
+"""Models whose CTR graph is their own forward per pair (no encoder graph)."""
+
+
+def encoder_outputs(model: CTRModel) -> tuple[str, ...]:
+    """The encoder graph's output names ((): the model has no encoder graph)."""
+    if isinstance(model, WHOLE_MODEL) or not model.cfg.use_query:
+        return ()
+    if isinstance(model, QueryRecModel):
+        return ("query_repr", "query_states")
+    return ("query_repr",)
+
+
+def encoder_inputs(model: CTRModel) -> tuple[str, ...]:
+    """The encoder graph's input names (`ModelInputs` fields)."""
+    names = ("query_tokens", "query_age")
+    return (*names, "query_clicks") if isinstance(model, QueryRecModel) else names
+
+
+def ctr_inputs(model: CTRModel) -> tuple[str, ...]:
+    """The CTR graph's input names: the encoder's outputs, then `ModelInputs` fields."""
+    user = ("user", "hour", "profile", "click_history")
+    if isinstance(model, WHOLE_MODEL):
+        user += ("query_tokens", "query_age", *sorted(model.reads))
+    elif isinstance(model, QueryRecModel):
+        user += ("query_tokens", "query_age", "query_clicks")
+    return (*encoder_outputs(model), *user, "pair_user", "item")
 
 
 class QueryEncoderGraph(nn.Module):
-    """query_tokens (B, L, T) int64 word indices (0 = padding, left-padded, L <= the
-    trained history length) and query_age (B, L) int64 age buckets -> (B, d) float32."""
+    """(query_tokens (U, L, T), query_age (U, L)[, query_clicks (U, L, K)]) -> the
+    encoder outputs (`encoder_outputs`)."""
 
     def __init__(self, model: CTRModel):
         super().__init__()
-        if not model.cfg.use_query:
-            raise ValueError("this model has no query tower")
+        if not encoder_outputs(model):
+            raise ValueError("this model has no encoder graph")
         self.model = model
+        self.names = encoder_inputs(model)
 
-    def forward(self, query_tokens: Tensor, query_age: Tensor) -> Tensor:
-        return self.model.query_representation(query_tokens, query_age)
+    def forward(self, *tensors: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        inputs = _user_inputs(dict(zip(self.names, tensors, strict=True)))
+        if isinstance(self.model, QueryRecModel):
+            user = self.model.user_side(inputs)
+            return user.query, user.states
+        return self.model.query_representation(inputs)
 
 
 class CTRGraph(nn.Module):
-    """User rows (U) and candidate pairs (N) -> P(click) (N,) float32.
-
-    Inputs: query_repr (U, d) float32 (models with a query tower only), user (U,),
-    hour (U,), profile (U, P), click_history (U, H) item indices, left-padded;
-    pair_user (N,) row of each pair in 0..U-1, item (N,) candidate item indices.
-    """
+    """The encoder outputs, user rows (U) and candidate pairs (N) -> P(click) (N,) float32,
+    inputs in the order of `ctr_inputs(model)`."""
 
     item_base: Tensor  # (N_items, d) id + author + type + categories part of each item
     item_caption: Tensor  # (N_items, d) caption part of each item
@@ -58,38 +99,63 @@ class CTRGraph(nn.Module):
         None and calibrates the ONNX graph."""
         super().__init__()
         self.platt = platt
+        self.names = ctr_inputs(model)
+        self.cfg = model.cfg
+        self.whole: CTRModel | None = model if isinstance(model, WHOLE_MODEL) else None
+        self.queryrec: QueryRecModel | None = (
+            model if isinstance(model, QueryRecModel) else None
+        )
+        if self.whole is not None:
+            return
         # Only the parts used at serving time (holding the whole model would drag the
         # unused, tied word table into the exported program).
-        self.cfg = model.cfg
         self.uses_query = model.cfg.use_query
         self.user = model.user
         self.hour = model.hour
         self.profile = model.profile
         self.backbone = model.backbone
+        if self.queryrec is not None:
+            self.search_attention = self.queryrec.search_attention
+            self.counts = self.queryrec.counts
+            self.register_buffer("item_categories", model.items.side_categories.clone())
+            self.register_buffer("item_caption_words", model.items.side_caption.clone())
         # DIN: the serving rewrite of its head (export.din_serving); slots are positions
         # in the trained field order [user, hour, caption, profile..., candidate,
-        # interest, query, query * item].
+        # interest, extra...].
         self.din_head: DINServingHead | None = None
         if supports(model.backbone):
-            p = len(model.profile)
-            user_slots = [0, 1, *range(3, 3 + p)] + ([5 + p] if self.uses_query else [])
-            pair_slots = [2, 3 + p] + ([6 + p] if self.uses_query else []) + [4 + p]
+            user_slots, pair_slots = self._slots(model)
             self.din_head = DINServingHead(model.backbone, user_slots, pair_slots)  # type: ignore[arg-type]
         with torch.no_grad():
             every_item = torch.arange(model.cfg.vocab.items)
             self.register_buffer("item_base", model.items.base(every_item).contiguous())
             self.register_buffer("item_caption", model.items.caption(every_item).contiguous())
 
-    def forward(
-        self,
-        query_repr: Tensor | None,
-        user: Tensor,
-        hour: Tensor,
-        profile: Tensor,
-        click_history: Tensor,
-        pair_user: Tensor,
-        item: Tensor,
-    ) -> Tensor:
+    def _slots(self, model: CTRModel) -> tuple[list[int], list[int]]:
+        """Where the user-level and per-pair fields sit in the trained order. Extra fields
+        (after the interest at 4 + P): the query e_q (per user), then per pair e_q *
+        candidate, the attended query and its product, the match counts; the interest is
+        computed by the head and goes last among the pair fields."""
+        p = len(model.profile)
+        candidate, interest, extra = 3 + p, 4 + p, 5 + p
+        user_slots = [0, 1, *range(3, 3 + p)]
+        pair_slots = [2, candidate]
+        if self.uses_query:
+            user_slots.append(extra)
+            width = 2
+            if self.queryrec is not None:
+                width += 2 * model.cfg.target_attention
+                width += len(self.counts.tables) if self.counts is not None else 0
+            pair_slots += list(range(extra + 1, extra + width))
+        return user_slots, [*pair_slots, interest]
+
+    def forward(self, *tensors: Tensor) -> Tensor:
+        named = dict(zip(self.names, tensors, strict=True))
+        if self.whole is not None:
+            inputs = _user_inputs(named).replace(item=named["item"], pair_user=named["pair_user"])
+            return self._probability(self.whole.score(inputs))
+        user, hour, profile = named["user"], named["hour"], named["profile"]
+        click_history, pair_user, item = named["click_history"], named["pair_user"], named["item"]
         # Per user row (U, ...), gathered per pair (N, ...) below.
         user_fields = [self.user(user), self.hour(hour)]
         profile_fields = [table(profile[:, i]) for i, table in enumerate(self.profile)]
@@ -97,13 +163,16 @@ class CTRGraph(nn.Module):
         # Per pair.
         candidate = self.item_base[item]  # (N, d)
         caption = self.item_caption[item]  # (N, d)
+        target = candidate + caption
         if self.din_head is not None:
             user_fields = [*user_fields, *profile_fields]
             pair_fields = [caption, candidate]
             if self.uses_query:
-                assert query_repr is not None
+                query_repr = named["query_repr"]
                 user_fields.append(query_repr)
-                pair_fields.append(query_repr.index_select(0, pair_user) * (candidate + caption))
+                pair_fields.append(query_repr.index_select(0, pair_user) * target)
+                if self.queryrec is not None:
+                    pair_fields += self._queryrec_fields(named, target)
             history = history * (click_history > 0).unsqueeze(-1).to(history.dtype)
             logits = self.din_head(
                 torch.stack(user_fields, dim=1),
@@ -117,14 +186,58 @@ class CTRGraph(nn.Module):
         fields += [f[pair_user] for f in profile_fields]
         extra: list[Tensor] = []
         if self.uses_query:
-            assert query_repr is not None
-            query = query_repr[pair_user]  # (N, d)
-            extra = [query, query * (candidate + caption)]
+            query = named["query_repr"][pair_user]  # (N, d)
+            extra = [query, query * target]
         logits = self.backbone(fields, candidate, history, click_history > 0, extra, pair_user)
         return self._probability(logits)
+
+    def _queryrec_fields(self, named: dict[str, Tensor], target: Tensor) -> list[Tensor]:
+        """The served QueryRec's per-pair fields after e_q * candidate: the attended query
+        and its product with the candidate, then the match-count fields."""
+        assert self.queryrec is not None
+        pair_user = named["pair_user"]
+        inputs = _user_inputs(named)
+        clicks = self.queryrec.query_clicks(inputs)
+        valid = self.queryrec.slot_valid(inputs.query_tokens, clicks)  # (U, L)
+        fields: list[Tensor] = []
+        if self.search_attention is not None:
+            attended = self.search_attention(named["query_states"], valid, target, pair_user)
+            fields += [attended, attended * target]
+        if self.counts is not None:
+            codes = self.counts.codes(
+                candidate_categories=self.item_categories[named["item"]],
+                candidate_caption=self.item_caption_words[named["item"]],
+                history_categories=self.item_categories[named["click_history"]][pair_user],
+                history_valid=(named["click_history"] > 0)[pair_user],
+                query_tokens=inputs.query_tokens[pair_user],
+                clicked_categories=self.item_categories[clicks][pair_user],
+                clicked_mask=(clicks > 0)[pair_user],
+                valid=valid[pair_user],
+            )
+            fields += self.counts(codes)
+        return fields
 
     def _probability(self, logits: Tensor) -> Tensor:
         if self.platt is None:  # the export: nothing extra traced into the graph
             return torch.sigmoid(logits)
         a, b = self.platt
         return torch.sigmoid(a * logits + b)
+
+
+def _user_inputs(named: dict[str, Tensor]) -> ModelInputs[Tensor]:
+    """`ModelInputs` of the user rows among `named` (fields absent: empty stand-ins the
+    graph never reads; no candidates)."""
+    tokens = named["query_tokens"] if "query_tokens" in named else named["click_history"]
+    empty = tokens.new_zeros((tokens.shape[0],))
+    return ModelInputs(
+        user=named.get("user", empty),
+        hour=named.get("hour", empty),
+        profile=named.get("profile", empty.unsqueeze(1)),
+        click_history=named.get("click_history", empty.unsqueeze(1)),
+        query_tokens=named.get("query_tokens", empty.view(-1, 1, 1)),
+        query_age=named.get("query_age", empty.unsqueeze(1)),
+        item=tokens.new_zeros((0,)),
+        query_clicks=named.get("query_clicks"),
+        query_minutes=named.get("query_minutes"),
+        click_minutes=named.get("click_minutes"),
+    )

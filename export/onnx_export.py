@@ -21,10 +21,37 @@ from pathlib import Path
 
 import torch
 from torch.export import Dim
+import numpy as np
 
-from export.graphs import CTRGraph, QueryEncoderGraph
+from export.graphs import CTRGraph, QueryEncoderGraph, ctr_inputs, encoder_inputs, encoder_outputs
+from export.parity import draw_inputs
+from queryrec.features.graph_feeds import graph_feed
+from queryrec.features.model_inputs import ModelInputs
+from queryrec.models.config import ModelConfig
+from queryrec.models.ctr_model import CTRModel
 
 OPSET = 18
+
+# The axes of every graph input and output: a name for a dynamic axis, a ModelConfig
+# field (or "dim", "profile") for a fixed one.
+AXES: dict[str, tuple[str, ...]] = {
+    "user": ("users",),
+    "hour": ("users",),
+    "profile": ("users", "profile"),
+    "click_history": ("users", "click_history"),
+    "query_tokens": ("users", "L", "query_tokens"),
+    "query_age": ("users", "L"),
+    "query_clicks": ("users", "L", "query_clicks"),
+    "query_minutes": ("users", "L"),
+    "click_minutes": ("users", "click_history"),
+    "query_repr": ("users", "dim"),
+    "query_states": ("users", "L", "dim"),
+    "pair_user": ("pairs",),
+    "item": ("pairs",),
+    "probability": ("pairs",),
+}
+DYNAMIC = ("users", "pairs", "L")
+FLOAT_NAMES = ("query_repr", "query_states", "probability")
 
 
 @dataclass(frozen=True)
@@ -35,115 +62,73 @@ class GraphSpec:
     outputs: dict[str, dict[str, object]]
 
 
-def encoder_spec(query_history: int, query_tokens: int, dim: int) -> GraphSpec:
-    return GraphSpec(
-        inputs={
-            "query_tokens": {"dtype": "int64", "shape": ["users", "L", query_tokens]},
-            "query_age": {"dtype": "int64", "shape": ["users", "L"]},
-        },
-        outputs={"query_repr": {"dtype": "float32", "shape": ["users", dim]}},
-    )
-
-
-def ctr_spec(uses_query: bool, click_history: int, profile_fields: int, dim: int) -> GraphSpec:
-    inputs: dict[str, dict[str, object]] = {}
-    if uses_query:
-        inputs["query_repr"] = {"dtype": "float32", "shape": ["users", dim]}
-    inputs |= {
-        "user": {"dtype": "int64", "shape": ["users"]},
-        "hour": {"dtype": "int64", "shape": ["users"]},
-        "profile": {"dtype": "int64", "shape": ["users", profile_fields]},
-        "click_history": {"dtype": "int64", "shape": ["users", click_history]},
-        "pair_user": {"dtype": "int64", "shape": ["pairs"]},
-        "item": {"dtype": "int64", "shape": ["pairs"]},
+def graph_spec(cfg: ModelConfig, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> GraphSpec:
+    """The manifest's description of a graph with these input and output names."""
+    sizes = {
+        "profile": len(cfg.vocab.profile),
+        "click_history": cfg.click_history,
+        "query_tokens": cfg.query_tokens,
+        "query_clicks": cfg.query_clicks,
+        "dim": cfg.dim,
     }
+
+    def describe(name: str) -> dict[str, object]:
+        shape = [axis if axis in DYNAMIC else sizes[axis] for axis in AXES[name]]
+        return {"dtype": "float32" if name in FLOAT_NAMES else "int64", "shape": shape}
+
     return GraphSpec(
-        inputs=inputs, outputs={"probability": {"dtype": "float32", "shape": ["pairs"]}}
+        inputs={name: describe(name) for name in inputs},
+        outputs={name: describe(name) for name in outputs},
     )
 
 
 def export_encoder(graph: QueryEncoderGraph, path: Path) -> GraphSpec:
     """Write query_encoder.onnx; dynamic users and history-length axes."""
-    cfg = graph.model.cfg
-    users, length = Dim("users", min=1, max=1 << 20), Dim("L", min=1, max=cfg.query_history)
-    gen = torch.Generator().manual_seed(0)
-    example = (
-        torch.randint(0, cfg.vocab.words, (3, cfg.query_history, cfg.query_tokens), generator=gen),
-        torch.randint(0, 10, (3, cfg.query_history), generator=gen),
-    )
-    _export(
-        graph,
-        example,
-        path,
-        ["query_tokens", "query_age"],
-        ["query_repr"],
-        {"query_tokens": {0: users, 1: length}, "query_age": {0: users, 1: length}},
-    )
-    return encoder_spec(cfg.query_history, cfg.query_tokens, cfg.dim)
+    model = graph.model
+    example = draw_inputs(model, 3, 1, np.random.default_rng(0))
+    names, outputs = encoder_inputs(model), encoder_outputs(model)
+    _export_named(graph, example, {}, names, outputs, path, model.cfg)
+    return graph_spec(model.cfg, names, outputs)
 
 
-def export_ctr(graph: CTRGraph, path: Path) -> GraphSpec:
-    """Write ctr.onnx; dynamic users and pairs axes."""
-    cfg = graph.cfg
-    n_users, n_pairs = 3, 5
-    users, pairs = Dim("users", min=1, max=1 << 20), Dim("pairs", min=1, max=1 << 24)
-    gen = torch.Generator().manual_seed(0)
-    v = cfg.vocab
-    inputs: dict[str, torch.Tensor] = {}
-    if graph.uses_query:
-        inputs["query_repr"] = torch.randn(n_users, cfg.dim, generator=gen)
-    inputs |= {
-        "user": torch.randint(0, v.users, (n_users,), generator=gen),
-        "hour": torch.randint(0, 24, (n_users,), generator=gen),
-        "profile": torch.stack(
-            [torch.randint(0, size, (n_users,), generator=gen) for size in v.profile], dim=1
-        ),
-        "click_history": torch.randint(0, v.items, (n_users, cfg.click_history), generator=gen),
-        "pair_user": torch.randint(0, n_users, (n_pairs,), generator=gen),
-        "item": torch.randint(0, v.items, (n_pairs,), generator=gen),
+def export_ctr(graph: CTRGraph, model: CTRModel, path: Path) -> GraphSpec:
+    """Write ctr.onnx; dynamic users, pairs and history-length axes."""
+    rng = np.random.default_rng(0)
+    example = draw_inputs(model, 3, 5, rng)
+    encoded = {
+        name: rng.standard_normal(
+            (3, model.cfg.dim) if name == "query_repr" else (3, model.cfg.query_history, model.cfg.dim)
+        ).astype(np.float32)
+        for name in encoder_outputs(model)
     }
-    user_axes = {0: users}
+    names = ctr_inputs(model)
+    _export_named(graph, example, encoded, names, ("probability",), path, model.cfg)
+    return graph_spec(model.cfg, names, ("probability",))
+
+
+def _export_named(
+    module: torch.nn.Module,
+    example: ModelInputs[np.ndarray],
+    encoded: dict[str, np.ndarray],
+    names: tuple[str, ...],
+    outputs: tuple[str, ...],
+    path: Path,
+    cfg: ModelConfig,
+) -> None:
+    """Export `module`, whose positional inputs are `names` (fed from `example` and
+    `encoded`), with the dynamic axes of `AXES`."""
+    dims = {
+        "users": Dim("users", min=1, max=1 << 20),
+        "pairs": Dim("pairs", min=1, max=1 << 24),
+        "L": Dim("L", min=1, max=cfg.query_history),
+    }
+    feed = graph_feed(names, example, encoded)
     dynamic = {
-        name: ({0: pairs} if name in ("pair_user", "item") else user_axes) for name in inputs
+        name: {i: dims[axis] for i, axis in enumerate(AXES[name]) if axis in dims}
+        for name in names
     }
-    wrapped = _CTRWithQuery(graph) if graph.uses_query else _CTRWithoutQuery(graph)
-    _export(wrapped, tuple(inputs.values()), path, list(inputs), ["probability"], dynamic)
-    return ctr_spec(graph.uses_query, cfg.click_history, len(v.profile), cfg.dim)
-
-
-class _CTRWithQuery(torch.nn.Module):
-    """CTRGraph with the query representation as its first input."""
-
-    def __init__(self, graph: CTRGraph):
-        super().__init__()
-        self.ctr = graph
-
-    def forward(
-        self,
-        query_repr: torch.Tensor,
-        user: torch.Tensor,
-        hour: torch.Tensor,
-        profile: torch.Tensor,
-        click_history: torch.Tensor,
-        pair_user: torch.Tensor,
-        item: torch.Tensor,
-    ) -> torch.Tensor:
-        return self.ctr(query_repr, user, hour, profile, click_history, pair_user, item)
-
-
-class _CTRWithoutQuery(_CTRWithQuery):
-    """CTRGraph of a model without a query tower (no query input)."""
-
-    def forward(  # type: ignore[override]
-        self,
-        user: torch.Tensor,
-        hour: torch.Tensor,
-        profile: torch.Tensor,
-        click_history: torch.Tensor,
-        pair_user: torch.Tensor,
-        item: torch.Tensor,
-    ) -> torch.Tensor:
-        return self.ctr(None, user, hour, profile, click_history, pair_user, item)
+    tensors = tuple(torch.from_numpy(feed[name]) for name in names)
+    _export(module, tensors, path, list(names), list(outputs), dynamic)
 
 
 def _export(
@@ -161,7 +146,8 @@ def _export(
             example,
             input_names=input_names,
             output_names=output_names,
-            dynamic_shapes=tuple(dynamic[name] for name in input_names),
+            # The graphs take their inputs as one *tensors argument.
+            dynamic_shapes=(tuple(dynamic[name] for name in input_names),),
             opset_version=OPSET,
             dynamo=True,
             optimize=True,

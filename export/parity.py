@@ -1,12 +1,15 @@
 """ONNX Runtime vs PyTorch on freshly drawn inputs, at shapes other than the export example.
 
 The reference is the trained `CTRModel` itself (not the export wrappers), so the check
-covers both the exporter and the serving re-arrangement in `export.graphs`:
-- encoder: ORT `query_encoder.onnx` vs `CTRModel.query_representation`, for batches of
-  1, 3, 37 and 128 users with random history lengths (left padding), query lengths and
-  age buckets;
-- CTR: ORT `ctr.onnx` on (users, pairs) vs `CTRModel.forward` on the pairs expanded to
-  one row each, for 1, 7, 100 and 500 candidates spread over 1 or 3 users.
+covers both the exporter and the serving re-arrangement in `export.graphs`. Inputs are
+drawn as one `ModelInputs` (`draw_inputs`) and fed to the graphs by name
+(`graph_feeds.graph_feed`), so this is also the round trip of the one input type through
+export:
+- encoder: ORT `query_encoder.onnx` vs the model's query side (`query_representation`,
+  and the SAS states of the served QueryRec), for batches of 1, 3, 37 and 128 users with
+  random history lengths (left padding), query lengths, ages and clicked results;
+- CTR: ORT `ctr.onnx` on (users, pairs) vs `CTRModel.score` on the same inputs (which
+  gathers each pair's user row), for 1, 7, 100 and 500 candidates over 1 or 3 users.
 Any max abs difference above the tolerance fails the export with the place it happened.
 """
 
@@ -17,9 +20,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from export.graphs import ctr_inputs, encoder_inputs, encoder_outputs
 from queryrec.errors import QueryRecError
 from queryrec.evaluation.bundle_scoring import GraphSession
+from queryrec.features.graph_feeds import graph_feed
+from queryrec.features.model_inputs import ModelInputs
 from queryrec.models.ctr_model import CTRModel
+from queryrec.models.queryrec_model import QueryRecModel
 
 ENCODER_BATCHES = (1, 3, 37, 128)
 CTR_CANDIDATES = (1, 7, 100, 500)
@@ -40,40 +47,51 @@ class ParityCase:
         return {"graph": self.graph, "shape": self.shape, "max_abs_diff": self.max_abs_diff}
 
 
-def draw_query_histories(
-    model: CTRModel, users: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Random left-padded histories: (users, L, T) word indices, (users, L) age buckets."""
-    cfg = model.cfg
-    length, tokens = cfg.query_history, cfg.query_tokens
-    counts = rng.integers(0, length + 1, size=users)  # queries per user, some with none
-    words = rng.integers(1, cfg.vocab.words, size=(users, length, tokens))
-    word_counts = rng.integers(1, tokens + 1, size=(users, length, 1))
-    valid = np.arange(length)[None, :] >= (length - counts)[:, None]  # (users, L)
-    word_ok = valid[..., None] & (np.arange(tokens)[None, None, :] < word_counts)
-    ages = np.where(valid, rng.integers(1, 10, size=(users, length)), 0)
-    return np.where(word_ok, words, 0).astype(np.int64), ages.astype(np.int64)
-
-
-def draw_ctr_inputs(
+def draw_inputs(
     model: CTRModel, users: int, pairs: int, rng: np.random.Generator
-) -> dict[str, np.ndarray]:
-    """Random user rows and pairs in the CTR graph's layout (without the query input); the
-    profile rows are the users' own (features/users.parquet), as the service sends them."""
+) -> ModelInputs[np.ndarray]:
+    """Random `ModelInputs` of `users` rows and `pairs` candidates with every input the
+    model reads: left-padded click and query histories of random lengths (some users with
+    none), queries of 1..T words, some without words, clicked results on some searches,
+    ages and minutes on the valid slots only."""
     cfg, v = model.cfg, model.cfg.vocab
-    history = rng.integers(1, v.items, size=(users, cfg.click_history))
-    kept = rng.integers(0, cfg.click_history + 1, size=users)
-    history[np.arange(cfg.click_history)[None, :] < (cfg.click_history - kept)[:, None]] = 0
-    user = rng.integers(1, v.users, size=users)
-    return {
-        "user": user,
-        "hour": rng.integers(0, 24, size=users),
-        # The model reads a user's profile from its table; the graph takes it as input.
-        "profile": model.user_profile[torch.from_numpy(user)].numpy(),
-        "click_history": history,
-        "pair_user": np.sort(rng.integers(0, users, size=pairs)),
-        "item": rng.integers(1, v.items, size=pairs),
+    length, tokens, horizon = cfg.query_history, cfg.query_tokens, cfg.click_history
+    kept = rng.integers(0, horizon + 1, size=users)
+    click_ok = np.arange(horizon)[None, :] >= (horizon - kept)[:, None]  # (U, H)
+    history = np.where(click_ok, rng.integers(1, v.items, size=(users, horizon)), 0)
+    counts = rng.integers(0, length + 1, size=users)  # searches per user, some with none
+    slot_ok = np.arange(length)[None, :] >= (length - counts)[:, None]  # (U, L)
+    word_counts = rng.integers(0, tokens + 1, size=(users, length, 1))  # 0: a wordless search
+    word_ok = slot_ok[..., None] & (np.arange(tokens)[None, None, :] < word_counts)
+    words = rng.integers(1, v.words, size=(users, length, tokens))
+    per_query = cfg.query_clicks
+    click_counts = rng.integers(0, per_query + 1, size=(users, length, 1))
+    clicked_ok = slot_ok[..., None] & (np.arange(per_query)[None, None, :] < click_counts)
+    clicked = rng.integers(1, v.items, size=(users, length, per_query))
+    optional = {
+        "query_clicks": np.where(clicked_ok, clicked, 0),
+        "query_minutes": np.where(slot_ok, rng.integers(0, 20_000, size=(users, length)), 0),
+        "click_minutes": np.where(click_ok, rng.integers(0, 20_000, size=(users, horizon)), 0),
     }
+    return ModelInputs(
+        user=rng.integers(1, v.users, size=users),
+        hour=rng.integers(0, 24, size=users),
+        profile=np.stack([rng.integers(0, n, size=users) for n in v.profile], axis=1),
+        click_history=history.astype(np.int64),
+        query_tokens=np.where(word_ok, words, 0).astype(np.int64),
+        query_age=np.where(slot_ok, rng.integers(1, 10, size=(users, length)), 0),
+        item=rng.integers(1, v.items, size=pairs),
+        pair_user=np.sort(rng.integers(0, users, size=pairs)),
+        **{name: value.astype(np.int64) for name, value in optional.items() if name in model.reads},
+    )
+
+
+def encoder_reference(model: CTRModel, inputs: ModelInputs[torch.Tensor]) -> dict[str, np.ndarray]:
+    """What the encoder graph must output for `inputs`, by output name."""
+    if isinstance(model, QueryRecModel):
+        user = model.user_side(inputs)
+        return {"query_repr": user.query.numpy(), "query_states": user.states.numpy()}
+    return {"query_repr": model.query_representation(inputs).numpy()}
 
 
 def check_parity(
@@ -93,36 +111,22 @@ def check_parity(
     rng = np.random.default_rng(seed)
     model.eval()
     cases: list[ParityCase] = []
+    outputs = encoder_outputs(model)
     with torch.no_grad():
         if encoder is not None:
             for users in ENCODER_BATCHES:
-                tokens, ages = draw_query_histories(model, users, rng)
-                want = model.query_representation(torch.from_numpy(tokens), torch.from_numpy(ages))
-                got = encoder.run(None, {"query_tokens": tokens, "query_age": ages})[0]
-                cases.append(_case("query_encoder", f"users={users}", want.numpy(), got))
+                inputs = draw_inputs(model, users, 1, rng)
+                want = encoder_reference(model, inputs.map(torch.from_numpy))
+                got = encoder.run(None, graph_feed(encoder_inputs(model), inputs))
+                for name, value in zip(outputs, got, strict=True):
+                    cases.append(_case("query_encoder", f"{name} users={users}", want[name], value))
         for pairs in CTR_CANDIDATES:
             for users in (1, 3):
-                feed = draw_ctr_inputs(model, users, pairs, rng)
-                tokens, ages = draw_query_histories(model, users, rng)
-                rows = feed["pair_user"]
-                expected = torch.sigmoid(
-                    a
-                    * model(
-                        torch.from_numpy(feed["user"][rows]),
-                        torch.from_numpy(feed["item"]),
-                        torch.from_numpy(feed["hour"][rows]),
-                        torch.from_numpy(feed["click_history"][rows]),
-                        torch.from_numpy(tokens[rows]),
-                        torch.from_numpy(ages[rows]),
-                    )
-                    + b
-                ).numpy()
-                if model.cfg.use_query:
-                    query = model.query_representation(
-                        torch.from_numpy(tokens), torch.from_numpy(ages)
-                    )
-                    feed = {"query_repr": query.numpy(), **feed}
-                got = ctr.run(None, feed)[0]
+                inputs = draw_inputs(model, users, pairs, rng)
+                tensors = inputs.map(torch.from_numpy)
+                expected = torch.sigmoid(a * model.score(tensors) + b).numpy()
+                encoded = encoder_reference(model, tensors) if outputs else {}
+                got = ctr.run(None, graph_feed(ctr_inputs(model), inputs, encoded))[0]
                 cases.append(_case("ctr", f"users={users} pairs={pairs}", expected, got))
     worst = max(cases, key=lambda c: c.max_abs_diff)
     if not worst.max_abs_diff <= tolerance:  # also catches NaN
@@ -138,7 +142,7 @@ def _case(graph: str, shape: str, want: np.ndarray, got: np.ndarray) -> ParityCa
         raise ParityError(
             f"parity check failed: {graph} at {shape}: shape {got.shape} != {want.shape}"
         )
-    diff = float(np.max(np.abs(want.astype(np.float64) - got.astype(np.float64))))
+    diff = float(np.max(np.abs(want.astype(np.float64) - got.astype(np.float64)), initial=0.0))
     if not np.isfinite(got).all():
         diff = float("nan")
     return ParityCase(graph, shape, diff)

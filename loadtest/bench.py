@@ -297,10 +297,11 @@ def matmul_flops(graph: Path, feed: dict[str, np.ndarray]) -> int:
 def full_history_feeds(
     bundle_dir: Path, candidates: int
 ) -> tuple[dict[str, np.ndarray] | None, dict[str, np.ndarray]]:
-    """(encoder feed, CTR feed) of one user with every query and click slot filled and
-    `candidates` candidates, built by the service's feature path."""
+    """(encoder feed, CTR feed) of one user with every query and click slot filled (and,
+    for a bundle that reads them, every search's clicked results) and `candidates`
+    candidates, built by the service's feature path (`service.features.inline_feeds`)."""
     from service.bundle import load_bundle
-    from service.features import FeatureBuilder, ctr_inputs, encoder_inputs
+    from service.features import FeatureBuilder, inline_feeds
     from service.state import UserState
 
     bundle = load_bundle(bundle_dir, device="cpu", threads=1)
@@ -308,21 +309,26 @@ def full_history_feeds(
     lengths = features.lengths
     at = 1_700_000_000_000
     words = np.resize(bundle.words.raw, lengths.queries * lengths.tokens)
+    per_search = lengths.clicks_per_query
     state = UserState(
         query_ts=at - 60_000 * np.arange(1, lengths.queries + 1, dtype=np.int64),
         query_sizes=np.full(lengths.queries, lengths.tokens, dtype=np.int64),
         query_words=words,
+        query_click_sizes=np.full(lengths.queries, per_search, dtype=np.int64),
+        query_click_items=np.resize(bundle.items.raw, lengths.queries * per_search),
         click_ts=at - 1000 * np.arange(1, lengths.clicks + 1, dtype=np.int64),
         click_items=np.resize(bundle.items.raw, lengths.clicks),
     )
     user = int(bundle.users.raw[0]) if len(bundle.users) else 1
     row = features.user_row(user, state, at)
     items = bundle.items(np.resize(bundle.items.raw, candidates))
-    encoder_feed, reprs = None, None
-    if bundle.encoder is not None:
-        encoder_feed = encoder_inputs([row])
-        reprs = bundle.encoder.run(None, encoder_feed)[0]
-    return encoder_feed, ctr_inputs([row], reprs, [items])
+    return inline_feeds(features, bundle.encoder, encoder_outputs(bundle), [row], [items])
+
+
+def encoder_outputs(bundle: Any) -> list[str]:
+    """The bundle's encoder outputs, in order ([]: no encoder graph)."""
+    graphs = bundle.manifest["graphs"]
+    return list(graphs["query_encoder"]["outputs"]) if "query_encoder" in graphs else []
 
 
 def model_flops(bundle_dir: Path, candidates: int) -> dict[str, int]:
@@ -337,9 +343,10 @@ def model_flops(bundle_dir: Path, candidates: int) -> dict[str, int]:
 def state_ms(bundle_dir: Path, redis_url: str, candidates: int, users: int = FLOOR_USERS) -> float:
     """CPU ms per request of the Redis read and feature building, in this process: for
     sampled users of the bundle, `RedisState.read` (one pipelined round trip, no cached
-    vector), `FeatureBuilder.user_row` and both graph feeds."""
+    vector), `FeatureBuilder.user_row` and both graph feeds (the encoder's outputs stood
+    in by zeros of their shapes: the graphs' own time is not counted here)."""
     from service.bundle import load_bundle
-    from service.features import FeatureBuilder, ctr_inputs, encoder_inputs
+    from service.features import FeatureBuilder, split_encoded
     from service.state import HistoryCaps, RedisState
 
     bundle = load_bundle(bundle_dir, device="cpu", threads=1)
@@ -349,6 +356,7 @@ def state_ms(bundle_dir: Path, redis_url: str, candidates: int, users: int = FLO
     rng = np.random.default_rng(0)
     sample = rng.choice(bundle.users.raw, size=min(users, len(bundle.users)), replace=False)
     items = bundle.items(rng.choice(bundle.items.raw, size=candidates))
+    names = encoder_outputs(bundle)
     d = 0 if bundle.encoder is None else int(bundle.encoder.get_outputs()[0].shape[1])
     at = int(time.time() * 1000)
 
@@ -358,8 +366,16 @@ def state_ms(bundle_dir: Path, redis_url: str, candidates: int, users: int = FLO
             for user in sample.tolist():
                 (one,) = await state.read([user], None)
                 row = features.user_row(user, one, at)
-                encoder_inputs([row])
-                ctr_inputs([row], np.zeros((1, d), np.float32) if d else None, [items])
+                encoded = None
+                if names:
+                    feed = features.encoder_feed([row])
+                    slots = feed["query_age"].shape[1]
+                    zeros = [
+                        np.zeros((1, slots, d) if name == "query_states" else (1, d), np.float32)
+                        for name in names
+                    ]
+                    encoded = split_encoded(zeros, names, [row])
+                features.ctr_feed([row], encoded, [items])
         finally:
             await state.close()
 

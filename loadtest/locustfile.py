@@ -4,13 +4,18 @@ Run by `python -m loadtest run` (loadtest/run.py), which writes the mix file and
 this as `locust -f loadtest/locustfile.py --headless ... --mix-file FILE` in a subprocess.
 Nothing here starts a server: the target is Locust's `--host` (HOST:PORT).
 
-Each call picks one RPC: `Score` with the share `1 - write_share`, else `RecordQuery` or
+Each call picks one RPC: `Score` with the share `1 - write_share`, else a search write or
 `RecordClicks` (half each), so reads and writes interleave as in production. Score asks
 for `candidates` distinct items drawn with the catalogue's popularity (impression counts)
 and carries a deadline equal to the budget; users are drawn with Zipf skew over the
-loaded users ranked by activity; RecordQuery sends a real query's words; RecordClicks one
-to three popular items. Timestamps are 0 (the server's clock). Users start at random
-phases of their interval (`FeedUser.on_start`), so the offered calls are spread evenly.
+loaded users ranked by activity; RecordClicks sends one to three popular items with
+timestamp 0 (the server's clock). A search write is `RecordQuery` with a real query's
+words and the Locust process's clock as its timestamp; `SEARCH_CLICK_SHARE` of those
+searches get clicked results: the next search write of the same Locust user is then
+`RecordSearchClicks` for that search (same user, same timestamp, one to three of the
+`SEARCH_RESULTS` popular items the search showed) instead of a new query. Users start at
+random phases of their interval (`FeedUser.on_start`), so the offered calls are spread
+evenly.
 
 Reporting: `LocustReporter`, a `grpc.UnaryUnaryClientInterceptor`, times each call and
 fires `environment.events.request` with its status, so Locust's own statistics and CSVs
@@ -46,14 +51,18 @@ from service.api import scorer_pb2, scorer_pb2_grpc
 
 grpc_gevent.init_gevent()
 
-METHODS = ("Score", "RecordQuery", "RecordClicks")
+METHODS = ("Score", "RecordQuery", "RecordClicks", "RecordSearchClicks")
 """RPC names as reported to Locust (the last part of the gRPC method path)."""
 TIMES_HEADER = "start_s,method,ms,code,degraded_reasons\n"
 """Columns of the exact-times file: start (epoch s), RPC, duration in ms, gRPC status
 code name (OK on success), degraded reasons of a Score joined by '|'."""
 WRITE_TIMEOUT_S = 2.0
-"""Deadline of RecordQuery / RecordClicks: well above the server's write budget (500 ms
-by default), there only so that a wedged server cannot hold a user forever."""
+"""Deadline of the writes: well above the server's write budget (500 ms by default), there
+only so that a wedged server cannot hold a user forever."""
+SEARCH_CLICK_SHARE = 0.6
+"""Share of recorded searches whose results get clicked (RecordSearchClicks)."""
+SEARCH_RESULTS = 10
+"""Results a search shows (popular items); one to three of them are clicked."""
 _FILL_ROUNDS = 50
 """Rounds of weighted draws before `draw_distinct` fills the rest uniformly."""
 
@@ -331,6 +340,9 @@ class FeedUser(User):
         intercepted = grpc.intercept_channel(self._channel, LocustReporter(environment))
         self.stub = scorer_pb2_grpc.ScorerStub(intercepted)
         self.budget_s = self.mix.budget_ms / 1e3
+        # A search of this Locust user whose clicks are still to be recorded:
+        # (user, timestamp_ms, the results it showed).
+        self.pending_search: tuple[int, int, list[int]] | None = None
 
     def on_start(self) -> None:
         """Start at a random phase of this user's interval, so that calls arrive spread
@@ -361,13 +373,28 @@ class FeedUser(User):
                     scorer_pb2.ScoreRequest(user_id=self._user(), item_ids=items),
                     timeout=self.budget_s,
                 )
-            elif draw < mix.write_share / 2 and mix.queries:
-                self.stub.RecordQuery(
-                    scorer_pb2.RecordQueryRequest(
-                        user_id=self._user(), token_ids=rng.choice(mix.queries)
+            elif draw < mix.write_share / 2 and self.pending_search is not None:
+                user, at, shown = self.pending_search
+                self.pending_search = None
+                self.stub.RecordSearchClicks(
+                    scorer_pb2.RecordSearchClicksRequest(
+                        user_id=user,
+                        search_timestamp_ms=at,
+                        item_ids=rng.sample(shown, min(rng.randint(1, 3), len(shown))),
                     ),
                     timeout=WRITE_TIMEOUT_S,
                 )
+            elif draw < mix.write_share / 2 and mix.queries:
+                user, at = self._user(), int(time.time() * 1000)
+                self.stub.RecordQuery(
+                    scorer_pb2.RecordQueryRequest(
+                        user_id=user, token_ids=rng.choice(mix.queries), timestamp_ms=at
+                    ),
+                    timeout=WRITE_TIMEOUT_S,
+                )
+                if rng.random() < SEARCH_CLICK_SHARE:  # stored (an error skips this)
+                    shown = draw_distinct(rng, mix.items, mix.item_cum_weights, SEARCH_RESULTS)
+                    self.pending_search = (user, at, shown)
             else:
                 clicked = draw_distinct(rng, mix.items, mix.item_cum_weights, rng.randint(1, 3))
                 self.stub.RecordClicks(

@@ -1,30 +1,31 @@
 """Comparison servers for the side-by-side benchmark, on the service's own gRPC API.
 
 Each one is a `grpc.aio` server speaking `queryrec.v1.Scorer` (Score, RecordQuery,
-RecordClicks; the committed stubs in `service/api`) and `grpc.health.v1`, so that the
-same load generator, request stream and client code drive them and `queryrec serve`:
+RecordClicks, RecordSearchClicks; the committed stubs in `service/api`) and
+`grpc.health.v1`, so that the same load generator, request stream and client code drive
+them and `queryrec serve`:
 
 - `echo`: the bare transport. Score answers a constant score per candidate without
-  touching Redis or a model; RecordQuery / RecordClicks answer without storing anything.
-  No model server on the same transport can be faster: this is the ceiling, and its CPU
+  touching Redis or a model; the writes answer without storing anything. No model
+  server on the same transport can be faster: this is the ceiling, and its CPU
   per call is the transport's share of the floor (`loadtest.bench`).
 - `naive-onnx`: what a team writes first. One request at a time, inline on the event
   loop: the Redis read (`service.state.RedisState.read`, no query-vector cache), the
-  service's feature path (`service.features.FeatureBuilder`, `encoder_inputs`,
-  `ctr_inputs`: reused, so the inputs are exactly the service's), then one ONNX Runtime
-  call per graph (encoder, then CTR) with one intra-op thread; no batching, no cache,
-  no budget, no degraded answers.
+  service's feature path (`service.features.FeatureBuilder` and `inline_feeds`: reused,
+  so the inputs are exactly the service's), then one ONNX Runtime call per graph
+  (encoder, then CTR) with one intra-op thread; no batching, no cache, no budget, no
+  degraded answers.
 - `naive-torch`: the same with the PyTorch eager model instead of ONNX Runtime: the
   run's checkpoint (`queryrec.training.checkpoint.load_checkpoint`) wrapped in the export's
-  serving modules (`export.graphs.QueryEncoderGraph`, `CTRGraph`), which take the same
-  feed layout as the ONNX graphs, so only the runtime differs; `torch.set_num_threads(1)`,
-  `torch.inference_mode`.
+  serving modules (`export.graphs.QueryEncoderGraph`, `CTRGraph`), fed the same feeds
+  as the ONNX graphs (positional, in the graphs' input order), so only the runtime
+  differs; `torch.set_num_threads(1)`, `torch.inference_mode`.
 
 The naive servers always run the encoder, also for a user without queries: the encoder
 of an empty history is exactly the service's learned "no query" vector (the service
 computes it the same way at start), so the scores are the service's scores. Their writes
-go through `RedisState.append_query` / `append_clicks`, the service's own idempotent,
-capped writes, so every server leaves the same state behind.
+go through `RedisState.append_query` / `append_clicks` / `record_search_clicks`, the
+service's own idempotent, capped writes, so every server leaves the same state behind.
 
     python -m loadtest.reference_servers --kind naive-onnx --bundle BUNDLE \
         --redis redis://127.0.0.1:6379/0 --port 50061
@@ -53,8 +54,8 @@ from queryrec.demo import ListeningProcess
 from service.api import scorer_pb2 as pb
 from service.api import scorer_pb2_grpc
 from service.bundle import Bundle, load_bundle
-from service.errors import StateUnavailable
-from service.features import FeatureBuilder, UserRow, ctr_inputs, encoder_inputs
+from service.errors import SearchNotFound, StateUnavailable
+from service.features import FeatureBuilder, UserRow, inline_feeds, split_encoded
 from service.health import SERVING, Health
 from service.state import HistoryCaps, RedisState
 
@@ -79,30 +80,48 @@ class Model(Protocol):
     def scores(self, row: UserRow, items: np.ndarray) -> np.ndarray: ...
 
 
+def encoder_output_names(bundle: Bundle) -> list[str]:
+    """The encoder graph's outputs, in order ([]: a bundle without an encoder)."""
+    graphs = bundle.manifest["graphs"]
+    return list(graphs["query_encoder"]["outputs"]) if "query_encoder" in graphs else []
+
+
 class OnnxModel:
     """The bundle's ONNX graphs, one ONNX Runtime call per graph per request."""
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, features: FeatureBuilder) -> None:
+        self.features = features
         self.encoder = bundle.encoder
+        self.encoder_outputs = encoder_output_names(bundle)
         self.ctr = bundle.ctr
 
     def scores(self, row: UserRow, items: np.ndarray) -> np.ndarray:
-        reprs = None
-        if self.encoder is not None:
-            reprs = self.encoder.run(None, encoder_inputs([row]))[0]  # (1, d)
-        return np.asarray(self.ctr.run(None, ctr_inputs([row], reprs, [items]))[0])
+        _, feed = inline_feeds(self.features, self.encoder, self.encoder_outputs, [row], [items])
+        return np.asarray(self.ctr.run(None, feed)[0])
 
 
 class TorchModel:
-    """The run's PyTorch model in eager mode, in the export's serving modules (the ONNX
-    graphs' feed layout, so the service's feature code builds the inputs unchanged)."""
+    """The run's PyTorch model in eager mode, in the export's serving modules, fed the
+    service's feeds (`FeatureBuilder.encoder_feed` / `ctr_feed`) as positional tensors
+    in the graphs' input order (`export.graphs.encoder_inputs` / `ctr_inputs`), so only
+    the runtime differs from the ONNX graphs."""
 
     def __init__(
-        self, run_dir: Path, data_dir: Path | None, platt: tuple[float, float] | None = None
+        self,
+        run_dir: Path,
+        data_dir: Path | None,
+        features: FeatureBuilder,
+        platt: tuple[float, float] | None = None,
     ) -> None:
         import torch
 
-        from export.graphs import CTRGraph, QueryEncoderGraph
+        from export.graphs import (
+            CTRGraph,
+            QueryEncoderGraph,
+            ctr_inputs,
+            encoder_inputs,
+            encoder_outputs,
+        )
         from queryrec.features.dataset import PreparedDataset
         from queryrec.training.checkpoint import load_checkpoint, read_checkpoint
 
@@ -115,22 +134,32 @@ class TorchModel:
             raise SystemExit(f"{run_dir}: the checkpoint does not record its dataset; pass --data")
         model, _ = load_checkpoint(run_dir, PreparedDataset(data), payload)
         self.torch = torch
-        self.encoder = QueryEncoderGraph(model).eval() if model.cfg.use_query else None
+        self.features = features
+        self.encoder_outputs = list(encoder_outputs(model))
+        self.encoder_names = encoder_inputs(model)
+        self.ctr_names = ctr_inputs(model)
+        self.encoder = QueryEncoderGraph(model).eval() if self.encoder_outputs else None
         self.ctr = CTRGraph(model, platt=platt).eval()
 
     def scores(self, row: UserRow, items: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
-            reprs = None
+            encoded = None
             if self.encoder is not None:
-                reprs = self.encoder(**_tensors(self.torch, encoder_inputs([row]))).numpy()
-            feed: dict[str, torch.Tensor | None] = {"query_repr": None}
-            feed |= _tensors(self.torch, ctr_inputs([row], reprs, [items]))
-            return np.asarray(self.ctr(**feed).numpy())
+                feed = self.features.encoder_feed([row])
+                out = self.encoder(*_tensors(self.torch, feed, self.encoder_names))
+                outputs = [out] if isinstance(out, self.torch.Tensor) else list(out)
+                values = [value.numpy() for value in outputs]
+                encoded = split_encoded(values, self.encoder_outputs, [row])
+            feed = self.features.ctr_feed([row], encoded, [items])
+            return np.asarray(self.ctr(*_tensors(self.torch, feed, self.ctr_names)).numpy())
 
 
-def _tensors(torch_module: Any, feed: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """numpy feed -> torch tensors (copies: the feed's arrays may be read-only views)."""
-    return {name: torch_module.from_numpy(np.array(value)) for name, value in feed.items()}
+def _tensors(
+    torch_module: Any, feed: dict[str, np.ndarray], names: tuple[str, ...]
+) -> list[torch.Tensor]:
+    """numpy feed -> torch tensors in the order of `names` (copies: the feed's arrays may
+    be read-only views)."""
+    return [torch_module.from_numpy(np.array(feed[name])) for name in names]
 
 
 def now_ms() -> int:
@@ -153,12 +182,19 @@ class EchoScorer(scorer_pb2_grpc.ScorerServicer):
     ) -> Any:
         return pb.RecordClicksResponse(history_length=0)
 
+    async def RecordSearchClicks(
+        self, request: pb.RecordSearchClicksRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        return pb.RecordSearchClicksResponse(clicks_in_search=0)
+
 
 class NaiveScorer(scorer_pb2_grpc.ScorerServicer):
     """Redis read, features, model, one request at a time on the event loop."""
 
-    def __init__(self, bundle: Bundle, state: RedisState, model: Model) -> None:
-        self.features = FeatureBuilder.for_bundle(bundle)
+    def __init__(
+        self, bundle: Bundle, state: RedisState, model: Model, features: FeatureBuilder
+    ) -> None:
+        self.features = features
         self.model_version = bundle.model_version
         self.state = state
         self.model = model
@@ -198,6 +234,19 @@ class NaiveScorer(scorer_pb2_grpc.ScorerServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
         return pb.RecordClicksResponse(history_length=kept)
 
+    async def RecordSearchClicks(
+        self, request: pb.RecordSearchClicksRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        try:
+            clicks = await self.state.record_search_clicks(
+                request.user_id, request.search_timestamp_ms, list(request.item_ids)
+            )
+        except SearchNotFound as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+        except StateUnavailable as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+        return pb.RecordSearchClicksResponse(clicks_in_search=clicks)
+
 
 def platt(bundle: Bundle) -> tuple[float, float] | None:
     """The bundle's Platt scaling (a, b), which its ctr.onnx applies (export.calibration);
@@ -234,16 +283,17 @@ async def serve(
         if bundle_dir is None or redis_url is None:
             raise SystemExit(f"--kind {kind} needs --bundle and --redis")
         bundle = load_bundle(bundle_dir, device="cpu", threads=1)
+        features = FeatureBuilder.for_bundle(bundle)
         model: Model
         if kind == "naive-onnx":
-            model = OnnxModel(bundle)
+            model = OnnxModel(bundle, features)
         else:
             if run_dir is None:
                 raise SystemExit("--kind naive-torch needs --run RUN_DIR (the trained run)")
-            model = TorchModel(run_dir, data_dir, platt(bundle))
+            model = TorchModel(run_dir, data_dir, features, platt(bundle))
         state = RedisState(redis_url, history_caps(bundle))
         await state.ping()
-        servicer = NaiveScorer(bundle, state, model)
+        servicer = NaiveScorer(bundle, state, model, features)
     server = grpc.aio.server()
     scorer_pb2_grpc.add_ScorerServicer_to_server(servicer, server)
     health = Health(("", SERVICE_NAME))

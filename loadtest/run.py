@@ -65,7 +65,7 @@ DEFAULT_BUNDLE = Path("demo-work/bundle")
 DEFAULT_OUT = Path("bench-work/loadtest")
 DEFAULT_SOAK_OUT = Path("bench-work/soak")
 
-METHODS = ("Score", "RecordQuery", "RecordClicks")
+METHODS = ("Score", "RecordQuery", "RecordClicks", "RecordSearchClicks")
 PERCENTILES = {"p50": 50.0, "p95": 95.0, "p99": 99.0, "p99.9": 99.9}
 USER_ZIPF_S = 1.0
 """Zipf exponent of the user draw: the user of activity rank r is drawn with weight
@@ -97,7 +97,7 @@ class LoadConfig:
     users: int = 16  # Locust users
     candidates: int = 100
     budget_ms: float = 50.0  # Score deadline
-    write_share: float = 0.1  # share of calls that are RecordQuery/RecordClicks
+    write_share: float = 0.1  # share of calls that write (searches, their clicks, clicks)
     seed: int = 0
 
     def check(self) -> None:
@@ -653,7 +653,7 @@ def _add_common(parser: argparse.ArgumentParser, out: Path) -> None:
     parser.add_argument("--users", type=int, default=16, help="Locust users")
     parser.add_argument("--candidates", type=int, default=100, help="items per Score")
     parser.add_argument("--budget-ms", type=float, default=50.0, help="Score deadline")
-    parser.add_argument("--write-share", type=float, default=0.1, help="RecordQuery/Clicks share")
+    parser.add_argument("--write-share", type=float, default=0.1, help="share of write calls")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-p99-ms", type=float, help="fail when Score p99 exceeds this")
 

@@ -42,7 +42,7 @@ PAPER_AUC: dict[str, tuple[str, float, float]] = {
     "ple": ("PLE", 0.6825, 0.6879),
     "sesrec": ("SESRec", 0.6843, 0.6859),
     "iv4rec": ("IV4REC+", 0.6640, 0.6580),
-    "queryrec": ("QueryRec", 0.6972, 0.6996),
+    "queryrec-paper": ("QueryRec", 0.6972, 0.6996),
 }
 
 
@@ -73,6 +73,7 @@ def run_bench(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[TrainResult]] = {}
+    wall: dict[str, float] = {}  # seconds per model, all its seeds, evaluation included
     started = time.perf_counter()
     ctx = init_distributed(base.device)
     quality = None
@@ -88,9 +89,11 @@ def run_bench(
             if alone and not ctx.is_main:
                 _wait_for_rank0(ctx)
                 continue
+            began = time.perf_counter()
             result = train(
                 dataset.root, out_dir / "runs" / f"{name}-seed{seed}", cfg, dataset=dataset
             )
+            wall[name] = wall.get(name, 0.0) + time.perf_counter() - began
             if alone:
                 _wait_for_rank0(ctx)
             runs.setdefault(name, []).append(result)
@@ -102,6 +105,8 @@ def run_bench(
     if not ctx.is_main:
         return {}
     results = summarise(dataset, runs)
+    for name, seconds in wall.items():
+        results["models"][name]["wall_seconds"] = seconds
     results["bench_seconds"] = time.perf_counter() - started
     if quality is not None:
         results["augmentation_quality"] = quality
@@ -244,8 +249,8 @@ def render_results(results: dict[str, Any]) -> str:
         f"Dataset `{results['dataset']}` (schema {results['schema_hash'][:12]}), test split from "
         f"{results['split']['test_start']}; mean ± std over seeds.",
         "",
-        "| Model | AUC | Imp % vs DIN | GAUC | logloss | seeds | samples/s | AUC, last query without click |",
-        "|---|---|---|---|---|---|---|---|",
+        "| Model | AUC | Imp % vs DIN | GAUC | logloss | seeds | samples/s | AUC, last query without click | minutes, all seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in models.items():
         imp = f"{improvement(m['auc_mean'], reference):+.2f}" if reference else "-"
@@ -254,7 +259,8 @@ def render_results(results: dict[str, Any]) -> str:
             f"| {name} | {m['auc_mean']:.4f} ± {m['auc_std']:.4f} | {imp} | "
             f"{m['gauc_mean']:.4f} ± {m['gauc_std']:.4f} | {m['logloss_mean']:.4f} ± {m['logloss_std']:.4f} | "
             f"{m['seeds']} | {m['samples_per_second_mean']:,.0f} | "
-            f"{sliced['auc_mean']:.4f} ± {sliced['auc_std']:.4f} |"
+            f"{sliced['auc_mean']:.4f} ± {sliced['auc_std']:.4f} | "
+            f"{m.get('wall_seconds', float('nan')) / 60:.1f} |"
         )
     lines += _paper_comparison(models, reference)
     paired = results.get("paired", {})
@@ -262,16 +268,18 @@ def render_results(results: dict[str, Any]) -> str:
         lines += [
             "",
             f"Paired by seed: `{FULL_MODEL}` minus each model, mean ± std of the per-seed "
-            f"differences, and in how many seeds `{FULL_MODEL}` is ahead.",
+            f"differences, in how many seeds `{FULL_MODEL}` is ahead, and whether the mean "
+            "difference is more than its spread (mean > std, every seed ahead).",
             "",
-            "| Model | Δ AUC | ahead | Δ AUC, last query without click | ahead |",
-            "|---|---|---|---|---|",
+            "| Model | Δ AUC | ahead | beyond the spread | Δ AUC, last query without click | ahead |",
+            "|---|---|---|---|---|---|",
         ]
         for name, p in paired.items():
             a, s = p["auc"], p["slice_auc"]
+            beyond = "yes" if a["mean"] > a["std"] and a["full_ahead"] == p["seeds"] else "no"
             lines.append(
                 f"| {name} | {a['mean']:+.4f} ± {a['std']:.4f} | {a['full_ahead']}/{p['seeds']} | "
-                f"{s['mean']:+.4f} ± {s['std']:.4f} | {s['full_ahead']}/{p['seeds']} |"
+                f"{beyond} | {s['mean']:+.4f} ± {s['std']:.4f} | {s['full_ahead']}/{p['seeds']} |"
             )
     calibrated = {n: m for n, m in models.items() if "test_ece_after_mean" in m}
     if calibrated:

@@ -214,7 +214,7 @@ def smoke_run(bundle: Bundle) -> None:
     3 + 2. The feed's names and dtypes must be the graph's inputs; outputs must have
     the declared shapes and finite values (CTR: probabilities in [0, 1])."""
     # here, not at the top: service.features imports this module for `Bundle`
-    from service.features import FeatureBuilder, ctr_inputs, encoder_inputs
+    from service.features import FeatureBuilder, split_encoded
 
     builder = FeatureBuilder.for_bundle(bundle)
     full, empty = _smoke_rows(builder, bundle)
@@ -222,24 +222,25 @@ def smoke_run(bundle: Bundle) -> None:
     # the largest item indices and an item the maps do not know (-> the unknown index)
     candidates = np.append(np.resize(_largest(bundle.items, 4), sum(SMOKE_CANDIDATES) - 1), -1)
     for rows, score in (([full], True), ([empty], False), ([full, empty], True)):
-        reprs = None
+        encoded = None
         if bundle.encoder is not None:
-            reprs = _run(
+            outputs = _run(
                 bundle.encoder,
                 bundle.root / ENCODER_FILE,
                 graphs["query_encoder"]["outputs"],
-                encoder_inputs(rows),
-                {"users": len(rows)},
+                builder.encoder_feed(rows),
+                {"users": len(rows), "L": builder.lengths.queries},
             )
-        if not score:  # the "no query" vector alone (what the server encodes at start)
+            encoded = split_encoded(outputs, list(graphs["query_encoder"]["outputs"]), rows)
+        if not score:  # the "no query" outputs alone (what the server encodes at start)
             continue
         counts = SMOKE_CANDIDATES[: len(rows)]
         split = np.split(candidates[: sum(counts)], np.cumsum(counts)[:-1])
-        probability = _run(
+        (probability,) = _run(
             bundle.ctr,
             bundle.root / CTR_FILE,
             graphs["ctr"]["outputs"],
-            ctr_inputs(rows, reprs, [bundle.items(raw) for raw in split]),
+            builder.ctr_feed(rows, encoded, [bundle.items(raw) for raw in split]),
             {"users": len(rows), "pairs": sum(counts)},
         )
         if probability.min() < 0.0 or probability.max() > 1.0:
@@ -251,16 +252,20 @@ def smoke_run(bundle: Bundle) -> None:
 
 
 def _smoke_rows(builder: FeatureBuilder, bundle: Bundle) -> tuple[UserRow, UserRow]:
-    """A user row with every history slot filled and one without history."""
+    """A user row with every history slot filled (every search with its clicked results)
+    and one without history."""
     from service.state import UserState  # with service.features (see `smoke_run`)
 
     lengths = builder.lengths
     queries, tokens, clicks = lengths.queries, lengths.tokens, lengths.clicks
+    per_query = lengths.clicks_per_query
     minute = 60_000
     state = UserState(
         query_ts=SMOKE_REQUEST_MS - minute * np.arange(1, queries + 1, dtype=np.int64),
         query_sizes=np.full(queries, tokens, dtype=np.int64),
         query_words=np.resize(_largest(bundle.words, queries * tokens), queries * tokens),
+        query_click_sizes=np.full(queries, per_query, dtype=np.int64),
+        query_click_items=np.resize(_largest(bundle.items, queries * per_query), queries * per_query),
         click_ts=SMOKE_REQUEST_MS - 1000 * np.arange(1, clicks + 1, dtype=np.int64),
         click_items=np.resize(_largest(bundle.items, clicks), clicks),
     )
@@ -285,11 +290,11 @@ def _run(
     outputs: dict[str, dict[str, Any]],
     feed: dict[str, np.ndarray],
     sizes: dict[str, int],
-) -> np.ndarray:
-    """One smoke batch through a graph; -> its first output. BundleError naming the file
+) -> list[np.ndarray]:
+    """One smoke batch through a graph; -> its outputs. BundleError naming the file
     when the feed does not fit the graph's inputs, the run fails, or an output has
-    another shape than the manifest declares (named axes bound by `sizes`) or
-    non-finite values."""
+    another shape than the manifest declares (named axes bound by `sizes`; the query
+    slot axis L at most its bound) or non-finite values."""
     what = " ".join(f"{name}={n}" for name, n in sizes.items())  # as export's parity cases
     takes = {t.name: t.type for t in session.get_inputs()}
     if set(feed) != set(takes):
@@ -307,12 +312,11 @@ def _run(
         results: Sequence[Any] = session.run(None, feed, quiet)
     except Exception as error:  # ORT raises its own types
         raise BundleError(f"{file}: smoke run ({what}) failed: {one_line(error)}") from None
-    for (name, spec), result in zip(outputs.items(), results, strict=True):
-        value = np.asarray(result)
+    values = [np.asarray(result) for result in results]
+    for (name, spec), value in zip(outputs.items(), values, strict=True):
         declared = spec["shape"]
         wrong = value.ndim != len(declared) or any(
-            n != (sizes.get(d, n) if isinstance(d, str) else d)
-            for d, n in zip(declared, value.shape, strict=True)
+            not _fits(d, n, sizes) for d, n in zip(declared, value.shape, strict=True)
         )
         if wrong:
             raise BundleError(
@@ -321,4 +325,14 @@ def _run(
             )
         if not np.isfinite(value).all():
             raise BundleError(f"{file}: smoke run ({what}) gives non-finite values in {name}")
-    return np.asarray(results[0])
+    return values
+
+
+def _fits(declared: int | str, size: int, sizes: dict[str, int]) -> bool:
+    """An output axis of `size` fits its declaration: a fixed size, a named axis bound by
+    `sizes` (the query slot axis L: at most its bound, the feed trims empty slots)."""
+    if isinstance(declared, int):
+        return size == declared
+    if declared == "L":
+        return 1 <= size <= sizes.get("L", size)
+    return size == sizes.get(declared, size)

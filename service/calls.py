@@ -1,4 +1,4 @@
-"""The three RPCs as transport-free calls: validate, run within the budget, answer.
+"""The four RPCs as transport-free calls: validate, run within the budget, answer.
 
 gRPC (`service.server`) and the admin API's JSON mirror (`service.admin`) both call
 these, so the rules live once. Every refusal is a `Rejected(kind, message)`; the
@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from service.api import scorer_pb2 as pb
-from service.errors import Overloaded, Rejected, StateUnavailable
+from service.errors import Overloaded, Rejected, SearchNotFound, StateUnavailable
 from service.logs import DegradedBursts, event
 from service.model_holder import ModelHolder
 from service.scoring import RESPONSE_MARGIN_S, now_ms
@@ -26,6 +26,7 @@ TIME_FLOOR_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: no event of this servic
 
 GRPC_CODES = {
     "invalid": grpc.StatusCode.INVALID_ARGUMENT,
+    "not_found": grpc.StatusCode.NOT_FOUND,
     "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "deadline": grpc.StatusCode.DEADLINE_EXCEEDED,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
@@ -33,6 +34,7 @@ GRPC_CODES = {
 }
 HTTP_CODES = {
     "invalid": 400,
+    "not_found": 404,
     "overloaded": 429,
     "deadline": 504,
     "unavailable": 503,
@@ -41,7 +43,8 @@ HTTP_CODES = {
 
 
 class Calls:
-    """Score, RecordQuery and RecordClicks over the holder's current model and Redis."""
+    """Score, RecordQuery, RecordClicks and RecordSearchClicks over the holder's current
+    model and Redis."""
 
     def __init__(
         self,
@@ -108,6 +111,30 @@ class Calls:
             remaining_s,
         )
         return pb.RecordClicksResponse(history_length=kept)
+
+    async def record_search_clicks(
+        self, request: pb.RecordSearchClicksRequest, remaining_s: float | None
+    ) -> pb.RecordSearchClicksResponse:
+        """The results clicked after one stored search, named by its timestamp; NOT_FOUND
+        (nothing stored) when the user's history does not hold that search."""
+        items = list(request.item_ids)
+        _check_ids(request.user_id, "item_ids", items, self.settings.max_search_clicks, True)
+        if request.search_timestamp_ms == 0:
+            raise Rejected(
+                "invalid",
+                "search_timestamp_ms is 0: send the timestamp_ms the search was recorded with",
+            )
+        at = self._timestamp("search_timestamp_ms", request.search_timestamp_ms)
+        try:
+            clicks = await self._write(
+                lambda limit: self.state.record_search_clicks(
+                    request.user_id, at, items, timeout_s=limit
+                ),
+                remaining_s,
+            )
+        except SearchNotFound as error:
+            raise Rejected("not_found", str(error)) from None
+        return pb.RecordSearchClicksResponse(clicks_in_search=clicks)
 
     async def _write(
         self, write: Callable[[float], Awaitable[int]], remaining_s: float | None

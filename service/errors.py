@@ -10,6 +10,7 @@ __all__ = [
     "Overloaded",
     "QueryRecError",
     "Rejected",
+    "SearchNotFound",
     "SettingsError",
     "StateUnavailable",
 ]
@@ -27,14 +28,21 @@ class StateUnavailable(QueryRecError):
     """Redis did not answer or refused a command; writes are not acknowledged."""
 
 
+class SearchNotFound(QueryRecError):
+    """Search clicks name a search the user's query history does not hold (never recorded,
+    expired, or no longer among the newest L); nothing was stored. The message goes to
+    the caller: it names the user and the timestamp, never hosts or exception text."""
+
+
 class Overloaded(QueryRecError):
     """A micro-batcher's queue is full (RESOURCE_EXHAUSTED)."""
 
 
 class Rejected(QueryRecError):
     """A call answered with an error status; `kind` maps to gRPC and HTTP codes
-    (service/calls.py): invalid, overloaded, deadline, unavailable, internal. The message
-    goes to the caller: it names the field or the state, never hosts or exception text."""
+    (service/calls.py): invalid, not_found, overloaded, deadline, unavailable, internal.
+    The message goes to the caller: it names the field or the state, never hosts or
+    exception text."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)

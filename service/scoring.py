@@ -34,7 +34,8 @@ from service.batcher import BatchObserver, MicroBatcher
 from service.bundle import Bundle
 from service.degraded import Degraded
 from service.errors import BundleError, Overloaded, StateUnavailable
-from service.features import FeatureBuilder, UserRow, ctr_inputs, encoder_inputs
+from queryrec.features.model_inputs import ModelInputs
+from service.features import Encoded, FeatureBuilder, UserRow, split_encoded
 from service.logs import event
 from service.metrics import ServiceMetrics
 from service.redis_keys import unpack_query_repr
@@ -110,13 +111,16 @@ class Scorer:
         self._background: set[asyncio.Task[None]] = set()
         self._active = 0  # Score calls inside this scorer now
         self._idle: asyncio.Event | None = None  # set when retiring and no call is active
-        self.no_query: np.ndarray | None = None
+        graphs = bundle.manifest["graphs"]
+        self.encoder_outputs: list[str] = (
+            list(graphs["query_encoder"]["outputs"]) if "query_encoder" in graphs else []
+        )
+        self.no_query: Encoded | None = None  # the encoder outputs of a user without a search
         if bundle.encoder is not None:
-            empty = encoder_inputs([self._empty_row()])
-            self.no_query = bundle.encoder.run(None, empty)[0][0]  # (d,)
+            self.no_query = self._encode_batch([self._empty_row()])[0]
         on_loop = runs_on_loop(settings, bundle)
         self.ctr_max_pairs = ctr_max_pairs(settings, bundle)
-        self.encoder: MicroBatcher[UserRow, np.ndarray] = MicroBatcher(
+        self.encoder: MicroBatcher[UserRow, Encoded] = MicroBatcher(
             "encoder",
             self._encode_batch,
             max_size=settings.encoder_max_batch,
@@ -125,7 +129,7 @@ class Scorer:
             observer=observer,
             on_loop=on_loop,
         )
-        self.ctr: MicroBatcher[tuple[UserRow, np.ndarray | None, np.ndarray], np.ndarray] = (
+        self.ctr: MicroBatcher[tuple[UserRow, Encoded | None, np.ndarray], np.ndarray] = (
             MicroBatcher(
                 "ctr",
                 self._ctr_batch,
@@ -165,17 +169,31 @@ class Scorer:
         await self.stop()
 
     def _empty_row(self) -> UserRow:
-        """A request's row without any history (warm-up and the "no query" vector)."""
-        lengths = self.features.lengths
-        return UserRow(
-            user=0,
-            hour=0,
-            profile=np.zeros(len(self.features.profile_fields), np.int64),
-            click_history=np.zeros(lengths.clicks, np.int64),
-            query_tokens=np.zeros((lengths.queries, lengths.tokens), np.int64),
-            query_age=np.zeros(lengths.queries, np.int64),
-            query_count=0,
-            history_version=b"",
+        """A request's row without any history (warm-up and the "no query" outputs)."""
+        slots = self.features.lengths.queries
+        return UserRow(self._filled_inputs(1, slots, 0), query_count=0, history_version=b"")
+
+    def _filled_inputs(self, users: int, slots: int, value: int) -> ModelInputs[np.ndarray]:
+        """User rows whose every input is `value` (0: no history; 1: every slot filled,
+        the warm-up's shapes), `slots` query slots, no candidates."""
+        lengths, reads = self.features.lengths, self.features.reads
+
+        def full(*shape: int) -> np.ndarray:
+            return np.full(shape, value, dtype=np.int64)
+
+        return ModelInputs(
+            user=full(users),
+            hour=full(users),
+            profile=full(users, len(self.features.profile_fields)),
+            click_history=full(users, lengths.clicks),
+            query_tokens=full(users, slots, lengths.tokens),
+            query_age=full(users, slots),
+            item=full(0),
+            query_clicks=(
+                full(users, slots, lengths.clicks_per_query) if "query_clicks" in reads else None
+            ),
+            query_minutes=full(users, slots) if "query_minutes" in reads else None,
+            click_minutes=full(users, lengths.clicks) if "click_minutes" in reads else None,
         )
 
     def warm_up(self) -> None:
@@ -197,17 +215,14 @@ class Scorer:
         if self.bundle.encoder is not None:
             for users in _powers_of_two(self.settings.encoder_max_batch):
                 for queries in range(1, lengths.queries + 1):
-                    feed = {
-                        "query_tokens": np.ones((users, queries, lengths.tokens), dtype=np.int64),
-                        "query_age": np.ones((users, queries), dtype=np.int64),
-                    }
-                    self.bundle.encoder.run(None, feed)
+                    rows = [UserRow(self._filled_inputs(1, queries, 1), queries, b"")] * users
+                    self.bundle.encoder.run(None, self.features.encoder_feed(rows))
         row = self._empty_row()
         for pairs in _powers_of_two(max(self.ctr_max_pairs, self.settings.max_candidates)):
             for users in sorted({1, min(pairs, 8)}):
                 items = np.array_split(np.ones(pairs, dtype=np.int64), users)
-                reprs = None if self.no_query is None else np.tile(self.no_query, (users, 1))
-                self.bundle.ctr.run(None, ctr_inputs([row] * users, reprs, items))
+                encoded = None if self.no_query is None else [self.no_query] * users
+                self.bundle.ctr.run(None, self.features.ctr_feed([row] * users, encoded, items))
 
     async def score(
         self, raw_user: int, raw_items: list[int], request_ms: int, budget_s: float
@@ -220,11 +235,11 @@ class Scorer:
             items = self.bundle.items(np.asarray(raw_items, dtype=np.int64))
             state, reasons = await self._read_state(raw_user, budget_s * self.settings.redis_share)
             row = self.features.user_row(raw_user, state, request_ms)
-            query = self.no_query  # None: a model without a query tower
-            if query is not None and not reasons:  # without Redis: no history, "no query"
+            encoded = self.no_query  # None: a model without an encoder graph
+            if encoded is not None and not reasons:  # without Redis: no history, "no query"
                 encoder_until = start + budget_s * self.settings.encoder_share
-                query = await self._query_vector(raw_user, row, state, encoder_until, reasons)
-            scores = await self._ctr(row, query, items, start + budget_s - RESPONSE_MARGIN_S)
+                encoded = await self._encoded(raw_user, row, state, encoder_until, reasons)
+            scores = await self._ctr(row, encoded, items, start + budget_s - RESPONSE_MARGIN_S)
         finally:
             self._active -= 1
             if self._active == 0 and self._idle is not None:
@@ -258,17 +273,18 @@ class Scorer:
         """The encoder version the query-vector cache is keyed by; None: cache off."""
         return self.encoder_version if self.settings.cache_query_repr else None
 
-    async def _query_vector(
+    async def _encoded(
         self, raw_user: int, row: UserRow, state: UserState, until: float, reasons: list[str]
-    ) -> np.ndarray:
-        """e_q for the request: "no query" without queries, the cached vector when the
-        history is unchanged, else the encoder micro-batch until `until` (loop time; late,
-        refused or failed: "no query" and a reason code appended to `reasons`)."""
+    ) -> Encoded:
+        """The encoder outputs for the request: "no query" without searches, the cached
+        ones when the history is unchanged, else the encoder micro-batch until `until`
+        (loop time; late, refused or failed: "no query" and a reason code appended to
+        `reasons`)."""
         assert self.no_query is not None
         if row.query_count == 0:
             self.counts.no_query += 1
             return self.no_query
-        cached = _cached(state.cached_query_repr, row.history_version)
+        cached = _cached(state.cached_query_repr, row.history_version, self._width)
         if cached is not None:
             self.counts.cache_hits += 1
             self.metrics.cache_hits.inc()
@@ -276,7 +292,7 @@ class Scorer:
         self.metrics.cache_misses.inc()
         try:
             async with asyncio.timeout_at(until):
-                query = await self.encoder.submit(row, deadline=until)
+                encoded = await self.encoder.submit(row, deadline=until)
         except Overloaded:
             reasons.append(Degraded.ENCODER_OVERLOADED)
             return self.no_query
@@ -288,50 +304,67 @@ class Scorer:
             reasons.append(Degraded.ENCODER_FAILED)
             return self.no_query
         self.counts.encoded += 1
-        self._cache_in_background(raw_user, row, query)
-        return query
+        self._cache_in_background(raw_user, row, encoded)
+        return encoded
 
-    def _cache_in_background(self, raw_user: int, row: UserRow, query: np.ndarray) -> None:
-        """Store the new vector without making the request wait for the write."""
+    @property
+    def _width(self) -> int:
+        """d: the width of the query representation."""
+        assert self.no_query is not None
+        return len(self.no_query["query_repr"])
+
+    def _cache_in_background(self, raw_user: int, row: UserRow, encoded: Encoded) -> None:
+        """Store the new outputs without making the request wait for the write: the query
+        vector, then the states of the request's searches, as one float32 vector."""
         version = self._cache_version
         if version is None:
             return
+        flat = np.concatenate([encoded[name].ravel() for name in self.encoder_outputs])
         task = asyncio.get_running_loop().create_task(
-            self.state.cache_query_reprs(version, [(raw_user, row.history_version, query)])
+            self.state.cache_query_reprs(version, [(raw_user, row.history_version, flat)])
         )
         self._background.add(task)  # kept alive until done; awaited by stop()
         task.add_done_callback(self._background.discard)
 
     async def _ctr(
-        self, row: UserRow, query: np.ndarray | None, items: np.ndarray, deadline: float
+        self, row: UserRow, encoded: Encoded | None, items: np.ndarray, deadline: float
     ) -> np.ndarray:
         """The CTR micro-batch, done by `deadline` (loop time): refused at once when its
         expected wait ends later (Overloaded), TimeoutError when it does not finish."""
         async with asyncio.timeout_at(deadline):
-            return await self.ctr.submit((row, query, items), units=len(items), deadline=deadline)
+            return await self.ctr.submit(
+                (row, encoded, items), units=len(items), deadline=deadline
+            )
 
-    def _encode_batch(self, rows: list[UserRow]) -> Sequence[np.ndarray]:
+    def _encode_batch(self, rows: list[UserRow]) -> Sequence[Encoded]:
         assert self.bundle.encoder is not None
-        out = self.bundle.encoder.run(None, encoder_inputs(rows))[0]  # (B, d)
-        return list(out)
+        outputs = self.bundle.encoder.run(None, self.features.encoder_feed(rows))
+        return split_encoded(outputs, self.encoder_outputs, rows)
 
     def _ctr_batch(
-        self, requests: list[tuple[UserRow, np.ndarray | None, np.ndarray]]
+        self, requests: list[tuple[UserRow, Encoded | None, np.ndarray]]
     ) -> Sequence[np.ndarray]:
         rows = [r for r, _, _ in requests]
-        reprs = None
+        encoded = None
         if self.no_query is not None:
-            reprs = np.stack([q if q is not None else self.no_query for _, q, _ in requests])
+            encoded = [e if e is not None else self.no_query for _, e, _ in requests]
         items = [i for _, _, i in requests]
-        probs = self.bundle.ctr.run(None, ctr_inputs(rows, reprs, items))[0]  # (N,)
+        probs = self.bundle.ctr.run(None, self.features.ctr_feed(rows, encoded, items))[0]
         return np.split(probs, np.cumsum([len(i) for i in items])[:-1])
 
 
-def _cached(value: bytes | None, version: bytes) -> np.ndarray | None:
+def _cached(value: bytes | None, version: bytes, width: int) -> Encoded | None:
+    """A cached value of this history version -> the encoder outputs it holds (the query
+    vector (d,), then the states of the request's searches (n, d) when stored)."""
     if value is None:
         return None
     stored_version, vector = unpack_query_repr(value)
-    return vector if stored_version == version else None
+    if stored_version != version:
+        return None
+    cached: Encoded = {"query_repr": vector[:width]}
+    if len(vector) > width:
+        cached["query_states"] = vector[width:].reshape(-1, width)
+    return cached
 
 
 def _powers_of_two(limit: int) -> list[int]:

@@ -337,6 +337,7 @@ async def create_server(
         queries=settings.query_history_cap or int(lengths["query_history"]),
         clicks=settings.click_history_cap or int(lengths["click_history"]),
         ttl_s=settings.state_ttl_s,
+        search_clicks=settings.max_search_clicks,
     )
     password = settings.secret("redis_password")
     admin_token = settings.secret("admin_token")
@@ -400,6 +401,11 @@ async def create_server(
                     ),
                     "RecordClicks": scoring.handler(
                         "RecordClicks", calls.record_clicks, pb.RecordClicksRequest
+                    ),
+                    "RecordSearchClicks": scoring.handler(
+                        "RecordSearchClicks",
+                        calls.record_search_clicks,
+                        pb.RecordSearchClicksRequest,
                     ),
                 },
             ),

@@ -101,8 +101,8 @@ class ServiceSettings(BaseSettings):
     write_budget_ms: float = Field(
         500.0,
         gt=0,
-        description="budget of RecordQuery / RecordClicks (the Redis write); the gRPC "
-        "deadline wins when shorter",
+        description="budget of RecordQuery / RecordClicks / RecordSearchClicks (the Redis "
+        "write); the gRPC deadline wins when shorter",
     )
     # Micro-batching.
     encoder_max_batch: int = Field(64, ge=1, le=4096, description="users per encoder call")
@@ -150,6 +150,11 @@ class ServiceSettings(BaseSettings):
     max_candidates: int = Field(1000, ge=1, description="items per Score request")
     max_query_tokens: int = Field(64, ge=1, description="token ids per RecordQuery")
     max_clicks_per_call: int = Field(256, ge=1, description="item ids per RecordClicks")
+    max_search_clicks: int = Field(
+        16,
+        ge=1,
+        description="item ids per RecordSearchClicks, and clicked results kept per search",
+    )
     max_message_bytes: int = Field(1 << 20, ge=1024, description="gRPC max receive message")
     max_future_ms: int = Field(
         24 * 3600 * 1000,

@@ -1,13 +1,15 @@
 """User state in Redis behind one small interface: append histories, read a batch of users.
 
-Writes are one `EVALSHA` per call of `redis_keys.APPEND_SCRIPT`: atomic in Redis, capped
-(`LTRIM`), refreshing the TTL, and idempotent, so that a write retried after a timeout is
-not stored twice (the rule: `service/redis_keys.py`). Nothing is acknowledged that was
-not stored. Reads are one pipelined round trip for a whole batch of users (`LRANGE` x 2,
-`HGETALL`, and the cached query vector's `GET`). The client uses the hiredis parser when
-the `hiredis` package is installed (redis-py picks it by default; without it, parsing
-list replies costs about 4x, MEASURED.md). URLs: `redis://`, `rediss://` (TLS),
-`unix://`; a password in the URL or, winning over it, the `password` argument.
+Writes are one `EVALSHA` per call of a script of `service/redis_keys.py`: appends run
+`APPEND_SCRIPT` (atomic in Redis, capped (`LTRIM`), refreshing the TTL, and idempotent, so
+that a write retried after a timeout is not stored twice), search clicks run
+`SEARCH_CLICKS_SCRIPT` (the clicked results of one stored search, written into its query
+entry; idempotent too). Nothing is acknowledged that was not stored. Reads are one
+pipelined round trip for a whole batch of users (`LRANGE` x 2, `HGETALL`, and the cached
+query vector's `GET`). The client uses the hiredis parser when the `hiredis` package is
+installed (redis-py picks it by default; without it, parsing list replies costs about
+4x, MEASURED.md). URLs: `redis://`, `rediss://` (TLS), `unix://`; a password in the URL
+or, winning over it, the `password` argument.
 
 Faults, without a connection storm:
 - Connections come from a `BlockingConnectionPool`: more concurrent calls than
@@ -32,7 +34,7 @@ read of many users is one pipelined round trip per node (the nodes concurrently)
 the fault model above holds per master: a dead master fails its own users at once
 (`UserState.unavailable`, or `StateUnavailable` when every user of the call is on failed
 nodes) while the other masters' users are read and written normally; `available` turns
-False only when every master is down. Appends run the same script by EVALSHA, routed by
+False only when every master is down. Writes run the same scripts by EVALSHA, routed by
 their one key (EVAL on that node when it does not have the script yet, which also loads
 it there). MOVED and ASK during a slot migration are followed.
 """
@@ -59,7 +61,7 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import redis_keys as keys
-from service.errors import StateUnavailable
+from service.errors import SearchNotFound, StateUnavailable
 from service.state_cluster import (
     ClusterEvents,
     ClusterRouter,
@@ -82,6 +84,9 @@ RECONNECT_BASE_S = 0.05
 _PINGS_PER_ROUND = 30
 """Failed pings per `Retry` round; the round then starts over from the base pause (which
 keeps `2 ** failures` in the backoff formula finite during a long outage)."""
+
+_SCRIPTS = (keys.APPEND_SCRIPT, keys.SEARCH_CLICKS_SCRIPT)
+"""The write scripts (`RedisState._run_script`), registered once per client."""
 
 
 class RedisEvents(Protocol):
@@ -111,6 +116,7 @@ class HistoryCaps:
     queries: int  # L: query entries kept
     clicks: int  # H: click entries kept
     ttl_s: int  # expiry of a user's keys after the last write
+    search_clicks: int = 16  # clicked results kept per search (max_search_clicks)
 
 
 def _no_events() -> np.ndarray:
@@ -124,6 +130,11 @@ class UserState:
     query_ts: np.ndarray = field(default_factory=_no_events)  # (m,) Unix ms
     query_sizes: np.ndarray = field(default_factory=_no_events)  # (m,) words per query
     query_words: np.ndarray = field(default_factory=_no_events)  # (sum of sizes,) raw ids
+    # The results clicked after each search, in the order of query_ts: clicks per search
+    # (m,), then every search's clicked raw item ids one after the other (sum of
+    # counts,), each search's in the order they were recorded.
+    query_click_sizes: np.ndarray = field(default_factory=_no_events)
+    query_click_items: np.ndarray = field(default_factory=_no_events)
     click_ts: np.ndarray = field(default_factory=_no_events)  # (n,) Unix ms
     click_items: np.ndarray = field(default_factory=_no_events)  # (n,) raw item ids
     profile: dict[str, int] = field(default_factory=dict)
@@ -194,7 +205,7 @@ class RedisState:
             )
             self._secrets = [self._password] if self._password else []
             self._secrets += [p for p in (urlsplit(url).password,) if p]
-            self._append_sha = hashlib.sha1(keys.APPEND_SCRIPT.encode()).hexdigest()
+            self._shas = {source: hashlib.sha1(source.encode()).hexdigest() for source in _SCRIPTS}
             return
         from_url: dict[str, Any] = dict(parse_url(url))
         options: dict[str, Any] = {
@@ -218,7 +229,7 @@ class RedisState:
         # decides when the next attempt is made.
         probe_pool = ConnectionPool(max_connections=1, retry=Retry(NoBackoff(), 0), **options)
         self._probe = aioredis.Redis.from_pool(probe_pool)
-        self._append_script = self.client.register_script(keys.APPEND_SCRIPT)
+        self._scripts = {source: self.client.register_script(source) for source in _SCRIPTS}
 
     # -- state ---------------------------------------------------------------------------
 
@@ -307,38 +318,71 @@ class RedisState:
             timeout_s,
         )
 
+    async def record_search_clicks(
+        self,
+        user_id: int,
+        search_timestamp_ms: int,
+        item_ids: list[int],
+        *,
+        timeout_s: float | None = None,
+    ) -> int:
+        """Store the results clicked after the user's search at `search_timestamp_ms` in
+        that search's query entry (the newest with that timestamp), each item once however
+        often it is sent, at most `caps.search_clicks` per search; -> the clicks the
+        search holds now. SearchNotFound (nothing stored) when the user's query history
+        holds no search with that timestamp. timeout_s: as `append_query`."""
+        count = await self._run_script(
+            keys.SEARCH_CLICKS_SCRIPT,
+            keys.query_key(user_id),
+            keys.search_clicks_args(
+                search_timestamp_ms, item_ids, self.caps.search_clicks, self.caps.ttl_s
+            ),
+            timeout_s,
+        )
+        if count < 0:
+            raise SearchNotFound(
+                f"user {user_id} has no search at search_timestamp_ms {search_timestamp_ms} "
+                "in the serving state (never recorded, expired, or no longer among the "
+                f"newest {self.caps.queries} searches)"
+            )
+        return count
+
     async def _append(
         self, key: str, entries: list[bytes], cap: int, timeout_s: float | None
     ) -> int:
+        args = keys.append_args(entries, cap, self.caps.ttl_s)
+        return min(await self._run_script(keys.APPEND_SCRIPT, key, args, timeout_s), cap)
+
+    async def _run_script(
+        self, source: str, key: str, args: list[int | bytes], timeout_s: float | None
+    ) -> int:
+        """One write: the script `source` (one of `_SCRIPTS`) on `key` with `args`; -> its
+        integer reply. StateUnavailable (at once while Redis is down) when it was not run
+        or its reply did not arrive within `timeout_s`; redis_error("write") reported."""
         self._refuse_while_down("write")
         try:
             async with asyncio.timeout(timeout_s):
                 if self.cluster is not None:
-                    length = await self._cluster_append(key, entries, cap)
+                    reply = await self._cluster_script(source, key, args)
                 else:
-                    length = await self._append_script(
-                        keys=[key], args=keys.append_args(entries, cap, self.caps.ttl_s)
-                    )
+                    reply = await self._scripts[source](keys=[key], args=args)
         except TimeoutError:  # our timeout; the caller's own shows as a cancel, passed on
             self._report_error("write")
             raise StateUnavailable(WRITE_LATE) from None
         except (RedisError, OSError) as error:
             raise self._failed("write", error, WRITE_LATE) from None
-        return min(int(length), cap)
+        return int(reply)
 
-    async def _cluster_append(self, key: str, entries: list[bytes], cap: int) -> int:
-        """The append script on the key's node: EVALSHA, or EVAL (which loads it there)
-        when that node does not know the script yet. StateUnavailable when the node is
-        down, late or refuses; redis_error("write") reported once."""
+    async def _cluster_script(self, source: str, key: str, args: list[int | bytes]) -> int:
+        """The script on the key's node: EVALSHA, or EVAL (which loads it there) when that
+        node does not know the script yet. StateUnavailable when the node is down, late
+        or refuses; redis_error("write") reported once."""
         assert self.cluster is not None
-        args = keys.append_args(entries, cap, self.caps.ttl_s)
         (outcome,) = await self.cluster.run(
-            [Unit(key, [("EVALSHA", self._append_sha, 1, key, *args)])]
+            [Unit(key, [("EVALSHA", self._shas[source], 1, key, *args)])]
         )
         if not isinstance(outcome, Failure) and isinstance(outcome[0], NoScriptError):
-            (outcome,) = await self.cluster.run(
-                [Unit(key, [("EVAL", keys.APPEND_SCRIPT, 1, key, *args)])]
-            )
+            (outcome,) = await self.cluster.run([Unit(key, [("EVAL", source, 1, key, *args)])])
         message = _cluster_failure(outcome, WRITE_LATE)
         if message is not None:
             self._report_error("write")
@@ -531,11 +575,13 @@ def _user_state(replies: list[Any]) -> UserState:
     vector]) -> their state."""
     queries, clicks, profile = replies[:3]
     click_ts, click_items = keys.unpack_clicks(clicks)
-    query_ts, query_sizes, query_words = keys.unpack_queries(queries)
+    query_ts, query_sizes, query_words, click_sizes, clicked = keys.unpack_queries(queries)
     return UserState(
         query_ts=query_ts,
         query_sizes=query_sizes,
         query_words=query_words,
+        query_click_sizes=click_sizes,
+        query_click_items=clicked,
         click_ts=click_ts,
         click_items=click_items,
         profile={k.decode(): int(v) for k, v in profile.items()},

@@ -2,10 +2,11 @@
 
 Reads a prepared dataset (torch-free), keeps the events strictly before `as_of` (default:
 the start of the test split, so that a replay of the test split continues from there),
-caps them like the server does (the newest L queries, H clicks), maps model indices back
-to raw ids (Redis holds raw ids, `service.redis_keys`) and writes users in pipelined
-chunks of `chunk` users: per user DEL + RPUSH (newest first) + EXPIRE for both lists and
-HSET for the profile. Existing keys of a loaded user are replaced.
+caps them like the server does (the newest L queries, H clicks, and with each query its
+search's clicked results, distinct, in display order, at most `max_search_clicks`), maps
+model indices back to raw ids (Redis holds raw ids, `service.redis_keys`) and writes
+users in pipelined chunks of `chunk` users: per user DEL + RPUSH (newest first) + EXPIRE
+for both lists and HSET for the profile. Existing keys of a loaded user are replaced.
 
 A Redis Cluster URL (`redis+cluster://host:port[,host:port...]`, `service.state_cluster`)
 loads through redis-py's cluster client: each chunk's pipeline is split by node (a user's
@@ -35,6 +36,9 @@ from service.errors import SettingsError, StateUnavailable
 from service.state import redacted_url
 from service.state_cluster import is_cluster_url, parse_cluster_url
 
+UNMAPPED_RAW_ID = 1 << 62
+"""Stands for an item or word index without a raw id (as in `queryrec replay`)."""
+
 
 @dataclass(frozen=True)
 class LoadReport:
@@ -42,6 +46,7 @@ class LoadReport:
     queries: int
     clicks: int
     seconds: float
+    search_clicks: int = 0  # clicked results stored with the loaded queries
 
     @property
     def users_per_minute(self) -> float:
@@ -55,6 +60,7 @@ def load_state(
     as_of_ms: int | None = None,
     query_cap: int = 20,
     click_cap: int = 50,
+    max_search_clicks: int = 16,
     ttl_s: int = 30 * 24 * 3600,
     chunk: int = 2000,
     progress: bool = True,
@@ -62,11 +68,16 @@ def load_state(
 ) -> LoadReport:
     """Write every user with any history or profile; -> counts and timing.
 
+    max_search_clicks: clicked results kept per search (the service's setting of that
+        name; the first ones in display order).
     password: AUTH password, wins over one in `url` (None or "": the URL's, if any).
     """
     start = time.perf_counter()
     as_of = int(dataset.schema["split"]["test_start_ms"]) if as_of_ms is None else as_of_ms
     user_raw, item_raw, word_raw = (dataset.raw_ids(n) for n in ("users", "items", "words"))
+    # An index without a raw id (-1) is stored as one no map holds (the service maps it to
+    # unknown again): a negative id would read as the search-clicks separator.
+    item_raw, word_raw = (np.where(t < 0, UNMAPPED_RAW_ID, t) for t in (item_raw, word_raw))
     profiles = pl.read_parquet(dataset.root / "features/users.parquet")
     fields = list(dataset.schema["vocab_sizes"]["profile"])
     with_features = profiles.filter(pl.col("has_features"))
@@ -90,7 +101,7 @@ def load_state(
 
         packed_clicks = _pack_all_clicks(dataset, item_raw)
         users = np.arange(2, len(dataset.search_user_start) - 1)  # 0, 1: padding, unknown
-        n_queries = n_clicks = 0
+        n_queries = n_clicks = n_search_clicks = 0
         bar = tqdm(total=len(users), desc="state load", unit="user", disable=not progress)
         for lo in range(0, len(users), chunk):
             pipe = client.pipeline(transaction=False)
@@ -98,7 +109,9 @@ def load_state(
                 raw_user = int(user_raw[user])
                 if raw_user < 0:
                     continue
-                q_entries = _query_entries(dataset, int(user), as_of, query_cap, word_raw)
+                q_entries, searched = _query_entries(
+                    dataset, int(user), as_of, query_cap, word_raw, item_raw, max_search_clicks
+                )
                 c_entries = _click_entries(dataset, int(user), as_of, click_cap, packed_clicks)
                 qk, ck, pk = (
                     keys.query_key(raw_user),
@@ -119,13 +132,14 @@ def load_state(
                     pipe.expire(pk, ttl_s)
                 n_queries += len(q_entries)
                 n_clicks += len(c_entries)
+                n_search_clicks += searched
             try:
                 pipe.execute()
             except (RedisError, RedisClusterException, OSError) as error:
                 raise failure("Redis write failed during state load", error) from None
             bar.update(min(chunk, len(users) - lo))
         bar.close()
-    return LoadReport(len(users), n_queries, n_clicks, time.perf_counter() - start)
+    return LoadReport(len(users), n_queries, n_clicks, time.perf_counter() - start, n_search_clicks)
 
 
 def _client(url: str, where: str, password: str | None) -> redis.Redis | redis.cluster.RedisCluster:
@@ -153,18 +167,40 @@ def _client(url: str, where: str, password: str | None) -> redis.Redis | redis.c
 
 
 def _query_entries(
-    dataset: PreparedDataset, user: int, as_of: int, cap: int, word_raw: np.ndarray
-) -> list[bytes]:
-    """The user's newest `cap` queries before `as_of`, newest first, packed."""
+    dataset: PreparedDataset,
+    user: int,
+    as_of: int,
+    cap: int,
+    word_raw: np.ndarray,
+    item_raw: np.ndarray,
+    click_cap: int,
+) -> tuple[list[bytes], int]:
+    """The user's newest `cap` queries before `as_of`, newest first, packed with their
+    searches' clicked results; -> (entries, clicked results packed)."""
     lo, hi = dataset.search_user_start[user], dataset.search_user_start[user + 1]
     end = lo + int(np.searchsorted(dataset.search_ts[lo:hi], as_of, side="left"))
     entries = []
+    clicked_total = 0
     for session in range(end - 1, max(lo, end - cap) - 1, -1):
         a, b = dataset.query_offsets[session], dataset.query_offsets[session + 1]
+        c, d = dataset.clicked_offsets[session], dataset.clicked_offsets[session + 1]
+        clicked = _first_distinct(item_raw[dataset.clicked_items[c:d]], click_cap)
+        clicked_total += len(clicked)
         entries.append(
-            keys.pack_query(int(dataset.search_ts[session]), word_raw[dataset.query_words[a:b]])
+            keys.pack_query(
+                int(dataset.search_ts[session]), word_raw[dataset.query_words[a:b]], clicked
+            )
         )
-    return entries
+    return entries, clicked_total
+
+
+def _first_distinct(items: np.ndarray, most: int) -> np.ndarray:
+    """The first `most` distinct values of `items`, in their order (what the service's
+    search-clicks script keeps when the items are recorded in this order)."""
+    if len(items) <= 1:
+        return items[:most]
+    _, first = np.unique(items, return_index=True)
+    return items[np.sort(first)][:most]
 
 
 def _click_entries(

@@ -17,8 +17,7 @@ from queryrec.errors import QueryRecError
 
 # Mirrors queryrec.models.registry.DEFAULT_BENCH_MODELS without importing torch at start-up.
 DEFAULT_MODELS = (
-    "din", "dcn", "ple", "sesrec", "iv4rec", "unisar", "lightgbm", "lightgbm-query",
-    "queryrec", "queryrec-dcn", "queryrec-no-next", "queryrec-no-cl", "queryrec-no-diffusion",
+    "din", "sesrec", "unisar", "lightgbm", "lightgbm-query", "queryrec-paper", "queryrec",
 )  # fmt: skip
 
 # Mirror AuxiliaryConfig's and TrainConfig's defaults without importing torch at start-up
@@ -154,7 +153,8 @@ def train_command(
         str,
         typer.Option(
             "--model",
-            help="din | dcn | queryrec | queryrec-dcn | queryrec-no-next | queryrec-no-cl.",
+            help="queryrec (served) | queryrec-paper | din | sesrec | unisar | lightgbm | ... "
+            "(queryrec.models.registry lists every name).",
         ),
     ],
     out: Annotated[Path, typer.Option("--out", help="Run folder (checkpoint, metrics).")],
@@ -458,8 +458,16 @@ def state_load_command(
     ] = None,
     query_cap: Annotated[int, typer.Option("--query-cap", help="Queries kept per user (L).")] = 20,
     click_cap: Annotated[int, typer.Option("--click-cap", help="Clicks kept per user (H).")] = 50,
+    search_click_cap: Annotated[
+        int,
+        typer.Option(
+            "--search-click-cap",
+            help="Clicked results kept per search (the server's QUERYREC_MAX_SEARCH_CLICKS).",
+        ),
+    ] = 16,
 ) -> None:
-    """Bulk-load every user's query and click histories and profile into Redis."""
+    """Bulk-load every user's query (with each search's clicked results) and click
+    histories and profile into Redis."""
     from queryrec.features.dataset import PreparedDataset
     from service.state_load import (
         default_redis_password,
@@ -478,10 +486,12 @@ def state_load_command(
         as_of_ms=when,
         query_cap=query_cap,
         click_cap=click_cap,
+        max_search_clicks=search_click_cap,
         password=default_redis_password(),
     )
     print(
-        f"loaded {report.users:,} users ({report.queries:,} queries, {report.clicks:,} clicks) "
+        f"loaded {report.users:,} users ({report.queries:,} queries with "
+        f"{report.search_clicks:,} search clicks, {report.clicks:,} clicks) "
         f"in {report.seconds:.1f} s: {report.users_per_minute:,.0f} users/min"
     )
 
@@ -498,12 +508,20 @@ def replay_command(
         ),
     ] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", help="Users in flight.")] = 16,
+    search_click_cap: Annotated[
+        int,
+        typer.Option(
+            "--search-click-cap",
+            help="Clicked results sent per search (the server's QUERYREC_MAX_SEARCH_CLICKS).",
+        ),
+    ] = 16,
 ) -> None:
-    """Replay the test split through the API; served vs offline score per impression
-    (fails above 1e-5 for a non-degraded answer), AUC and latency."""
+    """Replay the test split through the API (searches with their clicked results); served
+    vs offline score per impression (fails above 1e-5 for a non-degraded answer), AUC and
+    latency."""
     from clients.replay import run_replay
 
-    run_replay(data, target, bundle, concurrency)
+    run_replay(data, target, bundle, concurrency, max_search_clicks=search_click_cap)
 
 
 @app.command("demo")

@@ -84,8 +84,7 @@ class LatentStory:
     intent_strength_range: tuple[float, float] = (0.8, 2.0)
     searches_after_change_share: float = 0.7  # of sessions, a few hours after a change
     search_delay_hours: float = 3.0
-    intent_query_share: float = 0.8  # meant: of the other sessions, about the intent (see the
-    # known slip in build_search_sessions: today it acts on almost no session)
+    intent_query_share: float = 0.8  # of the other sessions, about the current intent
     engine_popularity_weight: float = 0.3
     engine_noise: float = 0.7  # Gumbel scale added to the engine's word-overlap score
     search_click_weight: float = 4.0  # times <intent, item>
@@ -242,12 +241,9 @@ class _LatentWorld(_World):
 
         intent, _ = self._intent_at(self.ss_user, self.ss_time)
         about_intent = rng.random(n_ss) < ls.intent_query_share
-        # Known slip, kept so that the documented transfer results reproduce: `ones` was
-        # meant to be `zeros`, so every "other" session also counts as after a change
-        # and `intent_query_share` only acts on the few sessions of users without a change
-        # inside the log: almost every query is about the current intent. Fixing it
-        # changes the data; rerun docs/RESULTS.md "Transfer" when it is fixed.
-        after = np.concatenate([has, np.ones(len(o_user), dtype=bool)])[keep][order]
+        # Sessions drawn after a change are about the new intent; the other sessions are
+        # about the intent with probability `intent_query_share`, else about the taste.
+        after = np.concatenate([has, np.zeros(len(o_user), dtype=bool)])[keep][order]
         about_intent |= after  # searches right after a change are about the new intent
         self.ss_direction = np.where(about_intent[:, None], intent, self.user_vec[self.ss_user])
         q_len = rng.choice([1, 2, 3, 4], size=n_ss, p=[0.3, 0.4, 0.2, 0.1])

@@ -22,8 +22,8 @@ from queryrec.errors import BundleError
 from queryrec.evaluation.metrics import evaluate
 from queryrec.features.bundle_format import CTR_FILE, ENCODER_FILE, history_lengths, read_manifest
 from queryrec.features.dataset import PreparedDataset
-from queryrec.features.graph_feeds import ctr_feed, encoder_feed
-from queryrec.features.model_inputs import model_inputs
+from queryrec.features.graph_feeds import graph_feed
+from queryrec.features.model_inputs import model_inputs, trim_query_columns
 
 
 class GraphSession(Protocol):
@@ -81,6 +81,8 @@ def score_split(
             f"trained on ({str(data_info['schema_hash'])[:12]})"
         )
     lengths = history_lengths(manifest)
+    graphs = manifest["graphs"]
+    reads = frozenset(manifest["reads"])
     events = dataset.timelines()
     samples = dataset.samples(split)
     users = samples["user"].to_numpy().astype(np.int64)
@@ -91,20 +93,15 @@ def score_split(
     out = np.empty(len(users), dtype=np.float32)
     for start in range(0, len(users), batch_size):
         rows = by_length[start : start + batch_size]  # short histories together
-        inputs = model_inputs(events, users[rows], ts[rows], lengths)
-        query_repr = None
-        if encoder is not None:
-            query_repr = encoder.run(None, encoder_feed(inputs.query_tokens, inputs.query_age))[0]
-        feed = ctr_feed(
-            users[rows],
-            inputs.hour,
-            inputs.profile,
-            inputs.click_history,
-            np.arange(len(rows)),
-            items[rows],
-            query_repr,
+        inputs = trim_query_columns(
+            model_inputs(events, users[rows], ts[rows], lengths, items[rows], reads=reads)
         )
-        out[rows] = ctr.run(None, feed)[0]
+        encoded: dict[str, np.ndarray] = {}
+        if encoder is not None:
+            outputs = graphs["query_encoder"]["outputs"]
+            values = encoder.run(None, graph_feed(list(graphs["query_encoder"]["inputs"]), inputs))
+            encoded = dict(zip(outputs, values, strict=True))
+        out[rows] = ctr.run(None, graph_feed(list(graphs["ctr"]["inputs"]), inputs, encoded))[0]
     return out, samples["label"].to_numpy().astype(np.float32)
 
 

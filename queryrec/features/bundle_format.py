@@ -32,10 +32,11 @@ import numpy as np
 import polars as pl
 
 from queryrec.errors import BundleError
-from queryrec.features.model_inputs import HistoryLengths
+from queryrec.features.graph_feeds import ENCODER_OUTPUTS
+from queryrec.features.model_inputs import OPTIONAL_INPUTS, USER_INPUTS, HistoryLengths
 from queryrec.features.schema import UNKNOWN_INDEX, sha256_file
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: graph inputs are ModelInputs fields by name; search clicks
 MANIFEST = "manifest.json"
 ENCODER_FILE = "query_encoder.onnx"
 CTR_FILE = "ctr.onnx"
@@ -49,13 +50,20 @@ ARTIFACTS = (
 )
 # Element types a manifest may declare for a graph input or output (numpy names).
 DTYPES = frozenset({"bool", "int32", "int64", "float16", "float32", "float64"})
-# The graph axes other manifest fields fix: (graph, input, axis) -> the field that gives
-# the size ("profile_fields": its length). The service builds its feeds at these sizes.
-FIXED_AXES: dict[tuple[str, str, int], str] = {
-    ("query_encoder", "query_tokens", 2): "max_lengths.query_tokens",
-    ("ctr", "click_history", 1): "max_lengths.click_history",
-    ("ctr", "profile", 1): "profile_fields",
+# The graph axes other manifest fields fix, where a graph has the input: (input, axis)
+# -> the field that gives the size ("profile_fields": its length). The service builds
+# its feeds at these sizes.
+FIXED_AXES: dict[tuple[str, int], str] = {
+    ("query_tokens", 2): "max_lengths.query_tokens",
+    ("query_clicks", 2): "max_lengths.query_clicks",
+    ("click_history", 1): "max_lengths.click_history",
+    ("click_minutes", 1): "max_lengths.click_history",
+    ("profile", 1): "profile_fields",
 }
+GRAPH_INPUTS = frozenset(
+    {*USER_INPUTS, *OPTIONAL_INPUTS, "pair_user", "item", *ENCODER_OUTPUTS}
+)
+"""The names a graph input may have: `ModelInputs` fields and the encoder's outputs."""
 
 
 class IdMap:
@@ -134,8 +142,13 @@ def check_manifest_fields(manifest: dict[str, Any], path: Path) -> None:
     """
     _field(manifest, path, "model_version", str)
     lengths = _field(manifest, path, "max_lengths", dict)
-    for name in ("click_history", "query_history", "query_tokens"):
+    for name in ("click_history", "query_history", "query_tokens", "query_clicks"):
         _positive(lengths.get(name), path, f"max_lengths.{name}")
+    reads = _field(manifest, path, "reads", list)
+    if not set(reads) <= set(OPTIONAL_INPUTS):
+        raise BundleError(
+            f"{path}: reads lists {reads}; the feature path builds only {list(OPTIONAL_INPUTS)}"
+        )
     fields = _field(manifest, path, "profile_fields", list)
     if not all(isinstance(f, str) for f in fields) or len(set(fields)) != len(fields):
         raise BundleError(f"{path}: profile_fields must be distinct column names, not {fields}")
@@ -165,39 +178,50 @@ def check_manifest_fields(manifest: dict[str, Any], path: Path) -> None:
             raise BundleError(f"{path}: graphs.{key}.file is {graph.get('file')!r}, not {file!r}")
         for kind in ("inputs", "outputs"):
             _check_tensors(graph.get(kind), path, f"graphs.{key}.{kind}")
+    for key in expected:
+        unknown = sorted(set(graphs[key]["inputs"]) - GRAPH_INPUTS)
+        if unknown:
+            raise BundleError(
+                f"{path}: graphs.{key}.inputs names {unknown}, which the service cannot feed"
+            )
     sizes = {
         "max_lengths.query_tokens": lengths["query_tokens"],
+        "max_lengths.query_clicks": lengths["query_clicks"],
         "max_lengths.click_history": lengths["click_history"],
         "profile_fields": len(fields),
     }
-    for (key, name, axis), source in FIXED_AXES.items():
-        if key not in graphs:
-            continue
-        where = f"graphs.{key}.inputs.{name}"
-        spec = graphs[key]["inputs"].get(name)
-        if spec is None:
-            raise BundleError(f"{path}: {where} is missing (the service feeds it)")
-        shape = spec["shape"]
-        if len(shape) <= axis or shape[axis] != sizes[source]:
-            found = shape[axis] if len(shape) > axis else "no such axis"
-            given = (
-                f"{source} is {sizes[source]}"
-                if source.startswith("max_lengths")
-                else f"{source} lists {sizes[source]} fields"
-            )
-            raise BundleError(f"{path}: {given}, but {where}.shape[{axis}] is {found!r}")
-    if "query_encoder" in graphs:
-        encoded = next(iter(graphs["query_encoder"]["outputs"].values()))["shape"]
-        taken = graphs["ctr"]["inputs"].get("query_repr")
-        if taken is None:
+    for key in expected:
+        for (name, axis), source in FIXED_AXES.items():
+            spec = graphs[key]["inputs"].get(name)
+            if spec is None:
+                continue
+            where = f"graphs.{key}.inputs.{name}"
+            shape = spec["shape"]
+            if len(shape) <= axis or shape[axis] != sizes[source]:
+                found = shape[axis] if len(shape) > axis else "no such axis"
+                given = (
+                    f"{source} is {sizes[source]}"
+                    if source.startswith("max_lengths")
+                    else f"{source} lists {sizes[source]} fields"
+                )
+                raise BundleError(f"{path}: {given}, but {where}.shape[{axis}] is {found!r}")
+    _check_encoder_link(graphs, path)
+
+
+def _check_encoder_link(graphs: dict[str, Any], path: Path) -> None:
+    """The CTR graph takes exactly the encoder's outputs, at the encoder's widths."""
+    encoded = graphs["query_encoder"]["outputs"] if "query_encoder" in graphs else {}
+    taken = {n: v for n, v in graphs["ctr"]["inputs"].items() if n in ENCODER_OUTPUTS}
+    if set(encoded) != set(taken):
+        raise BundleError(
+            f"{path}: graphs.ctr takes the encoder outputs {sorted(taken)}, but the encoder "
+            f"gives {sorted(encoded)}"
+        )
+    for name, spec in encoded.items():
+        if spec["shape"][-1] != taken[name]["shape"][-1]:
             raise BundleError(
-                f"{path}: graphs.ctr.inputs.query_repr is missing, but the bundle has a "
-                "query encoder whose output the CTR graph takes"
-            )
-        if encoded[-1] != taken["shape"][-1]:
-            raise BundleError(
-                f"{path}: graphs.ctr.inputs.query_repr.shape {taken['shape']} does not take "
-                f"the encoder's output (graphs.query_encoder.outputs shape {encoded})"
+                f"{path}: graphs.ctr.inputs.{name}.shape {taken[name]['shape']} does not take "
+                f"the encoder's output (graphs.query_encoder.outputs.{name} shape {spec['shape']})"
             )
 
 
@@ -331,4 +355,5 @@ def history_lengths(manifest: dict[str, Any]) -> HistoryLengths:
         clicks=int(lengths["click_history"]),
         queries=int(lengths["query_history"]),
         tokens=int(lengths["query_tokens"]),
+        clicks_per_query=int(lengths["query_clicks"]),
     )

@@ -46,6 +46,20 @@ def _csr(lists: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     return offsets, values
 
 
+def _distinct_per_row(offsets: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CSR lists -> the same lists without repeated values (first occurrence kept, order
+    kept)."""
+    if len(values) == 0:
+        return offsets, values
+    row = np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
+    key = row * (int(values.max()) + 1) + values.astype(np.int64)
+    _, first = np.unique(key, return_index=True)
+    keep = np.zeros(len(values), dtype=bool)
+    keep[first] = True
+    counts = np.bincount(row[keep], minlength=len(offsets) - 1)
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), values[keep]
+
+
 class PreparedDataset:
     """A dataset folder written by `queryrec data prepare`, with its schema checked."""
 
@@ -74,7 +88,9 @@ class PreparedDataset:
         self.search_user_start = np.searchsorted(self.search_user, np.arange(n_users + 1))
         self.query_offsets, self.query_words = _csr(search["query"])
         self.shown_offsets, self.shown_items = _csr(search["shown"])
-        self.clicked_offsets, self.clicked_items = _csr(search["clicked"])
+        # A search's clicked results are a set in display order (the service stores them
+        # so: a retried or repeated click is one result): duplicates are dropped.
+        self.clicked_offsets, self.clicked_items = _distinct_per_row(*_csr(search["clicked"]))
         self._timelines: EventTimelines | None = None
 
     @property
@@ -109,6 +125,8 @@ class PreparedDataset:
                 word_start=self.query_offsets,
                 words=self.query_words,
                 profile=self.profile_table(),
+                query_click_start=self.clicked_offsets,
+                query_click_items=self.clicked_items,
             )
         return self._timelines
 

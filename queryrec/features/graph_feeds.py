@@ -1,46 +1,46 @@
-"""The bundle graphs' input layouts, built from model inputs (torch-free).
+"""A bundle graph's feed from `ModelInputs`, by input name (torch-free).
 
-`query_encoder.onnx` takes a batch of query histories; `ctr.onnx` takes U user rows and
-N flat (user row, item) pairs (`export.bundle` writes the layout into the manifest). The
-service (many requests per call) and offline scoring of a bundle (one pair per sample)
-both build their feeds here, so the layout is written once.
+Every input of `query_encoder.onnx` and `ctr.onnx` is a `ModelInputs` field of the same
+name or an output of the encoder graph (`query_repr`, `query_states`); the manifest lists
+each graph's inputs in order (`export.bundle` writes them, `export.graphs` defines them).
+The service (many requests per call), offline scoring of a bundle and the parity check
+build their feeds here, so the layout is written once:
+- the CTR graph takes U user rows and N flat (user row, item) pairs; `pair_user` None
+  (one candidate per row, a training-style batch) is fed as 0..N-1;
+- ids are int64, encoder outputs float32.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 
-from queryrec.features.model_inputs import trim_query_columns
+from queryrec.features.model_inputs import ModelInputs
+
+ENCODER_OUTPUTS = ("query_repr", "query_states")
+"""The encoder outputs a CTR graph may take as inputs."""
 
 
-def encoder_feed(query_tokens: np.ndarray, query_age: np.ndarray) -> dict[str, np.ndarray]:
-    """(B, L, T) word indices and (B, L) age buckets -> the encoder's inputs, with the
-    slots that are empty in the whole batch cut off (`trim_query_columns`)."""
-    tokens, ages = trim_query_columns(query_tokens, query_age)
-    return {"query_tokens": tokens, "query_age": ages}
-
-
-def ctr_feed(
-    user: np.ndarray,
-    hour: np.ndarray,
-    profile: np.ndarray,
-    click_history: np.ndarray,
-    pair_user: np.ndarray,
-    item: np.ndarray,
-    query_repr: np.ndarray | None,
+def graph_feed(
+    names: Sequence[str],
+    inputs: ModelInputs[np.ndarray],
+    encoded: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """User rows (U,), (U,), (U, P), (U, H), pairs (N,) user row of each pair and (N,)
-    candidate items, and the rows' query vectors (U, d) (None: a model without a query
-    tower) -> the CTR graph's inputs."""
-    # np.asarray: no copy when the dtype is already right (this runs per CTR batch)
-    feed = {
-        "user": np.asarray(user, dtype=np.int64),
-        "hour": np.asarray(hour, dtype=np.int64),
-        "profile": np.asarray(profile, dtype=np.int64),
-        "click_history": np.asarray(click_history, dtype=np.int64),
-        "pair_user": np.asarray(pair_user, dtype=np.int64),
-        "item": np.asarray(item, dtype=np.int64),
-    }
-    if query_repr is not None:
-        feed = {"query_repr": np.asarray(query_repr, dtype=np.float32), **feed}
+    """The feed of a graph whose inputs are `names`: each from `encoded` (the encoder's
+    outputs for the same user rows) or the `ModelInputs` field of that name."""
+    feed: dict[str, np.ndarray] = {}
+    for name in names:
+        if name in ENCODER_OUTPUTS:
+            if encoded is None or name not in encoded:
+                raise ValueError(f"the graph reads the encoder output {name!r}, not given")
+            # np.asarray: no copy when the dtype is already right (this runs per batch)
+            feed[name] = np.asarray(encoded[name], dtype=np.float32)
+            continue
+        value = getattr(inputs, name, None)
+        if name == "pair_user" and value is None:
+            value = np.arange(inputs.batch_size, dtype=np.int64)
+        if value is None:
+            raise ValueError(f"the graph reads the input {name!r}, which these inputs lack")
+        feed[name] = np.asarray(value, dtype=np.int64)
     return feed

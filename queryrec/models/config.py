@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from queryrec.features.model_inputs import HistoryLengths
+
 
 @dataclass(frozen=True)
 class Vocab:
@@ -41,6 +43,7 @@ class ModelConfig:
     click_history: int = 50  # H: feed clicks the backbone attends over
     query_history: int = 20  # L: queries the SAS encoder reads
     query_tokens: int = 8  # T: words per query
+    query_clicks: int = 4  # K: clicked results read per search (models that read them)
     caption_tokens: int = 16  # words per item caption
     mlp: tuple[int, ...] = (200, 80)  # CTR head hidden sizes
     attention_mlp: tuple[int, ...] = (36,)  # DIN activation unit hidden sizes
@@ -53,4 +56,15 @@ class ModelConfig:
     # The item's and its author's smoothed training click rates, bucketed, as two more
     # embedded item fields (`queryrec.features.item_statistics`; the "-stats" models).
     item_statistics: bool = False
+    # The served QueryRec's additions (`queryrec.models.queryrec_model`), each ablated:
+    search_clicks: bool = False  # query slots read their clicked results' item vectors
+    target_attention: bool = False  # the candidate attends over every SAS output position
+    match_counts: bool = False  # history and search matches of the candidate as count fields
     extra: dict[str, float] = field(default_factory=dict)  # reserved for model-specific knobs
+
+    @property
+    def history_lengths(self) -> HistoryLengths:
+        """The feature path's lengths for this model."""
+        return HistoryLengths(
+            self.click_history, self.query_history, self.query_tokens, self.query_clicks
+        )

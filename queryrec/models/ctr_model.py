@@ -1,15 +1,13 @@
 """One CTR model class for every model name: a backbone plus, for QueryRec, the query tower.
 
-`din` / `dcn` are the backbones alone. `queryrec` / `queryrec-dcn` add the user's query
-representation e_{q_u^t} (query vectors -> SAS encoder) as one more input field, and are
-trained with the auxiliary losses L_next and L_cl (see `queryrec.losses`). The ablations
-differ only in loss weights (`queryrec.models.registry`).
+`din` / `dcn` are the backbones alone. `queryrec-paper` / `queryrec-dcn` add the user's
+query representation e_{q_u^t} (query vectors -> SAS encoder) as one more input field, and
+are trained with the auxiliary losses L_next and L_cl (see `queryrec.losses`). The
+ablations differ only in loss weights (`queryrec.models.registry`).
 
-Inputs (all int64, padding 0; see `queryrec.training.batches` for how they are built):
-    user (B,), item (B,), hour (B,) Beijing hour of the impression,
-    click_history (B, H) left-padded item indices, query_history (B, L, T) left-padded
-    word indices of the queries strictly before the impression, query_age (B, L) their age
-    buckets at the impression (0 = padding).
+Every model reads one `ModelInputs` (`queryrec.features.model_inputs`: names, shapes and
+padding of every input written once), mapped to tensors; a model's class names the
+optional inputs it reads (`reads`) and the training-only ones (`training_inputs`).
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from queryrec.features.model_inputs import ModelInputs
 from queryrec.features.time_features import AGE_BUCKETS
 from queryrec.models.config import ModelConfig
 from queryrec.models.dcn import DCNBackbone
@@ -34,17 +33,18 @@ class CTRModel(nn.Module):
     """Backbone ("din" or "dcn") over user, item, context and click-history fields,
     optionally with the SAS query representation as an extra field (cfg.use_query).
 
-    The baselines (`queryrec.models.ple`, `sesrec`, `iv4rec`, `unisar`) subclass it: they
-    share its embedding tables and item tower, may read more batch inputs
-    (`batch_extras`, built by `queryrec.training.extra_inputs`) and may add loss terms of
-    their own (`CTROutput.losses`, already weighted; the one training loop adds them).
+    The baselines (`queryrec.models.baselines`) and the served QueryRec subclass it: they
+    share its embedding tables and item tower, may read optional inputs (`reads`) and
+    training-only ones (`training_inputs`), and may add loss terms of their own
+    (`CTROutput.losses`, already weighted; the one training loop adds them).
     """
 
-    user_profile: Tensor  # (U, P) buffer: profile field codes per user index
-    # Batch keys beyond the six standard inputs that this model reads (training and
-    # offline scoring build them; the service does not, see `servable`).
-    batch_extras: ClassVar[tuple[str, ...]] = ()
-    # Whether export can write the two serving graphs for it; None = yes, else why not.
+    # Optional `ModelInputs` fields this model reads (`model_inputs.OPTIONAL_INPUTS`):
+    # training, offline scoring and the service build them for it.
+    reads: ClassVar[frozenset[str]] = frozenset()
+    # Training-only `ModelInputs` fields it reads (`training.task_inputs.TRAINING_INPUTS`).
+    training_inputs: ClassVar[tuple[str, ...]] = ()
+    # Whether export can write the serving graphs for it; None = yes, else why not.
     not_servable_because: ClassVar[str | None] = None
 
     def __init__(
@@ -52,7 +52,6 @@ class CTRModel(nn.Module):
         cfg: ModelConfig,
         backbone: str | nn.Module,
         item_side: dict[str, Tensor],
-        user_profile: Tensor,
         items: ItemTower | None = None,
     ):
         super().__init__()
@@ -64,7 +63,6 @@ class CTRModel(nn.Module):
         self.items = items or ItemTower(cfg, self.words, item_side)
         self.user = nn.Embedding(v.users, d, padding_idx=0)
         self.profile = nn.ModuleList(nn.Embedding(n, d, padding_idx=0) for n in v.profile)
-        self.register_buffer("user_profile", user_profile.long(), persistent=False)  # (U, P)
         self.hour = nn.Embedding(24, d)
         self.query_vector: QueryVector | None = None
         self.sas: SASEncoder | None = None
@@ -105,83 +103,69 @@ class CTRModel(nn.Module):
         fields = [self.user(user), self.hour(hour), caption]
         return fields + [table(profile[:, i]) for i, table in enumerate(self.profile)]
 
-    def wanted_extras(self) -> tuple[str, ...]:
-        """The batch extras this model reads: its class's, plus the training rows'
+    def wanted_training_inputs(self) -> tuple[str, ...]:
+        """The training-only inputs this model reads: its class's, plus the training rows'
         out-of-fold rate codes for the "-stats" models (`cfg.item_statistics`)."""
-        return self.batch_extras + (("train_rate_buckets",) if self.cfg.item_statistics else ())
+        stats = ("candidate_rate_codes",) if self.cfg.item_statistics else ()
+        return self.training_inputs + stats
 
     @property
     def servable(self) -> bool:
         return self.not_servable_because is None
 
-    def score(self, batch: dict[str, Tensor]) -> Tensor:
-        """Logits (B,) of a batch dict (`queryrec.training.batches`), with the extras this
-        model reads; what offline prediction calls for every model."""
-        return self.forward_with_query(
-            batch["user"],
-            batch["item"],
-            batch["hour"],
-            batch["click_history"],
-            batch["query_history"],
-            batch["query_age"],
-            extras={key: batch[key] for key in self.wanted_extras() if key in batch},
-        ).logits
+    def score(self, inputs: ModelInputs[Tensor]) -> Tensor:
+        """Logits (N,): what offline prediction, the parity check and the serving graphs
+        compute for every model."""
+        return self.forward_with_query(inputs).logits
 
-    def query_representation(self, query_history: Tensor, query_age: Tensor) -> Tensor:
-        """query_history (B, L, T), query_age (B, L) -> e_{q_u^t} (B, d)."""
-        assert self.query_vector is not None and self.sas is not None
-        vectors = self.query_vector(query_history) + self.query_age(query_age)  # (B, L, d)
-        valid = (query_history > 0).any(dim=-1)  # (B, L): a query with at least one word
-        return self.sas(vectors, valid)
+    def forward(self, inputs: ModelInputs[Tensor]) -> Tensor:
+        """-> logits (N,); sigmoid gives P(click)."""
+        return self.score(inputs)
 
-    def forward(
-        self,
-        user: Tensor,
-        item: Tensor,
-        hour: Tensor,
-        click_history: Tensor,
-        query_history: Tensor,
-        query_age: Tensor,
-    ) -> Tensor:
-        """-> logits (B,); sigmoid gives P(click)."""
-        return self.forward_with_query(
-            user, item, hour, click_history, query_history, query_age
-        ).logits
+    def query_vectors(self, inputs: ModelInputs[Tensor]) -> tuple[Tensor, Tensor]:
+        """The SAS encoder's input: (query vectors (U, L, d), valid (U, L)): each slot's
+        word vector plus its age embedding; a slot is valid when it holds a word (the
+        paper's query is its words)."""
+        assert self.query_vector is not None
+        vectors = self.query_vector(inputs.query_tokens) + self.query_age(inputs.query_age)
+        return vectors, (inputs.query_tokens > 0).any(dim=-1)
+
+    def query_representation(self, inputs: ModelInputs[Tensor]) -> Tensor:
+        """The user rows' query histories -> e_{q_u^t} (U, d)."""
+        assert self.sas is not None
+        return self.sas(*self.query_vectors(inputs))
 
     def forward_with_query(
-        self,
-        user: Tensor,
-        item: Tensor,
-        hour: Tensor,
-        click_history: Tensor,
-        query_history: Tensor,
-        query_age: Tensor,
-        aux_items: Tensor | None = None,
-        extras: dict[str, Tensor] | None = None,
+        self, inputs: ModelInputs[Tensor], aux_items: Tensor | None = None
     ) -> CTROutput:
         """Logits, the query representation and the full vectors of `aux_items` (B, A)
         (items the auxiliary losses score; computed in the same pass as the model's own).
-        `extras`: the batch keys of `batch_extras` (unused here; subclasses read them)."""
-        profile = self.user_profile[user]  # (B, P)
+        Candidates with a `pair_user` read their user row (gathered per pair)."""
+        inputs = inputs.per_pair()
+        item = inputs.item
         aux = aux_items if aux_items is not None else item.new_zeros((item.shape[0], 0))
         full_ids = torch.cat([item.unsqueeze(1), aux], dim=1)  # (B, 1 + A)
-        base, caption, history = self.items.lookup(full_ids, click_history)
-        if extras and "train_rate_buckets" in extras:
+        base, caption, history = self.items.lookup(full_ids, inputs.click_history)
+        if inputs.candidate_rate_codes is not None and self.items.rates is not None:
             # Training rows: the candidate's rate fields from out-of-fold codes, not from
             # the table (whose rates count this row's own label).
             base = base.clone()
-            base[:, 0] = base[:, 0] + self.items.rate_correction(item, extras["train_rate_buckets"])
+            base[:, 0] = base[:, 0] + self.items.rate_correction(
+                item, inputs.candidate_rate_codes
+            )
         full = base + caption  # (B, 1 + A, d) full item vectors
         candidate = base[:, 0]  # (B, d), comparable with the history vectors (B, H, d)
-        fields = self.context_fields(user, hour, caption[:, 0], profile)
-        query = self.query_representation(query_history, query_age) if self.cfg.use_query else None
+        fields = self.context_fields(inputs.user, inputs.hour, caption[:, 0], inputs.profile)
+        query = self.query_representation(inputs) if self.cfg.use_query else None
         extra: list[Tensor] = []
         if query is not None:
             # The field itself and its product with the candidate's full item vector, whose
             # sum is the <e_q, e_j> score L_next trains (a DIN head sees pair interactions
             # as [h, c, h - c, h * c]; an MLP alone learns products poorly).
             extra = [query, query * full[:, 0]]
-        parts = HeadInputs(fields, candidate, history, click_history > 0, extra, item, extras or {})
+        parts = HeadInputs(
+            fields, candidate, history, inputs.click_history > 0, extra, full[:, 0], inputs
+        )
         logits, losses = self.head(parts)
         return CTROutput(logits, query, full[:, 1:] if aux_items is not None else None, losses)
 
@@ -204,8 +188,8 @@ class HeadInputs(NamedTuple):
     history: Tensor  # (B, H, d) base vectors of the click history
     history_mask: Tensor  # (B, H) bool, True = a click
     extra: list[Tensor]  # (B, d) each: the query field and its product with the candidate
-    item: Tensor  # (B,) candidate item indices
-    extras: dict[str, Tensor]  # the batch extras the model reads
+    target: Tensor  # (B, d) the candidate's full vector (base + caption)
+    inputs: ModelInputs[Tensor]  # the inputs, one row per candidate (pair_user None)
 
 
 class CTROutput(NamedTuple):

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from queryrec.features.dataset import PreparedDataset
 from queryrec.features.item_queries import item_query_table
+from queryrec.features.model_inputs import ModelInputs
 from queryrec.models.config import ModelConfig
 from queryrec.models.ctr_model import CTRModel, HeadInputs
 from queryrec.models.layers import MLP, ItemTower, TargetAttention, masked_mean
@@ -179,13 +180,12 @@ class IV4RecModel(CTRModel):
         self,
         cfg: ModelConfig,
         item_side: dict[str, Tensor],
-        user_profile: Tensor,
         dataset: PreparedDataset,
     ):
         if not cfg.use_query:
             raise ValueError("IV4REC+ reads the query history: build it with use_query=True")
         n_fields = 3 + len(cfg.vocab.profile)
-        super().__init__(cfg, IVDINBackbone(cfg, n_fields), item_side, user_profile)
+        super().__init__(cfg, IVDINBackbone(cfg, n_fields), item_side)
         queries = int(cfg.extra.get("iv_item_queries", 4))
         table = torch.from_numpy(item_query_table(dataset, queries, cfg.query_tokens))
         self.items = IVItemTower(cfg, self.words, item_side, table)
@@ -195,11 +195,9 @@ class IV4RecModel(CTRModel):
         self.item_weight = float(cfg.extra.get("iv_item_weight", 1.0))
         self.init_embeddings()
 
-    def query_representation(self, query_history: Tensor, query_age: Tensor) -> Tensor:
-        """query_history (B, L, T), query_age (B, L) -> the user's fitted vector (B, d)."""
-        assert self.query_vector is not None
-        vectors = self.query_vector(query_history) + self.query_age(query_age)  # (B, L, d)
-        return self.iv_user(vectors, (query_history > 0).any(dim=-1))
+    def query_representation(self, inputs: ModelInputs[Tensor]) -> Tensor:
+        """The user rows' query histories -> the user's fitted vector (U, d)."""
+        return self.iv_user(*self.query_vectors(inputs))
 
     def head(self, parts: HeadInputs) -> tuple[Tensor, dict[str, Tensor]]:
         logits, fitted, interest = self.backbone.parts(
@@ -210,5 +208,5 @@ class IV4RecModel(CTRModel):
         user_loss = stage_one_loss(fitted, interest, (fitted != 0).any(dim=-1))
         return logits, {
             "L_iv_user": self.user_weight * user_loss,
-            "L_iv_item": self.item_weight * self.items.stage_one(parts.item),
+            "L_iv_item": self.item_weight * self.items.stage_one(parts.inputs.item),
         }

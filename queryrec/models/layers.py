@@ -144,6 +144,8 @@ class ItemTower(nn.Module):
         (and one dense gradient) per table instead of one per call.
         """
         width = full.shape[1]
+        if not self.training:  # evaluation and export: direct (no data-dependent shapes)
+            return self.base(full), self.caption(full), self.base(base_only)
         # A batch names far fewer distinct items than slots (about 8k of 64k on `small`):
         # compute each distinct item once and gather, which halves the tower's cost.
         distinct, where = torch.unique(torch.cat([full, base_only], dim=1), return_inverse=True)

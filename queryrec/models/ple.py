@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from queryrec.features.model_inputs import ModelInputs
 from queryrec.models.config import ModelConfig
 from queryrec.models.ctr_model import CTRModel, CTROutput
 from queryrec.models.layers import MLP, TargetAttention
@@ -142,53 +143,36 @@ class PLEBackbone(nn.Module):
 class PLEModel(CTRModel):
     """PLE over our shared embedding tables; the search task's loss in `CTROutput.losses`."""
 
-    batch_extras: ClassVar[tuple[str, ...]] = ("search_task",)
+    training_inputs: ClassVar[tuple[str, ...]] = ("search_task",)
     backbone: PLEBackbone
 
-    def __init__(self, cfg: ModelConfig, item_side: dict[str, Tensor], user_profile: Tensor):
-        super().__init__(cfg, PLEBackbone(cfg, 3 + len(cfg.vocab.profile)), item_side, user_profile)
+    def __init__(self, cfg: ModelConfig, item_side: dict[str, Tensor]):
+        super().__init__(cfg, PLEBackbone(cfg, 3 + len(cfg.vocab.profile)), item_side)
         self.search_query = QueryVector(self.words, project=True)
         self.search_weight = float(cfg.extra.get("ple_search_weight", 0.1))
 
     def forward_with_query(
-        self,
-        user: Tensor,
-        item: Tensor,
-        hour: Tensor,
-        click_history: Tensor,
-        query_history: Tensor,
-        query_age: Tensor,
-        aux_items: Tensor | None = None,
-        extras: dict[str, Tensor] | None = None,
+        self, inputs: ModelInputs[Tensor], aux_items: Tensor | None = None
     ) -> CTROutput:
-        """The feed task's output; with the `search_*` extras (training batches) also the
+        """The feed task's output; with a `search_task` (training batches) also the
         search task's weighted loss as `L_search`."""
-        out = super().forward_with_query(
-            user, item, hour, click_history, query_history, query_age, aux_items
-        )
-        if not extras or "search_user" not in extras or self.search_weight == 0:
+        out = super().forward_with_query(inputs, aux_items)
+        task = inputs.search_task
+        if task is None or self.search_weight == 0:
             return out
-        logits = self.search_logits(
-            extras["search_user"],
-            extras["search_item"],
-            extras["search_hour"],
-            extras["search_click_history"],
-            extras["search_query"],
-        )
+        logits = self.search_logits(task.inputs)
         # The same BCE as L_ctr (models may not import the losses room: the contracts
         # keep the paper's parts independent).
-        label = extras["search_label"].to(logits.dtype)
+        label = task.label.to(logits.dtype)
         loss = self.search_weight * F.binary_cross_entropy_with_logits(logits, label)
         return out._replace(losses={"L_search": loss})
 
-    def search_logits(
-        self, user: Tensor, item: Tensor, hour: Tensor, click_history: Tensor, query: Tensor
-    ) -> Tensor:
-        """Search impressions: user, item, hour (S,), click_history (S, H), the search's
-        query words (S, T) -> logits (S,) of "clicked"."""
-        profile = self.user_profile[user]  # (S, P)
-        base, caption, history = self.items.lookup(item.unsqueeze(1), click_history)
-        fields = self.context_fields(user, hour, caption[:, 0], profile)
+    def search_logits(self, search: ModelInputs[Tensor]) -> Tensor:
+        """Search impressions (S rows; the search's own words in its one query slot,
+        query_tokens (S, 1, T)) -> logits (S,) of "clicked"."""
+        base, caption, history = self.items.lookup(search.item.unsqueeze(1), search.click_history)
+        fields = self.context_fields(search.user, search.hour, caption[:, 0], search.profile)
+        query = self.search_query(search.query_tokens[:, -1])  # (S, d)
         return self.backbone.task_logits(
-            SEARCH, fields, base[:, 0], history, click_history > 0, self.search_query(query)
+            SEARCH, fields, base[:, 0], history, search.click_history > 0, query
         )

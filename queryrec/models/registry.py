@@ -1,33 +1,41 @@
-"""Model names -> what they are: backbone, query tower, which auxiliary losses.
+"""Model names -> what they are: backbone, query tower, which auxiliary losses and parts.
 
-| name | backbone | query representation | L_next | L_cl |
-|---|---|---|---|---|
-| din | DIN | - | - | - |
-| dcn | DCN-V2 | - | - | - |
-| queryrec | DIN | yes | yes | yes |
-| queryrec-dcn | DCN-V2 | yes | yes | yes |
-| queryrec-no-next | DIN | yes | - | yes |
-| queryrec-no-cl | DIN | yes | yes | - |
-| queryrec-no-diffusion | DIN | yes | yes | yes, clicked queries only |
-| queryrec-no-next-no-diffusion | DIN | yes | - | yes, clicked queries only |
-| din-stats, queryrec-stats | as din, queryrec, with the item and author training click rates as item fields | | | |
+`queryrec` is the best QueryRec we can serve (`models.queryrec_model`: the paper's method
+plus search clicks in the query slots, target attention over the SAS outputs and match
+counts); `queryrec-paper` is the paper's model as written (`CTRModel` with the query
+tower), the row of the paper's table.
+
+| name | model | L_next | L_cl | diffusion positives | search clicks | target attention | match counts |
+|---|---|---|---|---|---|---|---|
+| queryrec | QueryRecModel | yes | yes | yes | yes | yes | yes |
+| queryrec-no-search-clicks | QueryRecModel | yes | yes | yes | - | yes | yes |
+| queryrec-no-target-attention | QueryRecModel | yes | yes | yes | yes | - | yes |
+| queryrec-no-counts | QueryRecModel | yes | yes | yes | yes | yes | - |
+| queryrec-no-next | QueryRecModel | - | yes | yes | yes | yes | yes |
+| queryrec-no-cl | QueryRecModel | yes | - | - | yes | yes | yes |
+| queryrec-no-diffusion | QueryRecModel | yes | yes | - | yes | yes | yes |
+| queryrec-paper | DIN + query field | yes | yes | yes | - | - | - |
+| queryrec-dcn | DCN-V2 + query field | yes | yes | yes | - | - | - |
+| queryrec-paper-no-next-no-diffusion | DIN + query field | - | yes | - | - | - | - |
+| din, dcn | the backbones alone | - | - | - | - | - | - |
+| din-stats, queryrec-stats | as din, queryrec-paper, with the item and author training click rates as item fields | | | | | | |
 
 The baselines, each its own module citing its paper and listing its adaptations:
 
-| name | module | search data it reads | own losses | servable |
-|---|---|---|---|---|
-| ple | `models.ple` | search impressions as a second task | L_search | yes |
-| sesrec | `models.sesrec` | query history + each query's clicked items | contrastive, triplet | no: needs search clicks |
-| iv4rec | `models.iv4rec` | query history; each item's training queries | two stage-one MSEs | yes |
-| unisar | `models.unisar` | queries, their clicks, times of every behaviour | transition alignment | no: needs search clicks |
-| lightgbm, lightgbm-query | `training.gbdt` (not torch) | -, / query-caption overlap, last query's age | - | no: not an ONNX graph |
+| name | module | search data it reads | own losses |
+|---|---|---|---|
+| ple | `models.ple` | search impressions as a second task | L_search |
+| sesrec | `models.sesrec` | query history + each query's clicked items | contrastive, triplet |
+| iv4rec | `models.iv4rec` | query history; each item's training queries | two stage-one MSEs |
+| unisar | `models.unisar` | queries, their clicks, times of every behaviour | transition alignment |
+| lightgbm, lightgbm-query | `training.gbdt` (not torch; not servable) | -, / query-caption overlap, last query's age | - |
 
-`queryrec-no-next-no-diffusion` isolates L_next without the diffusion job (paired with
-`queryrec-no-diffusion`), e.g. for the low-data curve, where a diffusion model per data
-fraction would cost more than the CTR runs.
+`queryrec-paper-no-next-no-diffusion` isolates L_next without the diffusion job, e.g. for
+the low-data curve, where a diffusion model per data fraction would cost more than the
+CTR runs.
 
 Models with L_cl take the diffusion job's pseudo-positives for click-less queries when the
-dataset has them (`queryrec diffusion augment`); `queryrec-no-diffusion` never does.
+dataset has them (`queryrec diffusion augment`); the `-no-diffusion` rows never do.
 """
 
 from __future__ import annotations
@@ -60,19 +68,52 @@ class ModelSpec:
     # "lightgbm" (not a torch model: `queryrec.training.gbdt`).
     architecture: str = "ctr"
     item_statistics: bool = False  # item and author training click rates as item fields
+    # lambda_2 and lambda_3 (TrainConfig's override them when set). The paper's model
+    # keeps the values chosen for it on `small` (docs/RESULTS.md, "deviations"): lambda_2
+    # 0.05 with feed-wide negatives (it pays at 30 % of the labels), lambda_3 0.01.
+    next_weight: float = 0.05
+    cl_weight: float = 0.01
+    # The served QueryRec's parts (ModelConfig fields of the same names).
+    search_clicks: bool = False
+    target_attention: bool = False
+    match_counts: bool = False
+
+
+def _queryrec(
+    next_loss: bool = True,
+    contrastive_loss: bool = True,
+    diffusion_positives: bool = True,
+    search_clicks: bool = True,
+    target_attention: bool = True,
+    match_counts: bool = True,
+) -> ModelSpec:
+    """The served QueryRec with some of its parts switched off (an ablation row)."""
+    return ModelSpec(
+        "din",
+        use_query=True,
+        next_loss=next_loss,
+        contrastive_loss=contrastive_loss,
+        diffusion_positives=diffusion_positives,
+        architecture="queryrec",
+        search_clicks=search_clicks,
+        target_attention=target_attention,
+        match_counts=match_counts,
+    )
 
 
 MODELS: dict[str, ModelSpec] = {
     "din": ModelSpec("din", use_query=False, next_loss=False, contrastive_loss=False),
     "dcn": ModelSpec("dcn", use_query=False, next_loss=False, contrastive_loss=False),
-    "queryrec": ModelSpec("din", use_query=True, next_loss=True, contrastive_loss=True),
+    "queryrec": _queryrec(),
+    "queryrec-no-search-clicks": _queryrec(search_clicks=False),
+    "queryrec-no-target-attention": _queryrec(target_attention=False),
+    "queryrec-no-counts": _queryrec(match_counts=False),
+    "queryrec-no-next": _queryrec(next_loss=False),
+    "queryrec-no-cl": _queryrec(contrastive_loss=False),
+    "queryrec-no-diffusion": _queryrec(diffusion_positives=False),
+    "queryrec-paper": ModelSpec("din", use_query=True, next_loss=True, contrastive_loss=True),
     "queryrec-dcn": ModelSpec("dcn", use_query=True, next_loss=True, contrastive_loss=True),
-    "queryrec-no-next": ModelSpec("din", use_query=True, next_loss=False, contrastive_loss=True),
-    "queryrec-no-cl": ModelSpec("din", use_query=True, next_loss=True, contrastive_loss=False),
-    "queryrec-no-diffusion": ModelSpec(
-        "din", use_query=True, next_loss=True, contrastive_loss=True, diffusion_positives=False
-    ),
-    "queryrec-no-next-no-diffusion": ModelSpec(
+    "queryrec-paper-no-next-no-diffusion": ModelSpec(
         "din", use_query=True, next_loss=False, contrastive_loss=True, diffusion_positives=False
     ),
     # The baselines of the paper's table and UniSAR (each its own module).
@@ -88,8 +129,14 @@ MODELS: dict[str, ModelSpec] = {
     "lightgbm-query": ModelSpec("-", True, False, False, architecture="lightgbm"),
 }
 DEFAULT_BENCH_MODELS = (
-    "din", "dcn", "ple", "sesrec", "iv4rec", "unisar", "lightgbm", "lightgbm-query",
-    "queryrec", "queryrec-dcn", "queryrec-no-next", "queryrec-no-cl", "queryrec-no-diffusion",
+    "din", "sesrec", "unisar", "lightgbm", "lightgbm-query", "queryrec-paper", "queryrec",
+)  # fmt: skip
+"""The comparison that decides which model to serve (each row 3 seeds in 45 min on `small`)."""
+PAPER_TABLE_MODELS = ("din", "dcn", "ple", "sesrec", "iv4rec", "queryrec-paper")
+"""The paper's table (Table 2), with the paper's QueryRec."""
+ABLATION_MODELS = (
+    "queryrec", "queryrec-no-search-clicks", "queryrec-no-target-attention",
+    "queryrec-no-counts", "queryrec-no-next", "queryrec-no-cl", "queryrec-no-diffusion",
 )  # fmt: skip
 
 
@@ -102,22 +149,26 @@ def model_spec(name: str) -> ModelSpec:
 def model_config(name: str, schema: dict[str, Any], **overrides: Any) -> ModelConfig:
     """The ModelConfig for a model name on a dataset (sizes and max lengths from its schema)."""
     lengths = schema["max_lengths"]
+    spec = model_spec(name)
     base = ModelConfig(
         vocab=Vocab.from_schema(schema),
         click_history=int(lengths["click_history"]),
         query_history=int(lengths["query_history"]),
         query_tokens=int(lengths["query_tokens"]),
         caption_tokens=int(lengths["caption_tokens"]),
-        use_query=model_spec(name).use_query,
-        item_statistics=model_spec(name).item_statistics,
+        use_query=spec.use_query,
+        item_statistics=spec.item_statistics,
+        search_clicks=spec.search_clicks,
+        target_attention=spec.target_attention,
+        match_counts=spec.match_counts,
     )
     return replace(base, **overrides)
 
 
 def feature_tables(
     dataset: PreparedDataset, caption_tokens: int, item_statistics: bool = False
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Item side-feature tensors (ItemTower buffers) and the user profile table; with
+) -> dict[str, torch.Tensor]:
+    """Item side-feature tensors (ItemTower buffers); with
     `item_statistics` also "rate_buckets" (N, 2): the bucketed smoothed training click
     rate of each item and of its author (`queryrec.features.item_statistics`, buckets of
     equal training-impression mass)."""
@@ -139,29 +190,33 @@ def feature_tables(
     }
     if item_statistics:
         side["rate_buckets"] = torch.from_numpy(rate_bucket_fields(dataset).table)
-    return side, torch.from_numpy(dataset.profile_table())
+    return side
 
 
 def build_model(name: str, dataset: PreparedDataset, cfg: ModelConfig) -> CTRModel:
     """A freshly initialised model of the given name for the dataset."""
     spec = model_spec(name)
-    side, profile = feature_tables(dataset, cfg.caption_tokens, cfg.item_statistics)
+    side = feature_tables(dataset, cfg.caption_tokens, cfg.item_statistics)
     if spec.architecture == "ctr":
-        return CTRModel(cfg, spec.backbone, side, profile)
+        return CTRModel(cfg, spec.backbone, side)
     if spec.architecture == "ple":
         from queryrec.models.ple import PLEModel
 
-        return PLEModel(cfg, side, profile)
+        return PLEModel(cfg, side)
     if spec.architecture == "sesrec":
         from queryrec.models.sesrec import SESRecModel
 
-        return SESRecModel(cfg, side, profile)
+        return SESRecModel(cfg, side)
     if spec.architecture == "iv4rec":
         from queryrec.models.iv4rec import IV4RecModel
 
-        return IV4RecModel(cfg, side, profile, dataset)
+        return IV4RecModel(cfg, side, dataset)
+    if spec.architecture == "queryrec":
+        from queryrec.models.queryrec_model import QueryRecModel
+
+        return QueryRecModel(cfg, side)
     if spec.architecture == "unisar":
         from queryrec.models.unisar import UniSARModel
 
-        return UniSARModel(cfg, side, profile)
+        return UniSARModel(cfg, side)
     raise QueryRecError(f"model '{name}' is not a torch model (architecture {spec.architecture})")

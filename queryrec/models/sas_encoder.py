@@ -3,12 +3,15 @@
 Input is the time-ordered, left-padded sequence of query vectors (most recent at the
 last position, see `queryrec.features.dataset`). Blocks are pre-LayerNorm: causal
 multi-head self-attention and a point-wise feed-forward network, each with a residual
-connection and dropout; a final LayerNorm. The output is the last position, e_{q_u^t}.
+connection and dropout; a final LayerNorm. The output is the most recent valid position,
+e_{q_u^t}: a newer slot that is not valid (a search without words, for the paper's model)
+does not hide the history before it.
 
 Two choices make the output depend only on the valid queries: positions are counted from
-the most recent query backwards (so the amount of left padding does not shift them), and
-no valid position attends to a padded one (each padded position attends to itself only,
-which keeps its softmax finite). Users without any query get a learned "no query" vector.
+the most recent valid query backwards over the valid slots (so neither the amount of left
+padding nor a slot that is not valid shifts them), and no valid position attends to an
+invalid one (each invalid position attends to itself only, which keeps its softmax
+finite). Users without any query get a learned "no query" vector.
 """
 
 from __future__ import annotations
@@ -82,15 +85,27 @@ class SASEncoder(nn.Module):
 
     def forward(self, query_vectors: Tensor, valid: Tensor) -> Tensor:
         """query_vectors (B, L, d), valid (B, L) bool, left-padded -> (B, d)."""
-        last = self.encode_positions(query_vectors, valid)[:, -1]  # (B, d): most recent
-        has_query = valid[:, -1:]  # left padding: any query => the last slot is valid
-        return torch.where(has_query, last, self.no_query.expand_as(last))
+        return self.last_valid(self.encode_positions(query_vectors, valid), valid)
+
+    def last_valid(self, states: Tensor, valid: Tensor) -> Tensor:
+        """states (B, L, d), valid (B, L) -> the state at each row's most recent valid slot
+        (B, d); the learned "no query" vector for a row without any."""
+        position = torch.arange(valid.shape[1], device=valid.device)  # (L,)
+        last = (valid.long() * position).argmax(dim=-1)  # (B,) the largest valid position
+        index = last.view(-1, 1, 1).expand(-1, 1, states.shape[-1])  # (B, 1, d)
+        picked = states.gather(1, index).squeeze(1)  # (B, d)
+        has_query = valid.any(dim=-1, keepdim=True)  # (B, 1)
+        return torch.where(has_query, picked, self.no_query.expand_as(picked))
 
     def encode_positions(self, query_vectors: Tensor, valid: Tensor) -> Tensor:
         """The output at every position (B, L, d); position i depends on queries <= i only."""
         length = query_vectors.shape[1]
-        # (L,) L-1 .. 0; written without a negative-step arange, which ONNX export mangles.
-        from_end = (length - 1) - torch.arange(length, device=query_vectors.device)
+        # (B, L) the valid slots after each slot: 0 at the most recent valid query, so a
+        # newer slot that is not valid (a search without words) shifts no position, as
+        # left padding does not. (A cumsum, not a flip or a negative-step arange, which
+        # ONNX export mangles.) All slots valid: L-1 .. 0.
+        count = valid.long()
+        from_end = count.sum(dim=1, keepdim=True) - count.cumsum(dim=1)
         x = self.dropout(query_vectors + self.positions(from_end))  # (B, L, d)
         x = x * valid.unsqueeze(-1).to(x.dtype)
         causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()  # (L, L)

@@ -61,17 +61,13 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from queryrec.features.model_inputs import ModelInputs
 from queryrec.models.config import ModelConfig
-from queryrec.models.ctr_model import CTRModel, CTROutput, HeadInputs
+from queryrec.models.ctr_model import CTRModel, HeadInputs
 from queryrec.models.din import DINBackbone
 from queryrec.models.layers import masked_mean
 from queryrec.models.query_vector import QueryVector
 from queryrec.models.sas_encoder import SASBlock
-
-# What `forward_with_query` adds to the extras for the head (never batch keys).
-_SEARCH = "_sesrec_search"  # (B, L', d) encoded search history
-_SEARCH_VALID = "_sesrec_search_valid"  # (B, L') bool, a query with at least one word
-_ALIGNMENT = "_sesrec_alignment"  # () the unweighted alignment loss (training only)
 
 DEFAULTS = {
     "sesrec_cl_weight": 0.1,  # weight of the query-item alignment (InfoNCE) loss
@@ -106,8 +102,11 @@ def split_interest(weights: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     count = valid.sum(dim=-1, keepdim=True).clamp(min=1).to(weights.dtype)  # (B, 1)
     high = weights >= 1.0 / count
     similar, dissimilar = high & valid, ~high & valid
-    similar = torch.where(similar.any(dim=-1, keepdim=True), similar, valid)
-    dissimilar = torch.where(dissimilar.any(dim=-1, keepdim=True), dissimilar, valid)
+    # (logical ops rather than torch.where: ONNX Runtime has no Where over booleans)
+    has_similar = similar.any(dim=-1, keepdim=True)
+    has_dissimilar = dissimilar.any(dim=-1, keepdim=True)
+    similar = (similar & has_similar) | (valid & ~has_similar)
+    dissimilar = (dissimilar & has_dissimilar) | (valid & ~has_dissimilar)
     return similar, dissimilar
 
 
@@ -218,15 +217,11 @@ class BilinearTargetAttention(nn.Module):
 class SESRecModel(CTRModel):
     """SESRec on the project's data (module docstring: the method and its adaptations)."""
 
-    batch_extras: ClassVar[tuple[str, ...]] = ("query_clicks",)
-    not_servable_because: ClassVar[str | None] = (
-        "SESRec reads the items clicked after each history query (query_clicks), and the "
-        "service keeps only query words and feed clicks, so it cannot build that input online"
-    )
+    reads: ClassVar[frozenset[str]] = frozenset({"query_clicks"})
 
-    def __init__(self, cfg: ModelConfig, item_side: dict[str, Tensor], user_profile: Tensor):
+    def __init__(self, cfg: ModelConfig, item_side: dict[str, Tensor]):
         n_fields = 3 + len(cfg.vocab.profile)  # CTRModel.n_fields, before self.cfg exists
-        super().__init__(cfg, DINBackbone(cfg, n_fields, EXTRA_INTERESTS), item_side, user_profile)
+        super().__init__(cfg, DINBackbone(cfg, n_fields, EXTRA_INTERESTS), item_side)
         d = cfg.dim
         knob = {name: float(cfg.extra.get(name, default)) for name, default in DEFAULTS.items()}
         self.cl_weight = knob["sesrec_cl_weight"]
@@ -246,28 +241,25 @@ class SESRecModel(CTRModel):
         self.search_pool = BilinearTargetAttention(d)
         self.init_embeddings()
 
-    def forward_with_query(
-        self,
-        user: Tensor,
-        item: Tensor,
-        hour: Tensor,
-        click_history: Tensor,
-        query_history: Tensor,
-        query_age: Tensor,
-        aux_items: Tensor | None = None,
-        extras: dict[str, Tensor] | None = None,
-    ) -> CTROutput:
-        """Encodes the search history (and, in training, its alignment loss), then the
-        parent assembles the other fields and calls `head` with them in the extras."""
-        extras = dict(extras or {})
-        clicks = extras.get("query_clicks")
+    def encode_search(self, inputs: ModelInputs[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The search history -> (encoded (B, Ls, d), valid (B, Ls), the unweighted
+        alignment loss in training (else None)). The work runs on the real queries and
+        clicks only (most of a batch's (B, L', K) grid is padding)."""
+        clicks = inputs.query_clicks
         if clicks is None:  # no search clicks given: queries alone
-            clicks = query_history.new_zeros((*query_history.shape[:2], 1))
-        # The most recent `search_length` queries; the work below runs on the real queries
-        # and clicks only (most of a batch's (B, L', K) grid is padding).
-        tokens, clicks = query_history[:, -self.search_length :], clicks[:, -self.search_length :]
+            clicks = inputs.query_tokens.new_zeros((*inputs.query_tokens.shape[:2], 1))
+        # The most recent `search_length` queries.
+        tokens = inputs.query_tokens[:, -self.search_length :]
+        clicks = clicks[:, -self.search_length :]
         batch, width = tokens.shape[:2]
         valid = (tokens > 0).any(dim=-1)  # (B, Ls): a query with at least one word
+        if not self.training:
+            # Evaluation and export: every slot, dense (the same values, no data-dependent
+            # shapes); padded slots are zero.
+            clicked_mask = (clicks > 0) & valid.unsqueeze(-1)  # (B, Ls, K)
+            dense = self.search_query(tokens) + masked_mean(self.items(clicks), clicked_mask)
+            dense = dense * valid.unsqueeze(-1).to(dense.dtype)
+            return self.search_encoder(dense, valid), valid, None
         qb, qs = torch.nonzero(valid, as_tuple=True)  # (Q,) each
         words = tokens[qb, qs]  # (Q, T)
         queries = self.search_query(words)  # (Q, d)
@@ -281,15 +273,10 @@ class SESRecModel(CTRModel):
         count = torch.bincount(pair_query, minlength=len(qb)).clamp(min=1).to(queries.dtype)
         sessions = queries + total / count.unsqueeze(-1)  # (Q, d): query + mean click
         grid = queries.new_zeros((batch, width, queries.shape[-1])).index_put((qb, qs), sessions)
-        extras[_SEARCH] = self.search_encoder(grid, valid)  # (B, Ls, d)
-        extras[_SEARCH_VALID] = valid
+        alignment = None
         if self.training and self.cl_weight > 0:
-            extras[_ALIGNMENT] = self._alignment(
-                queries[pair_query], words[pair_query], clicked, ids
-            )
-        return super().forward_with_query(
-            user, item, hour, click_history, query_history, query_age, aux_items, extras
-        )
+            alignment = self._alignment(queries[pair_query], words[pair_query], clicked, ids)
+        return self.search_encoder(grid, valid), valid, alignment
 
     def _alignment(self, queries: Tensor, words: Tensor, items: Tensor, ids: Tensor) -> Tensor:
         """The alignment loss over the batch's (query, clicked item) pairs (0 if fewer than
@@ -305,24 +292,23 @@ class SESRecModel(CTRModel):
         return alignment_loss(queries, items, self.alignment, excluded, self.temperature)
 
     def head(self, parts: HeadInputs) -> tuple[Tensor, dict[str, Tensor]]:
-        search, search_valid = parts.extras[_SEARCH], parts.extras[_SEARCH_VALID]
+        search, search_valid, alignment = self.encode_search(parts.inputs)
         # The rec encoder reads the most recent clicks (left padding: the last columns).
         rec_valid = parts.history_mask[:, -self.rec_length :]  # (B, Hr)
         rec = self.rec_encoder(parts.history[:, -self.rec_length :], rec_valid)  # (B, Hr, d)
         rec_weights, search_weights = self.co_attention(rec, search, rec_valid, search_valid)
         rec_similar, rec_dissimilar = split_interest(rec_weights, rec_valid)
         search_similar, search_dissimilar = split_interest(search_weights, search_valid)
-        target = parts.candidate + parts.fields[2]  # full candidate vector (base + caption)
-        interests = self.rec_pool(rec, target, [rec_similar, rec_dissimilar])
+        interests = self.rec_pool(rec, parts.target, [rec_similar, rec_dissimilar])
         interests += self.search_pool(
-            search, target, [search_valid, search_similar, search_dissimilar]
+            search, parts.target, [search_valid, search_similar, search_dissimilar]
         )
         logits = self.backbone(
             parts.fields, parts.candidate, parts.history, parts.history_mask, interests
         )
         losses: dict[str, Tensor] = {}
-        if self.training and _ALIGNMENT in parts.extras:
-            losses["L_sesrec_cl"] = self.cl_weight * parts.extras[_ALIGNMENT]
+        if alignment is not None:
+            losses["L_sesrec_cl"] = self.cl_weight * alignment
         if self.training and self.triplet_weight > 0:
             both = rec_valid.any(dim=-1) & search_valid.any(dim=-1)  # (B,)
             triplet = self._triplet(rec, rec_weights, rec_similar, rec_dissimilar, both)

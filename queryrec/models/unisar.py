@@ -70,8 +70,8 @@ unisar_align_users 256, unisar_qi_pairs 512, unisar_feed_length 10,
 unisar_search_length 10. Loss terms, already weighted and computed in training mode
 only: "L_unisar_align" (both sides summed) and "L_unisar_qi".
 
-Not servable: the service keeps no per-query search clicks and no merged search/feed
-timeline with minutes, so these inputs cannot be built online.
+Served: the search clicks are part of the service's query entries and the minutes come
+from the stored timestamps, so the feature path builds every input online too.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from queryrec.features.model_inputs import ModelInputs
 from queryrec.models.config import ModelConfig
 from queryrec.models.ctr_model import CTRModel, CTROutput
 from queryrec.models.din import DINBackbone
@@ -127,8 +128,15 @@ def merge_by_time(
         ],
         dim=1,
     )
-    key = torch.where(valid, minutes, torch.full_like(minutes, torch.iinfo(minutes.dtype).max))
-    order = torch.sort(key, dim=1, descending=True, stable=True).indices
+    # Padding after every real minute (more minutes = older = first); then a composite key
+    # without ties (ties broken by position, earlier first): any sort, stable or not (ONNX
+    # has no stable sort), gives the stable order.
+    width = minutes.shape[1]
+    padding = minutes.amax(dim=(0, 1)) + 1
+    key = torch.where(valid, minutes, padding.expand_as(minutes))
+    position = torch.arange(width, device=minutes.device)
+    key = key * width + (width - 1 - position)
+    order = torch.sort(key, dim=1, descending=True).indices
     types = torch.where(valid, kinds, torch.zeros_like(kinds)).gather(1, order)
     return Merged(order, types)
 
@@ -318,16 +326,12 @@ class UniSARModel(CTRModel):
     """UniSAR's extraction, alignment and fusion of search/feed transitions, fused
     vectors into a DIN head (module docstring: method and adaptations)."""
 
-    batch_extras: ClassVar[tuple[str, ...]] = ("query_clicks", "query_minutes", "click_minutes")
-    not_servable_because: ClassVar[str | None] = (
-        "UniSAR reads the items clicked in each history query's search session and a merged "
-        "search/feed timeline with minutes, which the service does not keep online"
-    )
+    reads: ClassVar[frozenset[str]] = frozenset({"query_clicks", "query_minutes", "click_minutes"})
 
-    def __init__(self, cfg: ModelConfig, item_side: dict[str, Tensor], user_profile: Tensor):
+    def __init__(self, cfg: ModelConfig, item_side: dict[str, Tensor]):
         d = cfg.dim
         n_fields = 3 + len(cfg.vocab.profile)
-        super().__init__(cfg, DINBackbone(cfg, n_fields, 2), item_side, user_profile)
+        super().__init__(cfg, DINBackbone(cfg, n_fields, 2), item_side)
         unknown = sorted(k for k in cfg.extra if k.startswith("unisar_") and k not in DEFAULTS)
         if unknown:
             raise ValueError(f"unknown UniSAR settings {unknown}; choose from {sorted(DEFAULTS)}")
@@ -360,30 +364,27 @@ class UniSARModel(CTRModel):
         self.init_embeddings()
 
     def forward_with_query(
-        self,
-        user: Tensor,
-        item: Tensor,
-        hour: Tensor,
-        click_history: Tensor,
-        query_history: Tensor,
-        query_age: Tensor,
-        aux_items: Tensor | None = None,
-        extras: dict[str, Tensor] | None = None,
+        self, inputs: ModelInputs[Tensor], aux_items: Tensor | None = None
     ) -> CTROutput:
-        """As `CTRModel.forward_with_query`; `extras` must hold `batch_extras`."""
-        missing = [k for k in self.batch_extras if not extras or k not in extras]
-        if missing or extras is None:
-            raise ValueError(f"UniSAR needs the batch extras {missing} (see extra_inputs)")
+        """As `CTRModel.forward_with_query`; the inputs must hold `reads`."""
+        inputs = inputs.per_pair()
+        missing = [k for k in sorted(self.reads) if getattr(inputs, k) is None]
+        if missing:
+            raise ValueError(f"UniSAR needs the inputs {missing} (see features.model_inputs)")
+        assert inputs.query_clicks is not None and inputs.query_minutes is not None
+        assert inputs.click_minutes is not None
+        user, item, hour = inputs.user, inputs.item, inputs.hour
+        click_history, query_history = inputs.click_history, inputs.query_tokens
         # The last S' = min(S, L') searches: the only ones UniSAR reads (also for the
         # query-item alignment), so no work is spent on older ones.
         last = min(self.search_length, query_history.shape[1])
         query_history = query_history[:, query_history.shape[1] - last :]  # (B, S', T)
-        query_clicks = extras["query_clicks"][:, -last:]  # (B, S', K)
-        query_minutes = extras["query_minutes"][:, -last:]  # (B, S')
+        query_clicks = inputs.query_clicks[:, -last:]  # (B, S', K)
+        query_minutes = inputs.query_minutes[:, -last:]  # (B, S')
         batch, width, per_query = query_clicks.shape
         horizon = click_history.shape[1]
 
-        profile = self.user_profile[user]
+        profile = inputs.profile
         aux = aux_items if aux_items is not None else item.new_zeros((batch, 0))
         full_ids = torch.cat([item.unsqueeze(1), aux], dim=1)
         base_only = torch.cat([click_history, query_clicks.reshape(batch, -1)], dim=1)
@@ -397,7 +398,7 @@ class UniSARModel(CTRModel):
         # The behaviours: the last R feed clicks and the last S' searches.
         recent = min(self.feed_length, horizon)
         used = click_valid[:, horizon - recent :].any(dim=0)  # (R,)
-        if not bool(used[0]) and bool(used.any()):
+        if self.training and not bool(used[0]) and bool(used.any()):
             # Leading slots empty in every row: cut them (positions count from the end,
             # so the output is unchanged; short histories are common early in the log).
             recent -= int(used.int().argmax())
@@ -411,7 +412,7 @@ class UniSARModel(CTRModel):
         transitions = self.transitions(
             feeds,
             feed_valid,
-            extras["click_minutes"][:, horizon - recent :],
+            inputs.click_minutes[:, horizon - recent :],
             searches,
             search_valid,
             query_minutes,

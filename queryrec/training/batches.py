@@ -2,22 +2,17 @@
 
 The model inputs come from the one feature path (`queryrec.features.model_inputs`), the
 same code the service runs per request; this module adds what only training has: labels,
-the L_next and L_cl targets, and the order of samples. A batch is a dict of int64 arrays
-(padding 0):
+the L_next and L_cl targets, the training-only inputs (`training.task_inputs`) and the
+order of samples. A batch is a `TrainingBatch`:
 
-| key | shape | what |
+| field | shape | what |
 |---|---|---|
-| `user`, `item` | (B,) | user and candidate item indices |
-| `hour` | (B,) | Beijing hour of the impression (context field) |
-| `click_history` | (B, H) | last H feed clicks before t, left-padded |
-| `query_history` | (B, L', T) | last L queries before t (T words each), left-padded; L' <= L (below) |
-| `query_age` | (B, L') | age bucket of each query at t (`queryrec.features.time_features`); 0 = padding |
-| `label` | (B,) | click 0/1 |
+| `inputs` | `ModelInputs` | the model inputs (one candidate per row), with the optional inputs the model reads |
+| `label` | (B,) float32 | click 0/1 |
 | `next_positive`, `next_negative` | (B, P), (B, N) | L_next samples (training only) |
-| `cl_positive` | (B, K) | L_cl positives of the last query (training only) |
-| extras | | what a baseline's `batch_extras` names (`queryrec.training.extra_inputs`) |
+| `cl_positive` | (B, K) | L_cl positives of the last search (training only) |
 
-Left-padding columns that are empty for every sample of a batch are cut off
+Query slots that hold no search in any sample of a batch are cut off
 (`model_inputs.trim_query_columns`, which the service's encoder batches use too); most
 samples have few queries (a mean of about 4 of L = 20 on `small`), so it saves most of
 the encoder's work. `query_count` lets the training loop batch samples of similar history
@@ -54,15 +49,49 @@ term.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 
 from queryrec.features.dataset import PreparedDataset
-from queryrec.features.model_inputs import HistoryLengths, gather_inputs, trim_query_columns
+from queryrec.features.item_statistics import rate_bucket_fields
+from queryrec.features.model_inputs import (
+    HistoryLengths,
+    ModelInputs,
+    first_k_per_row,
+    history_windows,
+    inputs_from_windows,
+    trim_query_columns,
+)
 from queryrec.features.time_features import HOUR_MS
-from queryrec.training.extra_inputs import ExtraInputs, first_k_per_row
 from queryrec.training.query_positives import query_positives
+from queryrec.training.task_inputs import search_task_inputs, with_training_inputs
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+@dataclass(frozen=True)
+class TrainingBatch(Generic[A]):
+    """One batch: the model inputs, the labels and the auxiliary-loss targets."""
+
+    inputs: ModelInputs[A]
+    label: A  # (B,) float32
+    next_positive: A | None = None  # (B, P) L_next r+ items, 0 = empty slot
+    next_negative: A | None = None  # (B, N) L_next r- items, 0 = empty slot
+    cl_positive: A | None = None  # (B, K) L_cl positives of the last search, 0 = none
+
+    def map(self, convert: Callable[[A], B]) -> TrainingBatch[B]:
+        """Every array through `convert` (e.g. numpy -> torch on a device)."""
+        targets = {
+            f.name: None if getattr(self, f.name) is None else convert(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.name not in ("inputs", "label")
+        }
+        return TrainingBatch(self.inputs.map(convert), convert(self.label), **targets)
 
 
 @dataclass(frozen=True)
@@ -125,20 +154,26 @@ class BatchBuilder:
     def __init__(
         self,
         dataset: PreparedDataset,
+        lengths: HistoryLengths,
         *,
-        click_history: int,
-        query_history: int,
-        query_tokens: int,
         aux: AuxiliaryConfig | None = None,
         pseudo_positives: PseudoPositives | None = None,
-        extras: tuple[str, ...] = (),
+        reads: frozenset[str] = frozenset(),
+        training_inputs: tuple[str, ...] = (),
     ):
+        """`reads`: the optional model inputs to build (`model_inputs.OPTIONAL_INPUTS`);
+        `training_inputs`: the training-only ones (`task_inputs.TRAINING_INPUTS`)."""
         self.ds = dataset
-        self.lengths = HistoryLengths(click_history, query_history, query_tokens)
+        self.lengths = lengths
         self.events = dataset.timelines()
         self.aux = aux
-        # What some baselines read beyond the standard inputs (`extra_inputs`).
-        self.extras = ExtraInputs(dataset, extras, self.lengths) if extras else None
+        self.reads = reads
+        self.search = search_task_inputs(training_inputs, dataset)
+        self.rate_codes = (
+            rate_bucket_fields(dataset).train_rows
+            if "candidate_rate_codes" in training_inputs
+            else None
+        )
         self.pseudo = pseudo_positives
         self.query_positives = (
             query_positives(dataset, aux.cl_positives)
@@ -213,37 +248,35 @@ class BatchBuilder:
 
     def build(
         self, arrays: SplitArrays, rows: np.ndarray, rng: np.random.Generator | None = None
-    ) -> dict[str, np.ndarray]:
-        """The batch for `rows` of `arrays`; auxiliary targets only when `rng` is given."""
+    ) -> TrainingBatch[np.ndarray]:
+        """The batch for `rows` of `arrays`; auxiliary targets and the training-only inputs
+        only when `rng` is given (training rows)."""
         user, ts = arrays.user[rows], arrays.ts[rows]
-        inputs = gather_inputs(
-            self.events, user, ts, arrays.click_end[rows], arrays.search_end[rows], self.lengths
+        ends = (arrays.click_end[rows], arrays.search_end[rows])
+        windows = history_windows(self.events, user, ts, self.lengths, ends)
+        inputs = inputs_from_windows(
+            self.events, windows, self.lengths, arrays.item[rows], reads=self.reads
         )
-        query_history, query_age = trim_query_columns(inputs.query_tokens, inputs.query_age)
-        batch = {
-            "user": user,
-            "item": arrays.item[rows],
-            "hour": inputs.hour,
-            "click_history": inputs.click_history,
-            "query_history": query_history,
-            "query_age": query_age,
-            "label": arrays.label[rows],
-        }
-        if self.extras is not None:
-            batch.update(self.extras.build(inputs, ts, query_history.shape[1], rng, rows))
-        if rng is not None and self.aux is not None and arrays.next_positive_range is not None:
-            assert arrays.next_negative_range is not None
-            batch["next_positive"] = _sample_ranges(
+        inputs = trim_query_columns(inputs)
+        if rng is not None:
+            inputs = with_training_inputs(
+                inputs, rows, rng, self.search, self.rate_codes, self.lengths
+            )
+        batch = TrainingBatch(inputs, arrays.label[rows])
+        if rng is None or self.aux is None or arrays.next_positive_range is None:
+            return batch
+        assert arrays.next_negative_range is not None
+        negatives = (
+            self.noclick_item if self.aux.next_negative_source == "user" else self.feed_item_by_time
+        )
+        return dataclasses.replace(
+            batch,
+            next_positive=_sample_ranges(
                 self.ds.click_item, arrays.next_positive_range, rows, self.aux.next_positives, rng
-            )
-            negatives = (
-                self.noclick_item
-                if self.aux.next_negative_source == "user"
-                else self.feed_item_by_time
-            )
-            batch["next_negative"] = self._next_negatives(negatives, arrays, rows, rng)
-            batch["cl_positive"] = self._last_query_positives(inputs.query_index[:, -1])
-        return batch
+            ),
+            next_negative=self._next_negatives(negatives, arrays, rows, rng),
+            cl_positive=self._last_query_positives(windows.query_index[:, -1]),
+        )
 
     def _next_negatives(
         self, values: np.ndarray, arrays: SplitArrays, rows: np.ndarray, rng: np.random.Generator

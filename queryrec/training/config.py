@@ -22,12 +22,12 @@ class TrainConfig:
     eval_batch_size: int = 4096
     learning_rate: float = 1e-3
     # Chosen on validation AUC of `small` (docs/BENCHMARKS.md "Training"): without
-    # weight decay every model overfits the id embeddings by epoch 2. lambda_3 = 0.01:
-    # L_cl adds about 0.01 AUC. lambda_2 = 0.05 with feed-wide negatives was the best
-    # L_next setting on validation (seeds 0, 1), level with no L_next at all.
+    # weight decay every model overfits the id embeddings by epoch 2.
     weight_decay: float = 3e-5
-    next_weight: float = 0.05  # lambda_2, weight of L_next
-    cl_weight: float = 0.01  # lambda_3, weight of L_cl
+    # lambda_2 (L_next) and lambda_3 (L_cl); None: the model's own (`ModelSpec.next_weight`,
+    # `ModelSpec.cl_weight`, chosen per model on validation: docs/RESULTS.md).
+    next_weight: float | None = None
+    cl_weight: float | None = None
     temperature: float = 0.1  # beta of L_cl
     aux: AuxiliaryConfig = field(default_factory=AuxiliaryConfig)
     device: str = "auto"  # auto | cpu | cuda

@@ -58,6 +58,7 @@ from queryrec.features.item_statistics import (
     out_of_fold_rates,
     training_click_rates,
 )
+from queryrec.features.model_inputs import HistoryLengths
 from queryrec.progress import say
 from queryrec.training.batches import BatchBuilder, SplitArrays
 from queryrec.training.checkpoint import GBDT_MODEL_FILE
@@ -218,19 +219,19 @@ def sample_features(
     chunks = []
     for start in range(0, len(arrays), CHUNK_ROWS):
         rows = np.arange(start, min(start + CHUNK_ROWS, len(arrays)))
-        batch = builder.build(arrays, rows)
-        item = batch["item"]
-        history = batch["click_history"]
+        inputs = builder.build(arrays, rows).inputs
+        item = inputs.item
+        history = inputs.click_history
         in_history = history > 0
         own = side.categories[item]  # (B, 4)
         seen = side.categories[history]  # (B, H, 4)
         columns = [
-            batch["user"],
+            inputs.user,
             item,
             *own.T,
             side.author[item],
-            *profile[batch["user"]].T,
-            batch["hour"],
+            *profile[inputs.user].T,
+            inputs.hour,
             in_history.sum(axis=1),
             (in_history & (seen[:, :, 0] == own[:, None, 0])).sum(axis=1),
             (in_history & (seen[:, :, 1] == own[:, None, 1])).sum(axis=1),
@@ -238,13 +239,13 @@ def sample_features(
             author_rate[rows],
         ]
         if with_query:
-            queries = batch["query_history"]  # (B, L', T), newest last
+            queries = inputs.query_tokens  # (B, L', T), newest last
             caption = side.caption[item]
             columns += [
                 caption_overlap(queries[:, -1, :], caption),
                 caption_overlap(queries[:, -3:, :].reshape(len(rows), -1), caption),
                 queries_before[rows],
-                batch["query_age"][:, -1],
+                inputs.query_age[:, -1],
             ]
         chunks.append(np.stack([np.asarray(c, dtype=np.float32) for c in columns], axis=1))
     width = len(
@@ -272,9 +273,11 @@ def train_gbdt(
     lengths = dataset.schema["max_lengths"]
     builder = BatchBuilder(
         dataset,
-        click_history=int(lengths["click_history"]),
-        query_history=int(lengths["query_history"]),
-        query_tokens=int(lengths["query_tokens"]),
+        HistoryLengths(
+            clicks=int(lengths["click_history"]),
+            queries=int(lengths["query_history"]),
+            tokens=int(lengths["query_tokens"]),
+        ),
     )
     side = ItemSide.load(dataset)
     rates = training_click_rates(dataset, params.prior_weight)

@@ -76,7 +76,7 @@ def predict(
         for start in range(0, len(arrays), batch_size):
             rows = by_length[start : start + batch_size]
             batch = to_tensors(builder.build(arrays, rows), device)
-            logits = model.score(batch)
+            logits = model.score(batch.inputs)
             out[rows] = torch.sigmoid(logits).float().cpu().numpy()
     return out
 
@@ -139,12 +139,11 @@ def fit(
     pseudo = _pseudo_positives(dataset, cfg, spec, ctx)
     builder = BatchBuilder(
         dataset,
-        click_history=model_cfg.click_history,
-        query_history=model_cfg.query_history,
-        query_tokens=model_cfg.query_tokens,
+        model_cfg.history_lengths,
         aux=cfg.aux if (spec.next_loss or spec.contrastive_loss) else None,
         pseudo_positives=pseudo,
-        extras=model.wanted_extras(),
+        reads=model.reads,
+        training_inputs=model.wanted_training_inputs(),
     )
     train_arrays = builder.split_arrays("train", with_aux=True)
     valid_arrays = builder.split_arrays("valid", with_aux=False)
@@ -208,7 +207,13 @@ def _seeded_model(
     )
     if ctx.is_main and cfg.progress and optimizer.sparse_names:
         say(f"[train] sparse updates (lazy Adam) for {', '.join(optimizer.sparse_names)}")
-    objective = Objective(model, spec, cfg.next_weight, cfg.cl_weight, cfg.temperature)
+    objective = Objective(
+        model,
+        spec,
+        spec.next_weight if cfg.next_weight is None else cfg.next_weight,
+        spec.cl_weight if cfg.cl_weight is None else cfg.cl_weight,
+        cfg.temperature,
+    )
     step_fn: torch.nn.Module = objective
     if ctx.distributed:
         # Feature-table buffers never change: no need to broadcast them every step.
@@ -336,7 +341,7 @@ def _train_epoch(
     done = 0
     for rows in bar:
         batch = to_tensors(run.builder.build(train_arrays, rows, aux_rng), ctx.device)
-        losses = run.step_fn(**batch)
+        losses = run.step_fn(batch)
         run.optimizer.zero_grad()
         losses["total"].backward()
         run.optimizer.step()

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from queryrec.losses import contrastive_loss, ctr_loss, next_item_loss
 from queryrec.models.ctr_model import CTRModel
 from queryrec.models.registry import ModelSpec
+from queryrec.training.batches import TrainingBatch
 
 
 class Objective(nn.Module):
@@ -37,67 +38,49 @@ class Objective(nn.Module):
         self.cl_weight = cl_weight if spec.contrastive_loss else 0.0
         self.temperature = temperature
 
-    def forward(
-        self,
-        user: Tensor,
-        item: Tensor,
-        hour: Tensor,
-        click_history: Tensor,
-        query_history: Tensor,
-        query_age: Tensor,
-        label: Tensor,
-        next_positive: Tensor | None = None,
-        next_negative: Tensor | None = None,
-        cl_positive: Tensor | None = None,
-        **extras: Tensor,
-    ) -> dict[str, Tensor]:
+    def forward(self, batch: TrainingBatch[Tensor]) -> dict[str, Tensor]:
         has_query = self.model.cfg.use_query
-        use_next = self.next_weight > 0 and has_query and next_positive is not None
-        use_cl = self.cl_weight > 0 and has_query and cl_positive is not None
+        use_next = self.next_weight > 0 and has_query and batch.next_positive is not None
+        use_cl = self.cl_weight > 0 and has_query and batch.cl_positive is not None
         # Items the auxiliary losses score, looked up in the model's own pass:
         # [r+ (P) | r- (N) | L_cl positives (K)] -> (B, P + N + K).
         aux_ids: list[Tensor] = []
         if use_next:
-            assert next_positive is not None and next_negative is not None
-            aux_ids += [next_positive, next_negative]
+            assert batch.next_positive is not None and batch.next_negative is not None
+            aux_ids += [batch.next_positive, batch.next_negative]
         if use_cl:
-            assert cl_positive is not None
-            aux_ids.append(cl_positive)
+            assert batch.cl_positive is not None
+            aux_ids.append(batch.cl_positive)
         out = self.model.forward_with_query(
-            user,
-            item,
-            hour,
-            click_history,
-            query_history,
-            query_age,
-            torch.cat(aux_ids, dim=1) if aux_ids else None,
-            extras=extras,
+            batch.inputs, torch.cat(aux_ids, dim=1) if aux_ids else None
         )
-        losses = {"L_ctr": ctr_loss(out.logits, label)}
+        losses = {"L_ctr": ctr_loss(out.logits, batch.label)}
         total = losses["L_ctr"]
         for name, term in out.losses.items():  # the model's own terms, weighted
             losses[name] = term
             total = total + term
         aux = out.aux_items  # (B, P + N + K, d)
         if use_next:
-            assert next_positive is not None and next_negative is not None
+            positive, negative = batch.next_positive, batch.next_negative
+            assert positive is not None and negative is not None
             assert out.query is not None and aux is not None
-            p, n = next_positive.shape[1], next_negative.shape[1]
+            p, n = positive.shape[1], negative.shape[1]
             losses["L_next"] = next_item_loss(
-                out.query, aux[:, :p], next_positive > 0, aux[:, p : p + n], next_negative > 0
+                out.query, aux[:, :p], positive > 0, aux[:, p : p + n], negative > 0
             )
             total = total + self.next_weight * losses["L_next"]
             aux = aux[:, p + n :]
         if use_cl:
-            assert cl_positive is not None and aux is not None
+            assert batch.cl_positive is not None and aux is not None
             assert self.model.query_vector is not None
-            last_query = self.model.query_vector(query_history[:, -1])  # (B, d): e_{q^t}
-            losses["L_cl"] = contrastive_loss(last_query, aux, cl_positive, self.temperature)
+            # e_{q^t}: the words of the most recent search before t
+            last_query = self.model.query_vector(batch.inputs.query_tokens[:, -1])  # (B, d)
+            losses["L_cl"] = contrastive_loss(last_query, aux, batch.cl_positive, self.temperature)
             total = total + self.cl_weight * losses["L_cl"]
         losses["total"] = total
         return losses
 
 
-def to_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, Tensor]:
+def to_tensors(batch: TrainingBatch[np.ndarray], device: torch.device) -> TrainingBatch[Tensor]:
     """numpy batch -> tensors on `device` (dtypes kept: labels float32, ids int64)."""
-    return {key: torch.from_numpy(value).to(device) for key, value in batch.items()}
+    return batch.map(lambda value: torch.from_numpy(value).to(device))

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18queryrec/v1/scorer.proto\x12\x0bqueryrec.v1\"J\n\x0cScoreRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x10\n\x08item_ids\x18\x02 \x03(\x03\x12\x17\n\x0frequest_time_ms\x18\x03 \x01(\x03\"b\n\rScoreResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x03 \x01(\x08\x12\x18\n\x10\x64\x65graded_reasons\x18\x04 \x03(\t\"N\n\x12RecordQueryRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\ttoken_ids\x18\x02 \x03(\x03\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\"-\n\x13RecordQueryResponse\x12\x16\n\x0ehistory_length\x18\x01 \x01(\x05\"N\n\x13RecordClicksRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x10\n\x08item_ids\x18\x02 \x03(\x03\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\".\n\x14RecordClicksResponse\x12\x16\n\x0ehistory_length\x18\x01 \x01(\x05\x32\xef\x01\n\x06Scorer\x12>\n\x05Score\x12\x19.queryrec.v1.ScoreRequest\x1a\x1a.queryrec.v1.ScoreResponse\x12P\n\x0bRecordQuery\x12\x1f.queryrec.v1.RecordQueryRequest\x1a .queryrec.v1.RecordQueryResponse\x12S\n\x0cRecordClicks\x12 .queryrec.v1.RecordClicksRequest\x1a!.queryrec.v1.RecordClicksResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18queryrec/v1/scorer.proto\x12\x0bqueryrec.v1\"J\n\x0cScoreRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x10\n\x08item_ids\x18\x02 \x03(\x03\x12\x17\n\x0frequest_time_ms\x18\x03 \x01(\x03\"b\n\rScoreResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x03 \x01(\x08\x12\x18\n\x10\x64\x65graded_reasons\x18\x04 \x03(\t\"N\n\x12RecordQueryRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\ttoken_ids\x18\x02 \x03(\x03\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\"-\n\x13RecordQueryResponse\x12\x16\n\x0ehistory_length\x18\x01 \x01(\x05\"N\n\x13RecordClicksRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x10\n\x08item_ids\x18\x02 \x03(\x03\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\".\n\x14RecordClicksResponse\x12\x16\n\x0ehistory_length\x18\x01 \x01(\x05\"[\n\x19RecordSearchClicksRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x1b\n\x13search_timestamp_ms\x18\x02 \x01(\x03\x12\x10\n\x08item_ids\x18\x03 \x03(\x03\"6\n\x1aRecordSearchClicksResponse\x12\x18\n\x10\x63licks_in_search\x18\x01 \x01(\x05\x32\xd6\x02\n\x06Scorer\x12>\n\x05Score\x12\x19.queryrec.v1.ScoreRequest\x1a\x1a.queryrec.v1.ScoreResponse\x12P\n\x0bRecordQuery\x12\x1f.queryrec.v1.RecordQueryRequest\x1a .queryrec.v1.RecordQueryResponse\x12S\n\x0cRecordClicks\x12 .queryrec.v1.RecordClicksRequest\x1a!.queryrec.v1.RecordClicksResponse\x12\x65\n\x12RecordSearchClicks\x12&.queryrec.v1.RecordSearchClicksRequest\x1a\'.queryrec.v1.RecordSearchClicksResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,6 +43,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECORDCLICKSREQUEST']._serialized_end=422
   _globals['_RECORDCLICKSRESPONSE']._serialized_start=424
   _globals['_RECORDCLICKSRESPONSE']._serialized_end=470
-  _globals['_SCORER']._serialized_start=473
-  _globals['_SCORER']._serialized_end=712
+  _globals['_RECORDSEARCHCLICKSREQUEST']._serialized_start=472
+  _globals['_RECORDSEARCHCLICKSREQUEST']._serialized_end=563
+  _globals['_RECORDSEARCHCLICKSRESPONSE']._serialized_start=565
+  _globals['_RECORDSEARCHCLICKSRESPONSE']._serialized_end=619
+  _globals['_SCORER']._serialized_start=622
+  _globals['_SCORER']._serialized_end=964
 # @@protoc_insertion_point(module_scope)

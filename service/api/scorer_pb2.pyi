@@ -59,3 +59,19 @@ class RecordClicksResponse(_message.Message):
     HISTORY_LENGTH_FIELD_NUMBER: _ClassVar[int]
     history_length: int
     def __init__(self, history_length: _Optional[int] = ...) -> None: ...
+
+class RecordSearchClicksRequest(_message.Message):
+    __slots__ = ("user_id", "search_timestamp_ms", "item_ids")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    user_id: int
+    search_timestamp_ms: int
+    item_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, user_id: _Optional[int] = ..., search_timestamp_ms: _Optional[int] = ..., item_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class RecordSearchClicksResponse(_message.Message):
+    __slots__ = ("clicks_in_search",)
+    CLICKS_IN_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    clicks_in_search: int
+    def __init__(self, clicks_in_search: _Optional[int] = ...) -> None: ...

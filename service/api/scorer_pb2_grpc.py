@@ -50,6 +50,11 @@ class ScorerStub:
                 request_serializer=queryrec_dot_v1_dot_scorer__pb2.RecordClicksRequest.SerializeToString,
                 response_deserializer=queryrec_dot_v1_dot_scorer__pb2.RecordClicksResponse.FromString,
                 _registered_method=True)
+        self.RecordSearchClicks = channel.unary_unary(
+                '/queryrec.v1.Scorer/RecordSearchClicks',
+                request_serializer=queryrec_dot_v1_dot_scorer__pb2.RecordSearchClicksRequest.SerializeToString,
+                response_deserializer=queryrec_dot_v1_dot_scorer__pb2.RecordSearchClicksResponse.FromString,
+                _registered_method=True)
 
 
 class ScorerServicer:
@@ -77,6 +82,16 @@ class ScorerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordSearchClicks(self, request, context):
+        """Record the results a user clicked after one of their searches ("search clicks"),
+        stored with that search in the query history. NOT_FOUND, storing nothing, when the
+        history does not hold the search (never recorded, expired, or no longer among the
+        newest searches kept).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScorerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +109,11 @@ def add_ScorerServicer_to_server(servicer, server):
                     servicer.RecordClicks,
                     request_deserializer=queryrec_dot_v1_dot_scorer__pb2.RecordClicksRequest.FromString,
                     response_serializer=queryrec_dot_v1_dot_scorer__pb2.RecordClicksResponse.SerializeToString,
+            ),
+            'RecordSearchClicks': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordSearchClicks,
+                    request_deserializer=queryrec_dot_v1_dot_scorer__pb2.RecordSearchClicksRequest.FromString,
+                    response_serializer=queryrec_dot_v1_dot_scorer__pb2.RecordSearchClicksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +198,33 @@ class Scorer:
             '/queryrec.v1.Scorer/RecordClicks',
             queryrec_dot_v1_dot_scorer__pb2.RecordClicksRequest.SerializeToString,
             queryrec_dot_v1_dot_scorer__pb2.RecordClicksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordSearchClicks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/queryrec.v1.Scorer/RecordSearchClicks',
+            queryrec_dot_v1_dot_scorer__pb2.RecordSearchClicksRequest.SerializeToString,
+            queryrec_dot_v1_dot_scorer__pb2.RecordSearchClicksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,18 +3,21 @@ offline score of the same impression, and the check fails when serving drifts.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 import pytest
 
-from clients.replay import TOLERANCE, run_replay
+from clients.replay import TOLERANCE, build_events, run_replay
+from export.bundle import ExportOptions, export_bundle
 from queryrec.errors import QueryRecError
 from queryrec.evaluation.bundle_scoring import open_bundle_graphs
 from queryrec.features.bundle_format import IdMap, history_lengths
 from queryrec.features.dataset import PreparedDataset
-from queryrec.features.graph_feeds import ctr_feed, encoder_feed
+from queryrec.features.graph_feeds import graph_feed
 from queryrec.features.model_inputs import EventTimelines, model_inputs
 from service.api import scorer_pb2 as pb
 from service.state_load import load_state
@@ -43,12 +46,30 @@ def replay_through(
         harness.close()
 
 
+def serves_what_it_scores_offline(
+    run: Path, data: Path, tmp_path: Path, redis_url: str
+) -> dict[str, Any]:
+    """Export `run`, serve the bundle through a real server and Redis, replay the test
+    split: every served score must equal the offline score of the same impression, and
+    the bundle's AUC the trained model's own (calibration is monotone). -> the manifest."""
+    bundle = tmp_path / "bundle"
+    manifest = export_bundle(run, bundle, ExportOptions())
+    summary = replay_through(bundle, data, redis_url)
+    assert summary["compared"] == summary["impressions"] > 0
+    assert summary["above_tolerance"] == 0
+    assert summary["max_abs_diff"] <= TOLERANCE
+    trained = json.loads((run / "metrics.json").read_text())["test"]["auc"]
+    assert summary["served_auc"] == pytest.approx(trained, abs=1e-4)
+    return manifest
+
+
 @pytest.mark.slow
 def test_replay_of_tiny_matches_offline_per_impression(
     bundle: Path, tiny_data: Path, redis_client_url: str
 ) -> None:
     summary = replay_through(bundle, tiny_data, redis_client_url)
     assert summary["degraded"] == 0
+    assert 0 < summary["search_click_calls"] <= summary["search_clicks"]  # all answered OK
     assert summary["compared"] == summary["impressions"] > 0
     assert summary["above_tolerance"] == 0
     assert summary["max_abs_diff"] <= TOLERANCE
@@ -63,6 +84,29 @@ def test_replay_fails_when_served_features_drift(
     for most impressions: the replay must say so and fail."""
     with pytest.raises(QueryRecError, match=r"served scores differ from the offline score"):
         replay_through(bundle, tiny_data, redis_client_url, query_history_cap=1)
+
+
+def test_each_search_of_the_replay_carries_its_clicked_results(tiny_data: Path) -> None:
+    """Sent right after its RecordQuery: raw ids, display order, distinct, capped."""
+    dataset = PreparedDataset(tiny_data)
+    streams, _, _ = build_events(dataset, max_search_clicks=2)
+    t0 = int(dataset.schema["split"]["test_start_ms"])
+    user_raw, item_raw = dataset.raw_ids("users"), dataset.raw_ids("items")
+    expected: dict[int, list[tuple[int, list[int]]]] = {}
+    for row in np.flatnonzero(dataset.search_ts >= t0):  # per user, in time order
+        c, d = dataset.clicked_offsets[row], dataset.clicked_offsets[row + 1]
+        clicked = list(dict.fromkeys(item_raw[dataset.clicked_items[c:d]].tolist()))[:2]
+        user = int(user_raw[dataset.search_user[row]])
+        expected.setdefault(user, []).append((int(dataset.search_ts[row]), clicked))
+    sent = {
+        user: [(event.ts, event.clicked) for event in events if event.kind == 2]
+        for user, events in streams.items()
+    }
+    assert {user: searches for user, searches in sent.items() if searches} == expected
+    lengths = [len(clicked) for searches in expected.values() for _, clicked in searches]
+    assert 0 in lengths and 2 in lengths  # searches without clicks, and capped ones
+    for events in streams.values():  # only searches carry clicks
+        assert all(not event.clicked for event in events if event.kind != 2)
 
 
 def test_a_search_without_words_is_a_history_slot_through_the_api(
@@ -110,19 +154,23 @@ def test_a_search_without_words_is_a_history_slot_through_the_api(
         words=words(np.array([w for _, ws in newest for w in ws], dtype=np.int64)),
         profile=unknown_user_profile(bundle, graphs.manifest["profile_fields"]),
     )
-    inputs = model_inputs(events, np.array([0]), np.array([T]), lengths)
-    assert inputs.query_count[0] == 2 and (inputs.query_tokens[0, -1] == 0).all()
-    assert graphs.encoder is not None
-    query_repr = graphs.encoder.run(None, encoder_feed(inputs.query_tokens, inputs.query_age))[0]
+    manifest = graphs.manifest
     unknown_user = np.array([1])  # not in the maps: the unknown index, as the server maps it
-    feed = ctr_feed(
-        unknown_user,
-        inputs.hour,
-        inputs.profile,
-        inputs.click_history,
-        np.zeros(len(items), np.int64),
+    inputs = model_inputs(
+        events,
+        np.array([0]),
+        np.array([T]),
+        lengths,
         IdMap.read(bundle / "maps/items.parquet")(np.array(items)),
-        query_repr,
+        pair_user=np.zeros(len(items), np.int64),
+        reads=frozenset(manifest["reads"]),
+        user_index=unknown_user,
     )
+    assert (inputs.query_age[0] > 0).sum() == 2 and (inputs.query_tokens[0, -1] == 0).all()
+    assert graphs.encoder is not None
+    encoder = manifest["graphs"]["query_encoder"]
+    values = graphs.encoder.run(None, graph_feed(encoder["inputs"], inputs))
+    encoded = dict(zip(encoder["outputs"], values, strict=True))
+    feed = graph_feed(manifest["graphs"]["ctr"]["inputs"], inputs, encoded)
     expected = graphs.ctr.run(None, feed)[0]
     np.testing.assert_allclose(served.scores, expected, atol=TOLERANCE, rtol=0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -29,13 +30,20 @@ from tests.no_torch import run_without_torch
 
 def test_manifest_describes_the_bundle(bundle: Path, queryrec_run: Path) -> None:
     manifest = read_manifest(bundle)
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2
     assert manifest["model_name"] == "queryrec"
     assert manifest["model_version"].startswith("queryrec-")
     assert set(manifest["graphs"]) == {"query_encoder", "ctr"}
+    # Every graph input is a `ModelInputs` field by name, or an encoder output.
+    encoder = manifest["graphs"]["query_encoder"]
+    assert list(encoder["inputs"]) == ["query_tokens", "query_age", "query_clicks"]
+    assert list(encoder["outputs"]) == ["query_repr", "query_states"]
     assert list(manifest["graphs"]["ctr"]["inputs"]) == [
-        "query_repr", "user", "hour", "profile", "click_history", "pair_user", "item",
+        "query_repr", "query_states", "user", "hour", "profile", "click_history",
+        "query_tokens", "query_age", "query_clicks", "pair_user", "item",
     ]  # fmt: skip
+    assert manifest["reads"] == ["query_clicks"]
+    assert manifest["max_lengths"]["query_clicks"] == manifest["model_config"]["query_clicks"]
     metrics = json.loads((queryrec_run / "metrics.json").read_text())
     assert manifest["offline_metrics"]["test"]["auc"] == metrics["test"]["auc"]
     assert {"schema.json", "maps/items.parquet", "ctr.onnx"} <= set(manifest["files"])
@@ -49,7 +57,8 @@ def test_manifest_describes_the_bundle(bundle: Path, queryrec_run: Path) -> None
 def test_parity_ran_at_the_odd_shapes(bundle: Path) -> None:
     parity = read_manifest(bundle)["parity"]
     shapes = {case["shape"] for case in parity["cases"]}
-    assert {f"users={b}" for b in ENCODER_BATCHES} <= shapes
+    outputs = ("query_repr", "query_states")
+    assert {f"{name} users={b}" for name in outputs for b in ENCODER_BATCHES} <= shapes
     assert {f"users=3 pairs={n}" for n in CTR_CANDIDATES} <= shapes
     assert parity["max_abs_diff"] <= 1e-5
 
@@ -59,7 +68,7 @@ def test_bundle_scores_like_the_checkpoint_without_torch(
 ) -> None:
     dataset = PreparedDataset(tiny_data)
     model, payload = load_checkpoint(queryrec_run, dataset)
-    builder = BatchBuilder(dataset, click_history=50, query_history=20, query_tokens=8)
+    builder = BatchBuilder(dataset, model.cfg.history_lengths, reads=model.reads)
     arrays = builder.split_arrays("test", with_aux=False)
     expected = predict(model, builder, arrays, 1024, torch.device("cpu"))
     out = tmp_path / "served.npy"
@@ -138,7 +147,11 @@ def test_int8_guard_refuses_then_force_accepts(queryrec_run: Path, tmp_path: Pat
     manifest = export_bundle(queryrec_run, tmp_path / "forced", forced)
     quant = manifest["quantization"]
     assert quant["mode"] == "int8" and quant["forced"] is True
-    assert 0.0 < quant["auc_int8"] <= 1.0 and 0.0 < quant["auc_fp32"] <= 1.0
+    # fp32: the calibrated graph's test AUC, the trained model's own (Platt is monotone);
+    # int8 scores the same split with weights rounded, not a different model.
+    trained = json.loads((queryrec_run / "metrics.json").read_text())["test"]["auc"]
+    assert quant["auc_fp32"] == pytest.approx(trained, abs=1e-4)
+    assert abs(quant["auc_int8"] - quant["auc_fp32"]) < 0.05
     ops = {node.op_type for node in onnx.load(str(tmp_path / "forced/ctr.onnx")).graph.node}
     assert ops & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}
 
@@ -203,6 +216,92 @@ def test_parity_check_names_the_failing_graph_and_shape(
     with torch.no_grad():
         model.sas.norm.bias.add_(0.01)  # the torch model drifts from the exported graph
     with pytest.raises(
-        ParityError, match=r"query_encoder at users=\d+: .* differs from PyTorch by"
+        ParityError,
+        match=r"query_encoder at query_(repr|states) users=\d+: .* differs from PyTorch by",
     ):
         check_parity(model, loaded.encoder, loaded.ctr, platt=platt)
+
+
+@pytest.fixture(scope="module")
+def paper_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The paper's QueryRec trained for one epoch on `tiny` (read-only)."""
+    run = tmp_path_factory.mktemp("runs") / "queryrec-paper"
+    config = TrainConfig(model="queryrec-paper", epochs=1, batch_size=512, progress=False)
+    train(tiny_data, run, config)
+    return run
+
+
+@pytest.fixture(scope="module")
+def paper_bundle(paper_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`paper_run` exported (read-only)."""
+    out = tmp_path_factory.mktemp("bundles") / "queryrec-paper"
+    export_bundle(paper_run, out, ExportOptions())
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("model_name", "run_fixture", "bundle_fixture"),
+    [("queryrec", "queryrec_run", "bundle"), ("queryrec-paper", "paper_run", "paper_bundle")],
+)
+def test_model_inputs_round_trip_through_the_bundle(
+    model_name: str,
+    run_fixture: str,
+    bundle_fixture: str,
+    tiny_data: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """One `ModelInputs` of real requests (the feature path over the test split, several
+    candidates per user row), fed to the bundle's graphs by name (`graph_feed`), gives
+    the model's own `score` on the same inputs (through the bundle's calibration)."""
+    from queryrec.evaluation.bundle_scoring import open_bundle_graphs
+    from queryrec.features.bundle_format import history_lengths
+    from queryrec.features.graph_feeds import graph_feed
+    from queryrec.features.model_inputs import model_inputs, trim_query_columns
+
+    run, root = request.getfixturevalue(run_fixture), request.getfixturevalue(bundle_fixture)
+    dataset = PreparedDataset(tiny_data)
+    model, payload = load_checkpoint(run, dataset)
+    model.eval()
+    graphs = open_bundle_graphs(root)
+    manifest = graphs.manifest
+    assert payload["model_name"] == manifest["model_name"] == model_name
+    lengths = history_lengths(manifest)
+    assert lengths == model.cfg.history_lengths
+    assert frozenset(manifest["reads"]) == model.reads
+
+    # Requests of the test split: the longest query histories and a random share.
+    events = dataset.timelines()
+    samples = dataset.samples("test")
+    users = samples["user"].to_numpy().astype(np.int64)
+    ts = samples["ts"].to_numpy()
+    _, query_end = events.history_ends(users, ts)
+    queries = query_end - events.query_start[users]
+    rng = np.random.default_rng(0)
+    rows = np.concatenate([np.argsort(-queries, kind="stable")[:24], rng.choice(len(ts), 16)])
+    counts = rng.integers(1, 6, size=len(rows))  # candidates per user row
+    items = rng.integers(2, model.cfg.vocab.items, size=int(counts.sum()))
+    pair_user = np.repeat(np.arange(len(rows), dtype=np.int64), counts)
+    inputs = model_inputs(
+        events, users[rows], ts[rows], lengths, items, pair_user=pair_user, reads=model.reads
+    )
+    assert (inputs.query_age > 0).sum(axis=1).max() > 1  # real query histories
+
+    def served(inputs: Any) -> np.ndarray:
+        encoded: dict[str, np.ndarray] = {}
+        if graphs.encoder is not None:
+            spec = manifest["graphs"]["query_encoder"]
+            values = graphs.encoder.run(None, graph_feed(spec["inputs"], inputs))
+            encoded = dict(zip(spec["outputs"], values, strict=True))
+        feed = graph_feed(manifest["graphs"]["ctr"]["inputs"], inputs, encoded)
+        return np.asarray(graphs.ctr.run(None, feed)[0])
+
+    calibration = manifest["calibration"]
+    with torch.no_grad():
+        logits = model.score(inputs.map(torch.from_numpy))
+    expected = torch.sigmoid(calibration["a"] * logits + calibration["b"]).numpy()
+    got = served(inputs)
+    assert got.shape == (len(items),)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    # The service's and offline scoring's batches cut the empty query slots: same scores.
+    np.testing.assert_allclose(served(trim_query_columns(inputs)), expected, atol=1e-5, rtol=0)

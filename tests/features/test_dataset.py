@@ -12,7 +12,12 @@ import polars as pl
 import pytest
 
 from queryrec.features.dataset import PreparedDataset
-from queryrec.features.model_inputs import HistoryLengths, model_inputs
+from queryrec.features.model_inputs import (
+    HistoryLengths,
+    first_k_per_row,
+    history_windows,
+    model_inputs,
+)
 
 SPLITS = ("train", "valid", "test")
 
@@ -42,19 +47,35 @@ def test_no_history_event_at_or_after_the_sample_time(dataset: PreparedDataset, 
     users = samples["user"].to_numpy()
     ts = samples["ts"].to_numpy()
     events = dataset.timelines()
-    inputs = model_inputs(events, users, ts, HistoryLengths(clicks=50, queries=20, tokens=8))
+    lengths = HistoryLengths(clicks=50, queries=20, tokens=8, clicks_per_query=3)
+    reads = ("query_clicks", "query_minutes", "click_minutes")
+    inputs = model_inputs(events, users, ts, lengths, reads=reads)
+    windows = history_windows(events, users, ts, lengths)
     click_end, _ = events.history_ends(users, ts)
-    lengths = (inputs.click_history > 0).sum(axis=1)
-    assert (lengths <= click_end - events.click_start[users]).all()
+    clicks = (inputs.click_history > 0).sum(axis=1)
+    assert (clicks <= click_end - events.click_start[users]).all()
     last_click = np.maximum(click_end - 1, 0)
-    assert (events.click_ts[last_click][lengths > 0] < ts[lengths > 0]).all()
-    valid_queries = inputs.query_index >= 0
-    assert (valid_queries.sum(axis=1) == inputs.query_count).all()
-    query_ts = dataset.search_ts[inputs.query_index[valid_queries]]
-    assert (query_ts < np.repeat(ts, inputs.query_count)).all()
+    assert (events.click_ts[last_click][clicks > 0] < ts[clicks > 0]).all()
+    valid_queries = windows.query_index >= 0
+    count = windows.query_count
+    query_ts = dataset.search_ts[windows.query_index[valid_queries]]
+    assert (query_ts < np.repeat(ts, count)).all()
     # ... and every event in a window belongs to the sample's own user.
-    session_users = dataset.search_user[inputs.query_index[valid_queries]]
-    assert (session_users == np.repeat(users, inputs.query_count)).all()
+    session_users = dataset.search_user[windows.query_index[valid_queries]]
+    assert (session_users == np.repeat(users, count)).all()
+    # The extra inputs are cut at t too: a slot's clicked results are those of the
+    # search in that slot (before t), nothing on a padded slot; the minutes count from t.
+    assert inputs.query_clicks is not None
+    expected = first_k_per_row(
+        dataset.clicked_offsets, dataset.clicked_items, windows.query_index, 3
+    )
+    assert (inputs.query_clicks == expected).all()
+    assert (inputs.query_clicks[~valid_queries] == 0).all()
+    assert inputs.query_minutes is not None and inputs.click_minutes is not None
+    minutes = (np.repeat(ts, count) - query_ts) // 60_000
+    assert (inputs.query_minutes[valid_queries] == minutes).all()
+    assert (inputs.query_minutes[~valid_queries] == 0).all()
+    assert (inputs.click_minutes[inputs.click_history == 0] == 0).all()
 
 
 def test_windows_match_a_brute_force_scan(dataset: PreparedDataset) -> None:
@@ -69,12 +90,9 @@ def test_windows_match_a_brute_force_scan(dataset: PreparedDataset) -> None:
         }
     )
     users = samples["user"].to_numpy()
-    inputs = model_inputs(
-        dataset.timelines(),
-        users,
-        samples["ts"].to_numpy(),
-        HistoryLengths(clicks=5, queries=3, tokens=8),
-    )
+    lengths = HistoryLengths(clicks=5, queries=3, tokens=8)
+    inputs = model_inputs(dataset.timelines(), users, samples["ts"].to_numpy(), lengths)
+    windows = history_windows(dataset.timelines(), users, samples["ts"].to_numpy(), lengths)
     for row, sample in enumerate(samples.iter_rows(named=True)):
         earlier = feed.filter(
             (pl.col("user") == sample["user"])
@@ -88,8 +106,8 @@ def test_windows_match_a_brute_force_scan(dataset: PreparedDataset) -> None:
         sessions = np.flatnonzero(
             (dataset.search_user == sample["user"]) & (dataset.search_ts < sample["ts"])
         )
-        count = int(inputs.query_count[row])
-        assert inputs.query_index[row][3 - count :].tolist() == sessions[-3:].tolist()
+        count = int(windows.query_count[row])
+        assert windows.query_index[row][3 - count :].tolist() == sessions[-3:].tolist()
 
 
 def test_feed_batch_never_sees_its_own_clicks(dataset: PreparedDataset) -> None:
@@ -100,16 +118,14 @@ def test_feed_batch_never_sees_its_own_clicks(dataset: PreparedDataset) -> None:
 
 def test_query_tokens_are_truncated_and_padded(dataset: PreparedDataset) -> None:
     samples = dataset.samples("test")
-    inputs = model_inputs(
-        dataset.timelines(),
-        samples["user"].to_numpy(),
-        samples["ts"].to_numpy(),
-        HistoryLengths(clicks=1, queries=4, tokens=2),
-    )
+    users, ts = samples["user"].to_numpy(), samples["ts"].to_numpy()
+    lengths = HistoryLengths(clicks=1, queries=4, tokens=2)
+    inputs = model_inputs(dataset.timelines(), users, ts, lengths)
+    index = history_windows(dataset.timelines(), users, ts, lengths).query_index
     assert inputs.query_tokens.shape == (samples.height, 4, 2)
-    assert (inputs.query_tokens[inputs.query_index < 0] == 0).all()
-    assert (inputs.query_age[inputs.query_index < 0] == 0).all()
-    has_query = inputs.query_index[:, -1] >= 0
+    assert (inputs.query_tokens[index < 0] == 0).all()
+    assert (inputs.query_age[index < 0] == 0).all()
+    has_query = index[:, -1] >= 0
     assert has_query.any()
     worded = has_query & (inputs.query_tokens[:, -1, 0] > 0)
     assert worded.any()

@@ -21,7 +21,11 @@ def test_a_tiled_ctr_batch_scores_every_user_like_the_single_one(bundle: Path) -
     """Tiling the one-user feed gives `users` identical requests: same scores each."""
     from service.bundle import load_bundle
 
-    _, feed = full_history_feeds(bundle, 5)
+    encoder_feed, feed = full_history_feeds(bundle, 5)
+    # A full history: every query slot holds a search with words and clicked results.
+    assert encoder_feed is not None
+    assert (encoder_feed["query_age"] > 0).all() and (encoder_feed["query_clicks"] > 0).all()
+    assert (feed["click_history"] > 0).all()
     ctr = load_bundle(bundle, device="cpu").ctr
     one = ctr.run(None, feed)[0]
     three = ctr.run(None, ctr_batch(feed, 3, 5))[0]
@@ -50,5 +54,6 @@ def test_the_cli_writes_a_row_per_shape(bundle: Path, tmp_path: Path) -> None:
     assert [row["users"] for row in table["ctr"]] == [1, 2, 4]
     assert [row["pairs"] for row in table["ctr"]] == [3, 6, 12]
     assert all(row["pairs_per_s"] > 0 for row in table["ctr"])
-    if table["encoder"]:  # a model with a query tower
-        assert [row["users"] for row in table["encoder"]] == [1, 2, 4]
+    # The bundle's model (queryrec) has a query tower: its encoder is measured too.
+    assert [row["users"] for row in table["encoder"]] == [1, 2, 4]
+    assert all(row["users_per_s"] > 0 for row in table["encoder"])

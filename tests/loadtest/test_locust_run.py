@@ -101,12 +101,23 @@ def test_the_summary_uses_exact_times_and_counts_degraded_reasons() -> None:
     config = LoadConfig(target="127.0.0.1:1", data=Path("data"), out=Path("out"))
     calls = [_call("Score", float(ms)) for ms in range(1, 101)]
     calls += [_call("Score", 7.25, reasons=("redis_timeout", "encoder_late"))]
-    calls += [_call("RecordQuery", 2.0), _call("RecordClicks", 3.0, code="UNAVAILABLE")]
+    calls += [_call("RecordQuery", 2.0), _call("RecordSearchClicks", 2.5)]
+    calls += [_call("RecordClicks", 3.0, code="UNAVAILABLE")]
     summary = summarize(calls, (1_000.0, 1_010.0), config)
-    assert summary["requests"] == {"Score": 101, "RecordQuery": 1, "RecordClicks": 1}
-    assert summary["failures"] == {"Score": 0, "RecordQuery": 0, "RecordClicks": 1}
+    assert summary["requests"] == {
+        "Score": 101,
+        "RecordQuery": 1,
+        "RecordClicks": 1,
+        "RecordSearchClicks": 1,
+    }
+    assert summary["failures"] == {
+        "Score": 0,
+        "RecordQuery": 0,
+        "RecordClicks": 1,
+        "RecordSearchClicks": 0,
+    }
     assert summary["failures_by_code"] == {"UNAVAILABLE": 1}
-    assert summary["rps"] == pytest.approx(103 / 10)
+    assert summary["rps"] == pytest.approx(104 / 10)
     score = summary["latency_ms"]["Score"]
     assert score["max"] == 100.0 and score["p50"] == 50.0  # 7.25 sits below the median
     assert summary["degraded"] == {

@@ -131,6 +131,8 @@ def test_echo_answers_a_constant_score_per_candidate(
     echo = servers["echo"]
     assert echo.RecordQuery(pb.RecordQueryRequest(user_id=1, token_ids=[1])).history_length == 0
     assert echo.RecordClicks(pb.RecordClicksRequest(user_id=1, item_ids=[1])).history_length == 0
+    searched = pb.RecordSearchClicksRequest(user_id=1, search_timestamp_ms=1, item_ids=[1])
+    assert echo.RecordSearchClicks(searched).clicks_in_search == 0
 
 
 def test_naive_servers_score_what_the_service_scores(
@@ -165,6 +167,17 @@ def test_naive_writes_are_the_state_every_server_reads(
         )
     )
     assert clicked.history_length >= 2
+    search_clicks = pb.RecordSearchClicksRequest(
+        user_id=request.user_id, search_timestamp_ms=at, item_ids=list(request.item_ids[:1])
+    )
+    assert servers["naive-onnx"].RecordSearchClicks(search_clicks).clicks_in_search == 1
+    with pytest.raises(grpc.RpcError) as raised:
+        servers["naive-torch"].RecordSearchClicks(
+            pb.RecordSearchClicksRequest(
+                user_id=request.user_id, search_timestamp_ms=at - 1, item_ids=[1]
+            )
+        )
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
     after = {name: scores(servers[name], [request]) for name in ("service", "naive-onnx")}
     assert np.abs(after["service"] - before).max() > 0  # the new history changed the scores
     assert np.abs(after["naive-onnx"] - after["service"]).max() <= ONNX_TOLERANCE

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from clients.replay import TOLERANCE
 from export.bundle import ExportOptions, export_bundle
 from queryrec.cli.main import main
 from queryrec.errors import QueryRecError
-from tests.clients.test_replay import replay_through
+from tests.clients.test_replay import serves_what_it_scores_offline
 
-# SESRec and UniSAR train, and are refused by export, in their own test modules.
+# SESRec and UniSAR train, export and serve in their own test modules.
 BASELINES = ("ple", "iv4rec", "din-stats", "lightgbm", "lightgbm-query")
 SERVABLE = ("ple", "iv4rec", "din-stats")
 
@@ -45,7 +44,7 @@ def test_one_epoch_through_queryrec_train(model: str, runs: Path) -> None:
     metrics = json.loads((runs / model / "metrics.json").read_text())
     assert metrics["model"] == model
     assert 0.5 < metrics["valid"]["auc"] < 1.0  # above chance after one epoch on tiny
-    assert 0.0 < metrics["test"]["auc"] < 1.0
+    assert 0.5 < metrics["test"]["auc"] < 1.0
     assert metrics["samples_per_second"] > 0
 
 
@@ -54,15 +53,7 @@ def test_one_epoch_through_queryrec_train(model: str, runs: Path) -> None:
 def test_servable_baselines_serve_what_they_score_offline(
     model: str, runs: Path, tiny_data: Path, tmp_path: Path, redis_client_url: str
 ) -> None:
-    bundle = tmp_path / "bundle"
-    export_bundle(runs / model, bundle, ExportOptions())
-    summary = replay_through(bundle, tiny_data, redis_client_url)
-    assert summary["compared"] == summary["impressions"] > 0
-    assert summary["above_tolerance"] == 0
-    assert summary["max_abs_diff"] <= TOLERANCE
-    # The bundle's offline AUC is the trained model's own test AUC (calibration is monotone).
-    trained = json.loads((runs / model / "metrics.json").read_text())["test"]["auc"]
-    assert summary["served_auc"] == pytest.approx(trained, abs=1e-4)
+    serves_what_it_scores_offline(runs / model, tiny_data, tmp_path, redis_client_url)
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from torch import nn
 
 from queryrec.features.dataset import PreparedDataset
 from queryrec.features.item_queries import item_query_table
+from queryrec.features.model_inputs import ModelInputs
 from queryrec.features.query_identity import normalised_query_ids
 from queryrec.models.iv4rec import IV4RecModel, IVItemTower, IVUserNet, gated_mix, stage_one_loss
 from queryrec.models.registry import build_model, model_config
@@ -135,13 +136,18 @@ def test_the_model_reports_both_stage_one_losses_in_training_only(
     b = 6
     user = torch.arange(2, 2 + b)
     item = torch.arange(2, 2 + b)
-    args = (
-        user, item, torch.zeros(b, dtype=torch.long), torch.randint(2, 10, (b, 5)),
-        torch.randint(2, 10, (b, 3, 4)), torch.ones(b, 3, dtype=torch.long),
-    )  # fmt: skip
+    inputs = ModelInputs(
+        user=user,
+        hour=torch.zeros(b, dtype=torch.long),
+        profile=torch.ones(b, len(model.cfg.vocab.profile), dtype=torch.long),
+        click_history=torch.randint(2, 10, (b, 5)),
+        query_tokens=torch.randint(2, 10, (b, 3, 4)),
+        query_age=torch.ones(b, 3, dtype=torch.long),
+        item=item,
+    )
     model.train()
-    losses = model.forward_with_query(*args).losses
+    losses = model.forward_with_query(inputs).losses
     assert set(losses) == {"L_iv_user", "L_iv_item"}
     assert all(torch.isfinite(v) for v in losses.values())
     model.eval()
-    assert model.forward_with_query(*args).losses == {}
+    assert model.forward_with_query(inputs).losses == {}

@@ -12,8 +12,8 @@ from queryrec.features.dataset import PreparedDataset
 from queryrec.models.ple import FEED, SEARCH, ExtractionLevel, PLEModel
 from queryrec.models.registry import build_model, model_config
 from queryrec.training.batches import BatchBuilder
-from queryrec.training.extra_inputs import SearchImpressions
 from queryrec.training.objective import to_tensors
+from queryrec.training.task_inputs import SearchImpressions
 
 
 def test_a_uniform_gate_averages_its_task_and_shared_experts() -> None:
@@ -72,33 +72,24 @@ def test_the_search_loss_is_the_weighted_cross_entropy_of_the_search_task(
     torch.manual_seed(0)
     model = build_model("ple", dataset, cfg)
     assert isinstance(model, PLEModel)
-    builder = BatchBuilder(
-        dataset,
-        click_history=cfg.click_history,
-        query_history=cfg.query_history,
-        query_tokens=cfg.query_tokens,
-        extras=PLEModel.batch_extras,
-    )
+    builder = BatchBuilder(dataset, cfg.history_lengths, training_inputs=PLEModel.training_inputs)
     arrays = builder.split_arrays("train", with_aux=False)
     batch = to_tensors(
         builder.build(arrays, np.arange(64), np.random.default_rng(0)), torch.device("cpu")
     )
-    assert (
-        batch["search_user"].shape == (64,) and batch["search_query"].shape[1] == cfg.query_tokens
+    task = batch.inputs.search_task
+    assert task is not None
+    assert task.inputs.user.shape == (64,) and task.inputs.query_tokens.shape[1:] == (
+        1,
+        cfg.query_tokens,
     )
-    extras = {k: v for k, v in batch.items() if k.startswith("search_")}
-    out = model.forward_with_query(
-        batch["user"], batch["item"], batch["hour"], batch["click_history"],
-        batch["query_history"], batch["query_age"], extras=extras,
-    )  # fmt: skip
-    logits = model.search_logits(
-        batch["search_user"], batch["search_item"], batch["search_hour"],
-        batch["search_click_history"], batch["search_query"],
-    )  # fmt: skip
+    out = model.forward_with_query(batch.inputs)
+    logits = model.search_logits(task.inputs)
     p = torch.sigmoid(logits.double())
-    y = batch["search_label"].double()
-    by_hand = -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean() * 0.5
+    y = task.label.double()
+    by_hand = -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean().detach() * 0.5
     assert float(out.losses["L_search"].detach()) == pytest.approx(float(by_hand), rel=1e-5)
     # Evaluation batches carry no search draw: the feed task alone.
     plain = builder.build(arrays, np.arange(8))
-    assert not any(key.startswith("search_") for key in plain)
+    assert plain.inputs.search_task is None
+    assert model.forward_with_query(to_tensors(plain, torch.device("cpu")).inputs).losses == {}

@@ -10,6 +10,7 @@ import torch
 
 from queryrec.features.dataset import PreparedDataset
 from queryrec.features.item_statistics import RATE_BUCKETS, rate_bucket_fields
+from queryrec.features.model_inputs import ModelInputs
 from queryrec.models.registry import build_model, model_config
 
 
@@ -35,18 +36,24 @@ def test_training_rows_read_their_out_of_fold_codes_only_for_the_candidate(
     model.eval()
     b = 5
     item = torch.arange(2, 2 + b)
-    args = (
-        torch.arange(2, 2 + b), item, torch.zeros(b, dtype=torch.long),
-        torch.randint(2, 10, (b, 4)), torch.zeros(b, 1, 2, dtype=torch.long),
-        torch.zeros(b, 1, dtype=torch.long),
-    )  # fmt: skip
+    inputs = ModelInputs(
+        user=torch.arange(2, 2 + b),
+        hour=torch.zeros(b, dtype=torch.long),
+        profile=torch.ones(b, len(model.cfg.vocab.profile), dtype=torch.long),
+        click_history=torch.randint(2, 10, (b, 4)),
+        query_tokens=torch.zeros(b, 1, 2, dtype=torch.long),
+        query_age=torch.zeros(b, 1, dtype=torch.long),
+        item=item,
+    )
     table = model.items.side_rates[item]
     with torch.no_grad():
-        plain = model.forward_with_query(*args).logits
-        same = model.forward_with_query(*args, extras={"train_rate_buckets": table}).logits
+        plain = model.forward_with_query(inputs).logits
+        same = model.forward_with_query(inputs.replace(candidate_rate_codes=table)).logits
         other = table % RATE_BUCKETS + 1  # every code changed
-        moved = model.forward_with_query(*args, extras={"train_rate_buckets": other}).logits
+        moved = model.forward_with_query(inputs.replace(candidate_rate_codes=other)).logits
+        # Evaluation and serving read the table: `score` without training codes.
+        torch.testing.assert_close(model.score(inputs), plain)
     torch.testing.assert_close(same, plain)
     assert not torch.allclose(moved, plain)
-    assert model.wanted_extras() == ("train_rate_buckets",)
+    assert model.wanted_training_inputs() == ("candidate_rate_codes",)
     assert np.array_equal(table.numpy(), rate_bucket_fields(dataset).table[item.numpy()])

@@ -1,4 +1,5 @@
-"""SESRec: the similar / dissimilar split, its two losses by hand, a run, and no export."""
+"""SESRec: the similar / dissimilar split, its two losses by hand, a run, and its export
+(served scores equal the offline ones)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from queryrec.features.model_inputs import ModelInputs
 from queryrec.models.config import ModelConfig, Vocab
 from queryrec.models.sesrec import (
     CoAttention,
@@ -128,40 +130,33 @@ def _tiny_model(**extra: float) -> SESRecModel:
         "caption": torch.randint(0, 20, (30, 5)) * (torch.rand(30, 5) > 0.3),
     }
     cfg = ModelConfig(vocab=vocab, dim=8, click_history=6, query_history=3, extra=dict(extra))
-    return SESRecModel(cfg, side, torch.randint(0, 3, (5, 1)))
+    return SESRecModel(cfg, side)
 
 
-def _tiny_batch() -> dict[str, Tensor]:
+def _tiny_batch() -> ModelInputs[Tensor]:
     """Four samples; sample 0 has no feed click and no query (all padding)."""
     click_history = torch.randint(2, 30, (4, 6))
     click_history[0] = 0
     click_history[1, :3] = 0
-    query_history = torch.randint(2, 20, (4, 3, 4))
-    query_history[0] = 0
-    query_history[2, 0] = 0
+    query_tokens = torch.randint(2, 20, (4, 3, 4))
+    query_tokens[0] = 0
+    query_tokens[2, 0] = 0
     query_clicks = torch.randint(0, 30, (4, 3, 2))
     query_clicks[0] = 0
-    return {
-        "user": torch.tensor([1, 2, 3, 4]),
-        "item": torch.tensor([5, 6, 7, 8]),
-        "hour": torch.tensor([0, 5, 12, 23]),
-        "click_history": click_history,
-        "query_history": query_history,
-        "query_age": (query_history > 0).any(-1).long(),
-        "query_clicks": query_clicks,
-    }
-
-
-def _forward(model: SESRecModel, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-    out = model.forward_with_query(
-        batch["user"],
-        batch["item"],
-        batch["hour"],
-        batch["click_history"],
-        batch["query_history"],
-        batch["query_age"],
-        extras={"query_clicks": batch["query_clicks"]},
+    return ModelInputs(
+        user=torch.tensor([1, 2, 3, 4]),
+        hour=torch.tensor([0, 5, 12, 23]),
+        profile=torch.randint(0, 3, (4, 1)),
+        click_history=click_history,
+        query_tokens=query_tokens,
+        query_age=(query_tokens > 0).any(-1).long(),
+        item=torch.tensor([5, 6, 7, 8]),
+        query_clicks=query_clicks,
     )
+
+
+def _forward(model: SESRecModel, batch: ModelInputs[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    out = model.forward_with_query(batch)
     return out.logits, out.losses
 
 
@@ -185,9 +180,12 @@ def test_model_is_finite_on_empty_histories_and_weights_its_losses() -> None:
     model.eval()
     with torch.no_grad():
         eval_logits, eval_losses = _forward(model, batch)
+        # The score path (what offline prediction and the CTR graph call) reads the
+        # search clicks from the inputs: they change the score.
+        torch.testing.assert_close(model.score(batch), eval_logits)
+        no_clicks = batch.replace(query_clicks=torch.zeros_like(batch.query_clicks))
+        assert not torch.allclose(model.score(no_clicks), eval_logits)
     assert eval_losses == {} and torch.isfinite(eval_logits).all()
-    # The score path (what offline prediction calls) reads the extra from the batch.
-    torch.testing.assert_close(model.score({**batch}), eval_logits)
 
 
 @pytest.fixture(scope="module")
@@ -210,9 +208,14 @@ def test_one_epoch_through_the_cli(sesrec_run: Path) -> None:
 
 
 @pytest.mark.slow
-def test_export_refuses_it(sesrec_run: Path, tmp_path: Path) -> None:
-    from export.bundle import ExportOptions, export_bundle
-    from queryrec.errors import QueryRecError
+def test_it_exports_and_serves_what_it_scores_offline(
+    sesrec_run: Path, tiny_data: Path, tmp_path: Path, redis_client_url: str
+) -> None:
+    """Servable: the CTR graph is the model's own forward per pair (no encoder graph),
+    fed the search clicks; every served score is the offline score of its impression."""
+    from tests.clients.test_replay import serves_what_it_scores_offline
 
-    with pytest.raises(QueryRecError, match=r"cannot be served.*query_clicks"):
-        export_bundle(sesrec_run, tmp_path / "bundle", ExportOptions())
+    manifest = serves_what_it_scores_offline(sesrec_run, tiny_data, tmp_path, redis_client_url)
+    assert set(manifest["graphs"]) == {"ctr"}
+    assert "query_clicks" in manifest["graphs"]["ctr"]["inputs"]
+    assert manifest["reads"] == ["query_clicks"]

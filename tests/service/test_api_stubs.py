@@ -49,6 +49,7 @@ def test_descriptor_has_the_contract() -> None:
         "Score": ("ScoreRequest", "ScoreResponse"),
         "RecordQuery": ("RecordQueryRequest", "RecordQueryResponse"),
         "RecordClicks": ("RecordClicksRequest", "RecordClicksResponse"),
+        "RecordSearchClicks": ("RecordSearchClicksRequest", "RecordSearchClicksResponse"),
     }
 
     def fields(message: str) -> dict[str, int]:
@@ -65,6 +66,12 @@ def test_descriptor_has_the_contract() -> None:
     assert fields("RecordQueryResponse") == {"history_length": 1}
     assert fields("RecordClicksRequest") == {"user_id": 1, "item_ids": 2, "timestamp_ms": 3}
     assert fields("RecordClicksResponse") == {"history_length": 1}
+    assert fields("RecordSearchClicksRequest") == {
+        "user_id": 1,
+        "search_timestamp_ms": 2,
+        "item_ids": 3,
+    }
+    assert fields("RecordSearchClicksResponse") == {"clicks_in_search": 1}
 
 
 @pytest.mark.parametrize("name", ["ScorerStub", "ScorerServicer", "add_ScorerServicer_to_server"])

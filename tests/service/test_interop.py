@@ -154,7 +154,12 @@ def test_reflection_client_discovers_and_scores_with_dicts(
 ) -> None:
     assert {"queryrec.v1.Scorer", "grpc.health.v1.Health"} <= set(reflection_client.service_names)
     scorer = reflection_client.service("queryrec.v1.Scorer")
-    assert set(scorer.method_names) == {"Score", "RecordQuery", "RecordClicks"}
+    assert set(scorer.method_names) == {
+        "Score",
+        "RecordQuery",
+        "RecordClicks",
+        "RecordSearchClicks",
+    }
 
     user, items = raw["users"][0], raw["items"][:4]
     reply = reflection_client.request(

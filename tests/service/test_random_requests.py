@@ -1,5 +1,7 @@
-"""Random Score / RecordQuery / RecordClicks requests (extreme ids, times, sizes) against a
-real server: every answer is OK and well formed, or INVALID_ARGUMENT; it keeps serving."""
+"""Random Score / RecordQuery / RecordClicks / RecordSearchClicks requests (extreme ids,
+times, sizes) against a real server: every answer is OK and well formed, or
+INVALID_ARGUMENT (or NOT_FOUND for search clicks of a search never recorded); it keeps
+serving."""
 
 from __future__ import annotations
 
@@ -61,6 +63,15 @@ REQUESTS = st.one_of(
         id_lists(16),
         TIMES,
     ),
+    st.builds(
+        lambda u, i, t: (
+            "RecordSearchClicks",
+            pb.RecordSearchClicksRequest(user_id=u, item_ids=i, search_timestamp_ms=t),
+        ),
+        IDS,
+        id_lists(16),
+        TIMES,
+    ),
 )
 
 
@@ -73,6 +84,7 @@ def served(bundle: Path, redis_url: str) -> Iterator[ServerThread]:
         max_candidates=MAX_ITEMS,
         max_query_tokens=16,
         max_clicks_per_call=16,
+        max_search_clicks=16,
     ) as harness:
         yield harness
 
@@ -90,7 +102,10 @@ def test_every_answer_is_ok_or_invalid_argument(
     try:
         answer = getattr(served.stub, method)(request, timeout=60)
     except grpc.RpcError as error:
-        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (error.code(), error.details())
+        allowed = {grpc.StatusCode.INVALID_ARGUMENT}
+        if method == "RecordSearchClicks":
+            allowed.add(grpc.StatusCode.NOT_FOUND)
+        assert error.code() in allowed, (error.code(), error.details())
         assert error.details()
         return
     if method == "Score":
@@ -98,6 +113,8 @@ def test_every_answer_is_ok_or_invalid_argument(
         assert len(answer.scores) == len(request.item_ids)
         assert all(math.isfinite(s) and 0.0 <= s <= 1.0 for s in answer.scores)
         assert answer.model_version
+    elif method == "RecordSearchClicks":
+        assert answer.clicks_in_search >= 1
     else:
         assert answer.history_length >= 1
 

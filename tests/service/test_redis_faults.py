@@ -221,3 +221,47 @@ def test_auth_by_argument_or_url_and_the_password_never_shows() -> None:
         assert any("127.0.0.1" in text for text in shown)  # the ping names the server
         for text in shown:
             assert PASSWORD not in text and "s3cr" not in text
+
+
+def test_search_clicks_under_faults_are_unavailable_and_a_retry_stores_them_once(
+    server: EmbeddedRedis,
+) -> None:
+    """Recording search clicks has the fault model of the appends: a write that timed
+    out may be stored, and its retry then stores nothing twice; Redis down: UNAVAILABLE
+    at once, nothing stored."""
+    admin = redis.Redis.from_url(server.url)
+    key = keys.query_key(7)
+    events = Recorder()
+
+    def clicks_stored() -> bool:
+        return keys.unpack_queries(admin.lrange(key, 0, -1))[4].tolist() == [30, 31]
+
+    async def go() -> None:
+        state = RedisState(server.url, CAPS, pool_size=1, reconnect_max_s=0.2, events=events)
+        try:
+            await state.append_query(7, 1000, [4, 5])
+            await state.record_search_clicks(7, 1000, [30])  # warm: the script is loaded
+            server.pause()  # the pooled connection is open: the command reaches the socket
+            try:
+                with pytest.raises(StateUnavailable) as info:
+                    await state.record_search_clicks(7, 1000, [30, 31], timeout_s=0.2)
+                assert str(info.value) == WRITE_LATE
+            finally:
+                server.resume()
+            await wait_for(clicks_stored, "the timed-out search clicks to be stored")
+            stored = admin.lrange(key, 0, -1)
+            assert await state.record_search_clicks(7, 1000, [30, 31], timeout_s=5.0) == 2
+            assert admin.lrange(key, 0, -1) == stored
+            server.kill()
+            with pytest.raises(StateUnavailable) as info:
+                await state.record_search_clicks(7, 1000, [32])
+            assert str(info.value) == UNAVAILABLE
+            with pytest.raises(StateUnavailable, match=UNAVAILABLE):  # at once while down
+                await state.record_search_clicks(7, 1000, [32])
+        finally:
+            server.resume()
+            await state.close()
+        assert events.errors.count("write") == 3
+
+    asyncio.run(go())
+    admin.close()

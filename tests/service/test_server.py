@@ -143,6 +143,36 @@ BAD_REQUESTS = {
     ),
     "no clicks": ("RecordClicks", pb.RecordClicksRequest(user_id=5, item_ids=[])),
     "negative click": ("RecordClicks", pb.RecordClicksRequest(user_id=5, item_ids=[-2])),
+    "no search clicks": (
+        "RecordSearchClicks",
+        pb.RecordSearchClicksRequest(user_id=5, search_timestamp_ms=T, item_ids=[]),
+    ),
+    "negative search click": (
+        "RecordSearchClicks",
+        pb.RecordSearchClicksRequest(user_id=5, search_timestamp_ms=T, item_ids=[3, -1]),
+    ),
+    "too many search clicks": (
+        "RecordSearchClicks",
+        pb.RecordSearchClicksRequest(user_id=5, search_timestamp_ms=T, item_ids=list(range(17))),
+    ),
+    "search clicks of user 0": (
+        "RecordSearchClicks",
+        pb.RecordSearchClicksRequest(user_id=0, search_timestamp_ms=T, item_ids=[3]),
+    ),
+    "search clicks without the search's time": (
+        "RecordSearchClicks",
+        pb.RecordSearchClicksRequest(user_id=5, item_ids=[3]),
+    ),
+    "search time before 2000": (
+        "RecordSearchClicks",
+        pb.RecordSearchClicksRequest(user_id=5, search_timestamp_ms=-5, item_ids=[3]),
+    ),
+    "search time two days ahead": (
+        "RecordSearchClicks",
+        pb.RecordSearchClicksRequest(
+            user_id=5, search_timestamp_ms=now_ms() + 2 * DAY_MS, item_ids=[3]
+        ),
+    ),
 }
 
 
@@ -156,6 +186,61 @@ def test_bad_input_is_invalid_argument_and_the_server_keeps_serving(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details()  # a message says what was wrong
     assert len(score(served, raw["users"][0], raw["items"][:2]).scores) == 2
+
+
+def test_search_clicks_are_stored_with_their_search(
+    served: ServerThread, raw: dict[str, list[int]]
+) -> None:
+    """RecordSearchClicks names the search by the timestamp RecordQuery stored; a retry
+    answers the same and stores nothing twice; a later call adds only new items."""
+    assert served.server is not None
+    user, at = 880_000_020, T - HOUR_MS
+    items = raw["items"][:4]
+    served.stub.RecordQuery(
+        pb.RecordQueryRequest(user_id=user, token_ids=raw["words"][:2], timestamp_ms=at)
+    )
+    served.stub.RecordQuery(
+        pb.RecordQueryRequest(user_id=user, token_ids=raw["words"][2:3], timestamp_ms=at + 1)
+    )
+    request = pb.RecordSearchClicksRequest(user_id=user, search_timestamp_ms=at, item_ids=items[:2])
+    assert served.stub.RecordSearchClicks(request, timeout=10).clicks_in_search == 2
+    assert served.stub.RecordSearchClicks(request, timeout=10).clicks_in_search == 2  # retry
+    more = pb.RecordSearchClicksRequest(
+        user_id=user, search_timestamp_ms=at, item_ids=[items[1], items[2]]
+    )
+    assert served.stub.RecordSearchClicks(more, timeout=10).clicks_in_search == 3
+    (state,) = served.run(served.server.state.read([user], None))
+    assert state.query_ts.tolist() == [at + 1, at]
+    assert state.query_click_sizes.tolist() == [0, 3]
+    assert state.query_click_items.tolist() == items[:3]
+    assert state.query_words.tolist() == [*raw["words"][2:3], *raw["words"][:2]]
+    assert len(score(served, user, items).scores) == 4
+
+
+def test_search_clicks_for_a_search_the_state_does_not_hold_are_not_found(
+    served: ServerThread, raw: dict[str, list[int]]
+) -> None:
+    assert served.server is not None
+    user, at = 880_000_021, T - HOUR_MS
+    served.stub.RecordQuery(
+        pb.RecordQueryRequest(user_id=user, token_ids=raw["words"][:2], timestamp_ms=at)
+    )
+    (before,) = served.run(served.server.state.read([user], None))
+    for missing_user, missing_at in ((user, at - 1), (880_000_022, at)):
+        with pytest.raises(grpc.RpcError) as caught:
+            served.stub.RecordSearchClicks(
+                pb.RecordSearchClicksRequest(
+                    user_id=missing_user, search_timestamp_ms=missing_at, item_ids=[1]
+                ),
+                timeout=10,
+            )
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        details = caught.value.details()
+        assert f"user {missing_user} has no search at search_timestamp_ms {missing_at}" in details
+        assert "127.0.0.1" not in details
+    (after,) = served.run(served.server.state.read([user], None))
+    assert after.query_click_sizes.tolist() == before.query_click_sizes.tolist() == [0]
+    assert len(score(served, raw["users"][0], raw["items"][:2]).scores) == 2  # still serving
 
 
 def test_duplicate_items_get_equal_scores(served: ServerThread, raw: dict[str, list[int]]) -> None:
@@ -195,6 +280,12 @@ def test_without_redis_scores_are_degraded_and_writes_unavailable(
         assert len(response.scores) == 3 and all(0 <= s <= 1 for s in response.scores)
         with pytest.raises(grpc.RpcError) as caught:
             harness.stub.RecordQuery(pb.RecordQueryRequest(user_id=5, token_ids=[1]), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.RpcError) as caught:
+            harness.stub.RecordSearchClicks(
+                pb.RecordSearchClicksRequest(user_id=5, search_timestamp_ms=T, item_ids=[1]),
+                timeout=10,
+            )
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert len(score(harness, raw["users"][0], raw["items"][:1]).scores) == 1  # still serving
     finally:

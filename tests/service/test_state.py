@@ -16,7 +16,7 @@ from redis.asyncio.connection import SSLConnection
 from queryrec.features.dataset import PreparedDataset
 from service import redis_keys as keys
 from service.embedded_redis import EmbeddedRedis
-from service.errors import StateUnavailable
+from service.errors import SearchNotFound, StateUnavailable
 from service.state import HistoryCaps, RedisState, redacted_url
 from service.state_load import default_redis_password, load_state, parse_time
 
@@ -35,8 +35,8 @@ def test_entries_pack_to_fixed_little_endian_bytes() -> None:
     assert keys.pack_query(1, [2, 3]) == (1).to_bytes(8, "little") + (2).to_bytes(8, "little") + (
         3
     ).to_bytes(8, "little")
-    ts, tokens = keys.unpack_query(keys.pack_query(1_700_000_000_000, [7, 1 << 40]))
-    assert ts == 1_700_000_000_000 and tokens.tolist() == [7, 1 << 40]
+    ts, tokens, clicked = keys.unpack_query(keys.pack_query(1_700_000_000_000, [7, 1 << 40]))
+    assert ts == 1_700_000_000_000 and tokens.tolist() == [7, 1 << 40] and not len(clicked)
     entries = keys.pack_clicks(5, [8, 9])
     assert entries[0] == (5).to_bytes(8, "little") + (8).to_bytes(8, "little")
     stamps, items = keys.unpack_clicks(entries)
@@ -136,8 +136,11 @@ def test_rediss_url_uses_tls() -> None:
 def test_state_load_writes_histories_as_of_a_time(tiny_data: Path, redis_client_url: str) -> None:
     dataset = PreparedDataset(tiny_data)
     as_of = int(dataset.schema["split"]["test_start_ms"])
-    report = load_state(dataset, redis_client_url, query_cap=3, click_cap=4, progress=False)
+    report = load_state(
+        dataset, redis_client_url, query_cap=3, click_cap=4, max_search_clicks=2, progress=False
+    )
     assert report.users > 0 and report.clicks > 0 and report.queries > 0
+    assert report.search_clicks > 0
     client = redis.Redis.from_url(redis_client_url)
     user_keys = client.keys("qr:{*}:c")
     assert user_keys
@@ -147,6 +150,29 @@ def test_state_load_writes_histories_as_of_a_time(tiny_data: Path, redis_client_
         stamps, _ = keys.unpack_clicks(entries)
         assert (stamps < as_of).all() and (np.diff(stamps) <= 0).all()  # newest first
     assert client.keys("qr:{*}:p")
+    # Each query entry carries its search's clicked results: raw ids, display order,
+    # distinct, at most max_search_clicks; built here independently from the timeline.
+    user_raw, item_raw, word_raw = (dataset.raw_ids(n) for n in ("users", "items", "words"))
+    expected: dict[bytes, list[bytes]] = {}
+    for row in np.flatnonzero(dataset.search_ts < as_of):  # per user, in time order
+        a, b = dataset.query_offsets[row], dataset.query_offsets[row + 1]
+        c, d = dataset.clicked_offsets[row], dataset.clicked_offsets[row + 1]
+        clicked: list[int] = []
+        for item in item_raw[dataset.clicked_items[c:d]].tolist():
+            if item not in clicked and len(clicked) < 2:
+                clicked.append(item)
+        entry = keys.pack_query(
+            int(dataset.search_ts[row]), word_raw[dataset.query_words[a:b]], clicked
+        )
+        key = keys.query_key(int(user_raw[dataset.search_user[row]])).encode()
+        expected[key] = [entry, *expected.get(key, [])][:3]
+    stored = {key: client.lrange(key, 0, -1) for key in client.keys("qr:{*}:q")}
+    assert stored == expected
+    click_counts = [keys.unpack_queries(entries)[3] for entries in stored.values()]
+    assert sum(int(counts.sum()) for counts in click_counts) == report.search_clicks
+    assert max(int(counts.max()) for counts in click_counts) == 2  # the cap applied
+    assert sum(int((counts > 0).sum()) for counts in click_counts) < report.queries
+    client.close()
 
 
 def test_as_of_accepts_epoch_ms_and_iso_times() -> None:
@@ -323,3 +349,173 @@ def test_state_load_takes_the_password_and_never_shows_it(
     assert default_redis_password() == SECRET
     monkeypatch.setenv("QUERYREC_REDIS_PASSWORD", "from-env")
     assert default_redis_password() == "from-env"
+
+
+# -- search clicks ---------------------------------------------------------------------------
+
+SEARCH_CAPS = HistoryCaps(queries=5, clicks=4, ttl_s=100, search_clicks=3)
+
+
+def le(*values: int) -> bytes:
+    """Little-endian int64 bytes of `values`, one after the other."""
+    return b"".join(value.to_bytes(8, "little", signed=True) for value in values)
+
+
+def test_search_clicks_are_stored_in_their_search_and_read_back(redis_client_url: str) -> None:
+    admin = redis.Redis.from_url(redis_client_url)
+    key = keys.query_key(7)
+
+    async def go() -> None:
+        state = RedisState(redis_client_url, SEARCH_CAPS)
+        try:
+            await state.append_query(7, 1000, [1, 2])
+            await state.append_query(7, 2000, [3])
+            await state.append_query(7, 3000, [])
+            assert await state.record_search_clicks(7, 2000, [50, 51]) == 2
+            assert _stored(redis_client_url, key) == [
+                le(3000),
+                le(2000, 3, -1, 50, 51),
+                le(1000, 1, 2),
+            ]
+            (user,) = await state.read([7], None)
+            assert user.query_ts.tolist() == [3000, 2000, 1000]
+            assert user.query_sizes.tolist() == [0, 1, 2]
+            assert user.query_words.tolist() == [3, 1, 2]
+            assert user.query_click_sizes.tolist() == [0, 2, 0]
+            assert user.query_click_items.tolist() == [50, 51]
+            assert user.query_click_sizes.dtype == user.query_click_items.dtype == np.int64
+
+            # A retry stores nothing twice and answers the same; it refreshes the TTL.
+            before = _stored(redis_client_url, key)
+            admin.expire(key, 5)
+            assert await state.record_search_clicks(7, 2000, [50, 51]) == 2
+            assert _stored(redis_client_url, key) == before
+            assert admin.ttl(key) > 5
+            # A later call adds only its new items, after the stored ones.
+            assert await state.record_search_clicks(7, 2000, [51, 52, 50]) == 3
+            # The cap (3 per search): further items are dropped, the first ones stay.
+            assert await state.record_search_clicks(7, 2000, [53, 54]) == 3
+            # Repeated items inside one call are stored once.
+            assert await state.record_search_clicks(7, 1000, [9, 9, 8]) == 2
+            (user,) = await state.read([7], None)
+            assert user.query_click_sizes.tolist() == [0, 3, 2]
+            assert user.query_click_items.tolist() == [50, 51, 52, 9, 8]
+            assert user.query_words.tolist() == [3, 1, 2]  # the words are untouched
+            assert await state.client.llen(key) == 3  # clicks add no entries
+        finally:
+            await state.close()
+
+    asyncio.run(go())
+    assert _stored(redis_client_url, key) == [
+        le(3000),
+        le(2000, 3, -1, 50, 51, 52),
+        le(1000, 1, 2, -1, 9, 8),
+    ]
+    admin.close()
+
+
+def test_clicks_for_an_unknown_search_are_search_not_found_and_change_nothing(
+    redis_client_url: str,
+) -> None:
+    admin = redis.Redis.from_url(redis_client_url)
+    key = keys.query_key(7)
+
+    async def go() -> None:
+        state = RedisState(redis_client_url, SEARCH_CAPS)
+        try:
+            await state.append_query(7, 1000, [1, 2])
+            await state.record_search_clicks(7, 1000, [5])
+            before = _stored(redis_client_url, key)
+            ttl = admin.ttl(key)
+            admin.persist(key)  # a refreshed EXPIRE would show as a TTL again
+            with pytest.raises(SearchNotFound) as info:
+                await state.record_search_clicks(7, 1001, [6])
+            assert str(info.value) == (
+                "user 7 has no search at search_timestamp_ms 1001 in the serving state "
+                "(never recorded, expired, or no longer among the newest 5 searches)"
+            )
+            assert _stored(redis_client_url, key) == before  # byte for byte
+            assert admin.ttl(key) == -1 and ttl > 0
+            with pytest.raises(SearchNotFound):  # a user without any history
+                await state.record_search_clicks(8, 1000, [6])
+            assert admin.exists(keys.query_key(8)) == 0  # nothing created
+            # A search pushed out of the newest L is gone too.
+            for i in range(5):
+                await state.append_query(7, 2000 + i, [i])
+            with pytest.raises(SearchNotFound):
+                await state.record_search_clicks(7, 1000, [6])
+        finally:
+            await state.close()
+
+    asyncio.run(go())
+    admin.close()
+
+
+def test_clicks_for_searches_in_one_millisecond_go_to_the_newest(redis_client_url: str) -> None:
+    async def go() -> None:
+        state = RedisState(redis_client_url, SEARCH_CAPS)
+        try:
+            await state.append_query(7, 1000, [1])
+            await state.append_query(7, 1000, [2])  # other words: a second search
+            assert await state.record_search_clicks(7, 1000, [77]) == 1
+            (user,) = await state.read([7], None)
+        finally:
+            await state.close()
+        assert user.query_words.tolist() == [2, 1]
+        assert user.query_click_sizes.tolist() == [1, 0]
+        assert user.query_click_items.tolist() == [77]
+
+    asyncio.run(go())
+
+
+def test_entries_of_the_old_layout_read_without_clicks_and_take_clicks(
+    redis_client_url: str,
+) -> None:
+    """Entries written before search clicks existed ([ts, tokens...] only) stay readable."""
+    admin = redis.Redis.from_url(redis_client_url)
+    key = keys.query_key(9)
+    admin.rpush(key, le(3000, 4, 5), le(2000), le(1000, 6))  # newest first, as stored
+
+    async def go() -> None:
+        state = RedisState(redis_client_url, SEARCH_CAPS)
+        try:
+            (user,) = await state.read([9], None)
+            assert user.query_ts.tolist() == [3000, 2000, 1000]
+            assert user.query_sizes.tolist() == [2, 0, 1]
+            assert user.query_words.tolist() == [4, 5, 6]
+            assert user.query_click_sizes.tolist() == [0, 0, 0]
+            assert user.query_click_items.tolist() == []
+            assert await state.record_search_clicks(9, 2000, [60]) == 1
+            (user,) = await state.read([9], None)
+            assert user.query_click_sizes.tolist() == [0, 1, 0]
+            assert user.query_words.tolist() == [4, 5, 6]
+        finally:
+            await state.close()
+
+    asyncio.run(go())
+    assert _stored(redis_client_url, key) == [le(3000, 4, 5), le(2000, -1, 60), le(1000, 6)]
+    admin.close()
+
+
+def test_a_query_retried_after_its_clicks_were_recorded_is_stored_once(
+    redis_client_url: str,
+) -> None:
+    async def go() -> None:
+        state = RedisState(redis_client_url, SEARCH_CAPS)
+        try:
+            assert await state.append_query(7, 1000, [1, 2]) == 1
+            assert await state.append_query(7, 1001, [3]) == 2
+            assert await state.record_search_clicks(7, 1000, [50]) == 1
+            assert await state.append_query(7, 1000, [1, 2]) == 2  # the retry: recognised
+            assert await state.append_query(7, 1000, [1]) == 3  # a prefix of its words: new
+            assert await state.append_query(7, 1000, [1, 2, 4]) == 4  # more words: new
+        finally:
+            await state.close()
+
+    asyncio.run(go())
+    assert _stored(redis_client_url, keys.query_key(7)) == [
+        le(1000, 1, 2, 4),
+        le(1000, 1),
+        le(1001, 3),
+        le(1000, 1, 2, -1, 50),
+    ]

@@ -8,6 +8,7 @@ slot migration under traffic) is tests/service/test_redis_cluster.py.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +19,7 @@ from redis.asyncio.cluster import ClusterNode
 
 from service import redis_keys as keys
 from service.embedded_cluster import SLOTS, EmbeddedCluster, slot_ranges
-from service.errors import SettingsError, StateUnavailable
+from service.errors import SearchNotFound, SettingsError, StateUnavailable
 from service.state import LATE, REFUSED, UNAVAILABLE, HistoryCaps, RedisState
 from service.state_cluster import is_cluster_url, parse_cluster_url
 from tests.service.redis_observers import Recorder, wait_for
@@ -221,6 +222,41 @@ def test_appends_and_cached_vectors_land_on_the_node_of_their_slot(
         slot = shared_cluster.keyslot(keys.query_key(user))
         for index in set(range(3)) - {owner}:  # (asked for the keys, a node answers MOVED)
             assert shared_cluster.command(index, "CLUSTER COUNTKEYSINSLOT", slot) == 0
+
+
+def test_search_clicks_land_in_the_entry_on_the_node_of_their_slot(
+    shared_cluster: EmbeddedCluster,
+) -> None:
+    """RecordSearchClicks routed by its key like an append: on nodes that do not know the
+    script yet, EVALSHA is answered NOSCRIPT and EVAL runs (and loads) it there."""
+    users = [u + 5000 for u in USERS[:12]]
+    assert {owner_of(shared_cluster, user) for user in users} == {0, 1, 2}
+    for index in range(3):
+        shared_cluster.command(index, "SCRIPT FLUSH")
+    sha = hashlib.sha1(keys.SEARCH_CLICKS_SCRIPT.encode()).hexdigest()
+
+    async def go() -> list[Any]:
+        state = RedisState(shared_cluster.url, CAPS)
+        try:
+            for user in users:
+                await state.append_query(user, 100, [user])
+                await state.append_query(user, 101, [user + 1])
+                assert await state.record_search_clicks(user, 100, [user, 7]) == 2
+                assert await state.record_search_clicks(user, 100, [7, 8]) == 3  # a union
+                with pytest.raises(SearchNotFound, match=f"user {user} has no search"):
+                    await state.record_search_clicks(user, 99, [1])
+            return await state.read(users, None)
+        finally:
+            await state.close()
+
+    states = asyncio.run(go())
+    for user, state in zip(users, states, strict=True):
+        assert state.query_ts.tolist() == [101, 100]
+        assert state.query_words.tolist() == [user + 1, user]
+        assert state.query_click_sizes.tolist() == [0, 3]
+        assert state.query_click_items.tolist() == [user, 7, 8]
+    for index in range(3):
+        assert shared_cluster.command(index, "SCRIPT EXISTS", sha) == [True]
 
 
 def test_ask_and_moved_during_a_slot_migration_are_followed(

@@ -44,12 +44,7 @@ def main() -> None:
     torch.save(initial.state_dict(), out / f"initial{rank}.pt")
     # The loop's sharding over whole epochs of the training split (no cap), as fit draws it.
     model_cfg = model_config(cfg.model, dataset.schema)
-    builder = BatchBuilder(
-        dataset,
-        click_history=model_cfg.click_history,
-        query_history=model_cfg.query_history,
-        query_tokens=model_cfg.query_tokens,
-    )
+    builder = BatchBuilder(dataset, model_cfg.history_lengths)
     lengths = builder.split_arrays("train", with_aux=False).query_count
     order_rng = np.random.default_rng(cfg.seed)
     world = int(os.environ["WORLD_SIZE"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from queryrec.features.dataset import PreparedDataset
@@ -46,27 +47,29 @@ def test_three_ranks_shares_differ_by_at_most_one_row() -> None:
     np.testing.assert_array_equal(np.sort(together), np.arange(9))
 
 
-def test_cutting_empty_query_columns_changes_no_output(tiny_data: Path) -> None:
+@pytest.mark.parametrize("name", ["queryrec-paper", "queryrec"])
+def test_cutting_empty_query_columns_changes_no_output(name: str, tiny_data: Path) -> None:
     dataset = PreparedDataset(tiny_data)
-    cfg = model_config("queryrec", dataset.schema)
+    cfg = model_config(name, dataset.schema)
     torch.manual_seed(0)
-    model = build_model("queryrec", dataset, cfg).eval()
-    builder = BatchBuilder(dataset, click_history=50, query_history=20, query_tokens=8)
+    model = build_model(name, dataset, cfg).eval()
+    builder = BatchBuilder(dataset, cfg.history_lengths, reads=model.reads)
     arrays = builder.split_arrays("test", with_aux=False)
     rows = np.argsort(arrays.query_count)[:300]  # short histories: most columns empty
-    batch = to_tensors(builder.build(arrays, rows), torch.device("cpu"))
-    cut = batch["query_history"].shape[1]
-    assert 1 <= cut < 20
-    pad = 20 - cut
-    full_tokens = torch.nn.functional.pad(batch["query_history"], (0, 0, pad, 0))
-    full_age = torch.nn.functional.pad(batch["query_age"], (pad, 0))
+    inputs = to_tensors(builder.build(arrays, rows), torch.device("cpu")).inputs
+    cut = inputs.query_tokens.shape[1]
+    assert 1 <= cut < cfg.query_history
+    pad = cfg.query_history - cut
+    # Every per-slot input is cut together; padded back in front, nothing changes.
+    full = inputs.replace(
+        query_tokens=torch.nn.functional.pad(inputs.query_tokens, (0, 0, pad, 0)),
+        query_age=torch.nn.functional.pad(inputs.query_age, (pad, 0)),
+    )
+    if inputs.query_clicks is not None:
+        assert inputs.query_clicks.shape[1] == cut
+        full = full.replace(
+            query_clicks=torch.nn.functional.pad(inputs.query_clicks, (0, 0, pad, 0))
+        )
     with torch.no_grad():
-        short = model(
-            *(batch[k] for k in ("user", "item", "hour", "click_history")),
-            batch["query_history"],
-            batch["query_age"],
-        )
-        full = model(
-            *(batch[k] for k in ("user", "item", "hour", "click_history")), full_tokens, full_age
-        )
-    torch.testing.assert_close(short, full, atol=1e-6, rtol=0)
+        short, padded = model(inputs), model(full)
+    torch.testing.assert_close(short, padded, atol=1e-6, rtol=0)

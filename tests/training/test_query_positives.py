@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from queryrec.features.dataset import PreparedDataset
+from queryrec.features.model_inputs import HistoryLengths
 from queryrec.features.query_identity import normalised_query_ids
 from queryrec.training.batches import AuxiliaryConfig, BatchBuilder
 from queryrec.training.query_positives import (
@@ -129,14 +130,16 @@ def test_no_own_click_at_or_after_t_on_real_samples(tiny_data: Path) -> None:
     click of its query by another user or by the sample's user before t."""
     dataset = PreparedDataset(tiny_data)
     builder = BatchBuilder(
-        dataset, click_history=5, query_history=3, query_tokens=4,
+        dataset,
+        HistoryLengths(clicks=5, queries=3, tokens=4),
         aux=AuxiliaryConfig(cl_positives=4, cl_positive_source="query"),
-    )  # fmt: skip
+    )
     table = builder.query_positives
     assert table is not None and np.array_equal(table.offsets, query_positives(dataset, 4).offsets)
     arrays = builder.split_arrays("train", with_aux=True)
     rows = np.arange(min(len(arrays), 3000))
-    batch = builder.build(arrays, rows, np.random.default_rng(0))
+    positives = builder.build(arrays, rows, np.random.default_rng(0)).cl_positive
+    assert positives is not None
     last = arrays.search_end[rows] - 1
     has_query = last >= dataset.search_user_start[arrays.user[rows]]
     valid_start = dataset.schema["split"]["valid_start_ms"]
@@ -154,11 +157,11 @@ def test_no_own_click_at_or_after_t_on_real_samples(tiny_data: Path) -> None:
                 | (dataset.search_ts[session_of_click] < t)
             )
         )
-        for item in batch["cl_positive"][b][batch["cl_positive"][b] > 0]:
+        for item in positives[b][positives[b] > 0]:
             assert (allowed & (dataset.clicked_items == item)).any()
             checked += 1
     assert checked > 0
-    assert (batch["cl_positive"][~has_query] == 0).all()
+    assert (positives[~has_query] == 0).all()
 
 
 def test_session_source_stays_the_default(tiny_data: Path) -> None:
@@ -166,9 +169,10 @@ def test_session_source_stays_the_default(tiny_data: Path) -> None:
     with pytest.raises(ValueError, match="cl_positive_source"):
         AuxiliaryConfig(cl_positive_source="user")
     builder = BatchBuilder(
-        PreparedDataset(tiny_data), click_history=5, query_history=3, query_tokens=4,
+        PreparedDataset(tiny_data),
+        HistoryLengths(clicks=5, queries=3, tokens=4),
         aux=AuxiliaryConfig(),
-    )  # fmt: skip
+    )
     assert builder.query_positives is None
 
 
