@@ -20,22 +20,35 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from queryrec.features.model_inputs import ModelInputs
 from service.bundle import load_bundle, session_options
-from service.features import FeatureBuilder, UserRow, ctr_inputs
+from service.features import FeatureBuilder, UserRow
 
 
 def full_row(builder: FeatureBuilder) -> UserRow:
+    """One user row with every click and query slot filled (and each search's clicked
+    results, for a bundle that reads them)."""
     lengths = builder.lengths
-    return UserRow(
-        user=5,
-        hour=3,
-        profile=np.ones(len(builder.profile_fields), np.int64),
-        click_history=np.arange(2, 2 + lengths.clicks, dtype=np.int64),
-        query_tokens=np.ones((lengths.queries, lengths.tokens), np.int64),
-        query_age=np.ones(lengths.queries, np.int64),
-        query_count=lengths.queries,
-        history_version=b"",
+    slots = lengths.queries
+    inputs = ModelInputs(
+        user=np.array([5]),
+        hour=np.array([3]),
+        profile=np.ones((1, len(builder.profile_fields)), np.int64),
+        click_history=np.arange(2, 2 + lengths.clicks, dtype=np.int64)[None, :],
+        query_tokens=np.ones((1, slots, lengths.tokens), np.int64),
+        query_age=np.ones((1, slots), np.int64),
+        item=np.zeros(0, np.int64),
+        query_clicks=(
+            np.full((1, slots, lengths.clicks_per_query), 2, np.int64)
+            if "query_clicks" in builder.reads
+            else None
+        ),
+        query_minutes=np.ones((1, slots), np.int64) if "query_minutes" in builder.reads else None,
+        click_minutes=(
+            np.ones((1, lengths.clicks), np.int64) if "click_minutes" in builder.reads else None
+        ),
     )
+    return UserRow(inputs, query_count=slots, history_version=b"")
 
 
 def main() -> None:
@@ -45,12 +58,22 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-work/ctr_graph_profile.json"))
     args = parser.parse_args()
     bundle = load_bundle(args.bundle, device="cpu")
-    row = full_row(FeatureBuilder.for_bundle(bundle))
-    width = {i.name: i.shape for i in bundle.ctr.get_inputs()}.get("query_repr")
-    reprs = None if width is None else np.zeros((1, int(width[1])), np.float32)
+    builder = FeatureBuilder.for_bundle(bundle)
+    row = full_row(builder)
+    # The encoder's outputs stood in by zeros of their shapes (the CTR graph alone here).
+    graphs = bundle.manifest["graphs"]
+    encoded = None
+    if "query_encoder" in graphs:
+        d = int(bundle.manifest["model_config"]["dim"])
+        encoded = [
+            {
+                name: np.zeros((row.query_count, d) if name == "query_states" else (d,), np.float32)
+                for name in graphs["query_encoder"]["outputs"]
+            }
+        ]
     results: dict[int, dict[str, Any]] = {}
     for n in (int(c) for c in args.candidates.split(",")):
-        feed = ctr_inputs([row], reprs, [np.arange(3, 3 + n, dtype=np.int64)])
+        feed = builder.ctr_feed([row], encoded, [np.arange(3, 3 + n, dtype=np.int64)])
         options = session_options(1)
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ctr")

@@ -30,9 +30,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from export.bundle import ExportOptions, export_bundle
-from export.graphs import CTRGraph, QueryEncoderGraph
-from export.parity import draw_ctr_inputs
+from export.graphs import CTRGraph, QueryEncoderGraph, ctr_inputs, encoder_inputs, encoder_outputs
+from export.parity import draw_inputs
 from queryrec.features.dataset import PreparedDataset
+from queryrec.features.graph_feeds import graph_feed
+from queryrec.features.model_inputs import ModelInputs
+from queryrec.models.ctr_model import CTRModel
 from queryrec.training.checkpoint import load_checkpoint, read_checkpoint
 from service.bundle import load_bundle
 
@@ -87,12 +90,44 @@ def count_flops(fn: object) -> int:
     return int(counter.get_total_flops())
 
 
-def full_histories(words: int, users: int, length: int, tokens: int) -> tuple[np.ndarray, ...]:
+def full_histories(model: CTRModel, users: int) -> ModelInputs[np.ndarray]:
+    """`users` rows whose every query slot holds a search of T words (and K clicked
+    results, for a model that reads them)."""
+    cfg = model.cfg
     rng = np.random.default_rng(users)
-    return (
-        rng.integers(2, words, size=(users, length, tokens)).astype(np.int64),
-        rng.integers(1, 10, size=(users, length)).astype(np.int64),
+    length, tokens = cfg.query_history, cfg.query_tokens
+    inputs = draw_inputs(model, users, 1, rng)
+    full = inputs.replace(
+        query_tokens=rng.integers(2, cfg.vocab.words, size=(users, length, tokens)),
+        query_age=rng.integers(1, 10, size=(users, length)),
     )
+    if inputs.query_clicks is not None:
+        clicks = rng.integers(2, cfg.vocab.items, size=(users, length, cfg.query_clicks))
+        full = full.replace(query_clicks=clicks)
+    return full
+
+
+def ctr_feed(
+    model: CTRModel, requests: int, candidates: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """The CTR graph's feed for `requests` user rows of `candidates` pairs each (random
+    inputs and encoder outputs: the graph's cost does not depend on the values)."""
+    inputs = draw_inputs(model, requests, requests * candidates, rng).replace(
+        pair_user=np.repeat(np.arange(requests, dtype=np.int64), candidates)
+    )
+    slots, dim = inputs.query_age.shape[1], model.cfg.dim
+    encoded = {
+        name: rng.standard_normal(
+            (requests, slots, dim) if name == "query_states" else (requests, dim)
+        ).astype(np.float32)
+        for name in encoder_outputs(model)
+    }
+    return graph_feed(ctr_inputs(model), inputs, encoded)
+
+
+def tensors_of(feed: dict[str, np.ndarray], names: tuple[str, ...]) -> list[torch.Tensor]:
+    """A feed as the export wrappers' positional inputs, in the graph's input order."""
+    return [torch.from_numpy(feed[name]) for name in names]
 
 
 def main() -> None:
@@ -119,13 +154,12 @@ def main() -> None:
     assert bundle.encoder is not None
     encoder_session = bundle.encoder
     for users in ENCODER_BATCHES:
-        tokens, ages = full_histories(cfg.vocab.words, users, cfg.query_history, cfg.query_tokens)
-        feed = {"query_tokens": tokens, "query_age": ages}
-        tt, ta = torch.from_numpy(tokens), torch.from_numpy(ages)
+        feed = graph_feed(encoder_inputs(model), full_histories(model, users))
+        encoder_tensors = tensors_of(feed, encoder_inputs(model))
 
-        def eager(tt: torch.Tensor = tt, ta: torch.Tensor = ta) -> None:
+        def eager(tensors: list[torch.Tensor] = encoder_tensors) -> None:
             with torch.no_grad():
-                encoder_graph(tt, ta)
+                encoder_graph(*tensors)
 
         flops = count_flops(eager)
         rows.append(
@@ -141,14 +175,12 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     for requests, candidates in CTR_SHAPES:
-        feed = draw_ctr_inputs(model, requests, requests * candidates, rng)
-        feed["pair_user"] = np.repeat(np.arange(requests), candidates)
-        feed = {"query_repr": rng.standard_normal((requests, cfg.dim)).astype(np.float32), **feed}
-        tensors = {k: torch.from_numpy(v) for k, v in feed.items()}
+        feed = ctr_feed(model, requests, candidates, rng)
+        ctr_tensors = tensors_of(feed, ctr_inputs(model))
 
-        def eager_ctr(tensors: dict[str, torch.Tensor] = tensors) -> None:
+        def eager_ctr(tensors: list[torch.Tensor] = ctr_tensors) -> None:
             with torch.no_grad():
-                ctr_graph(*tensors.values())
+                ctr_graph(*tensors)
 
         flops = count_flops(eager_ctr)
         rows.append(
@@ -165,9 +197,7 @@ def main() -> None:
     # The floor moves with the machine's clock between runs; time the 1 x 100 graph and
     # the reference matmul alternately so that each ratio compares like with like.
     one_by_100 = next(row for row in rows if row["shape"] == "1 x 100")
-    feed = draw_ctr_inputs(model, 1, 100, rng)
-    feed["pair_user"] = np.zeros(100, dtype=np.int64)
-    feed = {"query_repr": rng.standard_normal((1, cfg.dim)).astype(np.float32), **feed}
+    feed = ctr_feed(model, 1, 100, rng)
     rounds = []
     for _ in range(7):
         rate_now = matmul_rate()["numpy_gflops"]

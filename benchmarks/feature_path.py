@@ -10,9 +10,11 @@
    inputs (`FeatureBuilder.user_row`); and the Redis read + decode itself. CPU ms per
    request (process time), median of the passes.
 
-The script uses only the API that the code before and after the one-feature-path change
-share, so the same file measures both: run it once as is and once with
-`PYTHONPATH=<checkout of the earlier commit>`; docs/BENCHMARKS.md quotes both, interleaved.
+The serving part runs against the code before the one-feature-path change too (run it
+with `PYTHONPATH=<checkout of the earlier commit>`); the training part takes the history
+lengths as one `HistoryLengths` since the `ModelInputs` change, so an earlier checkout
+needs its own copy of this file for that part; docs/BENCHMARKS.md quotes both,
+interleaved.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 
 import queryrec
 from queryrec.features.dataset import PreparedDataset
+from queryrec.features.model_inputs import HistoryLengths
 from queryrec.training.batch_order import bucketed_batches
 from queryrec.training.batches import AuxiliaryConfig, BatchBuilder
 from service.bundle import load_bundle
@@ -42,7 +45,7 @@ BATCH, BATCHES = 1024, 60
 
 def training_samples_per_s(dataset: PreparedDataset, repeats: int) -> list[float]:
     builder = BatchBuilder(
-        dataset, click_history=50, query_history=20, query_tokens=8, aux=AuxiliaryConfig()
+        dataset, HistoryLengths(clicks=50, queries=20, tokens=8), aux=AuxiliaryConfig()
     )
     arrays = builder.split_arrays("train", with_aux=True)
     rng = np.random.default_rng(0)

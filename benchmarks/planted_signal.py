@@ -23,7 +23,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from queryrec.features.dataset import PreparedDataset
-from queryrec.features.model_inputs import HistoryLengths, model_inputs
+from queryrec.features.model_inputs import HistoryLengths, history_windows, inputs_from_windows
 from queryrec.features.time_features import HOUR_MS
 
 
@@ -37,7 +37,9 @@ def features(
     users = samples["user"].to_numpy()
     items = samples["item"].to_numpy()
     ts = samples["ts"].to_numpy()
-    inputs = model_inputs(ds.timelines(), users, ts, HistoryLengths(clicks=50, queries=3, tokens=8))
+    events, lengths = ds.timelines(), HistoryLengths(clicks=50, queries=3, tokens=8)
+    windows = history_windows(events, users, ts, lengths)
+    inputs = inputs_from_windows(events, windows, lengths, items)
     clicked = inputs.click_history
     cand_topic = topic[items][:, None]
     valid = clicked > 0
@@ -49,7 +51,7 @@ def features(
         [same.sum(1) / n, recent, np.log1p(lengths), np.log1p(popularity[items])]
     )
 
-    sessions = inputs.query_index  # (B, 3) rows of search.parquet, -1 = none
+    sessions = windows.query_index  # (B, 3) rows of search.parquet, -1 = none
     query_ts = ds.search_ts[np.maximum(sessions, 0)]
     age_h = np.where(sessions >= 0, (ts[:, None] - query_ts) / HOUR_MS, 1e6)
     decay = np.exp(-age_h / 24.0)

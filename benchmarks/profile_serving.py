@@ -41,8 +41,8 @@ from service.state_load import load_state
 STAGES = (
     ("ctr graph (ONNX Runtime)", "_ctr_batch"),
     ("encoder graph (ONNX Runtime)", "_encode_batch"),
-    ("CTR inputs", "ctr_inputs"),
-    ("encoder inputs", "encoder_inputs"),
+    ("CTR inputs", "ctr_feed"),
+    ("encoder inputs", "encoder_feed"),
     ("features (Redis state -> model inputs)", "user_row"),
     ("Redis read and decode", "read (service/state.py"),
     ("batcher", "service/batcher.py"),

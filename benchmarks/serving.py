@@ -34,7 +34,7 @@ from queryrec.features.dataset import PreparedDataset
 from service.api import scorer_pb2, scorer_pb2_grpc
 from service.bundle import load_bundle
 from service.embedded_redis import EmbeddedRedis
-from service.features import FeatureBuilder, UserRow, ctr_inputs, encoder_inputs
+from service.features import Encoded, FeatureBuilder, UserRow, split_encoded
 from service.state import HistoryCaps, RedisState
 from service.state_load import LoadReport, load_state
 
@@ -91,13 +91,21 @@ def stage_cpu(
     if bundle.encoder is not None and with_queries:
         start = time.process_time()
         for row in with_queries:
-            bundle.encoder.run(None, encoder_inputs([row]))
+            bundle.encoder.run(None, features.encoder_feed([row]))
         encoder_ms = (time.process_time() - start) / len(with_queries) * 1e3
-    d = bundle.encoder.get_outputs()[0].shape[1] if bundle.encoder is not None else 0
+    # The CTR graph's encoder inputs: each request's own, computed before the timing.
+    encoded: list[list[Encoded] | None] = [None] * len(rows)
+    if bundle.encoder is not None:
+        graphs = bundle.manifest["graphs"]
+        names = list(graphs["query_encoder"]["outputs"])
+        encoded = [
+            split_encoded(bundle.encoder.run(None, features.encoder_feed([row])), names, [row])
+            for row in rows
+        ]
     start = time.process_time()
-    for row, (_, items, _) in zip(rows, pages, strict=True):
-        reprs = np.zeros((1, d), np.float32) if bundle.encoder is not None else None
-        bundle.ctr.run(None, ctr_inputs([row], reprs, [bundle.items(np.array(items))]))
+    for row, own, (_, items, _) in zip(rows, encoded, pages, strict=True):
+        feed = features.ctr_feed([row], own, [bundle.items(np.array(items))])
+        bundle.ctr.run(None, feed)
     ctr_ms = (time.process_time() - start) / len(pages) * 1e3
     return {
         "redis_ms": redis_ms,

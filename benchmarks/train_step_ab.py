@@ -124,10 +124,10 @@ def main() -> int:
         steps[variant] = (objective, optimizer)
     builder = BatchBuilder(
         dataset,
-        click_history=model_cfg.click_history,
-        query_history=model_cfg.query_history,
-        query_tokens=model_cfg.query_tokens,
+        model_cfg.history_lengths,
         aux=cfg.aux,
+        reads=model.reads,
+        training_inputs=model.wanted_training_inputs(),
     )
     arrays = builder.split_arrays("train", with_aux=True)
     order = epoch_batches(
@@ -147,7 +147,7 @@ def main() -> int:
             objective, optimizer = steps[variant]
             started = time.perf_counter()
             for batch in chunk:
-                losses = objective(**batch)
+                losses = objective(batch)
                 optimizer.zero_grad()
                 losses["total"].backward()
                 optimizer.step()

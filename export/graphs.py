@@ -102,9 +102,7 @@ class CTRGraph(nn.Module):
         self.names = ctr_inputs(model)
         self.cfg = model.cfg
         self.whole: CTRModel | None = model if isinstance(model, WHOLE_MODEL) else None
-        self.queryrec: QueryRecModel | None = (
-            model if isinstance(model, QueryRecModel) else None
-        )
+        self.queryrec: QueryRecModel | None = model if isinstance(model, QueryRecModel) else None
         if self.whole is not None:
             return
         # Only the parts used at serving time (holding the whole model would drag the

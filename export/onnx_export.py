@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.export import Dim
-import numpy as np
 
 from export.graphs import CTRGraph, QueryEncoderGraph, ctr_inputs, encoder_inputs, encoder_outputs
 from export.parity import draw_inputs
@@ -97,7 +97,9 @@ def export_ctr(graph: CTRGraph, model: CTRModel, path: Path) -> GraphSpec:
     example = draw_inputs(model, 3, 5, rng)
     encoded = {
         name: rng.standard_normal(
-            (3, model.cfg.dim) if name == "query_repr" else (3, model.cfg.query_history, model.cfg.dim)
+            (3, model.cfg.dim)
+            if name == "query_repr"
+            else (3, model.cfg.query_history, model.cfg.dim)
         ).astype(np.float32)
         for name in encoder_outputs(model)
     }
@@ -124,8 +126,7 @@ def _export_named(
     }
     feed = graph_feed(names, example, encoded)
     dynamic = {
-        name: {i: dims[axis] for i, axis in enumerate(AXES[name]) if axis in dims}
-        for name in names
+        name: {i: dims[axis] for i, axis in enumerate(AXES[name]) if axis in dims} for name in names
     }
     tensors = tuple(torch.from_numpy(feed[name]) for name in names)
     _export(module, tensors, path, list(names), list(outputs), dynamic)

@@ -7,13 +7,16 @@ Eight stages, each announced on stderr as `[demo] k/8`:
 3. diffusion: train the denoiser on the training split's clicked queries, then write
    top-K pseudo-positives for the click-less ones into the dataset (QueryRec's L_cl uses
    them);
-4. train: DIN and QueryRec, their test AUC side by side;
+4. train: DIN and the served QueryRec (`queryrec`: search clicks in the query slots,
+   target attention over the SAS outputs, match counts), their test AUC side by side and
+   the lift;
 5. export: QueryRec to a parity-checked ONNX bundle, its manifest summary;
 6. state load: a private, throw-away redis-server (`service.embedded_redis`) gets every
    user's histories as of the start of the test split, capped at the bundle's lengths;
 7. serve: `queryrec serve` on that bundle and that Redis, as a subprocess on a free port
    (its output goes to `serve.log` in the work folder);
-8. replay: the test split, in time order, through the gRPC API; every served score must
+8. replay: the test split, in time order, through the gRPC API (each search with its
+   clicked results, `RecordSearchClicks`); every served score must
    equal the bundle's offline score of the same impression within 1e-5 (else the demo
    fails), and the Score latency is measured under the replay's own load.
 
@@ -95,6 +98,8 @@ def run_demo(workdir: Path, preset: str = DEMO_PRESET, epochs: int = 3) -> None:
             f"| {model} | {test['auc']:.4f} | {test['gauc']:.4f} | {test['logloss']:.4f} | "
             f"{result.best_epoch} |"
         )
+    lift = results["queryrec"].test["auc"] / results["din"].test["auc"]
+    print(f"queryrec / din test AUC: {lift:.4f} ({(lift - 1) * 100:+.2f} %)")
     bundle_dir = workdir / "bundle"
     say(f"[demo] 5/{STAGES} export queryrec -> {bundle_dir}")
     manifest = export_bundle(workdir / "runs" / "queryrec", bundle_dir, ExportOptions(replace=True))

@@ -265,7 +265,9 @@ def _smoke_rows(builder: FeatureBuilder, bundle: Bundle) -> tuple[UserRow, UserR
         query_sizes=np.full(queries, tokens, dtype=np.int64),
         query_words=np.resize(_largest(bundle.words, queries * tokens), queries * tokens),
         query_click_sizes=np.full(queries, per_query, dtype=np.int64),
-        query_click_items=np.resize(_largest(bundle.items, queries * per_query), queries * per_query),
+        query_click_items=np.resize(
+            _largest(bundle.items, queries * per_query), queries * per_query
+        ),
         click_ts=SMOKE_REQUEST_MS - 1000 * np.arange(1, clicks + 1, dtype=np.int64),
         click_items=np.resize(_largest(bundle.items, clicks), clicks),
     )

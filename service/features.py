@@ -39,6 +39,7 @@ from service.state import UserState
 
 _ONE_ROW = np.zeros(1, dtype=np.int64)
 
+
 class GraphSession(Protocol):
     """What feeding a graph needs of an ONNX Runtime session."""
 
@@ -173,7 +174,9 @@ class FeatureBuilder:
         return graph_feed(self.ctr_names, inputs, by_name)
 
 
-def split_encoded(outputs: list[np.ndarray], names: list[str], rows: list[UserRow]) -> list[Encoded]:
+def split_encoded(
+    outputs: list[np.ndarray], names: list[str], rows: list[UserRow]
+) -> list[Encoded]:
     """An encoder batch's outputs (by `names`, rows in order) -> each request's own: its
     query vector and the states of its own searches (the last `query_count` slots)."""
     encoded: list[Encoded] = []
@@ -194,7 +197,9 @@ def stack_rows(rows: list[UserRow]) -> ModelInputs[np.ndarray]:
     if len(rows) == 1:
         return rows[0].inputs
     fields = rows[0].inputs.user_fields()
-    stacked = {name: np.concatenate([r.inputs.user_fields()[name] for r in rows]) for name in fields}
+    stacked = {
+        name: np.concatenate([r.inputs.user_fields()[name] for r in rows]) for name in fields
+    }
     return rows[0].inputs.replace(**stacked)
 
 

@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from queryrec.features.bundle_format import ENCODER_FILE
+from queryrec.features.model_inputs import ModelInputs
 from service.batcher import BatchObserver, MicroBatcher
 from service.bundle import Bundle
 from service.degraded import Degraded
 from service.errors import BundleError, Overloaded, StateUnavailable
-from queryrec.features.model_inputs import ModelInputs
 from service.features import Encoded, FeatureBuilder, UserRow, split_encoded
 from service.logs import event
 from service.metrics import ServiceMetrics
@@ -332,9 +332,7 @@ class Scorer:
         """The CTR micro-batch, done by `deadline` (loop time): refused at once when its
         expected wait ends later (Overloaded), TimeoutError when it does not finish."""
         async with asyncio.timeout_at(deadline):
-            return await self.ctr.submit(
-                (row, encoded, items), units=len(items), deadline=deadline
-            )
+            return await self.ctr.submit((row, encoded, items), units=len(items), deadline=deadline)
 
     def _encode_batch(self, rows: list[UserRow]) -> Sequence[Encoded]:
         assert self.bundle.encoder is not None

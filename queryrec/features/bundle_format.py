@@ -60,9 +60,7 @@ FIXED_AXES: dict[tuple[str, int], str] = {
     ("click_minutes", 1): "max_lengths.click_history",
     ("profile", 1): "profile_fields",
 }
-GRAPH_INPUTS = frozenset(
-    {*USER_INPUTS, *OPTIONAL_INPUTS, "pair_user", "item", *ENCODER_OUTPUTS}
-)
+GRAPH_INPUTS = frozenset({*USER_INPUTS, *OPTIONAL_INPUTS, "pair_user", "item", *ENCODER_OUTPUTS})
 """The names a graph input may have: `ModelInputs` fields and the encoder's outputs."""
 
 

@@ -310,7 +310,7 @@ def inputs_from_windows(
     click_ok, query_ok = click >= 0, query >= 0
     click, query = np.maximum(click, 0), np.maximum(query, 0)
     query_ts = np.where(query_ok, _gather(events.query_ts, query), 0)  # (B, L)
-    optional: dict[str, np.ndarray] = {}
+    optional: dict[str, Any] = {}  # ndarrays (typed Any for the ModelInputs(**...) below)
     if "query_clicks" in reads:
         optional["query_clicks"] = _csr_rows(
             events.query_click_start,
@@ -330,7 +330,9 @@ def inputs_from_windows(
         click_history=np.where(click_ok, _gather(events.click_item, click), PADDING_INDEX).astype(
             np.int64
         ),
-        query_tokens=_csr_rows(events.word_start, events.words, windows.query_index, lengths.tokens),
+        query_tokens=_csr_rows(
+            events.word_start, events.words, windows.query_index, lengths.tokens
+        ),
         query_age=query_age_buckets(request_ms, query_ts, query_ok),
         item=np.asarray(items, dtype=np.int64),
         pair_user=None if pair_user is None else np.asarray(pair_user, dtype=np.int64),

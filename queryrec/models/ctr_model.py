@@ -150,9 +150,7 @@ class CTRModel(nn.Module):
             # Training rows: the candidate's rate fields from out-of-fold codes, not from
             # the table (whose rates count this row's own label).
             base = base.clone()
-            base[:, 0] = base[:, 0] + self.items.rate_correction(
-                item, inputs.candidate_rate_codes
-            )
+            base[:, 0] = base[:, 0] + self.items.rate_correction(item, inputs.candidate_rate_codes)
         full = base + caption  # (B, 1 + A, d) full item vectors
         candidate = base[:, 0]  # (B, d), comparable with the history vectors (B, H, d)
         fields = self.context_fields(inputs.user, inputs.hour, caption[:, 0], inputs.profile)

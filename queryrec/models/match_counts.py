@@ -74,8 +74,12 @@ class MatchCounts(nn.Module):
         in_level_1 = (same_1 & history_valid & (level_1 > 0).unsqueeze(1)).sum(dim=-1)  # (N,)
         in_level_2 = (same_2 & history_valid & (level_2 > 0).unsqueeze(1)).sum(dim=-1)
         by_clicks = (
-            (clicked_categories[..., LEVEL_2] == level_2.view(-1, 1, 1)) & clicked_mask
-        ).any(dim=-1) & valid & (level_2 > 0).unsqueeze(1)  # (N, L)
+            ((clicked_categories[..., LEVEL_2] == level_2.view(-1, 1, 1)) & clicked_mask).any(
+                dim=-1
+            )
+            & valid
+            & (level_2 > 0).unsqueeze(1)
+        )  # (N, L)
         words = query_tokens.unsqueeze(-1) == candidate_caption.view(
             candidate_caption.shape[0], 1, 1, -1
         )  # (N, L, T, Tc)

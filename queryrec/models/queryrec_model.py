@@ -74,7 +74,9 @@ class QueryRecModel(CTRModel):
         has_words = (query_tokens > 0).any(dim=-1)
         return has_words if self.slots is None else slot_valid(has_words, clicks > 0)
 
-    def user_side(self, inputs: ModelInputs[Tensor], clicked: Tensor | None = None) -> UserQueryState:
+    def user_side(
+        self, inputs: ModelInputs[Tensor], clicked: Tensor | None = None
+    ) -> UserQueryState:
         """The user rows' query slots through the SAS encoder; `clicked` (U, L, K, d):
         the base vectors of `query_clicks(inputs)` when already looked up."""
         assert self.sas is not None

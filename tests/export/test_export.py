@@ -286,6 +286,17 @@ def test_model_inputs_round_trip_through_the_bundle(
         events, users[rows], ts[rows], lengths, items, pair_user=pair_user, reads=model.reads
     )
     assert (inputs.query_age > 0).sum(axis=1).max() > 1  # real query histories
+    if inputs.query_clicks is not None:  # and, for the models that read them, search clicks
+        assert (inputs.query_clicks > 0).any()
+    # The first row's newest search without words (and without clicked results): a history
+    # slot, not a valid query, on both sides.
+    tokens = inputs.query_tokens.copy()
+    tokens[0, -1] = 0
+    inputs = inputs.replace(query_tokens=tokens)
+    if inputs.query_clicks is not None:
+        clicks = inputs.query_clicks.copy()
+        clicks[0, -1] = 0
+        inputs = inputs.replace(query_clicks=clicks)
 
     def served(inputs: Any) -> np.ndarray:
         encoded: dict[str, np.ndarray] = {}

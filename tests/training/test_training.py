@@ -19,8 +19,6 @@ from queryrec.training.config import TrainConfig
 from queryrec.training.loop import TrainResult, predict, train
 
 LENGTHS = HistoryLengths(clicks=50, queries=20, tokens=8)
-EPOCHS = 1  # the planted-signal comparison (test_queryrec_learns_the_planted_signal)
-MARGIN = 0.0
 
 
 @pytest.fixture(scope="module")
@@ -63,17 +61,25 @@ def test_one_epoch_per_model(model: str, dataset: PreparedDataset, tmp_path: Pat
 @pytest.mark.slow
 def test_queryrec_learns_the_planted_signal(dataset: PreparedDataset, tmp_path: Path) -> None:
     """The synthetic data plants click signal in the query history: on the impressions
-    whose user searched recently (the slice "no_click_recent_queries": the last search
-    before t exists and had no click, so only the query words carry its intent), the
-    paper's QueryRec, which reads them, ranks better than DIN, which cannot."""
+    whose user's last search before t had no click (the slice "no_click_recent_queries":
+    the user searched recently, and only the query's words say what about), the paper's
+    QueryRec, which reads them, ranks better than DIN, which cannot.
+
+    Both train alike: up to 3 epochs with early stopping, learning rate 3e-3. At the
+    default 1e-3 neither has learned enough from `tiny`'s 8.5k impressions for the
+    comparison to mean anything (1 epoch: slice AUC 0.575 vs DIN's 0.593, 3 epochs:
+    0.632 vs 0.662, seed 0; the query tower, with more to learn, trails). At 3e-3, seeds
+    0, 1, 2: 0.667 / 0.679 / 0.670 vs DIN's 0.654 / 0.656 / 0.647. About 40 s on 2 idle
+    cores (4 to 7 minutes while other training shares them)."""
     auc = {}
     for model in ("din", "queryrec-paper"):
-        cfg = TrainConfig(model=model, epochs=EPOCHS, batch_size=256, progress=False)
+        cfg = TrainConfig(model=model, epochs=3, batch_size=256, learning_rate=3e-3, progress=False)
         result = train(dataset.root, tmp_path / model, cfg, dataset=dataset)
+        assert result.test["auc"] > 0.6  # both learn the feed's own signal too
         sliced = result.slices["no_click_recent_queries"]
         assert sliced["n"] > 300  # enough impressions for the comparison
         auc[model] = sliced["auc"]
-    assert auc["queryrec-paper"] > auc["din"] + MARGIN, auc
+    assert auc["queryrec-paper"] > auc["din"] + 0.005, auc
 
 
 def _weights(run: Path, dataset: PreparedDataset) -> dict[str, torch.Tensor]:
