@@ -58,7 +58,7 @@ def encoder_inputs(model: CTRModel) -> tuple[str, ...]:
 
 def ctr_inputs(model: CTRModel) -> tuple[str, ...]:
     """The CTR graph's input names: the encoder's outputs, then `ModelInputs` fields."""
-    user = ("user", "hour", "profile", "click_history")
+    user: tuple[str, ...] = ("user", "hour", "profile", "click_history")
     if isinstance(model, WHOLE_MODEL):
         user += ("query_tokens", "query_age", *sorted(model.reads))
     elif isinstance(model, QueryRecModel):
@@ -91,6 +91,8 @@ class CTRGraph(nn.Module):
 
     item_base: Tensor  # (N_items, d) id + author + type + categories part of each item
     item_caption: Tensor  # (N_items, d) caption part of each item
+    item_categories: Tensor  # (N_items, 4) category codes (the served QueryRec's counts)
+    item_caption_words: Tensor  # (N_items, Tc) caption words (the served QueryRec's counts)
 
     def __init__(self, model: CTRModel, platt: tuple[float, float] | None = None):
         """`platt` (a, b): return sigmoid(a * logit + b), the calibration the export

@@ -68,7 +68,7 @@ def draw_inputs(
     click_counts = rng.integers(0, per_query + 1, size=(users, length, 1))
     clicked_ok = slot_ok[..., None] & (np.arange(per_query)[None, None, :] < click_counts)
     clicked = rng.integers(1, v.items, size=(users, length, per_query))
-    optional = {
+    optional: dict[str, np.ndarray] = {
         "query_clicks": np.where(clicked_ok, clicked, 0),
         "query_minutes": np.where(slot_ok, rng.integers(0, 20_000, size=(users, length)), 0),
         "click_minutes": np.where(click_ok, rng.integers(0, 20_000, size=(users, horizon)), 0),
@@ -82,7 +82,8 @@ def draw_inputs(
         query_age=np.where(slot_ok, rng.integers(1, 10, size=(users, length)), 0),
         item=rng.integers(1, v.items, size=pairs),
         pair_user=np.sort(rng.integers(0, users, size=pairs)),
-        **{name: value.astype(np.int64) for name, value in optional.items() if name in model.reads},
+    ).replace(
+        **{name: value.astype(np.int64) for name, value in optional.items() if name in model.reads}
     )
 
 

@@ -25,6 +25,7 @@ from queryrec.diffusion.train import (
 from queryrec.diffusion.x0 import CLICKED, SHOWN, UNSEEN, ItemUniverse, build_x0, sessions_in
 from queryrec.errors import QueryRecError
 from queryrec.features.dataset import PreparedDataset
+from queryrec.features.model_inputs import HistoryLengths
 from queryrec.losses import contrastive_loss
 from queryrec.training.batches import AuxiliaryConfig, BatchBuilder, PseudoPositives
 
@@ -288,7 +289,7 @@ def test_builder_gives_clickless_queries_their_pseudo_positives(tiny_data: Path)
     offsets[clickless + 1 :] = 2  # session `clickless` gets items 7 and 9
     pseudo = PseudoPositives(offsets=offsets, items=np.array([7, 9]))
     builder = BatchBuilder(
-        dataset, click_history=5, query_history=3, query_tokens=4,
+        dataset, HistoryLengths(5, 3, 4),
         aux=AuxiliaryConfig(cl_positives=3), pseudo_positives=pseudo,
     )  # fmt: skip
     out = builder._last_query_positives(np.array([clickless, clicked, -1]))
