@@ -147,7 +147,7 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     # manifest vs graphs
     "input renamed": (
         _rename_ctr_input,
-        "graphs.ctr.inputs declares user_id, which ctr.onnx does not have; ctr.onnx has user",
+        "graphs.ctr.inputs names ['user_id'], which the service cannot feed",
     ),
     "dtype changed": (
         _set("graphs.ctr.inputs.item.dtype", "int32"),
@@ -168,7 +168,8 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "ctr.onnx is the encoder graph": (
         _ctr_is_the_encoder,
-        "ctr.onnx has query_tokens, query_age, which it does not declare",
+        "graphs.ctr.inputs declares query_repr, query_states, user, hour, profile, "
+        "click_history, pair_user, item, which ctr.onnx does not have",
     ),
     # manifest fields vs each other
     "max_lengths changed": (
@@ -200,7 +201,7 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     # the history length the graph's positions cannot take: only a run shows it
     "query history longer than the graph": (
         _set("max_lengths.query_history", 30),
-        "query_encoder.onnx: smoke run (users=1) failed",
+        "query_encoder.onnx: smoke run (users=1 L=30) failed",
     ),
     # tables
     "profile column dropped": (
