@@ -112,12 +112,17 @@ class DINServingHead(nn.Module):
         candidate: Tensor,
         history: Tensor,
         pair_user: Tensor,
+        pair_first: Tensor | None = None,
     ) -> Tensor:
+        """`pair_first` (N, M1): what fields outside `pair_fields` add to the first layer
+        per pair, already multiplied by their weights (the caller folded them)."""
         interest = self._interest(candidate, history, pair_user)  # (N, d)
         # CTR MLP: first layer split into the per-user and per-pair parts.
         user_part = user_fields.flatten(1) @ self.first_user  # (U, M1)
         pair_in = torch.cat([pair_fields, interest.unsqueeze(1)], dim=1).flatten(1)
         first = pair_in @ self.first_pair + user_part.index_select(0, pair_user)
+        if pair_first is not None:
+            first = first + pair_first
         return self.head_rest(first + self.first_bias).squeeze(-1)  # (N,)
 
     def _interest(self, candidate: Tensor, history: Tensor, pair_user: Tensor) -> Tensor:

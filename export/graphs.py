@@ -18,7 +18,8 @@ user row and N_r pairs pointing at it. Three forms, by model:
   the graph; user-level parts are computed once per user row and gathered per pair; a
   DIN head is replaced by its serving rewrite (`export.din_serving`);
 - the served QueryRec (`QueryRecModel`): the same, plus its target attention over the
-  encoder's `query_states` and its match counts;
+  encoder's `query_states` and its match counts, counted once per user row
+  (`export.match_counts_serving`);
 - the baselines that encode whole histories per candidate (SESRec, UniSAR): the model's
   own forward on the user rows gathered per pair (`ModelInputs.per_pair`).
 All compute exactly what `CTRModel.score` computes on the same inputs (the parity check
@@ -28,9 +29,11 @@ compares them).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from export.din_serving import DINServingHead, supports
+from export.match_counts_serving import ServingCounts
 from queryrec.features.model_inputs import ModelInputs
 from queryrec.models.ctr_model import CTRModel
 from queryrec.models.queryrec_model import QueryRecModel
@@ -89,10 +92,9 @@ class CTRGraph(nn.Module):
     """The encoder outputs, user rows (U) and candidate pairs (N) -> P(click) (N,) float32,
     inputs in the order of `ctr_inputs(model)`."""
 
+    counts_first: Tensor  # (R, M1) each count-field row's share of the head's first layer
     item_base: Tensor  # (N_items, d) id + author + type + categories part of each item
     item_caption: Tensor  # (N_items, d) caption part of each item
-    item_categories: Tensor  # (N_items, 4) category codes (the served QueryRec's counts)
-    item_caption_words: Tensor  # (N_items, Tc) caption words (the served QueryRec's counts)
 
     def __init__(self, model: CTRModel, platt: tuple[float, float] | None = None):
         """`platt` (a, b): return sigmoid(a * logit + b), the calibration the export
@@ -114,11 +116,16 @@ class CTRGraph(nn.Module):
         self.hour = model.hour
         self.profile = model.profile
         self.backbone = model.backbone
+        self.counts: ServingCounts | None = None
         if self.queryrec is not None:
             self.search_attention = self.queryrec.search_attention
-            self.counts = self.queryrec.counts
-            self.register_buffer("item_categories", model.items.side_categories.clone())
-            self.register_buffer("item_caption_words", model.items.side_caption.clone())
+            if self.queryrec.counts is not None:
+                self.counts = ServingCounts(
+                    self.queryrec.counts,
+                    model.items.side_categories,
+                    model.items.side_caption,
+                    model.cfg.vocab.categories,
+                )
         # DIN: the serving rewrite of its head (export.din_serving); slots are positions
         # in the trained field order [user, hour, caption, profile..., candidate,
         # interest, extra...].
@@ -126,6 +133,10 @@ class CTRGraph(nn.Module):
         if supports(model.backbone):
             user_slots, pair_slots = self._slots(model)
             self.din_head = DINServingHead(model.backbone, user_slots, pair_slots)  # type: ignore[arg-type]
+            if self.counts is not None:
+                self._fold_counts(model.backbone, pair_slots[-2] + 1)  # type: ignore[arg-type]
+        elif self.queryrec is not None:
+            raise ValueError("the served QueryRec's serving graph needs its DIN head")
         with torch.no_grad():
             every_item = torch.arange(model.cfg.vocab.items)
             self.register_buffer("item_base", model.items.base(every_item).contiguous())
@@ -144,10 +155,26 @@ class CTRGraph(nn.Module):
             user_slots.append(extra)
             width = 2
             if self.queryrec is not None:
-                width += 2 * model.cfg.target_attention
-                width += len(self.counts.tables) if self.counts is not None else 0
+                width += 2 * model.cfg.target_attention  # (the counts follow: folded)
             pair_slots += list(range(extra + 1, extra + width))
         return user_slots, [*pair_slots, interest]
+
+    def _fold_counts(self, backbone: nn.Module, first_slot: int) -> None:
+        """The count fields (slots first_slot .. + FIELDS - 1) enter the head's first
+        layer linearly: fold each field's embedding table into its share of that layer,
+        so that a candidate's count fields are one lookup per field of (M1,) rows, summed
+        (`export.match_counts_serving`)."""
+        assert self.counts is not None
+        first = backbone.head.net[0]
+        assert isinstance(first, nn.Linear)
+        d = self.counts.fields.shape[1]
+        with torch.no_grad():
+            weights = torch.split(first.weight, d, dim=1)  # (M1, d) per field slot
+            per_row = torch.stack(
+                [weights[first_slot + int(f)] for f in self.counts.row_field]
+            )  # (R, M1, d)
+            folded = (per_row @ self.counts.fields.unsqueeze(-1)).squeeze(-1)  # (R, M1)
+        self.register_buffer("counts_first", folded.contiguous())
 
     def forward(self, *tensors: Tensor) -> Tensor:
         named = dict(zip(self.names, tensors, strict=True))
@@ -171,8 +198,10 @@ class CTRGraph(nn.Module):
                 query_repr = named["query_repr"]
                 user_fields.append(query_repr)
                 pair_fields.append(query_repr.index_select(0, pair_user) * target)
-                if self.queryrec is not None:
-                    pair_fields += self._queryrec_fields(named, target)
+            pair_first = None
+            if self.queryrec is not None:
+                more, pair_first = self._queryrec_fields(named, target)
+                pair_fields += more
             history = history * (click_history > 0).unsqueeze(-1).to(history.dtype)
             logits = self.din_head(
                 torch.stack(user_fields, dim=1),
@@ -180,6 +209,7 @@ class CTRGraph(nn.Module):
                 candidate,
                 history,
                 pair_user,
+                pair_first,
             )
             return self._probability(logits)
         fields = [f[pair_user] for f in user_fields] + [caption]
@@ -191,9 +221,12 @@ class CTRGraph(nn.Module):
         logits = self.backbone(fields, candidate, history, click_history > 0, extra, pair_user)
         return self._probability(logits)
 
-    def _queryrec_fields(self, named: dict[str, Tensor], target: Tensor) -> list[Tensor]:
-        """The served QueryRec's per-pair fields after e_q * candidate: the attended query
-        and its product with the candidate, then the match-count fields."""
+    def _queryrec_fields(
+        self, named: dict[str, Tensor], target: Tensor
+    ) -> tuple[list[Tensor], Tensor | None]:
+        """The served QueryRec's per-pair fields after e_q * candidate (the attended query
+        and its product with the candidate) and what the match-count fields add to the
+        head's first layer (N, M1) (None without counts)."""
         assert self.queryrec is not None
         pair_user = named["pair_user"]
         inputs = _user_inputs(named)
@@ -203,19 +236,12 @@ class CTRGraph(nn.Module):
         if self.search_attention is not None:
             attended = self.search_attention(named["query_states"], valid, target, pair_user)
             fields += [attended, attended * target]
-        if self.counts is not None:
-            codes = self.counts.codes(
-                candidate_categories=self.item_categories[named["item"]],
-                candidate_caption=self.item_caption_words[named["item"]],
-                history_categories=self.item_categories[named["click_history"]][pair_user],
-                history_valid=(named["click_history"] > 0)[pair_user],
-                query_tokens=inputs.query_tokens[pair_user],
-                clicked_categories=self.item_categories[clicks][pair_user],
-                clicked_mask=(clicks > 0)[pair_user],
-                valid=valid[pair_user],
-            )
-            fields += self.counts(codes)
-        return fields
+        if self.counts is None:
+            return fields, None
+        rows = self.counts(
+            named["click_history"], inputs.query_tokens, clicks, valid, pair_user, named["item"]
+        )  # (N, FIELDS)
+        return fields, F.embedding(rows, self.counts_first).sum(dim=1)  # (N, M1)
 
     def _probability(self, logits: Tensor) -> Tensor:
         if self.platt is None:  # the export: nothing extra traced into the graph

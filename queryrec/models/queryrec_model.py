@@ -33,7 +33,7 @@ from queryrec.models.config import ModelConfig
 from queryrec.models.ctr_model import CTRModel, CTROutput, HeadInputs
 from queryrec.models.din import DINBackbone
 from queryrec.models.layers import gather_rows
-from queryrec.models.match_counts import FIELDS, MatchCounts
+from queryrec.models.match_counts import FIELDS, MatchCounts, Matches, pair_matches
 from queryrec.models.query_slots import QuerySlots, slot_valid
 from queryrec.models.search_attention import SearchAttention
 
@@ -114,7 +114,7 @@ class QueryRecModel(CTRModel):
             attended = self.search_attention(user.states, user.valid, target)  # (B, d)
             extra += [attended, attended * target]
         if self.counts is not None:
-            extra += self.counts(self.count_codes(inputs, clicks, user.valid))
+            extra += self.counts(self.matches(inputs, clicks, user.valid))
         fields = self.context_fields(inputs.user, inputs.hour, caption[:, 0], inputs.profile)
         parts = HeadInputs(
             fields, base[:, 0], history, inputs.click_history > 0, extra, target, inputs
@@ -123,17 +123,15 @@ class QueryRecModel(CTRModel):
         full = base + caption
         return CTROutput(logits, user.query, full[:, 1:] if aux_items is not None else None, losses)
 
-    def count_codes(
-        self, inputs: ModelInputs[Tensor], clicks: Tensor, valid: Tensor
-    ) -> list[Tensor]:
-        """The match-count codes of per-pair inputs (`match_counts.MatchCounts.codes`)."""
-        assert self.counts is not None
+    def matches(self, inputs: ModelInputs[Tensor], clicks: Tensor, valid: Tensor) -> Matches:
+        """The match counts of per-pair inputs (`match_counts.pair_matches`)."""
         categories = self.items.side_categories
-        return self.counts.codes(
+        return pair_matches(
             candidate_categories=gather_rows(categories, inputs.item),
             candidate_caption=gather_rows(self.items.side_caption, inputs.item),
             history_categories=gather_rows(categories, inputs.click_history),
             history_valid=inputs.click_history > 0,
+            history_captions=gather_rows(self.items.side_caption, inputs.click_history),
             query_tokens=inputs.query_tokens,
             clicked_categories=gather_rows(categories, clicks),
             clicked_mask=clicks > 0,

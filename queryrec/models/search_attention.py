@@ -39,10 +39,31 @@ class SearchAttention(nn.Module):
         candidate: Tensor,
         pair_user: Tensor | None = None,
     ) -> Tensor:
-        keys = self.keys(states)
         if pair_user is not None:  # serving: one user row per request, many candidates
-            keys, states, valid = keys[pair_user], states[pair_user], valid[pair_user]
-        scores = (keys * candidate.unsqueeze(1)).sum(dim=-1) * self.scale  # (N, L)
-        scores = scores.masked_fill(~valid, MASKED)
-        weights = torch.softmax(scores, dim=-1) * valid.to(scores.dtype)  # (N, L)
+            return self._per_user_rows(states, valid, candidate, pair_user)
+        scores = (self.keys(states) * candidate.unsqueeze(1)).sum(dim=-1) * self.scale  # (N, L)
+        weights = self._weights(scores, valid)
         return (weights.unsqueeze(-1) * states).sum(dim=1)  # (N, d)
+
+    def _weights(self, scores: Tensor, valid: Tensor) -> Tensor:
+        """(N, L) scores, valid -> softmax over the valid slots (zeros on a row without)."""
+        scores = scores.masked_fill(~valid, MASKED)
+        return torch.softmax(scores, dim=-1) * valid.to(scores.dtype)
+
+    def _per_user_rows(
+        self, states: Tensor, valid: Tensor, candidate: Tensor, pair_user: Tensor
+    ) -> Tensor:
+        """The same function as `forward` on states gathered per pair, without gathering
+        them: <W h, c> = <h, c W>, so each candidate's scores against every user row's
+        slots are one (N, d) x (d, U L) product, of which each keeps its own user's L
+        columns; the pooling is one (N, U L) x (U L, d) product with the weights placed in
+        the pair's own columns. U is a handful of requests, L tens of slots, so this is
+        far less work than copying (N, L, d) states per candidate."""
+        users, length, dim = states.shape
+        flat = states.reshape(users * length, dim)  # (U L, d)
+        all_scores = (candidate @ self.key.weight) @ flat.t()  # (N, U L)
+        columns = pair_user.unsqueeze(1) * length + torch.arange(length, device=states.device)
+        scores = all_scores.gather(1, columns) * self.scale  # (N, L)
+        weights = self._weights(scores, valid.index_select(0, pair_user))
+        placed = torch.zeros_like(all_scores).scatter(1, columns, weights)  # (N, U L)
+        return placed @ flat  # (N, d)
