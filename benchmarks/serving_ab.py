@@ -13,7 +13,7 @@ Two `queryrec serve` processes run side by side on one embedded Redis (loaded wi
   worktree` of an earlier commit), both with the cache off.
 Each round sends every test-split feed page once as a Score to one server, then to the
 other (the order alternates), concurrency 8, and reads each server's user + system CPU
-from /proc. With `--candidates N` every Score carries N candidates: the page's own items,
+(the process and its worker processes) from /proc. With `--candidates N` every Score carries N candidates: the page's own items,
 then items drawn from the test split's impressions (seeded), so both servers score the
 same requests. The caches fill in the first (warm-up) pass, as they would in service. A
 shared 2-core box drifts, so what counts is the ratio within a round; the script prints
@@ -34,9 +34,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serving import process_cpu_s, score_only
+from serving import score_only
 
 from clients.replay import build_events
+from loadtest.bench import tree_cpu_s
 from queryrec.demo import ServerProcess
 from queryrec.features.dataset import PreparedDataset
 from service.embedded_redis import EmbeddedRedis
@@ -97,9 +98,9 @@ def main() -> None:
                 cpu_ms: dict[str, float] = {}
                 for name in order:
                     pid = servers[name].pid
-                    start = process_cpu_s(pid)
+                    start = tree_cpu_s(pid)  # the server and its worker processes
                     asyncio.run(score_only(f"127.0.0.1:{ports[name]}", pages, CONCURRENCY))
-                    cpu_ms[name] = (process_cpu_s(pid) - start) / len(pages) * 1e3
+                    cpu_ms[name] = (tree_cpu_s(pid) - start) / len(pages) * 1e3
                 ratio = cpu_ms["a"] / cpu_ms["b"]
                 rounds.append({**cpu_ms, "ratio": ratio})
                 print(
