@@ -243,7 +243,14 @@ def run_replay(
         print("  (pass --bundle, the server's bundle, to compare every score with offline)")
         return summary
     graphs = open_bundle_graphs(bundle_dir)
-    offline, _ = score_split(dataset, "test", graphs.manifest, graphs.encoder, graphs.ctr)
+    offline, _ = score_split(
+        dataset,
+        "test",
+        graphs.manifest,
+        graphs.encoder,
+        graphs.ctr,
+        query_positives=graphs.query_positives,
+    )
     parity = Parity.of(report, offline)
     summary.update(
         offline_auc=parity.offline_auc,

@@ -28,6 +28,7 @@ from export.graphs import CTRGraph, QueryEncoderGraph, encoder_outputs
 from export.onnx_export import OPSET, GraphSpec, export_ctr, export_encoder
 from export.parity import check_parity
 from export.quantize import MAX_AUC_DROP, quantize_with_guard
+from queryrec.diffusion.augment import load_query_positives
 from queryrec.errors import OutputExistsError, QueryRecError
 from queryrec.evaluation.bundle_scoring import cpu_session
 from queryrec.features.bundle_format import (
@@ -36,9 +37,11 @@ from queryrec.features.bundle_format import (
     ENCODER_FILE,
     FORMAT_VERSION,
     MANIFEST,
+    QUERY_POSITIVES_FILE,
     read_manifest,
 )
 from queryrec.features.dataset import PreparedDataset
+from queryrec.features.query_positives import QueryPositives
 from queryrec.features.schema import sha256_file
 from queryrec.progress import say
 from queryrec.training.checkpoint import GBDT_MODEL_FILE, load_checkpoint, read_checkpoint
@@ -125,8 +128,11 @@ def _build(
     worst = max(c.max_abs_diff for c in cases)
     say(f"[export] parity ok: max abs diff {worst:.2e} over {len(cases)} cases")
     _copy_artifacts(dataset, work)
+    table = _copy_query_positives(model, dataset, work)
     created = dt.datetime.now(dt.UTC)
     manifest = _manifest_body(model, payload, dataset, graphs, created)
+    if table is not None:
+        manifest["query_positives"] = QUERY_POSITIVES_FILE
     manifest["parity"] = {
         "tolerance": 1e-5,
         "max_abs_diff": worst,
@@ -136,7 +142,9 @@ def _build(
     if options.calibrate == "platt":
         # After the parity check (which compares the trained model's own probabilities),
         # before INT8 (which only touches MatMul / Gemm weights).
-        manifest["calibration"] = calibrate_ctr(work / CTR_FILE, dataset, manifest, encoder)
+        manifest["calibration"] = calibrate_ctr(
+            work / CTR_FILE, dataset, manifest, encoder, query_positives=table
+        )
     manifest["quantization"] = {"mode": "none"}
     if options.quantize == "int8":
         manifest["quantization"] = quantize_with_guard(
@@ -146,6 +154,7 @@ def _build(
             encoder,
             force=options.force,
             max_auc_drop=options.max_auc_drop,
+            query_positives=table,
         )
     _seal(manifest, work, payload["model_name"], created)
     return manifest
@@ -172,6 +181,26 @@ def _copy_artifacts(dataset: PreparedDataset, work: Path) -> None:
         target = work / artifact
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(dataset.root / artifact, target)
+
+
+def _copy_query_positives(
+    model: Any, dataset: PreparedDataset, work: Path
+) -> QueryPositives | None:
+    """The diffusion job's table by query into the bundle, when the model reads it
+    (`slot_positives`); -> the table. QueryRecError when the dataset has none."""
+    if not getattr(model.cfg, "slot_positives", False):
+        return None
+    table = load_query_positives(dataset)
+    if table is None:
+        raise QueryRecError(
+            f"{dataset.root}: the model reads the diffusion pseudo-positives by query, and "
+            "the dataset has no augment/query_positives.parquet (run 'queryrec diffusion "
+            "augment')"
+        )
+    target = work / QUERY_POSITIVES_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    table.write(target)
+    return table
 
 
 def _manifest_body(

@@ -20,6 +20,7 @@ from sklearn.metrics import roc_auc_score
 
 from queryrec.evaluation.bundle_scoring import GraphSession, cpu_session, score_split
 from queryrec.features.dataset import PreparedDataset
+from queryrec.features.query_positives import QueryPositives
 from queryrec.progress import say
 from queryrec.training.calibration import (
     ECE_BINS,
@@ -73,18 +74,28 @@ def calibrate_ctr(
     dataset: PreparedDataset,
     manifest: dict[str, Any],
     encoder: GraphSession | None,
+    query_positives: QueryPositives | None = None,
 ) -> dict[str, Any]:
     """Fit Platt scaling on validation, insert it into `ctr_path`, check the rewritten
-    graph against the fitted transform, and return the manifest's calibration record."""
+    graph against the fitted transform, and return the manifest's calibration record
+    (`query_positives`: the bundle's table by query, when its model reads one)."""
     say("[export] calibration: scoring validation and test with the uncalibrated CTR graph")
     before = cpu_session(ctr_path)
-    valid_p, valid_y = score_split(dataset, "valid", manifest, encoder, before)
-    test_p, test_y = score_split(dataset, "test", manifest, encoder, before)
+    valid_p, valid_y = score_split(
+        dataset, "valid", manifest, encoder, before, query_positives=query_positives
+    )
+    test_p, test_y = score_split(
+        dataset, "test", manifest, encoder, before, query_positives=query_positives
+    )
     a, b = fit_platt(valid_p, valid_y)
     insert_platt(ctr_path, a, b)
     after = cpu_session(ctr_path)
-    valid_after, _ = score_split(dataset, "valid", manifest, encoder, after)
-    test_after, _ = score_split(dataset, "test", manifest, encoder, after)
+    valid_after, _ = score_split(
+        dataset, "valid", manifest, encoder, after, query_positives=query_positives
+    )
+    test_after, _ = score_split(
+        dataset, "test", manifest, encoder, after, query_positives=query_positives
+    )
     worst = float(np.max(np.abs(valid_after - apply_platt(valid_p, a, b))))
     if not worst <= SURGERY_TOLERANCE:
         raise CalibrationError(

@@ -28,13 +28,15 @@ compares them).
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from export.din_serving import DINServingHead, supports
 from export.match_counts_serving import ServingCounts
-from queryrec.features.model_inputs import ModelInputs
+from queryrec.features.model_inputs import OPTIONAL_INPUTS, ModelInputs
 from queryrec.models.ctr_model import CTRModel
 from queryrec.models.queryrec_model import QueryRecModel
 from queryrec.models.sesrec import SESRecModel
@@ -56,7 +58,9 @@ def encoder_outputs(model: CTRModel) -> tuple[str, ...]:
 def encoder_inputs(model: CTRModel) -> tuple[str, ...]:
     """The encoder graph's input names (`ModelInputs` fields)."""
     names = ("query_tokens", "query_age")
-    return (*names, "query_clicks") if isinstance(model, QueryRecModel) else names
+    if isinstance(model, QueryRecModel):
+        return (*names, "query_clicks", "query_click_source")
+    return names
 
 
 def ctr_inputs(model: CTRModel) -> tuple[str, ...]:
@@ -134,7 +138,7 @@ class CTRGraph(nn.Module):
             user_slots, pair_slots = self._slots(model)
             self.din_head = DINServingHead(model.backbone, user_slots, pair_slots)  # type: ignore[arg-type]
             if self.counts is not None:
-                self._fold_counts(model.backbone, pair_slots[-2] + 1)  # type: ignore[arg-type]
+                self._fold_counts(model.backbone, pair_slots[-2] + 1)
         elif self.queryrec is not None:
             raise ValueError("the served QueryRec's serving graph needs its DIN head")
         with torch.no_grad():
@@ -165,7 +169,9 @@ class CTRGraph(nn.Module):
         so that a candidate's count fields are one lookup per field of (M1,) rows, summed
         (`export.match_counts_serving`)."""
         assert self.counts is not None
-        first = backbone.head.net[0]
+        net = cast(nn.Module, backbone.head).net
+        assert isinstance(net, nn.Sequential)
+        first = net[0]
         assert isinstance(first, nn.Linear)
         d = self.counts.fields.shape[1]
         with torch.no_grad():
@@ -263,7 +269,5 @@ def _user_inputs(named: dict[str, Tensor]) -> ModelInputs[Tensor]:
         query_tokens=named.get("query_tokens", empty.view(-1, 1, 1)),
         query_age=named.get("query_age", empty.unsqueeze(1)),
         item=tokens.new_zeros((0,)),
-        query_clicks=named.get("query_clicks"),
-        query_minutes=named.get("query_minutes"),
-        click_minutes=named.get("click_minutes"),
+        **cast(dict[str, Any], {name: named.get(name) for name in OPTIONAL_INPUTS}),
     )

@@ -20,6 +20,8 @@ fields are one lookup. The parity check compares the whole graph with the traine
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -111,7 +113,7 @@ class ServingCounts(nn.Module):
         wanted = torch.cat([level_1, level_2, level_2, level_2, caption, caption, caption], 1)
         self.register_buffer("candidate_wanted", (wanted > 0).to(torch.float32))
         with torch.no_grad():
-            tables = [table.weight for table in counts.tables]
+            tables = [cast(nn.Embedding, table).weight for table in counts.tables]
             every = count_code(torch.arange(COUNT_ROWS))  # (18,) the codes of 0..17
             tenths = 1 + torch.arange(10)
             blocks = [tables[i][every] for i in _COUNTED]

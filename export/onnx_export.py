@@ -42,6 +42,7 @@ AXES: dict[str, tuple[str, ...]] = {
     "query_tokens": ("users", "L", "query_tokens"),
     "query_age": ("users", "L"),
     "query_clicks": ("users", "L", "query_clicks"),
+    "query_click_source": ("users", "L"),
     "query_minutes": ("users", "L"),
     "click_minutes": ("users", "click_history"),
     "query_repr": ("users", "dim"),

@@ -68,8 +68,11 @@ def draw_inputs(
     click_counts = rng.integers(0, per_query + 1, size=(users, length, 1))
     clicked_ok = slot_ok[..., None] & (np.arange(per_query)[None, None, :] < click_counts)
     clicked = rng.integers(1, v.items, size=(users, length, per_query))
+    has_clicks = clicked_ok.any(axis=-1)
     optional: dict[str, np.ndarray] = {
         "query_clicks": np.where(clicked_ok, clicked, 0),
+        # clicked, or (some of the slots with results) pseudo-positives
+        "query_click_source": np.where(has_clicks, 1 + (rng.random((users, length)) < 0.3), 0),
         "query_minutes": np.where(slot_ok, rng.integers(0, 20_000, size=(users, length)), 0),
         "click_minutes": np.where(click_ok, rng.integers(0, 20_000, size=(users, horizon)), 0),
     }

@@ -17,6 +17,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from queryrec.errors import QueryRecError
 from queryrec.evaluation.bundle_scoring import GraphSession, cpu_session, split_auc
 from queryrec.features.dataset import PreparedDataset
+from queryrec.features.query_positives import QueryPositives
 from queryrec.progress import say
 
 MAX_AUC_DROP = 0.002
@@ -34,13 +35,14 @@ def quantize_with_guard(
     *,
     force: bool,
     max_auc_drop: float = MAX_AUC_DROP,
+    query_positives: QueryPositives | None = None,
 ) -> dict[str, Any]:
     """Replace `ctr_path` by its INT8 version if the AUC guard allows; return the record."""
     int8_path = ctr_path.with_suffix(".int8.onnx")
     quantize_dynamic(ctr_path, int8_path, weight_type=QuantType.QInt8)
     say("[export] int8: scoring the test split with the fp32 and the int8 CTR graph")
     fp32, int8 = (
-        split_auc(dataset, "test", manifest, encoder, cpu_session(path))
+        split_auc(dataset, "test", manifest, encoder, cpu_session(path), query_positives)
         for path in (ctr_path, int8_path)
     )
     drop = fp32["auc"] - int8["auc"]

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from queryrec.features.bundle_format import IdMap, history_lengths
+from queryrec.features.bundle_format import IdMap, history_lengths, read_query_positives
 from queryrec.features.dataset import profile_table
 from queryrec.features.graph_feeds import graph_feed
 from queryrec.features.model_inputs import (
@@ -33,6 +33,7 @@ from queryrec.features.model_inputs import (
     model_inputs,
     trim_query_columns,
 )
+from queryrec.features.query_positives import QueryPositives
 from service.bundle import Bundle
 from service.redis_keys import VERSION_BYTES
 from service.state import UserState
@@ -80,6 +81,7 @@ class FeatureBuilder:
         reads: frozenset[str] = frozenset(),
         encoder_names: tuple[str, ...] = ("query_tokens", "query_age"),
         ctr_names: tuple[str, ...] = (),
+        query_positives: QueryPositives | None = None,
     ):
         self.lengths = lengths
         self.maps = maps
@@ -88,6 +90,7 @@ class FeatureBuilder:
         self.reads = reads  # optional inputs the bundle's graphs read
         self.encoder_names = encoder_names  # the encoder graph's inputs, in order
         self.ctr_names = ctr_names  # the CTR graph's inputs, in order
+        self.query_positives = query_positives  # the bundle's table by query, if any
 
     @classmethod
     def for_bundle(cls, bundle: Bundle) -> FeatureBuilder:
@@ -105,6 +108,7 @@ class FeatureBuilder:
             frozenset(manifest["reads"]),
             encoder,
             tuple(graphs["ctr"]["inputs"]),
+            read_query_positives(bundle.root, manifest),
         )
 
     def timelines(self, user: int, state: UserState) -> EventTimelines:
@@ -130,6 +134,7 @@ class FeatureBuilder:
             self.lengths,
             reads=self.reads,
             user_index=user,
+            query_positives=self.query_positives,
         )
         digest = hashlib.blake2b(digest_size=VERSION_BYTES)
         for name in self.encoder_names:

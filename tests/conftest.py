@@ -29,6 +29,19 @@ def tiny_data(tiny_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_augmented(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of `tiny_data` with the augment job's output from the category reference
+    (no denoiser to train: the plumbing of the pseudo-positives does not depend on where
+    they come from) (read-only)."""
+    from queryrec.diffusion.augment import augment_with_reference
+
+    out = tmp_path_factory.mktemp("augmented") / "tiny"
+    shutil.copytree(tiny_data, out)
+    augment_with_reference(out)
+    return out
+
+
 @pytest.fixture
 def raw_copy(tiny_raw: Path, tmp_path: Path) -> Path:
     """A private copy of the tiny raw folder that a test may break."""

@@ -9,6 +9,7 @@ wrote and outside its hashed files:
 | file | what |
 |---|---|
 | `augment/pseudo_positives.parquet` | `session` (row of timelines/search.parquet), `items` (K item indices, best first) |
+| `augment/query_positives.parquet` | the same by query, for serving (`queryrec.features.query_positives`): `key`, `items` |
 | `augment/manifest.json` | the dataset's schema hash, `source`, the diffusion model folder and its settings, K, counts, timing, `main_category_share` |
 
 `--reference category` writes the category reference's positives instead
@@ -40,10 +41,12 @@ from queryrec.diffusion.train import load_model
 from queryrec.diffusion.x0 import UNSEEN, sessions_in
 from queryrec.errors import QueryRecError
 from queryrec.features.dataset import PreparedDataset
+from queryrec.features.query_positives import QueryPositives, table_from_sessions
 from queryrec.training.batches import PseudoPositives
 from queryrec.training.distributed import resolve_device
 
 AUGMENT_DIR, POSITIVES_FILE, MANIFEST_FILE = "augment", "pseudo_positives.parquet", "manifest.json"
+QUERY_TABLE_FILE = "query_positives.parquet"
 
 
 def augment(
@@ -152,10 +155,15 @@ def write_positives(
     pl.DataFrame({"session": rows, "items": items[source].tolist()}).write_parquet(
         out / POSITIVES_FILE
     )
+    table = table_from_sessions(
+        dataset.query_offsets, dataset.query_words, dataset.search_ts, rows, items[source]
+    )
+    table.write(out / QUERY_TABLE_FILE)
     manifest: dict[str, Any] = {
         "schema_hash": dataset.content_hash,
         "k": int(items.shape[1]),
         "sessions": len(rows),
+        "query_table_entries": len(table),
         "queries" if isinstance(dataset, QueryUnits) else "rows": len(sessions),
         "main_category_share": {
             "pseudo_positives": main_category_share(dataset, category, sessions, items),
@@ -221,3 +229,14 @@ def load_pseudo_positives(dataset: PreparedDataset) -> PseudoPositives | None:
     for session, values in zip(sessions, lists, strict=True):
         flat[offsets[session] : offsets[session + 1]] = values
     return PseudoPositives(offsets=offsets, items=flat)
+
+
+def load_query_positives(dataset: PreparedDataset) -> QueryPositives | None:
+    """The augment job's table by query for `dataset` (None when it was not augmented, or
+    augmented before the table existed); QueryRecError when made for another dataset."""
+    if load_pseudo_positives(dataset) is None:  # checks the manifest's dataset hash
+        return None
+    path = dataset.root / AUGMENT_DIR / QUERY_TABLE_FILE
+    if not path.is_file():
+        return None
+    return QueryPositives.read(path, items=int(dataset.schema["vocab_sizes"]["items"]))

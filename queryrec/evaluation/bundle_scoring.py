@@ -20,10 +20,17 @@ import numpy as np
 
 from queryrec.errors import BundleError
 from queryrec.evaluation.metrics import evaluate
-from queryrec.features.bundle_format import CTR_FILE, ENCODER_FILE, history_lengths, read_manifest
+from queryrec.features.bundle_format import (
+    CTR_FILE,
+    ENCODER_FILE,
+    history_lengths,
+    read_manifest,
+    read_query_positives,
+)
 from queryrec.features.dataset import PreparedDataset
 from queryrec.features.graph_feeds import graph_feed
 from queryrec.features.model_inputs import model_inputs, trim_query_columns
+from queryrec.features.query_positives import QueryPositives
 
 
 class GraphSession(Protocol):
@@ -39,6 +46,7 @@ class BundleGraphs:
     manifest: dict[str, Any]
     encoder: GraphSession | None
     ctr: GraphSession
+    query_positives: QueryPositives | None = None  # the bundle's table by query, if any
 
 
 def cpu_session(path: Path) -> GraphSession:
@@ -61,7 +69,8 @@ def open_bundle_graphs(root: Path) -> BundleGraphs:
     """Verify a bundle (format version, every hash) and open its graphs on the CPU."""
     manifest = read_manifest(Path(root))
     encoder = cpu_session(Path(root) / ENCODER_FILE) if ENCODER_FILE in manifest["files"] else None
-    return BundleGraphs(manifest, encoder, cpu_session(Path(root) / CTR_FILE))
+    table = read_query_positives(Path(root), manifest)
+    return BundleGraphs(manifest, encoder, cpu_session(Path(root) / CTR_FILE), table)
 
 
 def score_split(
@@ -72,8 +81,10 @@ def score_split(
     ctr: GraphSession,
     *,
     batch_size: int = 4096,
+    query_positives: QueryPositives | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(P(click), label) for every sample of `split`, in the split's order."""
+    """(P(click), label) for every sample of `split`, in the split's order;
+    `query_positives`: the bundle's table by query when its model reads one."""
     data_info = manifest["dataset"]
     if data_info["schema_hash"] != dataset.content_hash:
         raise BundleError(
@@ -94,7 +105,15 @@ def score_split(
     for start in range(0, len(users), batch_size):
         rows = by_length[start : start + batch_size]  # short histories together
         inputs = trim_query_columns(
-            model_inputs(events, users[rows], ts[rows], lengths, items[rows], reads=reads)
+            model_inputs(
+                events,
+                users[rows],
+                ts[rows],
+                lengths,
+                items[rows],
+                reads=reads,
+                query_positives=query_positives,
+            )
         )
         encoded: dict[str, np.ndarray] = {}
         if encoder is not None:
@@ -111,8 +130,11 @@ def split_auc(
     manifest: dict[str, Any],
     encoder: GraphSession | None,
     ctr: GraphSession,
+    query_positives: QueryPositives | None = None,
 ) -> dict[str, float]:
     """AUC, GAUC and logloss of the graphs on a split."""
-    probs, labels = score_split(dataset, split, manifest, encoder, ctr)
+    probs, labels = score_split(
+        dataset, split, manifest, encoder, ctr, query_positives=query_positives
+    )
     users = dataset.samples(split)["user"].to_numpy()
     return evaluate(users, labels, probs)

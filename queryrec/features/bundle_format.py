@@ -12,6 +12,7 @@ and offline scoring (`queryrec.evaluation.bundle_scoring`). A bundle is a direct
 | `maps/{users,items,words}.parquet` | raw id -> model index (`raw_id`, `index`); anything absent maps to the unknown index 1 |
 | `features/users.parquet` | profile codes per user index (what `state load` writes to Redis) |
 | `features/items.parquet` | item side features per item index (for reference: `ctr.onnx` already holds every item's vectors) |
+| `features/query_positives.parquet` | models with `slot_positives` only: the diffusion job's pseudo-positives by query (`features.query_positives`), which the feature path gives searches without clicked results |
 
 `read_manifest` verifies the format version, every hash and the manifest's own fields
 (`check_manifest_fields`: the max lengths and profile fields agree with the shapes the
@@ -34,10 +35,12 @@ import polars as pl
 from queryrec.errors import BundleError
 from queryrec.features.graph_feeds import ENCODER_OUTPUTS
 from queryrec.features.model_inputs import OPTIONAL_INPUTS, USER_INPUTS, HistoryLengths
+from queryrec.features.query_positives import QueryPositives
 from queryrec.features.schema import UNKNOWN_INDEX, sha256_file
 
 FORMAT_VERSION = 2  # 2: graph inputs are ModelInputs fields by name; search clicks
 MANIFEST = "manifest.json"
+QUERY_POSITIVES_FILE = "features/query_positives.parquet"
 ENCODER_FILE = "query_encoder.onnx"
 CTR_FILE = "ctr.onnx"
 ARTIFACTS = (
@@ -355,3 +358,16 @@ def history_lengths(manifest: dict[str, Any]) -> HistoryLengths:
         tokens=int(lengths["query_tokens"]),
         clicks_per_query=int(lengths["query_clicks"]),
     )
+
+
+def read_query_positives(root: Path, manifest: Mapping[str, Any]) -> QueryPositives | None:
+    """The bundle's table by query when its manifest names one (the model reads it),
+    checked against the item vocabulary; None otherwise."""
+    name = manifest.get("query_positives")
+    if name is None:
+        return None
+    if name != QUERY_POSITIVES_FILE or name not in manifest["files"]:
+        raise BundleError(
+            f"{Path(root) / MANIFEST}: query_positives names {name!r}, not a bundle file"
+        )
+    return QueryPositives.read(Path(root) / name, items=int(manifest["vocab_sizes"]["items"]))

@@ -13,7 +13,8 @@ an age bucket or a search's clicked results. For a request of a user at time t:
 | `click_history` | (U, H) | the newest H feed clicks with timestamp < t, oldest first, left-padded with 0 |
 | `query_tokens` | (U, L, T) | the newest L searches with timestamp < t, oldest first, left-padded; the first T words of each, right-padded with 0 |
 | `query_age` | (U, L) | age bucket of each of those searches at t (`time_features.query_age_buckets`); 0 = padding, so `query_age > 0` marks a slot that holds a search |
-| `query_clicks` | (U, L, K) | the first K results clicked after each of those searches (in the order recorded: display order offline), 0 = none; optional |
+| `query_clicks` | (U, L, K) | the first K results clicked after each of those searches (in the order recorded: display order offline), 0 = none; with a query positives table, a search without clicked results gets its query's pseudo-positives (`features.query_positives`); optional |
+| `query_click_source` | (U, L) | where a slot's results come from: 0 none, 1 clicked, 2 pseudo-positives; optional |
 | `query_minutes`, `click_minutes` | (U, L), (U, H) | minutes from each history search / click to t, 0 on padding; optional |
 | `item` | (N,) | candidate item indices |
 | `pair_user` | (N,) or None | the user row of each candidate; None: candidate i goes with row i (N = U, a training batch) |
@@ -47,6 +48,12 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from queryrec.features.query_positives import (
+    CLICKED,
+    QueryPositives,
+    csr_query_keys,
+    fill_from_table,
+)
 from queryrec.features.schema import PADDING_INDEX
 from queryrec.features.time_features import hour_of_day, query_age_buckets
 
@@ -56,11 +63,17 @@ MINUTE_MS = 60_000
 A = TypeVar("A")  # an array type: numpy.ndarray on the feature path, torch.Tensor in models
 B = TypeVar("B")
 
-OPTIONAL_INPUTS = ("query_clicks", "query_minutes", "click_minutes")
+OPTIONAL_INPUTS = ("query_clicks", "query_click_source", "query_minutes", "click_minutes")
 """The optional user-level inputs the feature path builds when a model reads them."""
 USER_INPUTS = ("user", "hour", "profile", "click_history", "query_tokens", "query_age")
 """The user-level inputs every model gets (one row per user row U)."""
-QUERY_SLOT_INPUTS = ("query_tokens", "query_age", "query_clicks", "query_minutes")
+QUERY_SLOT_INPUTS = (
+    "query_tokens",
+    "query_age",
+    "query_clicks",
+    "query_click_source",
+    "query_minutes",
+)
 """The inputs with one entry per query slot (axis 1), trimmed together."""
 
 
@@ -105,6 +118,9 @@ class ModelInputs(Generic[A]):
     item: A  # (N,) int64 candidate item indices
     pair_user: A | None = None  # (N,) int64 user row of each candidate; None: N = U, row i
     query_clicks: A | None = None  # (U, L, K) int64 clicked results per slot, 0 = none
+    # (U, L) int64 where each slot's results come from: 0 none, 1 clicked by the user,
+    # 2 the query's pseudo-positives (`features.query_positives`)
+    query_click_source: A | None = None
     query_minutes: A | None = None  # (U, L) int64 minutes from each search to t, 0 = padding
     click_minutes: A | None = None  # (U, H) int64 minutes from each click to t, 0 = padding
     # Training rows only: the candidate's out-of-fold item and author rate codes (the
@@ -199,6 +215,12 @@ class EventTimelines:
             query_click_start=click_start,
             query_click_items=click_values,
         )
+
+    @cached_property
+    def query_word_keys(self) -> np.ndarray:
+        """(Q,) int64 each search's query key (`query_positives.csr_query_keys`: its set
+        of words; 0 without words), what the query positives table is looked up by."""
+        return csr_query_keys(self.word_start, self.words)
 
     @cached_property
     def _click_keys(self) -> _TimeKeys:
@@ -297,11 +319,13 @@ def inputs_from_windows(
     pair_user: np.ndarray | None = None,
     reads: frozenset[str] | tuple[str, ...] = (),
     user_index: np.ndarray | None = None,
+    query_positives: QueryPositives | None = None,
 ) -> ModelInputs[np.ndarray]:
     """The model inputs of the requests whose slots are `windows`, with candidates `items`
     (N,) (and `pair_user` (N,), None: one candidate per request); `reads`: the optional
     inputs to build (`OPTIONAL_INPUTS`); `user_index` (B,): the user indices when they
-    are not the timeline rows (the service's one-row timelines)."""
+    are not the timeline rows (the service's one-row timelines); `query_positives`: the
+    table that gives a search without clicked results its query's pseudo-positives."""
     unknown = sorted(set(reads) - set(OPTIONAL_INPUTS))
     if unknown:
         raise ValueError(f"unknown optional inputs {unknown}; choose from {OPTIONAL_INPUTS}")
@@ -318,6 +342,17 @@ def inputs_from_windows(
             windows.query_index,
             lengths.clicks_per_query,
         )
+    if "query_click_source" in reads:
+        clicks = optional.get("query_clicks")
+        if clicks is None:
+            raise ValueError("query_click_source is built with query_clicks: read both")
+        if query_positives is None:
+            optional["query_click_source"] = np.where((clicks > 0).any(axis=-1), CLICKED, 0)
+        else:
+            keys = np.where(query_ok, _gather(events.query_word_keys, query), 0)  # (B, L)
+            optional["query_clicks"], optional["query_click_source"] = fill_from_table(
+                clicks, keys, query_positives
+            )
     if "query_minutes" in reads:
         optional["query_minutes"] = minutes_before(query_ts, query_ok, request_ms)
     if "click_minutes" in reads:
@@ -350,6 +385,7 @@ def model_inputs(
     pair_user: np.ndarray | None = None,
     reads: frozenset[str] | tuple[str, ...] = (),
     user_index: np.ndarray | None = None,
+    query_positives: QueryPositives | None = None,
 ) -> ModelInputs[np.ndarray]:
     """The model inputs of requests by user row `rows` (B,) at times `request_ms` (B,) with
     candidates `items` (default: none, for user-level work such as the encoder)."""
@@ -363,6 +399,7 @@ def model_inputs(
         pair_user=pair_user,
         reads=reads,
         user_index=user_index,
+        query_positives=query_positives,
     )
 
 

@@ -60,6 +60,8 @@ class ModelConfig:
     search_clicks: bool = False  # query slots read their clicked results' item vectors
     target_attention: bool = False  # the candidate attends over every SAS output position
     match_counts: bool = False  # history and search matches of the candidate as count fields
+    # a search without clicked results reads its query's diffusion pseudo-positives instead
+    slot_positives: bool = False
     extra: dict[str, float] = field(default_factory=dict)  # reserved for model-specific knobs
 
     @property

@@ -7,7 +7,9 @@ the query history becomes
 
     x_i = e_{q_i} (words) + age_i + mean_k e_{c_ik} (its clicked results, 0 if none) + kind_i
 
-where kind_i embeds whether the slot has clicked results. A slot is valid when it holds a
+where kind_i embeds where the slot's results come from: none, clicked by the user, or
+(`slot_positives`) the diffusion job's pseudo-positives for a search without clicks
+(`queryrec.features.query_positives`). A slot is valid when it holds a
 search that has words or clicked results: a search without words but with clicks is
 information, not padding.
 """
@@ -18,7 +20,7 @@ from torch import Tensor, nn
 
 from queryrec.models.layers import masked_mean
 
-NO_CLICK, CLICKED = 0, 1
+SOURCES = 3  # `query_click_source`: none, clicked, pseudo-positives
 
 
 def slot_valid(has_words: Tensor, clicked_mask: Tensor) -> Tensor:
@@ -32,7 +34,7 @@ class QuerySlots(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.kind = nn.Embedding(2, dim)  # NO_CLICK / CLICKED
+        self.kind = nn.Embedding(SOURCES, dim)  # by query_click_source
 
     def forward(
         self,
@@ -40,10 +42,10 @@ class QuerySlots(nn.Module):
         has_words: Tensor,
         clicked: Tensor,
         clicked_mask: Tensor,
+        source: Tensor,
     ) -> tuple[Tensor, Tensor]:
         """word_vectors (U, L, d) e_q + age, has_words (U, L) bool, clicked (U, L, K, d)
-        item vectors of the clicked results, clicked_mask (U, L, K) bool ->
-        (slot vectors (U, L, d), valid (U, L))."""
-        has_clicks = clicked_mask.any(dim=-1)  # (U, L)
-        vectors = word_vectors + masked_mean(clicked, clicked_mask) + self.kind(has_clicks.long())
+        item vectors of the slot's results, clicked_mask (U, L, K) bool, source (U, L)
+        int64 (`query_click_source`) -> (slot vectors (U, L, d), valid (U, L))."""
+        vectors = word_vectors + masked_mean(clicked, clicked_mask) + self.kind(source)
         return vectors, slot_valid(has_words, clicked_mask)

@@ -8,7 +8,10 @@ pseudo-positives in L_cl) and adds three parts, each a switch of `ModelConfig` a
 paired ablation row (`registry`):
 
 1. **Search clicks in the query slots** (`search_clicks`, `query_slots.QuerySlots`): each
-   slot also reads the item vectors of the results clicked after that search.
+   slot also reads the item vectors of the results clicked after that search; with
+   `slot_positives`, a search without clicks reads its query's diffusion pseudo-positives
+   instead (the paper's diffusion job, looked up by query at serving too:
+   `queryrec.features.query_positives`).
 2. **Target attention over every SAS position** (`target_attention`,
    `search_attention.SearchAttention`): the candidate attends over h_1..h_L, so several
    live intents are not squeezed into one point; the field and its product with the
@@ -49,7 +52,7 @@ class UserQueryState(NamedTuple):
 class QueryRecModel(CTRModel):
     """`CTRModel`'s DIN with the query tower, plus the parts in the module docstring."""
 
-    reads: ClassVar[frozenset[str]] = frozenset({"query_clicks"})
+    reads: ClassVar[frozenset[str]] = frozenset({"query_clicks", "query_click_source"})
 
     def __init__(self, cfg: ModelConfig, item_side: dict[str, Tensor]):
         if not cfg.use_query:
@@ -86,7 +89,10 @@ class QueryRecModel(CTRModel):
             clicks = self.query_clicks(inputs)
             if clicked is None:
                 clicked = self.items.base(clicks)
-            vectors, valid = self.slots(vectors, has_words, clicked, clicks > 0)
+            source = inputs.query_click_source
+            if source is None:  # no source given: a slot with results was clicked
+                source = (clicks > 0).any(dim=-1).long()
+            vectors, valid = self.slots(vectors, has_words, clicked, clicks > 0, source)
         states = self.sas.encode_positions(vectors, valid)  # (U, L, d)
         states = states * valid.unsqueeze(-1).to(states.dtype)
         return UserQueryState(states, valid, self.sas.last_valid(states, valid))

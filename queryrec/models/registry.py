@@ -78,6 +78,7 @@ class ModelSpec:
     search_clicks: bool = False
     target_attention: bool = False
     match_counts: bool = False
+    slot_positives: bool = False
 
 
 SERVED_NEXT_WEIGHT = 0.0
@@ -93,6 +94,7 @@ def _queryrec(
     search_clicks: bool = True,
     target_attention: bool = True,
     match_counts: bool = True,
+    slot_positives: bool = False,
 ) -> ModelSpec:
     """The served QueryRec with some of its parts switched off (an ablation row)."""
     return ModelSpec(
@@ -106,6 +108,7 @@ def _queryrec(
         search_clicks=search_clicks,
         target_attention=target_attention,
         match_counts=match_counts,
+        slot_positives=slot_positives,
     )
 
 
@@ -120,6 +123,8 @@ MODELS: dict[str, ModelSpec] = {
     "queryrec-with-next": _queryrec(next_weight=0.05),  # the paper's lambda_2
     "queryrec-no-cl": _queryrec(contrastive_loss=False),
     "queryrec-no-diffusion": _queryrec(diffusion_positives=False),
+    # the diffusion job's pseudo-positives as the results of searches without clicks
+    "queryrec-slot-positives": _queryrec(slot_positives=True),
     "queryrec-paper": ModelSpec("din", use_query=True, next_loss=True, contrastive_loss=True),
     "queryrec-dcn": ModelSpec("dcn", use_query=True, next_loss=True, contrastive_loss=True),
     "queryrec-paper-no-next-no-diffusion": ModelSpec(
@@ -170,6 +175,7 @@ def model_config(name: str, schema: dict[str, Any], **overrides: Any) -> ModelCo
         search_clicks=spec.search_clicks,
         target_attention=spec.target_attention,
         match_counts=spec.match_counts,
+        slot_positives=spec.slot_positives,
     )
     return replace(base, **overrides)
 

@@ -66,6 +66,7 @@ from queryrec.features.model_inputs import (
     inputs_from_windows,
     trim_query_columns,
 )
+from queryrec.features.query_positives import QueryPositives
 from queryrec.features.time_features import HOUR_MS
 from queryrec.training.query_positives import query_positives
 from queryrec.training.task_inputs import search_task_inputs, with_training_inputs
@@ -160,14 +161,18 @@ class BatchBuilder:
         pseudo_positives: PseudoPositives | None = None,
         reads: frozenset[str] = frozenset(),
         training_inputs: tuple[str, ...] = (),
+        slot_positives: QueryPositives | None = None,
     ):
         """`reads`: the optional model inputs to build (`model_inputs.OPTIONAL_INPUTS`);
-        `training_inputs`: the training-only ones (`task_inputs.TRAINING_INPUTS`)."""
+        `training_inputs`: the training-only ones (`task_inputs.TRAINING_INPUTS`);
+        `slot_positives`: the diffusion table that gives searches without clicked results
+        their query's pseudo-positives (`features.query_positives`), for the query slots."""
         self.ds = dataset
         self.lengths = lengths
         self.events = dataset.timelines()
         self.aux = aux
         self.reads = reads
+        self.slot_positives = slot_positives
         self.search = search_task_inputs(training_inputs, dataset)
         self.rate_codes = (
             rate_bucket_fields(dataset).train_rows
@@ -255,7 +260,12 @@ class BatchBuilder:
         ends = (arrays.click_end[rows], arrays.search_end[rows])
         windows = history_windows(self.events, user, ts, self.lengths, ends)
         inputs = inputs_from_windows(
-            self.events, windows, self.lengths, arrays.item[rows], reads=self.reads
+            self.events,
+            windows,
+            self.lengths,
+            arrays.item[rows],
+            reads=self.reads,
+            query_positives=self.slot_positives,
         )
         inputs = trim_query_columns(inputs)
         if rng is not None:

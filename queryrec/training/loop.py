@@ -24,10 +24,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from queryrec.diffusion.augment import load_pseudo_positives
+from queryrec.diffusion.augment import load_pseudo_positives, load_query_positives
+from queryrec.errors import QueryRecError
 from queryrec.evaluation.metrics import auc, evaluate, logloss
 from queryrec.evaluation.slices import last_query_without_click
 from queryrec.features.dataset import PreparedDataset
+from queryrec.features.query_positives import QueryPositives
 from queryrec.models.config import ModelConfig
 from queryrec.models.ctr_model import CTRModel
 from queryrec.models.registry import ModelSpec, build_model, model_config, model_spec
@@ -144,6 +146,7 @@ def fit(
         pseudo_positives=pseudo,
         reads=model.reads,
         training_inputs=model.wanted_training_inputs(),
+        slot_positives=_slot_positives(dataset, model_cfg.slot_positives),
     )
     train_arrays = builder.split_arrays("train", with_aux=True)
     valid_arrays = builder.split_arrays("valid", with_aux=False)
@@ -235,6 +238,21 @@ def _pseudo_positives(
             "queries only (run 'queryrec diffusion augment' first)"
         )
     return pseudo
+
+
+def _slot_positives(dataset: PreparedDataset, wanted: bool) -> QueryPositives | None:
+    """The diffusion job's table by query when the model reads it (`slot_positives`);
+    QueryRecError when the dataset has none."""
+    if not wanted:
+        return None
+    table = load_query_positives(dataset)
+    if table is None:
+        raise QueryRecError(
+            f"{dataset.root}: the model reads the diffusion pseudo-positives by query, and "
+            "the dataset has no augment/query_positives.parquet (run 'queryrec diffusion "
+            "augment' first)"
+        )
+    return table
 
 
 @dataclass

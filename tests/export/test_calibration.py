@@ -113,8 +113,10 @@ def test_the_bundle_carries_the_calibration_it_was_checked_with(
     record = json.loads((bundle / "manifest.json").read_text())["calibration"]
     a, b = record["a"], record["b"]
     assert a > 0 and record["max_abs_diff_to_fit"] <= 1e-5
-    # monotone: the ranking, hence AUC, is unchanged
-    assert record["test_auc_after"] == pytest.approx(record["test_auc_before"], abs=1e-6)
+    # monotone: the ranking, hence AUC, is unchanged up to float32 ties (the graph's
+    # Sigmoid output rounds near-equal scores together or apart: a handful of the test
+    # split's positive-negative pairs, each worth 1 / (positives * negatives))
+    assert record["test_auc_after"] == pytest.approx(record["test_auc_before"], abs=1e-4)
     for key in ("valid_ece_before", "valid_ece_after", "test_ece_before", "test_ece_after"):
         assert 0.0 <= record[key] < 0.5, key
     # The fit is maximum likelihood on validation: there the calibrated graph's log loss
