@@ -43,6 +43,9 @@ def full_row(builder: FeatureBuilder) -> UserRow:
             if "query_clicks" in builder.reads
             else None
         ),
+        query_click_source=(
+            np.ones((1, slots), np.int64) if "query_click_source" in builder.reads else None
+        ),
         query_minutes=np.ones((1, slots), np.int64) if "query_minutes" in builder.reads else None,
         click_minutes=(
             np.ones((1, lengths.clicks), np.int64) if "click_minutes" in builder.reads else None

@@ -192,6 +192,7 @@ class Scorer:
             query_clicks=(
                 full(users, slots, lengths.clicks_per_query) if "query_clicks" in reads else None
             ),
+            query_click_source=full(users, slots) if "query_click_source" in reads else None,
             query_minutes=full(users, slots) if "query_minutes" in reads else None,
             click_minutes=full(users, lengths.clicks) if "click_minutes" in reads else None,
         )

@@ -36,13 +36,15 @@ def test_manifest_describes_the_bundle(bundle: Path, queryrec_run: Path) -> None
     assert set(manifest["graphs"]) == {"query_encoder", "ctr"}
     # Every graph input is a `ModelInputs` field by name, or an encoder output.
     encoder = manifest["graphs"]["query_encoder"]
-    assert list(encoder["inputs"]) == ["query_tokens", "query_age", "query_clicks"]
+    assert list(encoder["inputs"]) == [
+        "query_tokens", "query_age", "query_clicks", "query_click_source",
+    ]  # fmt: skip
     assert list(encoder["outputs"]) == ["query_repr", "query_states"]
     assert list(manifest["graphs"]["ctr"]["inputs"]) == [
         "query_repr", "query_states", "user", "hour", "profile", "click_history",
         "query_tokens", "query_age", "query_clicks", "pair_user", "item",
     ]  # fmt: skip
-    assert manifest["reads"] == ["query_clicks"]
+    assert manifest["reads"] == ["query_click_source", "query_clicks"]
     assert manifest["max_lengths"]["query_clicks"] == manifest["model_config"]["query_clicks"]
     metrics = json.loads((queryrec_run / "metrics.json").read_text())
     assert manifest["offline_metrics"]["test"]["auc"] == metrics["test"]["auc"]
