@@ -155,8 +155,13 @@ def write_positives(
     pl.DataFrame({"session": rows, "items": items[source].tolist()}).write_parquet(
         out / POSITIVES_FILE
     )
+    sessions_of = dataset.base if isinstance(dataset, QueryUnits) else dataset  # rows index it
     table = table_from_sessions(
-        dataset.query_offsets, dataset.query_words, dataset.search_ts, rows, items[source]
+        sessions_of.query_offsets,
+        sessions_of.query_words,
+        sessions_of.search_ts,
+        rows,
+        items[source],
     )
     table.write(out / QUERY_TABLE_FILE)
     manifest: dict[str, Any] = {

@@ -70,6 +70,11 @@ def test_cutting_empty_query_columns_changes_no_output(name: str, tiny_data: Pat
         full = full.replace(
             query_clicks=torch.nn.functional.pad(inputs.query_clicks, (0, 0, pad, 0))
         )
+    if inputs.query_click_source is not None:
+        assert inputs.query_click_source.shape[1] == cut
+        full = full.replace(
+            query_click_source=torch.nn.functional.pad(inputs.query_click_source, (pad, 0))
+        )
     with torch.no_grad():
         short, padded = model(inputs), model(full)
     torch.testing.assert_close(short, padded, atol=1e-6, rtol=0)
