@@ -108,3 +108,27 @@ def test_the_slot_positives_row_refuses_a_dataset_without_the_table(
             tmp_path / "r",
             TrainConfig(model="queryrec-slot-positives", epochs=1, progress=False),
         )
+
+
+@pytest.mark.slow
+def test_a_slot_positives_bundle_serves_what_it_scores_offline(
+    tiny_augmented: Path, tmp_path: Path, redis_client_url: str
+) -> None:
+    """The table travels in the bundle and the service looks click-less searches up in it
+    exactly as training did: every replayed impression scores as offline."""
+    from queryrec.features.bundle_format import read_query_positives
+    from queryrec.training.config import TrainConfig
+    from queryrec.training.loop import train
+    from tests.clients.test_replay import serves_what_it_scores_offline
+
+    run = tmp_path / "run"
+    train(
+        tiny_augmented,
+        run,
+        TrainConfig(model="queryrec-slot-positives", epochs=1, batch_size=512, progress=False),
+    )
+    manifest = serves_what_it_scores_offline(run, tiny_augmented, tmp_path, redis_client_url)
+    carried = read_query_positives(tmp_path / "bundle", manifest)
+    written = load_query_positives(PreparedDataset(tiny_augmented))
+    assert carried is not None and written is not None
+    assert carried.keys.tolist() == written.keys.tolist()
