@@ -21,12 +21,12 @@ def _run(bench: Path, name: str, seed: int, auc: float, slice_auc: float) -> Non
 
 def test_models_from_two_benches_pair_by_seed(tmp_path: Path) -> None:
     main, ablation = tmp_path / "main", tmp_path / "ablation"
-    for seed, (full, steady, noisy) in enumerate(
+    for seed, (full_auc, steady_auc, noisy_auc) in enumerate(
         [(0.80, 0.79, 0.70), (0.81, 0.80, 0.83), (0.82, 0.81, 0.79)]
     ):
-        _run(main, "full", seed, full, full)
-        _run(ablation, "steady", seed, steady, full - 0.02)
-        _run(ablation, "noisy", seed, noisy, full)
+        _run(main, "full", seed, full_auc, full_auc)
+        _run(ablation, "steady", seed, steady_auc, full_auc - 0.02)
+        _run(ablation, "noisy", seed, noisy_auc, full_auc)
     rows = {row.model: row for row in paired_rows("full", read_runs([main, ablation]))}
     steady, noisy = rows["steady"], rows["noisy"]
     assert steady.diff_mean is not None and abs(steady.diff_mean - 0.01) < 1e-9
