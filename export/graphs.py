@@ -5,8 +5,8 @@ offline scoring build feeds by those names (`queryrec.features.graph_feeds`).
 
 `QueryEncoderGraph`: a batch of users' query slots -> what the model computes from the
 query history alone (`query_repr` (U, d), and for the served QueryRec also
-`query_states` (U, L, d), the SAS output at every slot). The service caches it per
-history version.
+`query_states` (U, L, d), the SAS output at every slot, when its target attention is on:
+`queryrec-with-target-attention`). The service caches it per history version.
 
 `CTRGraph`: user-level rows plus a flat list of (user row, candidate item) pairs ->
 P(click) per pair. The flat layout lets the service batch the candidates of many requests
@@ -17,8 +17,8 @@ user row and N_r pairs pointing at it. Three forms, by model:
   once at export for every item and stored as two tables (base and caption part) inside
   the graph; user-level parts are computed once per user row and gathered per pair; a
   DIN head is replaced by its serving rewrite (`export.din_serving`);
-- the served QueryRec (`QueryRecModel`): the same, plus its target attention over the
-  encoder's `query_states` and its match counts, counted once per user row
+- the served QueryRec (`QueryRecModel`): the same, plus its match counts, counted once per
+  user row, and (option) its target attention over the encoder's `query_states`
   (`export.match_counts_serving`);
 - the baselines that encode whole histories per candidate (SESRec, UniSAR): the model's
   own forward on the user rows gathered per pair (`ModelInputs.per_pair`).
@@ -50,7 +50,7 @@ def encoder_outputs(model: CTRModel) -> tuple[str, ...]:
     """The encoder graph's output names ((): the model has no encoder graph)."""
     if isinstance(model, WHOLE_MODEL) or not model.cfg.use_query:
         return ()
-    if isinstance(model, QueryRecModel):
+    if isinstance(model, QueryRecModel) and model.cfg.target_attention:
         return ("query_repr", "query_states")
     return ("query_repr",)
 
@@ -88,7 +88,7 @@ class QueryEncoderGraph(nn.Module):
         inputs = _user_inputs(dict(zip(self.names, tensors, strict=True)))
         if isinstance(self.model, QueryRecModel):
             user = self.model.user_side(inputs)
-            return user.query, user.states
+            return (user.query, user.states) if self.model.cfg.target_attention else user.query
         return self.model.query_representation(inputs)
 
 

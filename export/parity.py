@@ -94,7 +94,9 @@ def encoder_reference(model: CTRModel, inputs: ModelInputs[torch.Tensor]) -> dic
     """What the encoder graph must output for `inputs`, by output name."""
     if isinstance(model, QueryRecModel):
         user = model.user_side(inputs)
-        return {"query_repr": user.query.numpy(), "query_states": user.states.numpy()}
+        if model.cfg.target_attention:
+            return {"query_repr": user.query.numpy(), "query_states": user.states.numpy()}
+        return {"query_repr": user.query.numpy()}
     return {"query_repr": model.query_representation(inputs).numpy()}
 
 

@@ -7,8 +7,8 @@ Eight stages, each announced on stderr as `[demo] k/8`:
 3. diffusion: train the denoiser on the training split's clicked queries, then write
    top-K pseudo-positives for the click-less ones into the dataset (QueryRec's L_cl uses
    them);
-4. train: DIN and the served QueryRec (`queryrec`: search clicks in the query slots,
-   target attention over the SAS outputs, match counts), their test AUC side by side and
+4. train: DIN and the served QueryRec (`queryrec`: search clicks in the query slots
+   and match counts), their test AUC side by side and
    the lift;
 5. export: QueryRec to a parity-checked ONNX bundle, its manifest summary;
 6. state load: a private, throw-away redis-server (`service.embedded_redis`) gets every

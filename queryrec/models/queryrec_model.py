@@ -15,7 +15,9 @@ paired ablation row (`registry`):
 2. **Target attention over every SAS position** (`target_attention`,
    `search_attention.SearchAttention`): the candidate attends over h_1..h_L, so several
    live intents are not squeezed into one point; the field and its product with the
-   candidate join e_q and e_q * candidate.
+   candidate join e_q and e_q * candidate. **Off in the served model**: paired over 3
+   seeds it paid on none of the three datasets (docs/RESULTS.md); the row
+   `queryrec-with-target-attention` reproduces that.
 3. **Match counts** (`match_counts`, `match_counts.MatchCounts`): how many feed clicks
    and searches match the candidate's category or caption, as embedded count fields.
 

@@ -1,8 +1,9 @@
-"""The candidate's target attention over every SAS output position (served QueryRec).
+"""The candidate's target attention over every SAS output position (an option of QueryRec).
 
-The paper squeezes the query history into one candidate-independent vector, the SAS
-output at the last position, so a user with several live intents is one point. Here the
-candidate also attends over all positions (the SAS outputs h_1..h_L, each already
+Off in the served model: it paid on none of the datasets of docs/RESULTS.md
+(`queryrec-with-target-attention` reproduces that). The paper squeezes the query history
+into one candidate-independent vector, the SAS output at the last position, so a user with
+several live intents is one point. Here the candidate also attends over all positions (the SAS outputs h_1..h_L, each already
 contextualised by the searches before it):
 
     a(c) = sum_i softmax_i(<W h_i, c> / sqrt(d)) h_i     over the valid slots

@@ -174,3 +174,26 @@ def test_a_search_without_words_is_a_history_slot_through_the_api(
     feed = graph_feed(manifest["graphs"]["ctr"]["inputs"], inputs, encoded)
     expected = graphs.ctr.run(None, feed)[0]
     np.testing.assert_allclose(served.scores, expected, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.slow
+def test_a_target_attention_bundle_serves_what_it_scores_offline(
+    tiny_data: Path, tmp_path: Path, redis_client_url: str
+) -> None:
+    """The option the served model leaves off keeps its serving path: the encoder also
+    outputs the SAS states, the service caches them, and every impression scores as
+    offline."""
+    from queryrec.training.config import TrainConfig
+    from queryrec.training.loop import train
+
+    run = tmp_path / "run"
+    train(
+        tiny_data,
+        run,
+        TrainConfig(
+            model="queryrec-with-target-attention", epochs=1, batch_size=512, progress=False
+        ),
+    )
+    manifest = serves_what_it_scores_offline(run, tiny_data, tmp_path, redis_client_url)
+    assert list(manifest["graphs"]["query_encoder"]["outputs"]) == ["query_repr", "query_states"]
+    assert "query_states" in manifest["graphs"]["ctr"]["inputs"]

@@ -39,9 +39,10 @@ def test_manifest_describes_the_bundle(bundle: Path, queryrec_run: Path) -> None
     assert list(encoder["inputs"]) == [
         "query_tokens", "query_age", "query_clicks", "query_click_source",
     ]  # fmt: skip
-    assert list(encoder["outputs"]) == ["query_repr", "query_states"]
+    # The SAS states are an output only with the target attention option (off when served).
+    assert list(encoder["outputs"]) == ["query_repr"]
     assert list(manifest["graphs"]["ctr"]["inputs"]) == [
-        "query_repr", "query_states", "user", "hour", "profile", "click_history",
+        "query_repr", "user", "hour", "profile", "click_history",
         "query_tokens", "query_age", "query_clicks", "pair_user", "item",
     ]  # fmt: skip
     assert manifest["reads"] == ["query_click_source", "query_clicks"]
@@ -59,7 +60,7 @@ def test_manifest_describes_the_bundle(bundle: Path, queryrec_run: Path) -> None
 def test_parity_ran_at_the_odd_shapes(bundle: Path) -> None:
     parity = read_manifest(bundle)["parity"]
     shapes = {case["shape"] for case in parity["cases"]}
-    outputs = ("query_repr", "query_states")
+    outputs = ("query_repr",)
     assert {f"{name} users={b}" for name in outputs for b in ENCODER_BATCHES} <= shapes
     assert {f"users=3 pairs={n}" for n in CTR_CANDIDATES} <= shapes
     assert parity["max_abs_diff"] <= 1e-5

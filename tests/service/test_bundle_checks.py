@@ -168,7 +168,7 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "ctr.onnx is the encoder graph": (
         _ctr_is_the_encoder,
-        "graphs.ctr.inputs declares query_repr, query_states, user, hour, profile, "
+        "graphs.ctr.inputs declares query_repr, user, hour, profile, "
         "click_history, pair_user, item, which ctr.onnx does not have",
     ),
     # manifest fields vs each other
