@@ -150,7 +150,7 @@ MODELS: dict[str, ModelSpec] = {
 DEFAULT_BENCH_MODELS = (
     "din", "sesrec", "unisar", "lightgbm", "lightgbm-query", "queryrec-paper", "queryrec",
 )  # fmt: skip
-"""The comparison that decides which model to serve (each row 3 seeds in 45 min on `small`)."""
+"""The comparison that decides which model to serve (docs/RESULTS.md)."""
 PAPER_TABLE_MODELS = ("din", "dcn", "ple", "sesrec", "iv4rec", "queryrec-paper")
 """The paper's table (Table 2), with the paper's QueryRec."""
 ABLATION_MODELS = (

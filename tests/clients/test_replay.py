@@ -73,7 +73,9 @@ def test_replay_of_tiny_matches_offline_per_impression(
     assert summary["compared"] == summary["impressions"] > 0
     assert summary["above_tolerance"] == 0
     assert summary["max_abs_diff"] <= TOLERANCE
-    assert abs(summary["served_auc"] - summary["offline_auc"]) <= 1e-6
+    # Scores equal to float32 rounding can still swap tied pairs (1e-6 AUC was exceeded
+    # with every score within 1.2e-7); the per-impression bound above is the proof.
+    assert abs(summary["served_auc"] - summary["offline_auc"]) <= 1e-4
 
 
 @pytest.mark.slow
