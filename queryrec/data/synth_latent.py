@@ -7,7 +7,7 @@ The diffusion job's settings (hide share, display-order grading, one sampling st
 loss weights and K were all chosen on `synth.py`'s data, whose topics, key words and
 search results were written by the same people who wrote the method. A held-out check
 needs data whose mechanism the method was not fitted to: this module. Use it only to
-*measure* (docs/RESULTS.md, "Transfer"); changing a default because of a number on it
+*measure* (docs/HISTORY.md, "Transfer"); changing a default because of a number on it
 would make it one more training set.
 
 Generative story (knobs in `LatentStory`; sizes from the same `SynthPreset`)

@@ -11,7 +11,7 @@ Two uses, both to tell what the diffusion model's pseudo-positives are worth:
   ranking of the items a query did not show is from it;
 - `queryrec diffusion augment --reference category`: these positives are written in place
   of the diffusion ones, so that `queryrec bench --models queryrec` measures what
-  on-topic positives do for the CTR model (docs/RESULTS.md, "What on-topic positives are
+  on-topic positives do for the CTR model (docs/HISTORY.md, "What on-topic positives are
   worth").
 """
 
