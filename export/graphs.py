@@ -83,12 +83,13 @@ class QueryEncoderGraph(nn.Module):
             raise ValueError("this model has no encoder graph")
         self.model = model
         self.names = encoder_inputs(model)
+        self.with_states = "query_states" in encoder_outputs(model)
 
     def forward(self, *tensors: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         inputs = _user_inputs(dict(zip(self.names, tensors, strict=True)))
         if isinstance(self.model, QueryRecModel):
             user = self.model.user_side(inputs)
-            return (user.query, user.states) if self.model.cfg.target_attention else user.query
+            return (user.query, user.states) if self.with_states else user.query
         return self.model.query_representation(inputs)
 
 

@@ -94,9 +94,8 @@ def encoder_reference(model: CTRModel, inputs: ModelInputs[torch.Tensor]) -> dic
     """What the encoder graph must output for `inputs`, by output name."""
     if isinstance(model, QueryRecModel):
         user = model.user_side(inputs)
-        if model.cfg.target_attention:
-            return {"query_repr": user.query.numpy(), "query_states": user.states.numpy()}
-        return {"query_repr": user.query.numpy()}
+        every = {"query_repr": user.query.numpy(), "query_states": user.states.numpy()}
+        return {name: every[name] for name in encoder_outputs(model)}
     return {"query_repr": model.query_representation(inputs).numpy()}
 
 

@@ -1,8 +1,8 @@
 """Model names -> what they are: backbone, query tower, which auxiliary losses and parts.
 
 `queryrec` is the best QueryRec we can serve (`models.queryrec_model`: the paper's method
-plus search clicks in the query slots and match counts); `queryrec-paper` is the paper's model as written (`CTRModel` with the query
-tower), the row of the paper's table.
+plus search clicks in the query slots and match counts); `queryrec-paper` is the paper's
+model as written (`CTRModel` with the query tower), the row of the paper's table.
 
 | name | model | L_next | L_cl | diffusion positives | search clicks | target attention | match counts |
 |---|---|---|---|---|---|---|---|
