@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from service.errors import Overloaded
 
@@ -67,6 +67,11 @@ class _Pending(Generic[In, Out]):
     future: asyncio.Future[Out]
     deadline: float  # loop time by which the caller needs the result (inf: none)
     queued_at: float  # loop time
+
+
+def _stopped(items: list[Any]) -> Sequence[Any]:
+    """The batch function of a stopped batcher (it let go of its own: `MicroBatcher.stop`)."""
+    raise Overloaded("the batcher is stopped")
 
 
 class MicroBatcher(Generic[In, Out]):
@@ -116,7 +121,13 @@ class MicroBatcher(Generic[In, Out]):
 
     async def stop(self) -> None:
         """Stop dispatching; requests still queued fail with `Overloaded` (callers
-        normally are gone by now: a retiring scorer waits for its calls first)."""
+        normally are gone by now: a retiring scorer waits for its calls first).
+
+        A stopped batcher lets go of its batch function and observer: the function is a
+        bound method of the Scorer that owns the batcher, and keeping it would be a
+        reference cycle (Scorer -> batcher -> method -> Scorer) that only Python's cyclic
+        collector breaks, at a time of its choosing, so a reloaded-away Scorer and its
+        ONNX Runtime sessions would outlive their retirement by many reloads."""
         self._started = False
         if self._task is not None:
             self._task.cancel()
@@ -136,6 +147,8 @@ class MicroBatcher(Generic[In, Out]):
         self._queued_units = 0
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        self.run_batch = _stopped
+        self.observer = None
 
     def expected_wait(self, units: int = 1) -> float:
         """Seconds until a request of `units` submitted now would have its result: the
@@ -153,6 +166,13 @@ class MicroBatcher(Generic[In, Out]):
     async def submit(self, item: In, units: int = 1, deadline: float | None = None) -> Out:
         """The item's result. `deadline` (loop time): refuse at once (`Overloaded`) when
         the expected wait ends past it, and drop the item unrun once it has passed."""
+        return await self.enqueue(item, units, deadline)
+
+    def enqueue(
+        self, item: In, units: int = 1, deadline: float | None = None
+    ) -> asyncio.Future[Out]:
+        """`submit` without the wait: the future of the item's result (Overloaded raised at
+        once). Cancelling the future drops the item if it has not run yet."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self._queue.qsize() >= self.max_queue:
@@ -167,7 +187,7 @@ class MicroBatcher(Generic[In, Out]):
         self._queue.put_nowait(pending)
         if self.on_loop and self._started:
             self._schedule(loop)
-        return await future
+        return future
 
     # ------------------------------------------------------------ on the event loop
 

@@ -33,6 +33,7 @@ from queryrec.features.bundle_format import ENCODER_FILE
 from queryrec.features.model_inputs import ModelInputs
 from service.batcher import BatchObserver, MicroBatcher
 from service.bundle import Bundle
+from service.deadline import finish_by
 from service.degraded import Degraded
 from service.errors import BundleError, Overloaded, StateUnavailable
 from service.features import Encoded, FeatureBuilder, UserRow, split_encoded
@@ -255,9 +256,10 @@ class Scorer:
         loop = asyncio.get_running_loop()
         began = loop.time()
         try:
-            # (asyncio.timeout, not wait_for: no extra task per stage)
-            async with asyncio.timeout(limit_s):
-                (state,) = await self.state.read([raw_user], self._cache_version)
+            # Not asyncio.timeout: a lost cancellation must not hold the call (deadline.py)
+            (state,) = await finish_by(
+                self.state.read([raw_user], self._cache_version), began + limit_s
+            )
         except TimeoutError:
             return UserState(), [Degraded.REDIS_TIMEOUT]
         except StateUnavailable:
@@ -292,8 +294,7 @@ class Scorer:
             return cached
         self.metrics.cache_misses.inc()
         try:
-            async with asyncio.timeout_at(until):
-                encoded = await self.encoder.submit(row, deadline=until)
+            encoded = await finish_by(self.encoder.enqueue(row, deadline=until), until)
         except Overloaded:
             reasons.append(Degraded.ENCODER_OVERLOADED)
             return self.no_query
@@ -332,8 +333,8 @@ class Scorer:
     ) -> np.ndarray:
         """The CTR micro-batch, done by `deadline` (loop time): refused at once when its
         expected wait ends later (Overloaded), TimeoutError when it does not finish."""
-        async with asyncio.timeout_at(deadline):
-            return await self.ctr.submit((row, encoded, items), units=len(items), deadline=deadline)
+        pending = self.ctr.enqueue((row, encoded, items), units=len(items), deadline=deadline)
+        return await finish_by(pending, deadline)
 
     def _encode_batch(self, rows: list[UserRow]) -> Sequence[Encoded]:
         assert self.bundle.encoder is not None

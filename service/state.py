@@ -13,7 +13,7 @@ or, winning over it, the `password` argument.
 
 Faults, without a connection storm:
 - Connections come from a `BlockingConnectionPool`: more concurrent calls than
-  connections wait for one (the caller bounds the wait with its own `asyncio.timeout`)
+  connections wait for one (the caller bounds the wait with its own deadline)
   instead of failing.
 - A connection error (refused, reset, AUTH refused) marks Redis down: `available` turns
   False, `RedisEvents.redis_lost` is reported once, and ONE background task pings with
@@ -22,8 +22,11 @@ Faults, without a connection storm:
   touching the network, and cache writes are skipped. When the ping answers: available
   again, `redis_regained(seconds down)`.
 - A timeout is not a fault of that kind: a slow or paused Redis is the caller's budget to
-  handle (its `asyncio.timeout` cancels the command). redis-py closes a connection whose
-  command was cancelled half-way, so no later command reads another one's reply.
+  handle. Callers bound a command with `service.deadline.finish_by` (the caller is woken
+  at its deadline whatever the command does; the late command is cancelled and ends in
+  the background), not with `asyncio.timeout` alone, whose cancellation was measured to
+  be lost under a paused Redis. redis-py closes a connection whose command was
+  cancelled half-way, so no later command reads another one's reply.
 - `StateUnavailable` messages reach gRPC clients: they are fixed sentences with no host,
   port, password or exception text. Details (URL redacted) go to `redis_lost` and to the
   message of `ping`, which only operators see.
@@ -53,7 +56,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import numpy as np
 import redis.asyncio as aioredis
-from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool, parse_url
+from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -61,6 +64,7 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import redis_keys as keys
+from service.deadline import finish_by
 from service.errors import SearchNotFound, StateUnavailable
 from service.state_cluster import (
     ClusterEvents,
@@ -69,6 +73,7 @@ from service.state_cluster import (
     Outcome,
     Unit,
     is_cluster_url,
+    parse_single_url,
 )
 
 log = logging.getLogger(__name__)
@@ -172,7 +177,7 @@ class RedisState:
         password: AUTH password; wins over one in the URL (an empty string counts as not
             given). Passed to redis-py as an argument, never put into a URL.
         timeout_s: socket connect and read timeout of each command (a backstop: callers
-            bound their calls with their own, shorter `asyncio.timeout`).
+            bound their calls with their own, shorter deadline).
         pool_size: connections at most; more concurrent calls wait for a free one.
         reconnect_max_s: the longest pause between reconnect pings while Redis is down.
         events: where failures, losses and recoveries are reported; None: nowhere.
@@ -207,7 +212,7 @@ class RedisState:
             self._secrets += [p for p in (urlsplit(url).password,) if p]
             self._shas = {source: hashlib.sha1(source.encode()).hexdigest() for source in _SCRIPTS}
             return
-        from_url: dict[str, Any] = dict(parse_url(url))
+        from_url = parse_single_url(url, redacted_url(url))
         options: dict[str, Any] = {
             "socket_timeout": timeout_s,
             "socket_connect_timeout": timeout_s,
@@ -360,12 +365,15 @@ class RedisState:
         integer reply. StateUnavailable (at once while Redis is down) when it was not run
         or its reply did not arrive within `timeout_s`; redis_error("write") reported."""
         self._refuse_while_down("write")
+        if self.cluster is not None:
+            write = self._cluster_script(source, key, args)
+        else:
+            write = self._scripts[source](keys=[key], args=args)
         try:
-            async with asyncio.timeout(timeout_s):
-                if self.cluster is not None:
-                    reply = await self._cluster_script(source, key, args)
-                else:
-                    reply = await self._scripts[source](keys=[key], args=args)
+            if timeout_s is None:
+                reply = await write
+            else:  # not asyncio.timeout: a lost cancellation must not hold the call
+                reply = await finish_by(write, asyncio.get_running_loop().time() + timeout_s)
         except TimeoutError:  # our timeout; the caller's own shows as a cancel, passed on
             self._report_error("write")
             raise StateUnavailable(WRITE_LATE) from None

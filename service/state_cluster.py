@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -123,6 +124,23 @@ def is_cluster_url(url: str) -> bool:
     return url.partition("://")[0].lower() in CLUSTER_SCHEMES
 
 
+def url_error(shown: str, error: ValueError) -> SettingsError:
+    """A URL redis-py refused -> one line naming the setting and the URL as `shown`
+    (password redacted). Quoted values in redis-py's reason are masked: a mistyped URL can
+    put a password where a port was expected ("could not be cast ... as 'secret'")."""
+    reason = re.sub(r"as '[^']*'", "as '***'", str(error).splitlines()[0] if str(error) else "")
+    return SettingsError(f"invalid Redis URL (QUERYREC_REDIS_URL) {shown}: {reason or 'malformed'}")
+
+
+def parse_single_url(url: str, shown: str) -> dict[str, Any]:
+    """redis-py's connection options of a single-node URL (redis://, rediss://, unix://);
+    SettingsError (`url_error`) when redis-py refuses it (scheme, port, IPv6, options)."""
+    try:
+        return dict(parse_url(url))
+    except ValueError as error:
+        raise url_error(shown, error) from None
+
+
 def parse_cluster_url(url: str, shown: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     """-> (startup nodes as (host, port), connection options for redis-py).
 
@@ -153,10 +171,7 @@ def parse_cluster_url(url: str, shown: str) -> tuple[list[tuple[str, int]], dict
     single = f"{CLUSTER_SCHEMES[scheme]}://{userinfo}{at}{first}{parts.path}"
     if parts.query:
         single += f"?{parts.query}"
-    try:
-        options: dict[str, Any] = dict(parse_url(single))
-    except ValueError as error:
-        raise SettingsError(f"{shown}: {error}") from None
+    options = parse_single_url(single, shown)
     options.pop("host", None)
     options.pop("port", None)
     if options.pop("connection_class", None) is SSLConnection:

@@ -34,7 +34,7 @@ from queryrec.features.dataset import PreparedDataset
 from service import redis_keys as keys
 from service.errors import SettingsError, StateUnavailable
 from service.state import redacted_url
-from service.state_cluster import is_cluster_url, parse_cluster_url
+from service.state_cluster import is_cluster_url, parse_cluster_url, parse_single_url
 
 UNMAPPED_RAW_ID = 1 << 62
 """Stands for an item or word index without a raw id (as in `queryrec replay`)."""
@@ -160,6 +160,7 @@ def _client(url: str, where: str, password: str | None) -> redis.Redis | redis.c
         )
     # Set after parsing, so that it wins over the URL's (`from_url` lets the URL's
     # options win over its keyword arguments).
+    parse_single_url(url, where)  # a malformed URL: one line (SettingsError), no traceback
     pool = redis.ConnectionPool.from_url(url, socket_timeout=30)
     if password:
         pool.connection_kwargs["password"] = password

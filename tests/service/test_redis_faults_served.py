@@ -153,3 +153,87 @@ def test_writes_retried_across_a_paused_redis_are_stored_once(
             served.run(_pause(0.01))
     assert done.is_set() and reply is not None
     assert reply.history_length == 1  # one entry, however many times it was sent
+
+
+BUDGET_MS = 100
+MARGIN_MS = 250  # scheduling noise of a shared 2-core box; a held call lasts the pause
+PAUSES, PAUSE_S, LOOPS = 8, 1.2, 16
+
+
+@pytest.mark.slow
+def test_no_score_is_held_past_its_budget_while_redis_pauses(
+    bundle: Path, raw: dict[str, list[int]]
+) -> None:
+    """SIGSTOP of redis-server under concurrent Score loops: every call answers within
+    budget + margin (degraded while Redis is paused), however redis-py handles the
+    cancellation of its read underneath (service/deadline.py). Each pause lasts several
+    times budget + margin, so a call held by its Redis read would show."""
+    import asyncio
+
+    users, items = raw["users"][:20], raw["items"][:50]
+    with (
+        EmbeddedRedis() as redis_server,
+        ServerThread(
+            bundle, redis_server.url, budget_ms=BUDGET_MS, redis_reconnect_max_s=0.2
+        ) as served,
+    ):
+        for user in users:  # histories, so that answers go through the encoder too
+            for k in range(3):
+                served.stub.RecordQuery(
+                    pb.RecordQueryRequest(
+                        user_id=user,
+                        timestamp_ms=T - 1000 * (k + 1),
+                        token_ids=raw["words"][k : k + 3],
+                    ),
+                    timeout=60,
+                )
+        seconds, codes = asyncio.run(
+            _score_loops_during_pauses(served.address, users, items, redis_server)
+        )
+    late = [s for s in seconds if s * 1e3 > BUDGET_MS + MARGIN_MS]
+    assert codes.get("OK", 0) == len(seconds), codes
+    assert late == [], f"{len(late)} of {len(seconds)} calls past budget + margin: {late[:5]}"
+
+
+async def _score_loops_during_pauses(
+    address: str, users: list[int], items: list[int], redis_server: EmbeddedRedis
+) -> tuple[list[float], dict[str, int]]:
+    """LOOPS concurrent Score loops while Redis is paused PAUSES times; -> every call's
+    seconds and the count of each status code."""
+    import asyncio
+    import time
+
+    from service.api import scorer_pb2_grpc
+
+    seconds: list[float] = []
+    codes: dict[str, int] = {}
+    stop = asyncio.Event()
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = scorer_pb2_grpc.ScorerStub(channel)
+
+        async def loop(index: int) -> None:
+            count = 0
+            while not stop.is_set():
+                user = users[(index + count) % len(users)]
+                count += 1
+                began = time.perf_counter()
+                try:
+                    await stub.Score(
+                        pb.ScoreRequest(user_id=user, item_ids=items, request_time_ms=T),
+                        timeout=30,
+                    )
+                    code = "OK"
+                except grpc.aio.AioRpcError as error:
+                    code = error.code().name
+                seconds.append(time.perf_counter() - began)
+                codes[code] = codes.get(code, 0) + 1
+
+        loops = [asyncio.create_task(loop(i)) for i in range(LOOPS)]
+        for _ in range(PAUSES):
+            await asyncio.sleep(PAUSE_S / 2)  # the fault's timing, not a wait for an event
+            redis_server.pause()
+            await asyncio.sleep(PAUSE_S)
+            redis_server.resume()
+        stop.set()
+        await asyncio.gather(*loops)
+    return seconds, codes
