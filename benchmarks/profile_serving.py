@@ -30,6 +30,7 @@ from pathlib import Path
 
 import grpc
 
+from clients.credentials import api_metadata
 from clients.replay import build_events
 from queryrec.demo import ServerProcess
 from queryrec.features.dataset import PreparedDataset
@@ -73,6 +74,7 @@ async def load(
     """Score calls in a loop for `seconds`; -> calls answered."""
     done = 0
     stop_at = time.perf_counter() + seconds
+    metadata = api_metadata()  # the server's API token, when the environment has it
     async with grpc.aio.insecure_channel(target) as channel:
         stub = scorer_pb2_grpc.ScorerStub(channel)
 
@@ -82,7 +84,8 @@ async def load(
             while time.perf_counter() < stop_at:
                 user, items, ts = requests[i % len(requests)]
                 await stub.Score(
-                    scorer_pb2.ScoreRequest(user_id=user, item_ids=items, request_time_ms=ts)
+                    scorer_pb2.ScoreRequest(user_id=user, item_ids=items, request_time_ms=ts),
+                    metadata=metadata,
                 )
                 done += 1
                 i += concurrency

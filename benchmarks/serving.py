@@ -28,6 +28,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from clients.credentials import api_metadata
 from clients.replay import build_events, run_replay
 from queryrec.demo import ServerProcess
 from queryrec.features.dataset import PreparedDataset
@@ -49,6 +50,7 @@ async def score_only(
     target: str, pages: list[tuple[int, list[int], int]], concurrency: int
 ) -> float:
     """Send every page once as a Score; -> seconds."""
+    metadata = api_metadata()  # the server's API token, when the environment has it
     async with grpc.aio.insecure_channel(target) as channel:
         stub = scorer_pb2_grpc.ScorerStub(channel)
         todo = iter(pages)
@@ -56,7 +58,8 @@ async def score_only(
         async def worker() -> None:
             for user, items, ts in todo:
                 await stub.Score(
-                    scorer_pb2.ScoreRequest(user_id=user, item_ids=items, request_time_ms=ts)
+                    scorer_pb2.ScoreRequest(user_id=user, item_ids=items, request_time_ms=ts),
+                    metadata=metadata,
                 )
 
         start = time.perf_counter()

@@ -34,6 +34,7 @@ import numpy as np
 import polars as pl
 from tqdm import tqdm
 
+from clients.credentials import Metadata, api_metadata
 from queryrec.errors import QueryRecError
 from queryrec.evaluation.bundle_scoring import open_bundle_graphs, score_split
 from queryrec.evaluation.metrics import auc
@@ -146,6 +147,7 @@ async def replay(
     users = list(streams)
     bar = tqdm(total=len(users), desc="replay", unit="user", disable=not progress)
     start = time.perf_counter()
+    metadata = api_metadata()  # the server's API token, when the environment names one
     async with grpc.aio.insecure_channel(target) as channel:
         stub = scorer_pb2_grpc.ScorerStub(channel)
         next_user = iter(users)
@@ -153,7 +155,7 @@ async def replay(
         async def worker() -> None:
             for user in next_user:
                 for event in streams[user]:
-                    await _send(stub, user, event, report)
+                    await _send(stub, user, event, report, metadata)
                 bar.update(1)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -166,13 +168,18 @@ async def replay(
 
 
 async def _send(
-    stub: scorer_pb2_grpc.ScorerStub, user: int, event: _Event, report: ReplayReport
+    stub: scorer_pb2_grpc.ScorerStub,
+    user: int,
+    event: _Event,
+    report: ReplayReport,
+    metadata: Metadata = (),
 ) -> None:
     report.calls += 1
     if event.kind == 0:
         began = time.perf_counter()
         response = await stub.Score(
-            scorer_pb2.ScoreRequest(user_id=user, item_ids=event.ids, request_time_ms=event.ts)
+            scorer_pb2.ScoreRequest(user_id=user, item_ids=event.ids, request_time_ms=event.ts),
+            metadata=metadata,
         )
         report.latencies_ms.append((time.perf_counter() - began) * 1e3)
         assert event.rows is not None
@@ -181,18 +188,21 @@ async def _send(
         report.degraded += response.degraded
     elif event.kind == 1:
         await stub.RecordClicks(
-            scorer_pb2.RecordClicksRequest(user_id=user, item_ids=event.ids, timestamp_ms=event.ts)
+            scorer_pb2.RecordClicksRequest(user_id=user, item_ids=event.ids, timestamp_ms=event.ts),
+            metadata=metadata,
         )
     else:
         await stub.RecordQuery(
-            scorer_pb2.RecordQueryRequest(user_id=user, token_ids=event.ids, timestamp_ms=event.ts)
+            scorer_pb2.RecordQueryRequest(user_id=user, token_ids=event.ids, timestamp_ms=event.ts),
+            metadata=metadata,
         )
         if event.clicked:
             report.calls += 1
             await stub.RecordSearchClicks(
                 scorer_pb2.RecordSearchClicksRequest(
                     user_id=user, search_timestamp_ms=event.ts, item_ids=event.clicked
-                )
+                ),
+                metadata=metadata,
             )
             report.search_click_calls += 1
             report.search_clicks += len(event.clicked)

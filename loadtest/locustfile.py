@@ -2,7 +2,9 @@
 
 Run by `python -m loadtest run` (loadtest/run.py), which writes the mix file and starts
 this as `locust -f loadtest/locustfile.py --headless ... --mix-file FILE` in a subprocess.
-Nothing here starts a server: the target is Locust's `--host` (HOST:PORT).
+Nothing here starts a server: the target is Locust's `--host` (HOST:PORT). A server with
+an API token gets it from `QUERYREC_API_TOKEN` (or `_FILE`) in this process's environment
+(`clients.credentials`).
 
 Each call picks one RPC: `Score` with the share `1 - write_share`, else a search write or
 `RecordClicks` (half each), so reads and writes interleave as in production. Score asks
@@ -47,6 +49,7 @@ import grpc.experimental.gevent as grpc_gevent
 from locust import User, constant_throughput, events, task
 from locust.env import Environment
 
+from clients.credentials import api_metadata
 from service.api import scorer_pb2, scorer_pb2_grpc
 
 grpc_gevent.init_gevent()
@@ -339,6 +342,7 @@ class FeedUser(User):
         self._channel = grpc.insecure_channel(self.host, options=CHANNEL_OPTIONS)
         intercepted = grpc.intercept_channel(self._channel, LocustReporter(environment))
         self.stub = scorer_pb2_grpc.ScorerStub(intercepted)
+        self.metadata = api_metadata()  # the server's API token, when the environment has it
         self.budget_s = self.mix.budget_ms / 1e3
         # A search of this Locust user whose clicks are still to be recorded:
         # (user, timestamp_ms, the results it showed).
@@ -372,6 +376,7 @@ class FeedUser(User):
                 self.stub.Score(
                     scorer_pb2.ScoreRequest(user_id=self._user(), item_ids=items),
                     timeout=self.budget_s,
+                    metadata=self.metadata,
                 )
             elif draw < mix.write_share / 2 and self.pending_search is not None:
                 user, at, shown = self.pending_search
@@ -383,6 +388,7 @@ class FeedUser(User):
                         item_ids=rng.sample(shown, min(rng.randint(1, 3), len(shown))),
                     ),
                     timeout=WRITE_TIMEOUT_S,
+                    metadata=self.metadata,
                 )
             elif draw < mix.write_share / 2 and mix.queries:
                 user, at = self._user(), int(time.time() * 1000)
@@ -391,6 +397,7 @@ class FeedUser(User):
                         user_id=user, token_ids=rng.choice(mix.queries), timestamp_ms=at
                     ),
                     timeout=WRITE_TIMEOUT_S,
+                    metadata=self.metadata,
                 )
                 if rng.random() < SEARCH_CLICK_SHARE:  # stored (an error skips this)
                     shown = draw_distinct(rng, mix.items, mix.item_cum_weights, SEARCH_RESULTS)
@@ -400,6 +407,7 @@ class FeedUser(User):
                 self.stub.RecordClicks(
                     scorer_pb2.RecordClicksRequest(user_id=self._user(), item_ids=clicked),
                     timeout=WRITE_TIMEOUT_S,
+                    metadata=self.metadata,
                 )
         except grpc.RpcError:
             pass

@@ -9,9 +9,16 @@
 | `POST /v1/model/reload` | zero-downtime reload; optional JSON body `{"bundle": "/path"}` |
 | `POST /v1/score` | JSON mirror of the Score RPC (debugging) |
 
-The admin token (`QUERYREC_ADMIN_TOKEN` / `_FILE`) protects the mutating endpoint
-(reload): without the right `Authorization: Bearer <token>` it answers 401. With no token
-set, reload is allowed only when the admin port is bound to loopback (otherwise 403).
+The admin token (`QUERYREC_ADMIN_TOKEN` / `_FILE`, sent as `Authorization: Bearer
+<token>`; a wrong or missing one is 401) guards what a stranger must not reach
+(`_guard`). The probes (/healthz, /readyz, /metrics) are always open: orchestrators and
+Prometheus call them without credentials.
+
+- Reload, the mutating endpoint: needs the token whenever one is set; with none set it
+  works only on a loopback admin bind (otherwise 403).
+- /v1/model and /v1/score (the manifest, and scoring any user: data a stranger must not
+  read, work a stranger must not cause): open on a loopback admin bind; on any other
+  bind they need the token, and with none set they are off (403).
 
 `build_admin_app` serves one server process. `build_fleet_admin_app` is the same API for
 the supervisor of `serve --workers N` (service.workers): readiness and reload fan out to
@@ -36,12 +43,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from service.api import scorer_pb2 as pb
+from service.auth import is_loopback
 from service.calls import HTTP_CODES, Calls
 from service.errors import Rejected, SettingsError
 from service.metrics import ServiceMetrics
 from service.model_holder import ModelHolder, ReloadRefused, ReloadResult
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class Operations(Protocol):
@@ -82,25 +88,39 @@ class Fleet(Protocol):
     async def reload(self, bundle: str | None) -> tuple[int, dict[str, Any]]: ...
 
 
-def _operator_check(token: str | None, host: str) -> Callable[..., None]:
-    """The dependency that guards reload: the bearer token, or a loopback bind when no
-    token is set."""
+def _guard(token: str | None, host: str, what: str, *, loopback_open: bool) -> Callable[..., None]:
+    """A dependency that lets a request through on a loopback bind (always when
+    `loopback_open`, else only while no token is set) or with the bearer token (compared
+    in constant time: 401 otherwise); with no token set on a public bind, `what` ("reload
+    is") is off (403)."""
     bearer = HTTPBearer(auto_error=False)
+    loopback = is_loopback(host)
 
-    def operator(
+    def check(
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
     ) -> None:
-        if token is None:
-            if host not in LOOPBACK:
-                raise HTTPException(403, "reload is off: no admin token set on a public bind")
+        if loopback and (loopback_open or token is None):
             return
+        if token is None:
+            why = f"{what} off: no admin token set on a public admin bind"
+            raise HTTPException(403, f"{why} (QUERYREC_ADMIN_TOKEN)")
         given = credentials.credentials if credentials is not None else ""
         if not secrets.compare_digest(given.encode(), token.encode()):
             raise HTTPException(
                 401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
             )
 
-    return operator
+    return check
+
+
+def _operator_check(token: str | None, host: str) -> Callable[..., None]:
+    """Guards reload: the token whenever one is set, else a loopback bind."""
+    return _guard(token, host, "reload is", loopback_open=False)
+
+
+def _reader_check(token: str | None, host: str) -> Callable[..., None]:
+    """Guards /v1/model and /v1/score: open on a loopback bind, else the token."""
+    return _guard(token, host, "/v1/model and /v1/score are", loopback_open=True)
 
 
 def _probe_app(
@@ -129,8 +149,9 @@ def build_admin_app(ops: Operations, token: str | None, host: str) -> FastAPI:
     """The admin app over a server's operations."""
     app = _probe_app(ops.readiness, lambda: generate_latest(ops.metrics.registry))
     operator = _operator_check(token, host)
+    reader = _reader_check(token, host)
 
-    @app.get("/v1/model")
+    @app.get("/v1/model", dependencies=[Depends(reader)])
     async def model() -> dict[str, Any]:
         return dict(ops.holder.current.bundle.manifest)
 
@@ -152,7 +173,7 @@ def build_admin_app(ops: Operations, token: str | None, host: str) -> FastAPI:
             status_code=200 if result.ok else 422,
         )
 
-    @app.post("/v1/score")
+    @app.post("/v1/score", dependencies=[Depends(reader)])
     async def score(body: ScoreBody) -> JSONResponse:
         request = pb.ScoreRequest(
             user_id=body.user_id, item_ids=body.item_ids, request_time_ms=body.request_time_ms
@@ -182,8 +203,9 @@ def build_fleet_admin_app(fleet: Fleet, token: str | None, host: str) -> FastAPI
     token rule of `build_admin_app`, answered by the workers (`Fleet`)."""
     app = _probe_app(fleet.readiness, fleet.metrics_text)
     operator = _operator_check(token, host)
+    reader = _reader_check(token, host)
 
-    @app.get("/v1/model")
+    @app.get("/v1/model", dependencies=[Depends(reader)])
     async def model() -> JSONResponse:
         status, payload = await fleet.forward("GET", "/v1/model", None)
         return JSONResponse(payload, status_code=status)
@@ -193,7 +215,7 @@ def build_fleet_admin_app(fleet: Fleet, token: str | None, host: str) -> FastAPI
         status, payload = await fleet.reload(body.bundle if body is not None else None)
         return JSONResponse(payload, status_code=status)
 
-    @app.post("/v1/score")
+    @app.post("/v1/score", dependencies=[Depends(reader)])
     async def score(body: ScoreBody) -> JSONResponse:
         status, payload = await fleet.forward("POST", "/v1/score", body.model_dump())
         return JSONResponse(payload, status_code=status)
