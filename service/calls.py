@@ -16,7 +16,7 @@ import grpc
 
 from service.api import scorer_pb2 as pb
 from service.errors import Overloaded, Rejected, SearchNotFound, StateUnavailable
-from service.logs import DegradedBursts, event
+from service.logs import DegradedBursts, limited_event
 from service.model_holder import ModelHolder
 from service.scoring import RESPONSE_MARGIN_S, now_ms
 from service.settings import ServiceSettings
@@ -76,7 +76,7 @@ class Calls:
         except TimeoutError:
             raise Rejected("deadline", "scoring did not finish within the budget") from None
         except Exception as error:  # a bug or a failing CTR graph: logged, not shown
-            event("score_failed", logging.ERROR, error=f"{type(error).__name__}: {error}")
+            limited_event("score_failed", logging.ERROR, error=f"{type(error).__name__}: {error}")
             raise Rejected("internal", "scoring failed") from None
         if result.degraded:
             self.bursts.add(result.reasons)

@@ -15,7 +15,7 @@ import logging
 import signal
 from typing import Protocol
 
-from service.logs import configure_logging, event
+from service.logs import configure_logging, event, serving_line
 from service.model_holder import ReloadRefused
 from service.server import ScoringServer, create_server
 from service.settings import ServiceSettings
@@ -79,13 +79,18 @@ async def serve(
         if hooks is not None:
             hooks.ready(server)
         else:
-            # One line a supervisor (or `queryrec demo`) can wait for.
+            # One line a supervisor (or `queryrec demo`) can wait for (JSON, on stdout).
             admin = f", admin on port {server.admin.port}" if server.admin is not None else ""
-            print(
+            redis = "embedded" if server.embedded_redis else "external"
+            serving_line(
                 f"queryrec serve: listening on {settings.host}:{server.port} "
-                f"(model {server.scorer.model_version}, redis "
-                f"{'embedded' if server.embedded_redis else 'external'}{admin})",
-                flush=True,
+                f"(model {server.scorer.model_version}, redis {redis}{admin})",
+                host=settings.host,
+                port=server.port,
+                admin_port=server.admin.port if server.admin is not None else None,
+                model_version=server.scorer.model_version,
+                redis=redis,
+                workers=1,
             )
         await stop.wait()
         await server.drain()

@@ -37,7 +37,7 @@ from service.deadline import finish_by
 from service.degraded import Degraded
 from service.errors import BundleError, Overloaded, StateUnavailable
 from service.features import Encoded, FeatureBuilder, UserRow, split_encoded
-from service.logs import event
+from service.logs import event, limited_event
 from service.metrics import ServiceMetrics
 from service.redis_keys import unpack_query_repr
 from service.settings import ServiceSettings
@@ -302,7 +302,7 @@ class Scorer:
             reasons.append(Degraded.ENCODER_TIMEOUT)
             return self.no_query
         except Exception as error:  # the graph raised: degrade, and say why in the log
-            event("encoder_failed", logging.ERROR, error=f"{type(error).__name__}: {error}")
+            limited_event("encoder_failed", logging.ERROR, error=f"{type(error).__name__}: {error}")
             reasons.append(Degraded.ENCODER_FAILED)
             return self.no_query
         self.counts.encoded += 1

@@ -11,11 +11,20 @@ Shutdown (`drain()`, on SIGTERM): health NOT_SERVING and /readyz 503 first, keep
 for `drain_delay_s`, then refuse new calls with UNAVAILABLE, let in-flight calls finish
 within `shutdown_grace_s`, end health Watch streams with OK, stop the batchers (awaiting
 the background cache writes), the admin API, Redis and the embedded Redis.
+
+Why refused calls are held until the listener closes: grpc core cancels (CANCELLED) every
+call that reaches a server after its shutdown began and before the client has read the
+GOAWAY, and every call not yet handed to the application (measured: about one call per
+busy client connection at each close). A refused call answered at once is retried at once
+on the same connection and is then such a call. So a call that arrives once new calls are
+refused is held (`_hold`) until the shutdown has begun and its GOAWAY is on the wire, and
+only then answered UNAVAILABLE: the client retries elsewhere, never into the close.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -30,12 +39,14 @@ from grpc_reflection.v1alpha import reflection
 
 from service.admin import AdminServer, build_admin_app
 from service.api import scorer_pb2 as pb
+from service.auth import api_token, client_ca, interceptors, is_loopback, read_token
 from service.bundle import Bundle, load_bundle
 from service.calls import GRPC_CODES, Calls
+from service.deadline import finish_by
 from service.embedded_redis import EmbeddedRedis
 from service.errors import BundleError, Rejected, SettingsError, StateUnavailable
 from service.health import NOT_SERVING, SERVING, Health
-from service.logs import DegradedBursts, event
+from service.logs import DegradedBursts, Summaries, event, limited_event
 from service.metrics import MetricsObserver, ServiceMetrics
 from service.model_holder import ModelHolder, ReloadResult
 from service.scoring import Scorer
@@ -50,6 +61,7 @@ READY_PING_S = 0.25  # how long /readyz waits for Redis's PING
 # before the listener closes: calls already on the wire then get UNAVAILABLE from the
 # handler instead of being cut (CANCELLED) by the transport's shutdown.
 REFUSAL_WINDOW_S = 0.5
+HOLD_MARGIN_S = 0.005  # a held call is answered this long before its deadline at the latest
 
 
 class _Unparsable:
@@ -83,9 +95,14 @@ class ScoringServer:
     accepting: bool = True  # False: new calls get UNAVAILABLE
     draining: bool = False  # health NOT_SERVING, /readyz 503, still serving
     warmed: bool = False
-    _in_flight: int = field(default=0, init=False)
+    _in_flight: int = field(default=0, init=False)  # calls being answered (held ones not)
     _idle: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _closing: asyncio.Event = field(default_factory=asyncio.Event, init=False)  # GOAWAY sent
     _stopped: bool = field(default=False, init=False)
+    summaries: Summaries = field(init=False)  # degraded answers, suppressed lines: on a timer
+
+    def __post_init__(self) -> None:
+        self.summaries = Summaries(self.calls.bursts, self.settings.log_summary_interval_s)
 
     @property
     def scorer(self) -> Scorer:
@@ -106,6 +123,7 @@ class ScoringServer:
         start the admin API (/healthz answers, /readyz says warming up)."""
         await self.server.start()
         self.scorer.start()
+        self.summaries.start()
         if self.admin is not None:
             await self.admin.start()
         event(
@@ -141,8 +159,8 @@ class ScoringServer:
         redis_ok = self.state.available  # known down: no PING while it reconnects
         if redis_ok:
             try:
-                async with asyncio.timeout(READY_PING_S):
-                    await self.state.ping()
+                until = asyncio.get_running_loop().time() + READY_PING_S
+                await finish_by(self.state.ping(), until)
             except (TimeoutError, StateUnavailable):
                 redis_ok = False
         if not redis_ok:
@@ -191,15 +209,33 @@ class ScoringServer:
         refused_for = time.perf_counter() - began
         await asyncio.sleep(max(min(REFUSAL_WINDOW_S, grace) - refused_for, 0.0))
         await self.health.close()
-        await self.server.stop(max(grace - (time.perf_counter() - began), 0.1))
+        # Shutdown first (GOAWAY to every client), then answer the held calls.
+        closing = asyncio.ensure_future(
+            self.server.stop(max(grace - (time.perf_counter() - began), 0.1))
+        )
+        await asyncio.sleep(0)  # the stop has begun: grpc core has queued the GOAWAYs
+        self._closing.set()
+        await closing
         await self.holder.close()
-        self.calls.bursts.flush()
+        await self.summaries.stop()
         if self.admin is not None:
             await self.admin.stop()
         await self.state.close()
         if self.embedded_redis is not None:
             self.embedded_redis.stop()
         event("stopped", seconds=round(time.perf_counter() - began, 3))
+
+    async def _hold(self, remaining_s: float | None) -> None:
+        """Wait until the shutdown has begun (GOAWAY sent), at most until shortly before
+        the call's deadline (module docstring: why refused calls are held)."""
+        if self._closing.is_set():
+            return
+        if remaining_s is None:
+            await self._closing.wait()
+            return
+        until = asyncio.get_running_loop().time() + remaining_s - HOLD_MARGIN_S
+        with contextlib.suppress(TimeoutError):
+            await finish_by(self._closing.wait(), until)
 
     # The gRPC side: one wrapper for every RPC.
     def handler(
@@ -208,22 +244,34 @@ class ScoringServer:
         call: Callable[[Any, float | None], Awaitable[Message]],
         request_type: type[Message],
     ) -> grpc.RpcMethodHandler:
-        """The RPC with metrics, drain refusal, lenient parsing and status mapping."""
+        """The RPC with metrics, drain refusal, a bounded wait for the request message,
+        lenient parsing and status mapping.
+
+        Registered as a stream-unary handler (a unary call on the wire is a stream of one
+        message) so that the handler itself awaits the message: grpc's own unary path
+        leaves a call that half-closes without a message open until the client's
+        deadline, never reaching the application. Here such a call is INVALID_ARGUMENT
+        at once, and one whose message does not arrive within `receive_timeout_s` is
+        INVALID_ARGUMENT then."""
         latency, requests = self.metrics.latency, self.metrics.requests
         in_flight = self.metrics.in_flight
 
-        async def answer(request: Any, context: grpc.aio.ServicerContext) -> Message:
+        async def answer(_requests: Any, context: grpc.aio.ServicerContext) -> Message:
             began = time.perf_counter()
             code = grpc.StatusCode.OK
+            if not self.accepting:
+                code = grpc.StatusCode.UNAVAILABLE
+                await self._hold(context.time_remaining())
+                requests.labels(method, code.name).inc()
+                latency.labels(method, code.name).observe(time.perf_counter() - began)
+                await context.abort(code, "the server is shutting down; retry elsewhere")
             in_flight.inc()
             self._in_flight += 1
             self._idle.clear()
             try:
-                if not self.accepting:
-                    code = grpc.StatusCode.UNAVAILABLE
-                    await context.abort(code, "the server is shutting down; retry elsewhere")
+                request = await self._receive(context)
                 if isinstance(request, _Unparsable):
-                    event("unparsable_request", logging.WARNING, method=method)
+                    limited_event("unparsable_request", logging.WARNING, method=method)
                     raise Rejected(
                         "invalid", f"the request does not parse as {request_type.DESCRIPTOR.name}"
                     )
@@ -239,7 +287,7 @@ class ScoringServer:
                 raise
             except Exception as error:  # a bug: one line in the log, a plain INTERNAL out
                 code = grpc.StatusCode.INTERNAL
-                event("rpc_failed", logging.ERROR, method=method, error=repr(error))
+                limited_event("rpc_failed", logging.ERROR, method=method, error=repr(error))
                 await context.abort(code, "internal error")
                 raise
             finally:
@@ -251,11 +299,24 @@ class ScoringServer:
                 if self._in_flight == 0:
                     self._idle.set()
 
-        return grpc.unary_unary_rpc_method_handler(
+        return grpc.stream_unary_rpc_method_handler(
             answer,
             request_deserializer=_lenient(request_type),
             response_serializer=lambda message: message.SerializeToString(),
         )
+
+    async def _receive(self, context: grpc.aio.ServicerContext) -> Any:
+        """The call's one request message, within `receive_timeout_s`; Rejected("invalid")
+        when the call ends without one or it does not arrive in time."""
+        limit = self.settings.receive_timeout_s
+        until = asyncio.get_running_loop().time() + limit
+        try:
+            request = await finish_by(context.read(), until)
+        except TimeoutError:
+            raise Rejected("invalid", f"no request message arrived within {limit:g} s") from None
+        if request is grpc.aio.EOF:
+            raise Rejected("invalid", "the call carried no request message")
+        return request
 
 
 def _server_options(settings: ServiceSettings, reuse_port: bool = False) -> list[tuple[str, int]]:
@@ -273,7 +334,8 @@ def _server_options(settings: ServiceSettings, reuse_port: bool = False) -> list
 
 
 def _bind(server: grpc.aio.Server, settings: ServiceSettings) -> int:
-    """Bind the gRPC port, over TLS when a certificate is configured; -> the port."""
+    """Bind the gRPC port, over TLS when a certificate is configured, requiring client
+    certificates signed by `tls_client_ca_file` when that is set (mutual TLS); -> the port."""
     address = f"{settings.host}:{settings.port}"
     if settings.tls_cert_file is None or settings.tls_key_file is None:
         port = server.add_insecure_port(address)
@@ -283,7 +345,11 @@ def _bind(server: grpc.aio.Server, settings: ServiceSettings) -> int:
             key = settings.tls_key_file.read_bytes()
         except OSError as error:
             raise SettingsError(f"TLS: cannot read {error.filename} ({error.strerror})") from None
-        port = server.add_secure_port(address, grpc.ssl_server_credentials([(key, chain)]))
+        ca = client_ca(settings)
+        credentials = grpc.ssl_server_credentials(
+            [(key, chain)], root_certificates=ca, require_client_auth=ca is not None
+        )
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise SettingsError(f"cannot bind {address}")
     return port
@@ -325,7 +391,11 @@ async def create_server(
     """Load the bundle, connect Redis, bind the port; health NOT_SERVING until `start()`.
 
     `reuse_port`: bind with SO_REUSEPORT, for a worker of `serve --workers N`
-    (`service.workers`), which shares its concrete port with the other workers."""
+    (`service.workers`), which shares its concrete port with the other workers.
+    A public bind without authentication fails first, before anything loads
+    (`service.auth.api_token`)."""
+    token = api_token(settings)
+    admin_token = read_token(settings, "admin_token")
     if bundle is None:
         if settings.bundle is None:
             raise SettingsError("no model bundle: set QUERYREC_BUNDLE or pass --bundle")
@@ -340,7 +410,6 @@ async def create_server(
         search_clicks=settings.max_search_clicks,
     )
     password = settings.secret("redis_password")
-    admin_token = settings.secret("admin_token")
     metrics = ServiceMetrics()
     observer = MetricsObserver(metrics)
     embedded = None
@@ -372,12 +441,14 @@ async def create_server(
         settings.shutdown_grace_s,
     )
     calls = Calls(holder, state, settings, DegradedBursts())
-    server = grpc.aio.server(options=_server_options(settings, reuse_port))
+    server = grpc.aio.server(
+        interceptors=interceptors(token), options=_server_options(settings, reuse_port)
+    )
     health = Health(("", SERVICE_NAME))
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflect = settings.reflection
     if reflect is None:
-        reflect = settings.host in LOOPBACK
+        reflect = is_loopback(settings.host)
     if reflect:
         reflection.enable_server_reflection(
             (SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), server

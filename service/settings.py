@@ -55,6 +55,26 @@ class ServiceSettings(BaseSettings):
     reflection: bool | None = Field(
         None, description="gRPC server reflection; unset: on only when bound to loopback"
     )
+    api_token: SecretStr | None = Field(
+        None,
+        description="bearer token every gRPC call must send (metadata `authorization: "
+        "Bearer <token>`; the health service stays open); unset: no token check, which "
+        "`serve` allows only on a loopback bind, with mutual TLS or allow_unauthenticated",
+    )
+    api_token_file: Path | None = Field(
+        None, description="file whose first line is the gRPC API bearer token"
+    )
+    tls_client_ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle: mutual TLS, every gRPC client must present a certificate "
+        "it signed (needs tls_cert_file and tls_key_file)",
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        description="let `serve` bind gRPC to a non-loopback address with neither api_token "
+        "nor tls_client_ca_file: anyone who reaches the port can call, so only behind a "
+        "trusted network or an authenticating proxy",
+    )
     max_connection_age_s: float = Field(
         300.0, gt=0, description="connections are closed (GOAWAY) after this long"
     )
@@ -63,6 +83,12 @@ class ServiceSettings(BaseSettings):
     )
     max_concurrent_streams: int = Field(
         256, ge=1, description="concurrent calls per HTTP/2 connection"
+    )
+    receive_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="longest wait for a call's request message after its headers; a call "
+        "that sends none (or ends without one) is answered INVALID_ARGUMENT",
     )
     # Admin HTTP (FastAPI) in the same process.
     admin_host: str = Field("127.0.0.1", description="admin HTTP bind address")
@@ -179,6 +205,13 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_s: float = Field(
         10.0, ge=0, description="after the drain delay: longest wait for in-flight calls"
     )
+    # Logs.
+    log_summary_interval_s: float = Field(
+        10.0,
+        gt=0,
+        description="seconds between summary lines (degraded answers by reason, log lines "
+        "a client triggered beyond 5 per event name in that time)",
+    )
 
     @model_validator(mode="after")
     def _shares_fit(self) -> ServiceSettings:
@@ -186,6 +219,15 @@ class ServiceSettings(BaseSettings):
             raise ValueError("redis_share must be below encoder_share (Redis is read first)")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
+
+    @model_validator(mode="after")
+    def _mutual_tls_needs_tls(self) -> ServiceSettings:
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError(
+                "QUERYREC_TLS_CLIENT_CA_FILE needs QUERYREC_TLS_CERT_FILE and "
+                "QUERYREC_TLS_KEY_FILE (mutual TLS runs over TLS)"
+            )
         return self
 
     def secret(self, name: str) -> str | None:

@@ -67,9 +67,10 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from pydantic import SecretStr
 
 from service.admin import AdminServer, build_fleet_admin_app
+from service.auth import api_token, read_token
 from service.embedded_redis import EmbeddedRedis
 from service.errors import QueryRecError, SettingsError
-from service.logs import configure_logging, event
+from service.logs import configure_logging, event, serving_line
 from service.run import serve
 from service.server import ScoringServer
 from service.settings import ServiceSettings
@@ -226,6 +227,8 @@ class Supervisor:
 
     async def _run(self) -> int:
         settings = self.settings
+        api_token(settings)  # an open public bind fails here, before anything starts
+        admin_token = read_token(settings, "admin_token")
         self._hold = reserve_port(settings.host, settings.port)
         self.port = self._hold.getsockname()[1]
         self._metrics_dir = tempfile.mkdtemp(prefix="queryrec-metrics-")
@@ -252,7 +255,7 @@ class Supervisor:
             return await self._abandon_start()
         if settings.admin_port is not None:
             self.admin = AdminServer(
-                build_fleet_admin_app(self, settings.secret("admin_token"), settings.admin_host),
+                build_fleet_admin_app(self, admin_token, settings.admin_host),
                 settings.admin_host,
                 settings.admin_port,
             )
@@ -273,12 +276,16 @@ class Supervisor:
         if not self.draining:
             versions = sorted({str(w.model_version) for w in self.workers})
             admin = f", admin on port {self.admin.port}" if self.admin is not None else ""
-            print(
+            redis = "embedded" if self.embedded else "external"
+            serving_line(
                 f"queryrec serve: listening on {settings.host}:{self.port} "
-                f"(model {', '.join(versions)}, redis "
-                f"{'embedded' if self.embedded else 'external'}{admin}, "
-                f"{self.count} workers)",
-                flush=True,
+                f"(model {', '.join(versions)}, redis {redis}{admin}, {self.count} workers)",
+                host=settings.host,
+                port=self.port,
+                admin_port=self.admin.port if self.admin is not None else None,
+                model_version=versions,
+                redis=redis,
+                workers=self.count,
             )
             event(
                 "workers_ready",

@@ -124,3 +124,53 @@ def test_sighup_reloads_and_sigterm_drains_and_exits_zero(bundle: Path, redis_ur
     for name in ("listening", "ready", "reload_started", "reload_done", "drain_started", "stopped"):
         assert name in events, (name, Counter(events))
     assert "Traceback" not in err
+
+
+def test_calls_sent_through_the_close_get_unavailable_never_cancelled(
+    bundle: Path, redis_url: str, raw: dict[str, list[int]]
+) -> None:
+    """16 clients that retry at once on any error keep calling while the server drains
+    and closes: every call ends OK or UNAVAILABLE. Without holding refused calls until
+    the GOAWAY is sent, about one call per busy connection was CANCELLED at each close
+    (service/server.py)."""
+    import asyncio
+
+    harness = ServerThread(bundle, redis_url, drain_delay_s=0.1, shutdown_grace_s=5)
+    server = harness.create()
+    harness.start()
+    codes: Counter[str] = Counter()
+    try:
+
+        async def clients() -> None:
+            request = pb.ScoreRequest(user_id=raw["users"][0], item_ids=raw["items"][:20])
+            closed = asyncio.Event()
+            async with grpc.aio.insecure_channel(harness.address) as channel:
+                stub = scorer_pb2_grpc.ScorerStub(channel)
+
+                async def loop() -> None:
+                    while not closed.is_set():
+                        try:
+                            await stub.Score(request, timeout=30)
+                            codes["OK"] += 1
+                        except grpc.aio.AioRpcError as error:
+                            codes[error.code().name] += 1
+                            if error.code() != grpc.StatusCode.UNAVAILABLE:
+                                return
+
+                loops = [asyncio.create_task(loop()) for _ in range(16)]
+                while codes["OK"] < 32:  # every client is calling
+                    await asyncio.sleep(0.01)
+                drained = asyncio.wrap_future(harness.run_in_background(server.drain()))
+                await drained
+                # After the close a call fails to connect (UNAVAILABLE); a few more each.
+                floor = codes["UNAVAILABLE"] + 32
+                while codes["UNAVAILABLE"] < floor and not all(t.done() for t in loops):
+                    await asyncio.sleep(0.01)
+                closed.set()
+                await asyncio.gather(*loops)
+
+        asyncio.run(clients())
+    finally:
+        harness.close()
+    assert codes["UNAVAILABLE"] > 0
+    assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
