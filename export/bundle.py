@@ -4,16 +4,17 @@ Steps: read the checkpoint and its dataset (the run records where it is; `--data
 overrides), check the dataset's schema hash, export both graphs (`onnx_export`), run the
 parity check (`parity`), calibrate the CTR graph's probabilities (Platt scaling fitted on
 validation, inside the graph: `calibration`), optionally quantize the CTR graph to INT8
-with an AUC guard (`quantize`), copy the torch-free artifacts, write `manifest.json` with every file's
-sha256, and move the finished folder into place. Nothing is left at the output path if
-any step fails. The bundle layout is `queryrec.features.bundle_format`'s docstring.
+with an AUC guard (`quantize`), copy the torch-free artifacts, write `manifest.json` with
+every file's sha256 and seal it (`manifest.sha256`, the sha256 of the manifest's bytes:
+`queryrec.features.bundle_manifest`), and move the finished folder into place. Nothing is
+left at the output path if any step fails. The bundle layout is
+`queryrec.features.bundle_format`'s docstring.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import os
 import shutil
 import tempfile
@@ -36,9 +37,9 @@ from queryrec.features.bundle_format import (
     CTR_FILE,
     ENCODER_FILE,
     FORMAT_VERSION,
-    MANIFEST,
     QUERY_POSITIVES_FILE,
     read_manifest,
+    write_sealed,
 )
 from queryrec.features.dataset import PreparedDataset
 from queryrec.features.query_positives import QueryPositives
@@ -248,14 +249,13 @@ def _manifest_body(
 
 def _seal(manifest: dict[str, Any], work: Path, name: str, created: dt.datetime) -> None:
     """Hash every file, name the model version after the CTR graph's hash, write the
-    manifest (the last file written: a folder without it is not a bundle)."""
-    files = sorted(
-        str(p.relative_to(work)) for p in work.rglob("*") if p.is_file() and p.name != MANIFEST
-    )
+    manifest and its seal (the last files written: a folder without them is not a
+    bundle). Every file in `work` is listed: a reader refuses any file that is not."""
+    files = sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file())
     manifest["files"] = {f: sha256_file(work / f) for f in files}
     stamp = created.strftime("%Y%m%d%H%M%S")
     manifest["model_version"] = f"{name}-{stamp}-{manifest['files'][CTR_FILE][:8]}"
-    (work / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    write_sealed(work, manifest)
 
 
 def manifest_summary(manifest: dict[str, Any], out_dir: Path) -> str:

@@ -7,8 +7,10 @@ one, non-spinning thread pools, and the id maps loaded once.
 
 `load_bundle` refuses a broken bundle before the server binds its port, each problem a
 `BundleError` of one line naming the file and the field (the CLI exits 2 with it):
-1. the manifest: format version, every file's sha256, its own fields
-   (`bundle_format.read_manifest`);
+1. the manifest: its seal (manifest.sha256 matches its bytes: no edit after export),
+   its schema (every field's type, range and characters, `model_version` included),
+   every listed file's sha256, no file in the folder it does not list, its fields'
+   agreement with each other (`bundle_format.read_manifest`);
 2. schema.json parses; the id maps and features/users.parquet are readable and hold
    integer indices and profile codes inside the manifest's vocabulary sizes;
 3. each graph loads in ONNX Runtime and has exactly the inputs and outputs the manifest

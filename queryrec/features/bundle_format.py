@@ -1,11 +1,13 @@
 """The model bundle's layout and its verified manifest (torch-free, ONNX-Runtime-free).
 
 One definition for the writer (`export.bundle`), the serving reader (`service.bundle`)
-and offline scoring (`queryrec.evaluation.bundle_scoring`). A bundle is a directory:
+and offline scoring (`queryrec.evaluation.bundle_scoring`). A bundle is a directory
+that holds these files and nothing else:
 
 | file | what |
 |---|---|
-| `manifest.json` | format version, model version and name, created time, graph inputs/outputs (names, dtypes, shapes), max lengths, offline metrics, exporter settings, parity results, sha256 of every other file |
+| `manifest.json` | format version, model version and name, created time, graph inputs/outputs (names, dtypes, shapes), max lengths, offline metrics, exporter settings, parity results, sha256 of every other file (`files`) |
+| `manifest.sha256` | the sha256 of manifest.json's bytes, one line in `sha256sum`'s format (`bundle_manifest`: the seal) |
 | `query_encoder.onnx` | query histories -> query representations (models with a query tower) |
 | `ctr.onnx` | user rows + flat (user row, item) pairs -> P(click) (`export.graphs.CTRGraph`) |
 | `schema.json` | the training dataset's schema (vocab sizes, codes, split) |
@@ -14,9 +16,13 @@ and offline scoring (`queryrec.evaluation.bundle_scoring`). A bundle is a direct
 | `features/items.parquet` | item side features per item index (for reference: `ctr.onnx` already holds every item's vectors) |
 | `features/query_positives.parquet` | models with `slot_positives` only: the diffusion job's pseudo-positives by query (`features.query_positives`), which the feature path gives searches without clicked results |
 
-`read_manifest` verifies the format version, every hash and the manifest's own fields
+`read_manifest` checks, in order: the seal (manifest.sha256 matches manifest.json's
+bytes: no edit after export), the manifest's schema (`bundle_manifest.Manifest`: every
+field's type, range and characters), the files (each listed file present with its
+sha256, the required ones listed, no file in the folder that the manifest does not
+list), and the fields' agreement with each other and with the files
 (`check_manifest_fields`: the max lengths and profile fields agree with the shapes the
-graphs are declared with); `read_schema`, `read_table` (behind `IdMap.read` and
+graphs are declared with). `read_schema`, `read_table` (behind `IdMap.read` and
 `read_profiles`) check the other artifacts' contents. Any problem is a `BundleError`
 of one line naming the file and the field, so that a broken bundle is refused when it
 is loaded, not when the first request meets it.
@@ -25,6 +31,7 @@ is loaded, not when the first request meets it.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,13 +40,18 @@ import numpy as np
 import polars as pl
 
 from queryrec.errors import BundleError
+from queryrec.features.bundle_manifest import DIGEST_FILE as DIGEST_FILE
+from queryrec.features.bundle_manifest import DTYPES as DTYPES
+from queryrec.features.bundle_manifest import FORMAT_VERSION as FORMAT_VERSION
+from queryrec.features.bundle_manifest import MANIFEST as MANIFEST
+from queryrec.features.bundle_manifest import one_line as one_line
+from queryrec.features.bundle_manifest import parse_manifest, read_sealed
+from queryrec.features.bundle_manifest import write_sealed as write_sealed
 from queryrec.features.graph_feeds import ENCODER_OUTPUTS
 from queryrec.features.model_inputs import OPTIONAL_INPUTS, USER_INPUTS, HistoryLengths
 from queryrec.features.query_positives import QueryPositives
 from queryrec.features.schema import UNKNOWN_INDEX, sha256_file
 
-FORMAT_VERSION = 2  # 2: graph inputs are ModelInputs fields by name; search clicks
-MANIFEST = "manifest.json"
 QUERY_POSITIVES_FILE = "features/query_positives.parquet"
 ENCODER_FILE = "query_encoder.onnx"
 CTR_FILE = "ctr.onnx"
@@ -51,8 +63,6 @@ ARTIFACTS = (
     "features/users.parquet",
     "features/items.parquet",
 )
-# Element types a manifest may declare for a graph input or output (numpy names).
-DTYPES = frozenset({"bool", "int32", "int64", "float16", "float32", "float64"})
 # The graph axes other manifest fields fix, where a graph has the input: (input, axis)
 # -> the field that gives the size ("profile_fields": its length). The service builds
 # its feeds at these sizes.
@@ -97,24 +107,27 @@ class IdMap:
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
-    """manifest.json of a bundle, with its format version and every file hash verified."""
+    """manifest.json of a bundle, verified (the module docstring lists the checks); a
+    BundleError of one line naming the file and the field on any problem."""
     root = Path(root)
     path = root / MANIFEST
-    if not path.is_file():
-        raise BundleError(f"{path}: no manifest (is {root} a bundle from 'queryrec export'?)")
-    try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise BundleError(f"{path}: not valid JSON ({error})") from None
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(
-            f"{path}: bundle format version {version!r} is not supported (this code reads "
-            f"{FORMAT_VERSION}); re-export the model with this version of queryrec"
-        )
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise BundleError(f"{path}: manifest lists no files")
+    manifest = parse_manifest(read_sealed(root), path)
+    check_files(root, manifest)
+    check_manifest_fields(manifest, path)
+    return manifest
+
+
+def check_files(root: Path, manifest: Mapping[str, Any]) -> None:
+    """The bundle's folder holds exactly the files its manifest lists (besides the
+    manifest and its seal), each with its listed sha256, and the manifest lists every
+    file the service reads. A file nobody listed is refused: it was not exported with the
+    model (an editor's backup, a half-copied previous bundle, a file someone meant the
+    service to read), and a bundle is served only as exported."""
+    path = root / MANIFEST
+    files: Mapping[str, str] = manifest["files"]
+    sealed = sorted({MANIFEST, DIGEST_FILE} & set(files))
+    if sealed:
+        raise BundleError(f"{path}: files lists {', '.join(sealed)}, which it cannot hash")
     unlisted = [name for name in (CTR_FILE, *ARTIFACTS) if name not in files]
     if unlisted:
         raise BundleError(f"{path}: manifest does not list {', '.join(unlisted)}")
@@ -122,49 +135,55 @@ def read_manifest(root: Path) -> dict[str, Any]:
         file = root / name
         if not file.is_file():
             raise BundleError(f"{file}: missing from the bundle")
-        if sha256_file(file) != expected:
+        if _sha256(file) != expected:
             raise BundleError(f"{file}: sha256 does not match the manifest (file altered)")
-    check_manifest_fields(manifest, path)
-    return manifest
+    extra = sorted(set(_bundle_files(root)) - {MANIFEST, DIGEST_FILE, *files})
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise BundleError(
+            f"{root / extra[0]}: not listed in {MANIFEST}{more}; a bundle holds only the "
+            "files 'queryrec export' wrote (remove it, or re-export the model)"
+        )
 
 
-def check_manifest_fields(manifest: dict[str, Any], path: Path) -> None:
-    """The fields readers of a bundle rely on exist, have the right types and agree with
-    each other; BundleError `path: field: problem` otherwise.
+def _sha256(file: Path) -> str:
+    """A bundle file's sha256; BundleError naming it when it cannot be read."""
+    try:
+        return sha256_file(file)
+    except OSError as error:
+        raise BundleError(f"{file}: cannot be read ({one_line(error.strerror or error)})") from None
 
-    Checked: `model_version`; `max_lengths` (positive ints); `profile_fields` (distinct
-    names) and `vocab_sizes` (users, items, words, one profile size per field); `graphs`
-    (`ctr`, and `query_encoder` exactly when the bundle has its file), each with its
-    file name and inputs/outputs of a known dtype and a shape of fixed sizes and named
-    dynamic axes; the axes in `FIXED_AXES` equal the lengths the feature builder pads
-    to, and the encoder's output width is the CTR graph's `query_repr` width. That the
-    graph files themselves have these inputs is the service's check (`service.bundle`):
-    this module does not load ONNX.
+
+def _bundle_files(root: Path) -> list[str]:
+    """Every entry below `root` that is not a directory (files, links, anything else),
+    as a relative POSIX path; links to directories are entries, not followed."""
+    found = []
+    for folder, dirs, names in os.walk(root):
+        base = Path(folder).relative_to(root)
+        links = [d for d in dirs if (Path(folder) / d).is_symlink()]
+        for name in (*names, *links):
+            found.append((base / name).as_posix())
+    return found
+
+
+def check_manifest_fields(manifest: Mapping[str, Any], path: Path) -> None:
+    """The fields of a manifest valid against `bundle_manifest.Manifest` agree with the
+    bundle's files and with each other; BundleError `path: field: problem` otherwise.
+
+    Checked: `reads` names inputs the feature path builds; `graphs` has `ctr`, and
+    `query_encoder` exactly when the bundle has its file, each graph with its own file
+    name and inputs the service can feed; the axes in `FIXED_AXES` equal the lengths the
+    feature builder pads to; the encoder's output width is the CTR graph's `query_repr`
+    width; `query_positives`, when present, names the bundle's table. That the graph
+    files themselves have these inputs is the service's check (`service.bundle`): this
+    module does not load ONNX.
     """
-    _field(manifest, path, "model_version", str)
-    lengths = _field(manifest, path, "max_lengths", dict)
-    for name in ("click_history", "query_history", "query_tokens", "query_clicks"):
-        _positive(lengths.get(name), path, f"max_lengths.{name}")
-    reads = _field(manifest, path, "reads", list)
+    reads = manifest["reads"]
     if not set(reads) <= set(OPTIONAL_INPUTS):
         raise BundleError(
             f"{path}: reads lists {reads}; the feature path builds only {list(OPTIONAL_INPUTS)}"
         )
-    fields = _field(manifest, path, "profile_fields", list)
-    if not all(isinstance(f, str) for f in fields) or len(set(fields)) != len(fields):
-        raise BundleError(f"{path}: profile_fields must be distinct column names, not {fields}")
-    vocab = _field(manifest, path, "vocab_sizes", dict)
-    for name in ("users", "items", "words"):
-        _positive(vocab.get(name), path, f"vocab_sizes.{name}")
-    profile_sizes = vocab.get("profile")
-    if not isinstance(profile_sizes, list) or len(profile_sizes) != len(fields):
-        raise BundleError(
-            f"{path}: vocab_sizes.profile must list one size per profile field "
-            f"({len(fields)}), not {profile_sizes!r}"
-        )
-    for i, size in enumerate(profile_sizes):
-        _positive(size, path, f"vocab_sizes.profile[{i}]")
-    graphs = _field(manifest, path, "graphs", dict)
+    graphs: dict[str, Any] = manifest["graphs"]
     expected = {"ctr": CTR_FILE}
     if ENCODER_FILE in manifest["files"]:
         expected["query_encoder"] = ENCODER_FILE
@@ -174,26 +193,35 @@ def check_manifest_fields(manifest: dict[str, Any], path: Path) -> None:
             f"{sorted(expected)}"
         )
     for key, file in expected.items():
-        graph = _field(graphs, path, key, dict, prefix="graphs.")
-        if graph.get("file") != file:
-            raise BundleError(f"{path}: graphs.{key}.file is {graph.get('file')!r}, not {file!r}")
-        for kind in ("inputs", "outputs"):
-            _check_tensors(graph.get(kind), path, f"graphs.{key}.{kind}")
-    for key in expected:
+        if graphs[key]["file"] != file:
+            raise BundleError(f"{path}: graphs.{key}.file is {graphs[key]['file']!r}, not {file!r}")
         unknown = sorted(set(graphs[key]["inputs"]) - GRAPH_INPUTS)
         if unknown:
             raise BundleError(
                 f"{path}: graphs.{key}.inputs names {unknown}, which the service cannot feed"
             )
+    _check_fixed_axes(manifest, graphs, path)
+    _check_encoder_link(graphs, path)
+    positives = manifest.get("query_positives")
+    if positives is not None and (
+        positives != QUERY_POSITIVES_FILE or positives not in manifest["files"]
+    ):
+        raise BundleError(f"{path}: query_positives names {positives!r}, not a bundle file")
+
+
+def _check_fixed_axes(manifest: Mapping[str, Any], graphs: dict[str, Any], path: Path) -> None:
+    """Each graph input in `FIXED_AXES` has, on that axis, the size the manifest's max
+    lengths or profile fields give it (what the service pads its feeds to)."""
+    lengths = manifest["max_lengths"]
     sizes = {
         "max_lengths.query_tokens": lengths["query_tokens"],
         "max_lengths.query_clicks": lengths["query_clicks"],
         "max_lengths.click_history": lengths["click_history"],
-        "profile_fields": len(fields),
+        "profile_fields": len(manifest["profile_fields"]),
     }
-    for key in expected:
+    for key, graph in graphs.items():
         for (name, axis), source in FIXED_AXES.items():
-            spec = graphs[key]["inputs"].get(name)
+            spec = graph["inputs"].get(name)
             if spec is None:
                 continue
             where = f"graphs.{key}.inputs.{name}"
@@ -206,7 +234,6 @@ def check_manifest_fields(manifest: dict[str, Any], path: Path) -> None:
                     else f"{source} lists {sizes[source]} fields"
                 )
                 raise BundleError(f"{path}: {given}, but {where}.shape[{axis}] is {found!r}")
-    _check_encoder_link(graphs, path)
 
 
 def _check_encoder_link(graphs: dict[str, Any], path: Path) -> None:
@@ -296,57 +323,6 @@ def _check_range(path: Path, column: pl.Series, name: str, size: int | None) -> 
         raise BundleError(
             f"{path}: column '{name}' holds {low if low < 0 else high}, outside {bound}"
         )
-
-
-def _field(body: Mapping[str, Any], path: Path, name: str, kind: type, *, prefix: str = "") -> Any:
-    """body[name], which must be a `kind` (a non-empty one for str); BundleError
-    `path: field ...` otherwise."""
-    value = body.get(name)
-    if value is None:
-        raise BundleError(f"{path}: field {prefix}{name} is missing")
-    if not isinstance(value, kind) or (kind is str and not value):
-        raise BundleError(
-            f"{path}: field {prefix}{name} must be a {kind.__name__}, not {value!r:.60}"
-        )
-    return value
-
-
-def _positive(value: Any, path: Path, where: str) -> int:
-    """A positive int (not a bool) at `where`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BundleError(f"{path}: {where} must be a positive integer, not {value!r}")
-    return value
-
-
-def _check_tensors(specs: Any, path: Path, where: str) -> None:
-    """`where` (a graph's inputs or outputs): a non-empty name -> {dtype, shape} map,
-    dtypes from DTYPES, shapes lists of positive ints (fixed) and names (dynamic)."""
-    if not isinstance(specs, dict) or not specs:
-        raise BundleError(f"{path}: {where} must map tensor names to dtype and shape")
-    for name, spec in specs.items():
-        if not isinstance(spec, dict):
-            raise BundleError(f"{path}: {where}.{name} must hold dtype and shape")
-        dtype = spec.get("dtype")
-        if not isinstance(dtype, str) or dtype not in DTYPES:
-            raise BundleError(
-                f"{path}: {where}.{name}.dtype {dtype!r} is not one of {', '.join(sorted(DTYPES))}"
-            )
-        shape = spec.get("shape")
-        fine = isinstance(shape, list) and all(
-            (isinstance(d, int) and not isinstance(d, bool) and d > 0) or (isinstance(d, str) and d)
-            for d in shape
-        )
-        if not fine:
-            raise BundleError(
-                f"{path}: {where}.{name}.shape must list sizes and axis names, not {shape!r}"
-            )
-
-
-def one_line(error: Exception) -> str:
-    """An exception's message on one line, shortened: readers of a bundle put library
-    errors into a BundleError, which the CLI prints as one line."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def history_lengths(manifest: dict[str, Any]) -> HistoryLengths:

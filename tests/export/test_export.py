@@ -19,6 +19,7 @@ from export.quantize import QuantizationRefused
 from queryrec.cli.main import main
 from queryrec.errors import BundleError
 from queryrec.features.bundle_format import read_manifest
+from queryrec.features.bundle_manifest import write_sealed
 from queryrec.features.dataset import PreparedDataset
 from queryrec.training.batches import BatchBuilder
 from queryrec.training.calibration import apply_platt
@@ -117,10 +118,14 @@ def test_tampered_or_foreign_bundles_are_refused(bundle: Path, tmp_path: Path) -
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["format_version"] = 99
     (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"manifest.json: sha256 does not match manifest.sha256"):
+        read_manifest(copy)
+    write_sealed(copy, manifest)  # as a foreign exporter would have sealed it
     with pytest.raises(BundleError, match="format version 99 is not supported"):
         read_manifest(copy)
 
-    (copy / "manifest.json").write_text((bundle / "manifest.json").read_text())
+    shutil.copyfile(bundle / "manifest.json", copy / "manifest.json")
+    shutil.copyfile(bundle / "manifest.sha256", copy / "manifest.sha256")
     (copy / "maps/words.parquet").unlink()
     with pytest.raises(BundleError, match=r"words.parquet: missing"):
         read_manifest(copy)

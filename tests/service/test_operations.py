@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from queryrec.features.bundle_manifest import write_sealed
 from service.admin import build_admin_app
 from service.api import scorer_pb2 as pb
 from tests.service.harness import ServerThread
@@ -51,12 +52,13 @@ def score(harness: ServerThread, user: int, items: list[int]) -> pb.ScoreRespons
 
 
 def version_copy(bundle: Path, where: Path, suffix: str) -> Path:
-    """The bundle with another model version (same graphs: same encoder version)."""
+    """The bundle with another model version (same graphs: same encoder version),
+    resealed as an export would seal it (`write_sealed`)."""
     copy = where / f"bundle-{suffix}"
     shutil.copytree(bundle, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["model_version"] = f"{manifest['model_version']}-{suffix}"
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    write_sealed(copy, manifest)
     return copy
 
 
