@@ -270,6 +270,15 @@ class ListeningProcess:
         self.launch()
         return self.wait(timeout_s)
 
+    def poll(self) -> int | None:
+        """The exit code once the process has exited; None while it runs (or unstarted)."""
+        return None if self._process is None else self._process.poll()
+
+    def wait_exit(self, timeout_s: float) -> int:
+        """Wait for the process to exit (after `terminate`): -> its exit code."""
+        assert self._process is not None, "not started"
+        return self._process.wait(timeout=timeout_s)
+
     def terminate(self) -> None:
         """Send SIGTERM without waiting (to stop several at once; then `stop` each)."""
         if self._process is not None and self._process.poll() is None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -55,7 +56,6 @@ from service.state import HistoryCaps, RedisState
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Scorer"].full_name
 HEALTH_SERVICE = "grpc.health.v1.Health"
-LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 READY_PING_S = 0.25  # how long /readyz waits for Redis's PING
 # After the drain delay, new calls are refused with UNAVAILABLE for at least this long
 # before the listener closes: calls already on the wire then get UNAVAILABLE from the
@@ -333,6 +333,20 @@ def _server_options(settings: ServiceSettings, reuse_port: bool = False) -> list
     ]
 
 
+def _check_key_pair(chain: Path, key: Path) -> None:
+    """SettingsError in one line unless `chain` and `key` are a PEM certificate chain and
+    its private key (checked with the standard library before grpc core sees them, which
+    would log several non-JSON lines and fail with a traceback)."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(chain, key)
+    except (ssl.SSLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or error
+        raise SettingsError(
+            f"TLS: {chain} and {key} are not a PEM certificate chain and its private key "
+            f"(QUERYREC_TLS_CERT_FILE, QUERYREC_TLS_KEY_FILE): {reason}"
+        ) from None
+
+
 def _bind(server: grpc.aio.Server, settings: ServiceSettings) -> int:
     """Bind the gRPC port, over TLS when a certificate is configured, requiring client
     certificates signed by `tls_client_ca_file` when that is set (mutual TLS); -> the port."""
@@ -345,6 +359,7 @@ def _bind(server: grpc.aio.Server, settings: ServiceSettings) -> int:
             key = settings.tls_key_file.read_bytes()
         except OSError as error:
             raise SettingsError(f"TLS: cannot read {error.filename} ({error.strerror})") from None
+        _check_key_pair(settings.tls_cert_file, settings.tls_key_file)
         ca = client_ca(settings)
         credentials = grpc.ssl_server_credentials(
             [(key, chain)], root_certificates=ca, require_client_auth=ca is not None

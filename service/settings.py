@@ -7,9 +7,10 @@ line naming the variable. Defaults are the values measured in docs/BENCHMARKS.md
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import SettingsError
@@ -19,7 +20,11 @@ class ServiceSettings(BaseSettings):
     """Everything `queryrec serve` can be told; each field is `QUERYREC_<NAME>`."""
 
     model_config = SettingsConfigDict(
-        env_prefix="QUERYREC_", extra="ignore", frozen=True, env_parse_none_str="none"
+        env_prefix="QUERYREC_",
+        extra="ignore",
+        frozen=True,
+        env_parse_none_str="none",
+        allow_inf_nan=False,  # a budget or a delay of inf or nan is a typo, not a setting
     )
 
     bundle: Path | None = Field(None, description="model bundle directory (queryrec export)")
@@ -43,7 +48,10 @@ class ServiceSettings(BaseSettings):
         64, ge=1, le=10_000, description="Redis connections; more concurrent calls wait for one"
     )
     redis_reconnect_max_s: float = Field(
-        2.0, gt=0, description="longest pause between reconnect attempts while Redis is down"
+        2.0,
+        gt=0,
+        le=3600,
+        description="longest pause between reconnect attempts while Redis is down",
     )
     # gRPC.
     host: str = Field("127.0.0.1", description="gRPC bind address")
@@ -76,10 +84,10 @@ class ServiceSettings(BaseSettings):
         "trusted network or an authenticating proxy",
     )
     max_connection_age_s: float = Field(
-        300.0, gt=0, description="connections are closed (GOAWAY) after this long"
+        300.0, gt=0, le=2_000_000, description="connections are closed (GOAWAY) after this long"
     )
     max_connection_idle_s: float = Field(
-        60.0, gt=0, description="connections without a call for this long are closed"
+        60.0, gt=0, le=2_000_000, description="connections without a call for this long are closed"
     )
     max_concurrent_streams: int = Field(
         256, ge=1, description="concurrent calls per HTTP/2 connection"
@@ -87,6 +95,7 @@ class ServiceSettings(BaseSettings):
     receive_timeout_s: float = Field(
         5.0,
         gt=0,
+        le=3600,
         description="longest wait for a call's request message after its headers; a call "
         "that sends none (or ends without one) is answered INVALID_ARGUMENT",
     )
@@ -100,8 +109,9 @@ class ServiceSettings(BaseSettings):
     )
     admin_token: SecretStr | None = Field(
         None,
-        description="bearer token for the mutating admin endpoint (reload); unset: reload only "
-        "on a loopback admin bind",
+        description="bearer token of the admin API: reload, and /v1/model and /v1/score on a "
+        "non-loopback admin bind; unset: reload only on a loopback admin bind, /v1/model and "
+        "/v1/score off on a public one",
     )
     admin_token_file: Path | None = Field(
         None, description="file whose first line is the admin bearer token"
@@ -115,6 +125,7 @@ class ServiceSettings(BaseSettings):
     budget_ms: float = Field(
         50.0,
         gt=0,
+        le=600_000,
         description="whole-call budget of Score (Redis, encoder, CTR); the gRPC deadline "
         "wins when shorter",
     )
@@ -127,6 +138,7 @@ class ServiceSettings(BaseSettings):
     write_budget_ms: float = Field(
         500.0,
         gt=0,
+        le=600_000,
         description="budget of RecordQuery / RecordClicks / RecordSearchClicks (the Redis "
         "write); the gRPC deadline wins when shorter",
     )
@@ -135,6 +147,7 @@ class ServiceSettings(BaseSettings):
     encoder_max_delay_ms: float = Field(
         0.0,
         ge=0,
+        le=10_000,
         description="longest wait to fill an encoder batch; 0: dispatch at once when the "
         "worker is idle (batches still form from requests queued during a call)",
     )
@@ -145,7 +158,9 @@ class ServiceSettings(BaseSettings):
         "device, 4096 with CUDA, 1 on the CPU (each request alone: merging users' pairs "
         "cost 1.3x per pair there, docs/BENCHMARKS.md)",
     )
-    ctr_max_delay_ms: float = Field(0.0, ge=0, description="longest wait to fill a CTR batch")
+    ctr_max_delay_ms: float = Field(
+        0.0, ge=0, le=10_000, description="longest wait to fill a CTR batch"
+    )
     inference_on: str = Field(
         "auto",
         pattern="^(auto|loop|thread)$",
@@ -167,7 +182,10 @@ class ServiceSettings(BaseSettings):
         0, ge=0, description="clicks kept per user; 0: the bundle's click history length H"
     )
     state_ttl_s: int = Field(
-        30 * 24 * 3600, ge=1, description="seconds a user's keys live after the last write"
+        30 * 24 * 3600,
+        ge=1,
+        le=10 * 365 * 24 * 3600,
+        description="seconds a user's keys live after the last write",
     )
     cache_query_repr: bool = Field(
         True, description="cache query vectors per (encoder version, history version)"
@@ -185,6 +203,7 @@ class ServiceSettings(BaseSettings):
     max_future_ms: int = Field(
         24 * 3600 * 1000,
         ge=0,
+        le=365 * 24 * 3600 * 1000,
         description="how far ahead of the server clock a timestamp may be",
     )
     # Processes.
@@ -199,19 +218,33 @@ class ServiceSettings(BaseSettings):
     drain_delay_s: float = Field(
         5.0,
         ge=0,
+        le=3600,
         description="on SIGTERM: seconds to keep serving after health turns NOT_SERVING "
         "(the time a load balancer needs to notice)",
     )
     shutdown_grace_s: float = Field(
-        10.0, ge=0, description="after the drain delay: longest wait for in-flight calls"
+        10.0, ge=0, le=3600, description="after the drain delay: longest wait for in-flight calls"
     )
     # Logs.
     log_summary_interval_s: float = Field(
         10.0,
         gt=0,
+        le=86_400,
         description="seconds between summary lines (degraded answers by reason, log lines "
         "a client triggered beyond 5 per event name in that time)",
     )
+
+    @field_validator("host", "admin_host")
+    @classmethod
+    def _resolvable(cls, host: str) -> str:
+        """A bind address that does not resolve fails here, in one line, not after the
+        server has started."""
+        try:
+            socket.getaddrinfo(host.strip("[]"), None, proto=socket.IPPROTO_TCP)
+        except (OSError, UnicodeError) as error:
+            reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+            raise ValueError(f"{host!r} is not an address to bind ({reason})") from None
+        return host
 
     @model_validator(mode="after")
     def _shares_fit(self) -> ServiceSettings:
@@ -258,7 +291,8 @@ def load_settings(**overrides: object) -> ServiceSettings:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "settings"
         name = f"QUERYREC_{where.upper()}" if first["loc"] else where
-        raise SettingsError(f"invalid setting {name}: {first['msg']}") from None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise SettingsError(f"invalid setting {name}: {message}") from None
 
 
 def settings_table() -> str:

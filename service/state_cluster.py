@@ -129,6 +129,8 @@ def url_error(shown: str, error: ValueError) -> SettingsError:
     (password redacted). Quoted values in redis-py's reason are masked: a mistyped URL can
     put a password where a port was expected ("could not be cast ... as 'secret'")."""
     reason = re.sub(r"as '[^']*'", "as '***'", str(error).splitlines()[0] if str(error) else "")
+    if "port" in reason.lower():  # the port's text may be a password typed without "@"
+        shown = f"{shown.partition('://')[0]}://***"
     return SettingsError(f"invalid Redis URL (QUERYREC_REDIS_URL) {shown}: {reason or 'malformed'}")
 
 
