@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import tempfile
 import time
 from collections import Counter
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import numpy as np
 import polars as pl
 
@@ -41,6 +43,7 @@ from service.api import scorer_pb2_grpc
 from service.embedded_redis import EmbeddedRedis
 
 REQUEST_MS = 1_700_000_000_000
+ADMIN_PORT = re.compile(r"admin on port (?P<port>\d+)")
 
 
 def raw_ids(bundle: Path, name: str, count: int) -> list[int]:
@@ -70,6 +73,8 @@ class Calls:
 
     def __init__(self) -> None:
         self.seconds: list[float] = []
+        self.began: list[float] = []  # perf_counter at each call's start
+        self.code_of: list[str] = []
         self.codes: Counter[str] = Counter()
         self.degraded = 0
 
@@ -82,6 +87,8 @@ class Calls:
         except grpc.aio.AioRpcError as error:
             code = error.code().name
         self.seconds.append(time.perf_counter() - began)
+        self.began.append(began)
+        self.code_of.append(code)
         self.codes[code] += 1
         return code
 
@@ -89,8 +96,13 @@ class Calls:
 async def paused_redis(args: argparse.Namespace) -> dict[str, Any]:
     users, items = raw_ids(args.bundle, "users", 40), raw_ids(args.bundle, "items", 100)
     calls = Calls()
+    windows: list[tuple[float, float]] = []  # (paused, resumed) perf_counter
     with EmbeddedRedis() as redis, tempfile.TemporaryDirectory() as scratch:
-        settings = {"QUERYREC_BUDGET_MS": str(args.budget_ms), "QUERYREC_WORKERS": "1"}
+        settings = {
+            "QUERYREC_BUDGET_MS": str(args.budget_ms),
+            "QUERYREC_WORKERS": "1",
+            "QUERYREC_ADMIN_PORT": "0",
+        }
         server = ServerProcess(args.bundle, redis.url, Path(scratch) / "serve.log", settings)
         port = server.start()
         try:
@@ -113,18 +125,26 @@ async def paused_redis(args: argparse.Namespace) -> dict[str, Any]:
                 loops = [asyncio.create_task(loop(i)) for i in range(args.loops)]
                 for pause in range(args.pauses):
                     await asyncio.sleep(args.pause_s / 2)
+                    paused_at = time.perf_counter()
                     redis.pause()
                     await asyncio.sleep(args.pause_s)
                     redis.resume()
+                    windows.append((paused_at, time.perf_counter()))
                     print(f"pause {pause + 1}/{args.pauses}: {len(calls.seconds)} calls so far")
                 await asyncio.sleep(args.pause_s / 2)
                 stop.set()
                 await asyncio.gather(*loops)
+            server_side = server_histograms(server.log_path)
         finally:
             redis.resume()
             server.stop()
     limit_ms = args.budget_ms + args.margin_ms
     milliseconds = np.array(calls.seconds) * 1e3
+    late = milliseconds > limit_ms
+    began = np.array(calls.began)
+    during = np.zeros(len(began), dtype=bool)
+    for paused, resumed in windows:
+        during |= (began >= paused) & (began < resumed)
     return {
         "drill": "paused_redis",
         "pauses": args.pauses,
@@ -133,13 +153,46 @@ async def paused_redis(args: argparse.Namespace) -> dict[str, Any]:
         "budget_ms": args.budget_ms,
         "margin_ms": args.margin_ms,
         "calls": len(milliseconds),
-        "calls_past_budget_plus_margin": int((milliseconds > limit_ms).sum()),
+        "calls_past_budget_plus_margin": int(late.sum()),
+        "late_started_while_paused": int((late & during).sum()),
+        "late_started_while_not_paused": int((late & ~during).sum()),
+        "failed_while_paused": int(
+            sum(1 for c, d in zip(calls.code_of, during, strict=True) if d and c != "OK")
+        ),
+        "failed_while_not_paused": int(
+            sum(1 for c, d in zip(calls.code_of, during, strict=True) if not d and c != "OK")
+        ),
+        "p99_ms_while_not_paused": round(float(np.percentile(milliseconds[~during], 99)), 1),
         "max_ms": round(float(milliseconds.max()), 1),
         "p99_ms": round(float(np.percentile(milliseconds, 99)), 1),
         "slowest_ms": [round(float(v), 1) for v in np.sort(milliseconds)[-10:]],
         "codes": dict(calls.codes),
         "degraded_share": round(calls.degraded / max(calls.codes["OK"], 1), 4),
+        "server_side_cumulative_buckets": server_side,
     }
+
+
+def server_histograms(log_path: Path) -> dict[str, Any]:
+    """The server's own Score latency and Redis-stage histograms (cumulative bucket counts
+    from its /metrics), to tell the server's time from the client's."""
+    match = ADMIN_PORT.search(log_path.read_text())
+    if match is None:
+        return {}
+    text = httpx.get(f"http://127.0.0.1:{match.group('port')}/metrics", timeout=30).text
+    wanted = {
+        "score": 'queryrec_grpc_request_duration_seconds_bucket{code="OK",method="Score"',
+        "redis_stage": 'queryrec_stage_duration_seconds_bucket{stage="redis"',
+    }
+    found: dict[str, Any] = {name: {} for name in wanted}
+    for line in text.splitlines():
+        for name, prefix in wanted.items():
+            if (
+                line.startswith(prefix.rstrip('"').rsplit(",", 1)[0])
+                and prefix.split("{")[1].split(",")[-1].rstrip('"') in line
+            ):
+                bound = line.split('le="')[1].split('"')[0]
+                found[name][bound] = float(line.rsplit(" ", 1)[1])
+    return found
 
 
 async def sigterm_run(

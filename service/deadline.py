@@ -27,12 +27,13 @@ def abandoned_count() -> int:
     return len(_abandoned)
 
 
-async def finish_by(work: Awaitable[T], until: float) -> T:
+async def finish_by(work: Awaitable[T], until: float, *, cancel_late: bool = True) -> T:
     """`work`'s result when it ends by `until` (loop time); TimeoutError at `until` when not.
 
     A coroutine runs as its own task (one task per call); a future is waited on as it is.
-    A late one is cancelled and abandoned: the caller does not wait for the cancellation to
-    take effect. If the caller itself is cancelled meanwhile, the work is cancelled too.
+    A late one is abandoned: cancelled (`cancel_late`; the caller does not wait for the
+    cancellation to take effect) or left to finish (its outcome retrieved when it does).
+    If the caller itself is cancelled meanwhile, the work is cancelled too.
     """
     future: asyncio.Future[T] = asyncio.ensure_future(work)
     if not future.done():
@@ -43,13 +44,14 @@ async def finish_by(work: Awaitable[T], until: float) -> T:
             _abandon(future)
             raise
     if not future.done():
-        _abandon(future)
+        _abandon(future, cancel=cancel_late)
         raise TimeoutError
     return future.result()
 
 
-def _abandon(future: asyncio.Future[Any]) -> None:
-    future.cancel()
+def _abandon(future: asyncio.Future[Any], cancel: bool = True) -> None:
+    if cancel:
+        future.cancel()
     if future.done():
         return
     _abandoned.add(future)

@@ -110,6 +110,12 @@ class Scorer:
         self.counts = QueryPathCounts()
         self.encoder_version = encoder_version(bundle)
         self._background: set[asyncio.Task[None]] = set()
+        # A single-node Redis read that outlived its share is left to finish (not
+        # cancelled: a cancelled command costs its connection, and reconnecting to a
+        # stopped Redis costs every call a connect); until it ends, calls do not read
+        # Redis and degrade at once (redis_timeout). A cluster has per-node timeouts.
+        self._cancel_late = state.cluster is not None
+        self._late_read: asyncio.Future[list[UserState]] | None = None
         self._active = 0  # Score calls inside this scorer now
         self._idle: asyncio.Event | None = None  # set when retiring and no call is active
         graphs = bundle.manifest["graphs"]
@@ -255,12 +261,18 @@ class Scorer:
         is late or down (the detail is in the Redis metrics and log)."""
         loop = asyncio.get_running_loop()
         began = loop.time()
+        if self._late_read is not None:
+            if not self._late_read.done():  # Redis is late: no new read until it answers
+                self.metrics.stage.labels("redis").observe(0.0)
+                return UserState(), [Degraded.REDIS_TIMEOUT]
+            self._late_read = None
+        read = asyncio.ensure_future(self.state.read([raw_user], self._cache_version))
         try:
             # Not asyncio.timeout: a lost cancellation must not hold the call (deadline.py)
-            (state,) = await finish_by(
-                self.state.read([raw_user], self._cache_version), began + limit_s
-            )
+            (state,) = await finish_by(read, began + limit_s, cancel_late=self._cancel_late)
         except TimeoutError:
+            if not self._cancel_late:
+                self._late_read = read
             return UserState(), [Degraded.REDIS_TIMEOUT]
         except StateUnavailable:
             return UserState(), [Degraded.REDIS_UNAVAILABLE]
