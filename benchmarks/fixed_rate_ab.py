@@ -30,6 +30,7 @@ from loadtest.bench import (
     run_step,
     started,
 )
+from queryrec.features.bundle_format import read_manifest
 from queryrec.features.dataset import PreparedDataset
 from service.embedded_redis import EmbeddedRedis
 from service.state_load import load_state
@@ -60,7 +61,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-work/fixed_rate_ab.json"))
     args = parser.parse_args()
     variants = [parse_variant(v) for v in args.variant]
-    lengths = json.loads((args.bundle / "manifest.json").read_text())["max_lengths"]
+    lengths = read_manifest(args.bundle)["max_lengths"]
     dataset = PreparedDataset(args.data)
     config = SweepConfig()
     work = args.out.parent / args.out.stem

@@ -33,6 +33,7 @@ import grpc
 from clients.credentials import api_metadata
 from clients.replay import build_events
 from queryrec.demo import ServerProcess
+from queryrec.features.bundle_format import read_manifest
 from queryrec.features.dataset import PreparedDataset
 from service.api import scorer_pb2, scorer_pb2_grpc
 from service.embedded_redis import EmbeddedRedis
@@ -134,7 +135,7 @@ def main() -> None:
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     dataset = PreparedDataset(args.data)
-    manifest = json.loads((args.bundle / "manifest.json").read_text())
+    manifest = read_manifest(args.bundle)
     lengths = manifest["max_lengths"]
     requests = requests_for(dataset, args.candidates, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)

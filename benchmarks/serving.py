@@ -31,6 +31,7 @@ import numpy as np
 from clients.credentials import api_metadata
 from clients.replay import build_events, run_replay
 from queryrec.demo import ServerProcess
+from queryrec.features.bundle_format import read_manifest
 from queryrec.features.dataset import PreparedDataset
 from service.api import scorer_pb2, scorer_pb2_grpc
 from service.bundle import load_bundle
@@ -130,7 +131,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-work/serving.json"))
     args = parser.parse_args()
     dataset = PreparedDataset(args.data)
-    manifest = json.loads((args.bundle / "manifest.json").read_text())
+    manifest = read_manifest(args.bundle)
     lengths = manifest["max_lengths"]
     result: dict[str, object] = {"data": str(args.data), "model": manifest["model_version"]}
     streams, _, _ = build_events(dataset)

@@ -81,6 +81,7 @@ from typing import Any
 import numpy as np
 
 from loadtest.report import Rule, cpu_ms_per_request, max_step, score_p99_ms, step_verdict
+from queryrec.features.bundle_format import read_manifest
 
 REFERENCE_KINDS = ("echo", "naive-onnx", "naive-torch")
 SERVICE_VARIANTS = (
@@ -587,7 +588,7 @@ def run_bench(
     from service.state_load import load_state
 
     out.mkdir(parents=True, exist_ok=True)
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest = read_manifest(bundle)
     lengths = manifest["max_lengths"]
     dataset = PreparedDataset(data)
     results: dict[str, Any] = {
@@ -723,7 +724,7 @@ def main(argv: list[str] | None = None) -> None:
     bundle = args.bundle
     data = args.data
     if data is None:
-        data = Path(json.loads((bundle / "manifest.json").read_text())["dataset"]["path"])
+        data = Path(read_manifest(bundle)["dataset"]["path"])
     config = SweepConfig(
         duration_s=args.duration,
         warmup_s=args.warmup,

@@ -57,6 +57,7 @@ import numpy as np
 import polars as pl
 
 from queryrec.errors import QueryRecError
+from queryrec.features.bundle_format import read_manifest
 
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
 DEFAULT_DATA = Path("demo-work/data")
@@ -497,7 +498,7 @@ def served_stack(
     manifest_path = bundle / "manifest.json"
     if not manifest_path.is_file():
         raise LoadTestError(f"{manifest_path}: not found (is {bundle} a `queryrec export` bundle?)")
-    lengths = json.loads(manifest_path.read_text())["max_lengths"]
+    lengths = read_manifest(bundle)["max_lengths"]
     dataset = PreparedDataset(data)
     with EmbeddedRedis() as redis_server:
         report = load_state(
