@@ -7,7 +7,7 @@ and get the same answer. Exit codes, as grpc_health_probe documents them:
 | exit | meaning |
 |---|---|
 | 0 | the Check answered `SERVING` (one line `status: SERVING` on stdout) |
-| 1 | invalid command line (a bad flag, an unreadable `--tls-ca` file) |
+| 1 | invalid command line (a bad flag, an unreadable `--tls-ca`, `--tls-cert` or `--tls-key` file) |
 | 2 | no connection within `--timeout` (nothing listening, TLS handshake refused, ...) |
 | 3 | connected, but the Check call failed (UNIMPLEMENTED, NOT_FOUND for an unknown `--service`, DEADLINE_EXCEEDED, ...) |
 | 4 | the Check answered, but not `SERVING` (`NOT_SERVING` while warming up or draining, `UNKNOWN`, `SERVICE_UNKNOWN`) |
@@ -18,7 +18,9 @@ as unhealthy; the distinctions are for the person reading the log.
 The default address is `QUERYREC_HOST:QUERYREC_PORT` (the server's own settings, a
 wildcard bind address replaced by loopback), else `127.0.0.1:50051`. TLS is not guessed
 from the server's settings: pass `--tls` (and `--tls-ca` for a private CA) when the server
-has `QUERYREC_TLS_CERT_FILE`. The module imports only grpc and the health messages (no
+has `QUERYREC_TLS_CERT_FILE`, and a client certificate (`--tls-cert`, `--tls-key`) when it
+requires one (`QUERYREC_TLS_CLIENT_CA_FILE`, mutual TLS: the handshake comes before any
+call, health included). The module imports only grpc and the health messages (no
 settings, no model code) because it runs every few seconds in the container.
 """
 
@@ -72,6 +74,8 @@ class Probe:
     tls: bool = False
     tls_ca: bytes | None = None
     tls_server_name: str | None = None
+    tls_cert: bytes | None = None  # client certificate chain (PEM), for mutual TLS
+    tls_key: bytes | None = None  # its private key (PEM)
 
 
 def default_address(environ: Mapping[str, str] | None = None) -> str:
@@ -149,23 +153,42 @@ def parse_args(argv: Sequence[str] | None) -> Probe:
         metavar="NAME",
         help="name to verify the server certificate against (default: the host of --addr)",
     )
+    parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="PEM client certificate chain, for a server that requires one (mutual TLS)",
+    )
+    parser.add_argument(
+        "--tls-key", type=Path, default=None, metavar="FILE", help="PEM key of --tls-cert"
+    )
     args = parser.parse_args(argv)
-    if not args.tls and (args.tls_ca is not None or args.tls_server_name is not None):
-        raise UsageError("--tls-ca and --tls-server-name need --tls")
-    ca = None
-    if args.tls_ca is not None:
-        try:
-            ca = args.tls_ca.read_bytes()
-        except OSError as error:
-            raise UsageError(f"--tls-ca {args.tls_ca}: {error.strerror}") from None
+    tls_only = (args.tls_ca, args.tls_server_name, args.tls_cert, args.tls_key)
+    if not args.tls and any(value is not None for value in tls_only):
+        raise UsageError("--tls-ca, --tls-server-name, --tls-cert and --tls-key need --tls")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
     return Probe(
         target=_target(args.addr if args.addr is not None else default_address()),
         service=args.service,
         timeout_s=args.timeout,
         tls=args.tls,
-        tls_ca=ca,
+        tls_ca=_read("--tls-ca", args.tls_ca),
         tls_server_name=args.tls_server_name,
+        tls_cert=_read("--tls-cert", args.tls_cert),
+        tls_key=_read("--tls-key", args.tls_key),
     )
+
+
+def _read(flag: str, path: Path | None) -> bytes | None:
+    """The file's bytes (None: not given); UsageError naming the flag when unreadable."""
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise UsageError(f"{flag} {path}: {error.strerror}") from None
 
 
 def _channel(probe: Probe) -> grpc.Channel:
@@ -179,7 +202,9 @@ def _channel(probe: Probe) -> grpc.Channel:
         return grpc.insecure_channel(probe.target, options=options)
     if probe.tls_server_name is not None:
         options.append(("grpc.ssl_target_name_override", probe.tls_server_name))
-    credentials = grpc.ssl_channel_credentials(root_certificates=probe.tls_ca)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=probe.tls_ca, private_key=probe.tls_key, certificate_chain=probe.tls_cert
+    )
     return grpc.secure_channel(probe.target, credentials, options=options)
 
 

@@ -376,6 +376,29 @@ def test_mutual_tls_refuses_a_certificate_of_another_ca(mutual: ServerThread, pk
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+def test_the_health_probe_passes_mutual_tls_with_a_client_certificate(
+    mutual: ServerThread, pki: Pki, clients_ca: ClientCa, tmp_path: Path
+) -> None:
+    """`python -m service.healthcheck --tls-cert/--tls-key`: the image's probe can reach
+    health on a server that requires client certificates; without one it cannot."""
+    from service.healthcheck import EXIT_CONNECTION, EXIT_SERVING
+    from service.healthcheck import main as probe
+
+    identity = clients_ca.issue("health-probe")
+    (tmp_path / "probe.pem").write_bytes(identity.cert)
+    (tmp_path / "probe.key").write_bytes(identity.key)
+    common = ["--addr", mutual.address, "--tls", "--tls-ca", str(pki.ca), "--timeout", "30"]
+    common += ["--tls-server-name", "localhost"]
+    certificate = [
+        "--tls-cert",
+        str(tmp_path / "probe.pem"),
+        "--tls-key",
+        str(tmp_path / "probe.key"),
+    ]
+    assert probe(common + certificate) == EXIT_SERVING
+    assert probe(common) == EXIT_CONNECTION
+
+
 # The admin API.
 def admin_client(server: ServerThread, token: str | None = None) -> httpx.Client:
     assert server.server is not None and server.server.admin is not None
