@@ -5,7 +5,7 @@ a JSON file.
     python benchmarks/fault_drills.py pauses  --bundle DIR [--pauses 20] [--pause-s 1.5]
         [--loops 8] [--budget-ms 50] [--margin-ms 25] [--out FILE]
     python benchmarks/fault_drills.py sigterm --bundle DIR [--runs 20] [--loops 8]
-        [--drain-delay-s 5] [--out FILE]
+        [--drain-delay-s 5] [--workers 1] [--out FILE]
 
 `pauses`: one `queryrec serve` (one worker, Score budget `--budget-ms`) over a redis-server
 this script starts; `--loops` concurrent Score loops (100 candidates, users with recorded
@@ -200,7 +200,10 @@ async def sigterm_run(
 ) -> dict[str, Any]:
     """One run: serve, load, SIGTERM, count codes until the server has exited and every
     loop has been refused (connection closed) three times after that."""
-    settings = {"QUERYREC_WORKERS": "1", "QUERYREC_DRAIN_DELAY_S": str(args.drain_delay_s)}
+    settings = {
+        "QUERYREC_WORKERS": str(args.workers),
+        "QUERYREC_DRAIN_DELAY_S": str(args.drain_delay_s),
+    }
     server = ServerProcess(args.bundle, redis_url, log, settings)
     port = server.start()
     calls = Calls()
@@ -245,6 +248,7 @@ async def sigterm_runs(args: argparse.Namespace) -> dict[str, Any]:
         "runs": args.runs,
         "loops": args.loops,
         "drain_delay_s": args.drain_delay_s,
+        "workers": args.workers,
         "codes": dict(total),
         "cancelled": total["CANCELLED"],
         "runs_with_cancelled": sum(1 for r in runs if r["codes"].get("CANCELLED")),
@@ -264,6 +268,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sigterm = drills.add_parser("sigterm", help="SIGTERM under load")
     sigterm.add_argument("--runs", type=int, default=20)
     sigterm.add_argument("--drain-delay-s", type=float, default=5.0)
+    sigterm.add_argument("--workers", type=int, default=1, help="server processes (SO_REUSEPORT)")
     for drill in (pauses, sigterm):
         drill.add_argument("--bundle", type=Path, required=True)
         drill.add_argument("--loops", type=int, default=8)
