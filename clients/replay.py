@@ -32,13 +32,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import polars as pl
-from tqdm import tqdm
 
 from clients.credentials import Metadata, api_metadata
 from queryrec.errors import QueryRecError
 from queryrec.evaluation.bundle_scoring import open_bundle_graphs, score_split
 from queryrec.evaluation.metrics import auc
 from queryrec.features.dataset import PreparedDataset
+from queryrec.progress import bar as progress_bar
 from service.api import scorer_pb2, scorer_pb2_grpc
 
 UNMAPPED_RAW_ID = 1 << 62  # stands for an index without a raw id: maps to "unknown" again
@@ -145,7 +145,7 @@ async def replay(
     )
     report.empty_queries = empty
     users = list(streams)
-    bar = tqdm(total=len(users), desc="replay", unit="user", disable=not progress)
+    bar = progress_bar(total=len(users), desc="replay", unit="user", enabled=progress)
     start = time.perf_counter()
     metadata = api_metadata()  # the server's API token, when the environment names one
     async with grpc.aio.insecure_channel(target) as channel:

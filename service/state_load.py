@@ -28,9 +28,9 @@ import polars as pl
 import redis
 import redis.cluster
 from redis.exceptions import RedisClusterException, RedisError
-from tqdm import tqdm
 
 from queryrec.features.dataset import PreparedDataset
+from queryrec.progress import bar as progress_bar
 from service import redis_keys as keys
 from service.errors import SettingsError, StateUnavailable
 from service.state import redacted_url
@@ -102,7 +102,7 @@ def load_state(
         packed_clicks = _pack_all_clicks(dataset, item_raw)
         users = np.arange(2, len(dataset.search_user_start) - 1)  # 0, 1: padding, unknown
         n_queries = n_clicks = n_search_clicks = 0
-        bar = tqdm(total=len(users), desc="state load", unit="user", disable=not progress)
+        bar = progress_bar(total=len(users), desc="state load", unit="user", enabled=progress)
         for lo in range(0, len(users), chunk):
             pipe = client.pipeline(transaction=False)
             for user in users[lo : lo + chunk]:

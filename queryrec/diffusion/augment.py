@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from tqdm import tqdm
 
 from queryrec.diffusion.category_reference import CategoryReference, main_shown_category
 from queryrec.diffusion.query_units import QueryUnits, diffusion_view
@@ -42,6 +41,7 @@ from queryrec.diffusion.x0 import UNSEEN, sessions_in
 from queryrec.errors import QueryRecError
 from queryrec.features.dataset import PreparedDataset
 from queryrec.features.query_positives import QueryPositives, table_from_sessions
+from queryrec.progress import bar
 from queryrec.training.batches import PseudoPositives
 from queryrec.training.distributed import resolve_device
 
@@ -69,11 +69,11 @@ def augment(
     sessions = sessions_in(dataset, 0, valid_start, clicked=False)
     items = np.zeros((len(sessions), top_k), dtype=np.int64)
     start = time.perf_counter()
-    for lo in tqdm(
+    for lo in bar(
         range(0, len(sessions), batch_size),
         desc="diffusion augment",
         unit="batch",
-        disable=not progress,
+        enabled=progress,
     ):
         rows = sessions[lo : lo + batch_size]
         x0 = model.x0(dataset, rows, hide_clicks=True)  # (B, U)

@@ -50,7 +50,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from queryrec.diffusion.denoiser import Denoiser, DenoiserConfig
 from queryrec.diffusion.query_units import UNITS, diffusion_view
@@ -66,6 +65,7 @@ from queryrec.diffusion.x0 import (
 )
 from queryrec.errors import QueryRecError
 from queryrec.features.dataset import PreparedDataset
+from queryrec.progress import bar as progress_bar
 from queryrec.training.distributed import resolve_device
 
 MODEL_FILE, UNIVERSE_FILE, CONFIG_FILE = "denoiser.pt", "universe.npy", "diffusion.json"
@@ -302,10 +302,10 @@ def _train_epoch(
     job.model.denoiser.train()
     order = rng.permutation(fit_rows)
     losses = []
-    bar = tqdm(
+    bar = progress_bar(
         range(0, len(order), cfg.batch_size),
         desc=f"diffusion epoch {epoch + 1}/{cfg.epochs}",
-        disable=not cfg.progress,
+        enabled=cfg.progress,
         leave=False,
     )
     for lo in bar:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from queryrec.diffusion.augment import load_pseudo_positives, load_query_positives
 from queryrec.errors import QueryRecError
@@ -33,6 +31,7 @@ from queryrec.features.query_positives import QueryPositives
 from queryrec.models.config import ModelConfig
 from queryrec.models.ctr_model import CTRModel
 from queryrec.models.registry import ModelSpec, build_model, model_config, model_spec
+from queryrec.progress import bar as progress_bar
 from queryrec.progress import say
 from queryrec.training.batch_order import epoch_batches
 from queryrec.training.batches import BatchBuilder, PseudoPositives, SplitArrays
@@ -349,11 +348,10 @@ def _train_epoch(
     run.model.train()
     started = time.perf_counter()
     running: dict[str, float] = {}
-    bar = tqdm(
+    bar = progress_bar(
         batches,
         desc=f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}",
-        disable=not (cfg.progress and ctx.is_main),
-        mininterval=1.0 if sys.stderr.isatty() else 30.0,  # few lines in logs
+        enabled=cfg.progress and ctx.is_main,
         unit="batch",
     )
     done = 0
