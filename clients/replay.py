@@ -209,6 +209,8 @@ async def _send(
 
 
 TOLERANCE = 1e-5  # |served - offline| allowed for any impression of a non-degraded answer
+STATE_MISSING_SHARE = 0.5
+"""Above this share of compared scores off, replay blames a missing state, not features."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,26 @@ class Parity:
             above_tolerance=int((gap > TOLERANCE).sum()),
             offline_auc=auc(report.labels, offline),
         )
+
+    def failure(self, data: Path) -> str | None:
+        """None when every compared score is within TOLERANCE; else the one-line error,
+        naming the likelier cause. Most scores off: the server's Redis does not hold this
+        dataset's state (never loaded, another dataset's, flushed), since every user's
+        history then differs; a few off: serving and training compute different features."""
+        if not self.above_tolerance:
+            return None
+        head = (
+            f"{self.above_tolerance:,} of {self.compared:,} served scores differ from the "
+            f"offline score of the same impression by more than {TOLERANCE:g} "
+            f"(max {self.max_abs_diff:.2e})"
+        )
+        if self.above_tolerance > STATE_MISSING_SHARE * self.compared:
+            return (
+                f"{head}: most of them, so the server's Redis most likely does not hold this "
+                f"dataset's state; load it into the server's Redis first "
+                f"(queryrec state load --data {data} --redis URL)"
+            )
+        return f"{head}: serving does not compute training's features"
 
 
 def run_replay(
@@ -275,12 +297,9 @@ def run_replay(
         f"{parity.max_abs_diff:.2e}, 99.9th percentile {parity.p999_abs_diff:.2e}, "
         f"{parity.above_tolerance} above {TOLERANCE:g}"
     )
-    if parity.above_tolerance:
-        raise QueryRecError(
-            f"{parity.above_tolerance} served scores differ from the offline score of the same "
-            f"impression by more than {TOLERANCE:g} (max {parity.max_abs_diff:.2e}): serving "
-            "does not compute training's features"
-        )
+    failure = parity.failure(data)
+    if failure is not None:
+        raise QueryRecError(failure)
     return summary
 
 
