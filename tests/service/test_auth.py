@@ -9,7 +9,6 @@ clients, and a stranger's CA).
 from __future__ import annotations
 
 import asyncio
-import datetime
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,8 @@ import grpc
 import httpx
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -39,7 +37,7 @@ from service.healthcheck import main as healthcheck
 from service.server import create_server
 from service.settings import ServiceSettings, load_settings
 from tests.service.harness import ServerThread
-from tests.service.test_tls import Pki, make_pki
+from tests.service.test_tls import Pki, certificate, make_pki
 
 TOKEN = "api-s3cret"
 ADMIN_TOKEN = "admin-s3cret"
@@ -247,24 +245,6 @@ class Identity:
     key: bytes
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _signed(
-    builder: x509.CertificateBuilder, subject: str, key: ec.EllipticCurvePrivateKey
-) -> x509.CertificateBuilder:
-    """`builder` with the subject, key, serial and a validity of yesterday to tomorrow."""
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        builder.subject_name(_name(subject))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-    )
-
-
 @dataclass(frozen=True)
 class ClientCa:
     """A CA that signs client certificates."""
@@ -276,38 +256,14 @@ class ClientCa:
     @classmethod
     def create(cls, name: str) -> ClientCa:
         key = ec.generate_private_key(ec.SECP256R1())
-        usage = x509.KeyUsage(
-            digital_signature=True,
-            content_commitment=False,
-            key_encipherment=False,
-            data_encipherment=False,
-            key_agreement=False,
-            key_cert_sign=True,
-            crl_sign=True,
-            encipher_only=False,
-            decipher_only=False,
-        )
-        cert = (
-            _signed(x509.CertificateBuilder(), name, key)
-            .issuer_name(_name(name))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(usage, critical=True)
-            .sign(key, hashes.SHA256())
-        )
-        return cls(name, cert, key)
+        return cls(name, certificate(name, key, name, key, ca=True), key)
 
     def pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
     def issue(self, client: str) -> Identity:
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            _signed(x509.CertificateBuilder(), client, key)
-            .issuer_name(_name(self.name))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
+        cert = certificate(client, key, self.name, self.key, ca=False, client=True)
         return Identity(
             cert.public_bytes(serialization.Encoding.PEM),
             key.private_bytes(

@@ -44,15 +44,18 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _certificate(
+def certificate(
     subject: str,
     key: ec.EllipticCurvePrivateKey,
     issuer: str,
     issuer_key: ec.EllipticCurvePrivateKey,
     *,
     ca: bool,
+    client: bool = False,
 ) -> x509.Certificate:
-    """A certificate valid from yesterday to tomorrow (clock skew cannot fail the test)."""
+    """A certificate valid from yesterday to tomorrow (clock skew cannot fail the test):
+    a CA's (`ca`), a client's (`client`: for mutual TLS), else a server's for localhost /
+    127.0.0.1."""
     now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
@@ -79,6 +82,10 @@ def _certificate(
             ),
             critical=True,
         )
+    elif client:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
     else:
         builder = builder.add_extension(
             x509.SubjectAlternativeName(
@@ -93,9 +100,9 @@ def make_pki(folder: Path, ca_name: str = "queryrec test CA") -> Pki:
     """A CA and a server certificate for localhost / 127.0.0.1, written as PEM files."""
     folder.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = _certificate(ca_name, ca_key, ca_name, ca_key, ca=True)
+    ca_cert = certificate(ca_name, ca_key, ca_name, ca_key, ca=True)
     server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = _certificate("localhost", server_key, ca_name, ca_key, ca=False)
+    server_cert = certificate("localhost", server_key, ca_name, ca_key, ca=False)
     pki = Pki(folder / "ca.pem", folder / "server.pem", folder / "server.key")
     pki.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     pki.cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
