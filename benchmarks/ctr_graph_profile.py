@@ -21,8 +21,9 @@ import numpy as np
 import onnxruntime as ort
 
 from queryrec.features.model_inputs import ModelInputs
-from service.bundle import load_bundle, session_options
-from service.features import FeatureBuilder, UserRow
+from service.inference.bundle import session_options
+from service.inference.bundle_loader import load_bundle
+from service.inference.features import FeatureBuilder, UserRow
 
 
 def full_row(builder: FeatureBuilder) -> UserRow:

@@ -37,7 +37,7 @@ from queryrec.features.graph_feeds import graph_feed
 from queryrec.features.model_inputs import ModelInputs
 from queryrec.models.ctr_model import CTRModel
 from queryrec.training.checkpoint import load_checkpoint, read_checkpoint
-from service.bundle import load_bundle
+from service.inference.bundle_loader import load_bundle
 
 ENCODER_BATCHES = (1, 8, 32, 128)
 CTR_SHAPES = ((1, 100), (1, 500), (32, 100))  # (requests, candidates each)

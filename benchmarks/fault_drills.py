@@ -37,10 +37,10 @@ import httpx
 import numpy as np
 import polars as pl
 
-from queryrec.demo import ServerProcess
+from clients.launcher import ServerProcess
 from service.api import scorer_pb2 as pb
 from service.api import scorer_pb2_grpc
-from service.embedded_redis import EmbeddedRedis
+from service.state.embedded_redis import EmbeddedRedis
 
 REQUEST_MS = 1_700_000_000_000
 ADMIN_PORT = re.compile(r"admin on port (?P<port>\d+)")

@@ -34,11 +34,11 @@ from queryrec.features.dataset import PreparedDataset
 from queryrec.features.model_inputs import HistoryLengths
 from queryrec.training.batch_order import bucketed_batches
 from queryrec.training.batches import AuxiliaryConfig, BatchBuilder
-from service.bundle import load_bundle
-from service.embedded_redis import EmbeddedRedis
-from service.features import FeatureBuilder
-from service.state import HistoryCaps, RedisState, UserState
-from service.state_load import load_state
+from service.inference.bundle_loader import load_bundle
+from service.inference.features import FeatureBuilder
+from service.state.embedded_redis import EmbeddedRedis
+from service.state.load import load_state
+from service.state.redis_state import HistoryCaps, RedisState, UserState
 
 BATCH, BATCHES = 1024, 60
 
@@ -75,7 +75,7 @@ def serving_ms(
     pages = samples.unique(["user", "ts"], maintain_order=True)
     user_raw = dataset.raw_ids("users") if hasattr(dataset, "raw_ids") else None
     if user_raw is None:  # before: the helper lived in the state loader
-        from service.state_load import raw_ids  # type: ignore[attr-defined]
+        from service.state.load import raw_ids  # type: ignore[attr-defined]
 
         user_raw = raw_ids(dataset, "users")
     requests = [

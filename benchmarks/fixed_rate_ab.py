@@ -32,8 +32,8 @@ from loadtest.bench import (
 )
 from queryrec.features.bundle_format import read_manifest
 from queryrec.features.dataset import PreparedDataset
-from service.embedded_redis import EmbeddedRedis
-from service.state_load import load_state
+from service.state.embedded_redis import EmbeddedRedis
+from service.state.load import load_state
 
 WARMUP_RATE, WARMUP_S = 20.0, 3.0
 

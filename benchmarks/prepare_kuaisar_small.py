@@ -30,7 +30,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path("bench-work"))
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
-    queryrec = [sys.executable, "-m", "queryrec.cli.main"]
+    queryrec = [sys.executable, "-m", "app.cli"]
     raw = args.workdir / "raw-kuaisar-small"
     if not (raw / "synth_manifest.json").exists():
         print(f"generating {raw} (about a minute) ...", flush=True)

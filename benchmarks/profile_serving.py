@@ -31,13 +31,13 @@ from pathlib import Path
 import grpc
 
 from clients.credentials import api_metadata
+from clients.launcher import ServerProcess
 from clients.replay import build_events
-from queryrec.demo import ServerProcess
 from queryrec.features.bundle_format import read_manifest
 from queryrec.features.dataset import PreparedDataset
 from service.api import scorer_pb2, scorer_pb2_grpc
-from service.embedded_redis import EmbeddedRedis
-from service.state_load import load_state
+from service.state.embedded_redis import EmbeddedRedis
+from service.state.load import load_state
 
 # Stage of a sample: the first of these (innermost first) found in its stack.
 STAGES = (
@@ -46,11 +46,11 @@ STAGES = (
     ("CTR inputs", "ctr_feed"),
     ("encoder inputs", "encoder_feed"),
     ("features (Redis state -> model inputs)", "user_row"),
-    ("Redis read and decode", "read (service/state.py"),
-    ("batcher", "service/batcher.py"),
-    ("scoring pipeline", "service/scoring.py"),
-    ("RPC wrapper, validation, response", "service/calls.py"),
-    ("RPC wrapper, validation, response", "service/server.py"),
+    ("Redis read and decode", "read (service/state/redis_state.py"),
+    ("batcher", "service/inference/batcher.py"),
+    ("scoring pipeline", "service/inference/scoring.py"),
+    ("RPC wrapper, validation, response", "service/transport/calls.py"),
+    ("RPC wrapper, validation, response", "service/transport/server.py"),
     ("redis-py", "redis/"),
     ("grpc", "grpc/"),
     ("asyncio event loop", "asyncio/"),

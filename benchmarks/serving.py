@@ -29,16 +29,16 @@ import grpc
 import numpy as np
 
 from clients.credentials import api_metadata
+from clients.launcher import ServerProcess
 from clients.replay import build_events, run_replay
-from queryrec.demo import ServerProcess
 from queryrec.features.bundle_format import read_manifest
 from queryrec.features.dataset import PreparedDataset
 from service.api import scorer_pb2, scorer_pb2_grpc
-from service.bundle import load_bundle
-from service.embedded_redis import EmbeddedRedis
-from service.features import Encoded, FeatureBuilder, UserRow, split_encoded
-from service.state import HistoryCaps, RedisState
-from service.state_load import LoadReport, load_state
+from service.inference.bundle_loader import load_bundle
+from service.inference.features import Encoded, FeatureBuilder, UserRow, split_encoded
+from service.state.embedded_redis import EmbeddedRedis
+from service.state.load import LoadReport, load_state
+from service.state.redis_state import HistoryCaps, RedisState
 
 
 def process_cpu_s(pid: int) -> float:

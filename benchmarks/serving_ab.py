@@ -36,12 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from serving import score_only
 
+from clients.launcher import ServerProcess
 from clients.replay import build_events
 from loadtest.bench import tree_cpu_s
-from queryrec.demo import ServerProcess
 from queryrec.features.dataset import PreparedDataset
-from service.embedded_redis import EmbeddedRedis
-from service.state_load import load_state
+from service.state.embedded_redis import EmbeddedRedis
+from service.state.load import load_state
 
 CONCURRENCY = 8
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import redis
 
 from queryrec.features.dataset import PreparedDataset
-from service.embedded_redis import EmbeddedRedis
-from service.state_load import load_state
+from service.state.embedded_redis import EmbeddedRedis
+from service.state.load import load_state
 
 
 def _memory(client: redis.Redis) -> dict[str, int]:

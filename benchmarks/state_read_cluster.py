@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from service.embedded_cluster import EmbeddedCluster
-from service.embedded_redis import EmbeddedRedis
-from service.state import HistoryCaps, RedisState
+from service.state.embedded_cluster import EmbeddedCluster
+from service.state.embedded_redis import EmbeddedRedis
+from service.state.redis_state import HistoryCaps, RedisState
 
 CAPS = HistoryCaps(queries=20, clicks=50, ttl_s=3600)
 CACHE = "enc-bench"

@@ -86,12 +86,12 @@ def _train(
     updates, _, ddp = updates.partition("-ddp")
     processes = int(ddp or 1)
     run_dir = workdir / f"run-kuaisar-small-queryrec-{name}-{samples or 'full'}"
-    launcher = [sys.executable, "-m", "queryrec.cli.main"]
+    launcher = [sys.executable, "-m", "app.cli"]
     env = dict(os.environ)
     if processes > 1:
         launcher = [
             sys.executable, "-m", "torch.distributed.run", "--standalone",
-            "--nproc_per_node", str(processes), "-m", "queryrec.cli.main",
+            "--nproc_per_node", str(processes), "-m", "app.cli",
         ]  # fmt: skip
         env["OMP_NUM_THREADS"] = "1"  # the processes share the cores
     command = [

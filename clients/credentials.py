@@ -2,7 +2,7 @@
 
 A server with `QUERYREC_API_TOKEN` (or `QUERYREC_API_TOKEN_FILE`) answers every call but
 health UNAUTHENTICATED unless it carries the metadata `authorization: Bearer <token>`
-(`service.auth`). The clients read the same variables from their environment, so one
+(`service.transport.auth`). The clients read the same variables from their environment, so one
 exported variable serves both sides; with neither set they send nothing, which is what
 a server on loopback without a token expects.
 """

@@ -29,7 +29,6 @@ from export.graphs import CTRGraph, QueryEncoderGraph, encoder_outputs
 from export.onnx_export import OPSET, GraphSpec, export_ctr, export_encoder
 from export.parity import check_parity
 from export.quantize import MAX_AUC_DROP, quantize_with_guard
-from queryrec.diffusion.augment import load_query_positives
 from queryrec.errors import OutputExistsError, QueryRecError
 from queryrec.evaluation.bundle_scoring import cpu_session
 from queryrec.features.bundle_format import (
@@ -42,6 +41,7 @@ from queryrec.features.bundle_format import (
     write_sealed,
 )
 from queryrec.features.dataset import PreparedDataset
+from queryrec.features.pseudo_positives import load_query_positives
 from queryrec.features.query_positives import QueryPositives
 from queryrec.features.schema import sha256_file
 from queryrec.progress import say

@@ -37,10 +37,10 @@ from torch import Tensor, nn
 from export.din_serving import DINServingHead, supports
 from export.match_counts_serving import ServingCounts
 from queryrec.features.model_inputs import OPTIONAL_INPUTS, ModelInputs
+from queryrec.models.baselines.sesrec import SESRecModel
+from queryrec.models.baselines.unisar import UniSARModel
 from queryrec.models.ctr_model import CTRModel
 from queryrec.models.queryrec_model import QueryRecModel
-from queryrec.models.sesrec import SESRecModel
-from queryrec.models.unisar import UniSARModel
 
 WHOLE_MODEL = (SESRecModel, UniSARModel)
 """Models whose CTR graph is their own forward per pair (no encoder graph)."""

@@ -18,7 +18,7 @@ Locust mix, same seed) in one run:
 | `service-no-batching` | QUERYREC_ENCODER_MAX_BATCH=1, QUERYREC_CTR_MAX_PAIRS=candidates |
 
 For each server and candidate count: one embedded Redis, emptied (FLUSHALL, also of
-cached query vectors) and loaded with the dataset's state (`service.state_load`) before
+cached query vectors) and loaded with the dataset's state (`service.state.load`) before
 the server starts, so that no server sees another's writes or cache; the server starts;
 a short warm-up run (discarded); then steps of `loadtest.run.run_load` at a constant
 offered rate: doubling from `--start-rate` until a step fails the pass rule
@@ -157,8 +157,8 @@ def started(
 ) -> Iterator[RunningServer]:
     """Start `server`, yield it, always stop it. `settings`: QUERYREC_* on top of a
     service variant's own (`service_settings`)."""
+    from clients.launcher import ServerProcess
     from loadtest.reference_servers import ReferenceServerProcess
-    from queryrec.demo import ServerProcess
 
     if server in REFERENCE_KINDS:
         process = ReferenceServerProcess(
@@ -300,10 +300,10 @@ def full_history_feeds(
 ) -> tuple[dict[str, np.ndarray] | None, dict[str, np.ndarray]]:
     """(encoder feed, CTR feed) of one user with every query and click slot filled (and,
     for a bundle that reads them, every search's clicked results) and `candidates`
-    candidates, built by the service's feature path (`service.features.inline_feeds`)."""
-    from service.bundle import load_bundle
-    from service.features import FeatureBuilder, inline_feeds
-    from service.state import UserState
+    candidates, built by the service's feature path (`service.inference.features.inline_feeds`)."""
+    from service.inference.bundle_loader import load_bundle
+    from service.inference.features import FeatureBuilder, inline_feeds
+    from service.state.redis_state import UserState
 
     bundle = load_bundle(bundle_dir, device="cpu", threads=1)
     features = FeatureBuilder.for_bundle(bundle)
@@ -346,9 +346,9 @@ def state_ms(bundle_dir: Path, redis_url: str, candidates: int, users: int = FLO
     sampled users of the bundle, `RedisState.read` (one pipelined round trip, no cached
     vector), `FeatureBuilder.user_row` and both graph feeds (the encoder's outputs stood
     in by zeros of their shapes: the graphs' own time is not counted here)."""
-    from service.bundle import load_bundle
-    from service.features import FeatureBuilder, split_encoded
-    from service.state import HistoryCaps, RedisState
+    from service.inference.bundle_loader import load_bundle
+    from service.inference.features import FeatureBuilder, split_encoded
+    from service.state.redis_state import HistoryCaps, RedisState
 
     bundle = load_bundle(bundle_dir, device="cpu", threads=1)
     features = FeatureBuilder.for_bundle(bundle)
@@ -584,8 +584,8 @@ def run_bench(
 ) -> dict[str, Any]:
     """The whole benchmark; -> results (also written to out/results.json)."""
     from queryrec.features.dataset import PreparedDataset
-    from service.embedded_redis import EmbeddedRedis
-    from service.state_load import load_state
+    from service.state.embedded_redis import EmbeddedRedis
+    from service.state.load import load_state
 
     out.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(bundle)

@@ -4,7 +4,7 @@
         [--max-batch 4096] [--candidates 100] [--seconds 1.0] [--out throughput.json]
 
 The serving graphs of a bundle, opened the way the service opens them
-(`service.bundle.load_bundle`: CUDA provider first when `--device cuda`), are fed one
+(`service.inference.bundle_loader.load_bundle`: CUDA provider first when `--device cuda`), are fed one
 user with a full history (`loadtest.bench.full_history_feeds`, every query and click
 slot filled) tiled to the batch:
 - encoder: batches of 1, 2, 4, ... `--max-batch` users -> users/s;
@@ -72,7 +72,7 @@ def measure(
 ) -> dict[str, Any]:
     """The throughput table (see the module docstring)."""
     from loadtest.bench import full_history_feeds
-    from service.bundle import load_bundle
+    from service.inference.bundle_loader import load_bundle
 
     bundle = load_bundle(bundle_dir, device=device, threads=1)
     encoder_feed, ctr_feed = full_history_feeds(bundle_dir, candidates)

@@ -10,8 +10,8 @@ them and `queryrec serve`:
   server on the same transport can be faster: this is the ceiling, and its CPU
   per call is the transport's share of the floor (`loadtest.bench`).
 - `naive-onnx`: what a team writes first. One request at a time, inline on the event
-  loop: the Redis read (`service.state.RedisState.read`, no query-vector cache), the
-  service's feature path (`service.features.FeatureBuilder` and `inline_feeds`: reused,
+  loop: the Redis read (`service.state.redis_state.RedisState.read`, no query-vector cache), the
+  service's feature path (`service.inference.features.FeatureBuilder` and `inline_feeds`: reused,
   so the inputs are exactly the service's), then one ONNX Runtime call per graph
   (encoder, then CTR) with one intra-op thread; no batching, no cache, no budget, no
   degraded answers.
@@ -50,14 +50,15 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2_grpc
 
-from queryrec.demo import ListeningProcess
+from clients.launcher import ListeningProcess
 from service.api import scorer_pb2 as pb
 from service.api import scorer_pb2_grpc
-from service.bundle import Bundle, load_bundle
 from service.errors import SearchNotFound, StateUnavailable
-from service.features import FeatureBuilder, UserRow, inline_feeds, split_encoded
-from service.health import SERVING, Health
-from service.state import HistoryCaps, RedisState
+from service.inference.bundle import Bundle
+from service.inference.bundle_loader import load_bundle
+from service.inference.features import FeatureBuilder, UserRow, inline_feeds, split_encoded
+from service.state.redis_state import HistoryCaps, RedisState
+from service.transport.health import SERVING, Health
 
 if TYPE_CHECKING:
     import torch
@@ -337,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 class ReferenceServerProcess(ListeningProcess):
-    """A reference server as a subprocess (`queryrec.demo.ListeningProcess`, as
+    """A reference server as a subprocess (`app.demo.ListeningProcess`, as
     `ServerProcess` is for `queryrec serve`): `launch` + `wait`, or `start`, -> its port."""
 
     listening = LISTENING

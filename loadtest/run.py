@@ -129,7 +129,7 @@ def write_mix(config: LoadConfig, path: Path, times_dir: Path) -> dict[str, int]
     """Write the locustfile's mix file (ids with weights, request shape, pace) from the
     prepared dataset; -> how many users, items and queries it holds.
 
-    Users: those `service.state_load.load_state` writes (any click or search before the
+    Users: those `service.state.load.load_state` writes (any click or search before the
     test split, or a profile), ranked by that activity, weight 1 / rank**USER_ZIPF_S.
     Items: the catalogue's items with at least one impression in the feed timeline,
     weighted by their impressions. Queries: up to QUERY_SAMPLE real non-empty queries.
@@ -483,10 +483,10 @@ def served_stack(
     """Embedded Redis, the state of `data` loaded into it (capped at the bundle's history
     lengths), `queryrec serve` on `bundle` with QUERYREC_BUDGET_MS = `budget_ms` (admin
     port 0, no drain delay: ServerProcess's settings); everything stops on exit."""
-    from queryrec.demo import ServerProcess
+    from clients.launcher import ServerProcess
     from queryrec.features.dataset import PreparedDataset
-    from service.embedded_redis import EmbeddedRedis
-    from service.state_load import load_state
+    from service.state.embedded_redis import EmbeddedRedis
+    from service.state.load import load_state
 
     for folder, what in ((data, "prepared dataset"), (bundle, "model bundle")):
         if not folder.is_dir():

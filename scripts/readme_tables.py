@@ -1,6 +1,6 @@
 """Rewrite the generated tables of README.md's Operations section from the code.
 
-Run after changing `service/settings.py` or `service/degraded.py`:
+Run after changing `service/settings.py` or `service/inference/degraded.py`:
     .venv/bin/python scripts/readme_tables.py
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.degraded import reasons_table
+from service.inference.degraded import reasons_table
 from service.settings import settings_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"

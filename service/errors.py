@@ -40,7 +40,7 @@ class Overloaded(QueryRecError):
 
 class Rejected(QueryRecError):
     """A call answered with an error status; `kind` maps to gRPC and HTTP codes
-    (service/calls.py): invalid, not_found, overloaded, deadline, unavailable, internal.
+    (service/transport/calls.py): invalid, not_found, overloaded, deadline, unavailable, internal.
     The message goes to the caller: it names the field or the state, never hosts or
     exception text."""
 

@@ -8,7 +8,7 @@ one, so that several servers in one process (tests, a reload) never collide.
 Both of prometheus-client's modes work: one process (values in memory), and the
 multiprocess mode of `queryrec serve --workers N` (`PROMETHEUS_MULTIPROC_DIR` set before
 the library is imported: every worker writes its values to files there and the
-supervisor's `/metrics` merges them, `service.workers`). That mode has no `Info` metric,
+supervisor's `/metrics` merges them, `service.transport.workers`). That mode has no `Info` metric,
 so the model is a gauge with the bundle as labels and the value 1, and every gauge says
 how the workers' values merge (`multiprocess_mode`; ignored in one process).
 """

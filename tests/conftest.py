@@ -10,7 +10,7 @@ import pytest
 
 from queryrec.data.prepare import PrepareConfig, run_prepare
 from queryrec.data.synth import preset_config, run_synth
-from service.embedded_redis import EmbeddedRedis
+from service.state.embedded_redis import EmbeddedRedis
 
 
 @pytest.fixture(scope="session")

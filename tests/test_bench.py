@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from queryrec.bench import paired_differences
-from queryrec.cli.main import DEFAULT_MODELS, main
+from app.bench import paired_differences
+from app.cli import DEFAULT_MODELS, main
 from queryrec.models.registry import DEFAULT_BENCH_MODELS
-from queryrec.training.loop import TrainResult
+from queryrec.training.results import TrainResult
 
 
 def test_cli_default_models_match_the_registry() -> None:

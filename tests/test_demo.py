@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from queryrec.cli.main import main
+from app.cli import main
 from queryrec.features.schema import load_schema
 
 

@@ -3,14 +3,8 @@
 For every training-split search session without a click: x0 is negative on its shown
 items and 0 elsewhere (`queryrec.diffusion.x0`), the reverse process reconstructs x̃0, the known
 negatives (its shown items) are removed, and the top-K items become the session's
-pseudo-positives for L_cl. Written into the dataset folder, beside what `data prepare`
-wrote and outside its hashed files:
-
-| file | what |
-|---|---|
-| `augment/pseudo_positives.parquet` | `session` (row of timelines/search.parquet), `items` (K item indices, best first) |
-| `augment/query_positives.parquet` | the same by query, for serving (`queryrec.features.query_positives`): `key`, `items` |
-| `augment/manifest.json` | the dataset's schema hash, `source`, the diffusion model folder and its settings, K, counts, timing, `main_category_share` |
+pseudo-positives for L_cl. Written into the dataset folder's `augment/`
+(`queryrec.features.pseudo_positives` lists the files and is their one reader).
 
 `--reference category` writes the category reference's positives instead
 (`category_reference.py`, not the paper's method; `source` says which): a yardstick for
@@ -20,8 +14,6 @@ what on-topic positives do for the CTR model.
 pseudo-positives in the second-level category most common among the query's shown
 items, beside the same share for the real clicks of clicked training queries.
 
-Training (`queryrec train --model queryrec`) reads them through `load_pseudo_positives`,
-which refuses a manifest made for another dataset.
 """
 
 from __future__ import annotations
@@ -34,19 +26,21 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from queryrec.device import resolve_device
 from queryrec.diffusion.category_reference import CategoryReference, main_shown_category
 from queryrec.diffusion.query_units import QueryUnits, diffusion_view
 from queryrec.diffusion.train import load_model
 from queryrec.diffusion.x0 import UNSEEN, sessions_in
 from queryrec.errors import QueryRecError
 from queryrec.features.dataset import PreparedDataset
-from queryrec.features.query_positives import QueryPositives, table_from_sessions
+from queryrec.features.pseudo_positives import (
+    AUGMENT_DIR,
+    MANIFEST_FILE,
+    POSITIVES_FILE,
+    QUERY_TABLE_FILE,
+)
+from queryrec.features.query_positives import table_from_sessions
 from queryrec.progress import bar
-from queryrec.training.batches import PseudoPositives
-from queryrec.training.distributed import resolve_device
-
-AUGMENT_DIR, POSITIVES_FILE, MANIFEST_FILE = "augment", "pseudo_positives.parquet", "manifest.json"
-QUERY_TABLE_FILE = "query_positives.parquet"
 
 
 def augment(
@@ -208,40 +202,3 @@ def main_category_share(
         hits += int((category[chosen] == main).sum())
         total += len(chosen)
     return hits / max(total, 1)
-
-
-def load_pseudo_positives(dataset: PreparedDataset) -> PseudoPositives | None:
-    """The augment job's output for `dataset`, as CSR over search sessions; None when the
-    dataset was not augmented. QueryRecError when it was augmented for another dataset."""
-    folder = dataset.root / AUGMENT_DIR
-    if not (folder / MANIFEST_FILE).is_file():
-        return None
-    manifest = json.loads((folder / MANIFEST_FILE).read_text())
-    if manifest.get("schema_hash") != dataset.content_hash:
-        raise QueryRecError(
-            f"{folder / MANIFEST_FILE}: pseudo-positives were made for dataset "
-            f"{str(manifest.get('schema_hash'))[:12]}, not {dataset.content_hash[:12]}; rerun "
-            "'queryrec diffusion augment'"
-        )
-    frame = pl.read_parquet(folder / POSITIVES_FILE)
-    n_sessions = len(dataset.search_ts)
-    counts = np.zeros(n_sessions, dtype=np.int64)
-    sessions = frame["session"].to_numpy()
-    lists = frame["items"].to_list()
-    counts[sessions] = [len(x) for x in lists]
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    flat = np.zeros(offsets[-1], dtype=np.int64)
-    for session, values in zip(sessions, lists, strict=True):
-        flat[offsets[session] : offsets[session + 1]] = values
-    return PseudoPositives(offsets=offsets, items=flat)
-
-
-def load_query_positives(dataset: PreparedDataset) -> QueryPositives | None:
-    """The augment job's table by query for `dataset` (None when it was not augmented, or
-    augmented before the table existed); QueryRecError when made for another dataset."""
-    if load_pseudo_positives(dataset) is None:  # checks the manifest's dataset hash
-        return None
-    path = dataset.root / AUGMENT_DIR / QUERY_TABLE_FILE
-    if not path.is_file():
-        return None
-    return QueryPositives.read(path, items=int(dataset.schema["vocab_sizes"]["items"]))

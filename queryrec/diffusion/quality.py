@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from queryrec.device import resolve_device
 from queryrec.diffusion.augment import item_categories
 from queryrec.diffusion.category_reference import CategoryReference
 from queryrec.diffusion.query_units import diffusion_view
@@ -42,7 +43,6 @@ from queryrec.diffusion.train import (
 from queryrec.diffusion.x0 import sessions_in
 from queryrec.errors import QueryRecError
 from queryrec.features.dataset import PreparedDataset
-from queryrec.training.distributed import resolve_device
 
 CATEGORY_REFERENCE = "most-clicked of the main shown category (outside the three; reads categories)"
 

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from queryrec.device import resolve_device
 from queryrec.diffusion.denoiser import Denoiser, DenoiserConfig
 from queryrec.diffusion.query_units import UNITS, diffusion_view
 from queryrec.diffusion.sampler import reconstruct, training_loss
@@ -66,7 +67,6 @@ from queryrec.diffusion.x0 import (
 from queryrec.errors import QueryRecError
 from queryrec.features.dataset import PreparedDataset
 from queryrec.progress import bar as progress_bar
-from queryrec.training.distributed import resolve_device
 
 MODEL_FILE, UNIVERSE_FILE, CONFIG_FILE = "denoiser.pt", "universe.npy", "diffusion.json"
 

@@ -1,6 +1,6 @@
 """The model bundle's layout and its verified manifest (torch-free, ONNX-Runtime-free).
 
-One definition for the writer (`export.bundle`), the serving reader (`service.bundle`)
+One definition for the writer (`export.bundle`), the serving reader (`service.inference.bundle`)
 and offline scoring (`queryrec.evaluation.bundle_scoring`). A bundle is a directory
 that holds these files and nothing else:
 
@@ -175,7 +175,7 @@ def check_manifest_fields(manifest: Mapping[str, Any], path: Path) -> None:
     name and inputs the service can feed; the axes in `FIXED_AXES` equal the lengths the
     feature builder pads to; the encoder's output width is the CTR graph's `query_repr`
     width; `query_positives`, when present, names the bundle's table. That the graph
-    files themselves have these inputs is the service's check (`service.bundle`): this
+    files themselves have these inputs is the service's check (`service.inference.bundle`): this
     module does not load ONNX.
     """
     reads = manifest["reads"]

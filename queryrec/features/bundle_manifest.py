@@ -22,7 +22,7 @@ are refused): required keys, types, ranges, safe characters and bounded lengths 
 strings that reach logs, metrics labels and responses (`model_version`: at most 128 of
 `[A-Za-z0-9._:+-]`), relative bundle paths (no `..`, no absolute path, no hidden file),
 and the consistency of fields with each other that needs no other file. The checks
-against the files (hashes, graphs, tables) are `bundle_format`'s and `service.bundle`'s.
+against the files (hashes, graphs, tables) are `bundle_format`'s and `service.inference.bundle`'s.
 
 Every problem is a `BundleError` of one line naming the file and the field.
 """

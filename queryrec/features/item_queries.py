@@ -1,6 +1,6 @@
 """Each item's search queries: the instrumental variables of IV4REC+ (numpy + polars).
 
-IV4REC+ (`queryrec.models.iv4rec`) decomposes an item's embedding with the queries that
+IV4REC+ (`queryrec.models.baselines.iv4rec`) decomposes an item's embedding with the queries that
 led users to click it. This module builds that table once per dataset, from the
 **training split only** (search sessions with ts < `valid_start_ms`): for every item, the
 normalised queries (`queryrec.features.query_identity`) of the training sessions in which

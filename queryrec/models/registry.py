@@ -220,15 +220,15 @@ def build_model(name: str, dataset: PreparedDataset, cfg: ModelConfig) -> CTRMod
     if spec.architecture == "ctr":
         return CTRModel(cfg, spec.backbone, side)
     if spec.architecture == "ple":
-        from queryrec.models.ple import PLEModel
+        from queryrec.models.baselines.ple import PLEModel
 
         return PLEModel(cfg, side)
     if spec.architecture == "sesrec":
-        from queryrec.models.sesrec import SESRecModel
+        from queryrec.models.baselines.sesrec import SESRecModel
 
         return SESRecModel(cfg, side)
     if spec.architecture == "iv4rec":
-        from queryrec.models.iv4rec import IV4RecModel
+        from queryrec.models.baselines.iv4rec import IV4RecModel
 
         return IV4RecModel(cfg, side, dataset)
     if spec.architecture == "queryrec":
@@ -236,7 +236,7 @@ def build_model(name: str, dataset: PreparedDataset, cfg: ModelConfig) -> CTRMod
 
         return QueryRecModel(cfg, side)
     if spec.architecture == "unisar":
-        from queryrec.models.unisar import UniSARModel
+        from queryrec.models.baselines.unisar import UniSARModel
 
         return UniSARModel(cfg, side)
     raise QueryRecError(f"model '{name}' is not a torch model (architecture {spec.architecture})")

@@ -66,6 +66,7 @@ from queryrec.features.model_inputs import (
     inputs_from_windows,
     trim_query_columns,
 )
+from queryrec.features.pseudo_positives import PseudoPositives
 from queryrec.features.query_positives import QueryPositives
 from queryrec.features.time_features import HOUR_MS
 from queryrec.training.query_positives import query_positives
@@ -121,14 +122,6 @@ class AuxiliaryConfig:
             raise ValueError(
                 f"next_negative_draws must be positive, not {self.next_negative_draws}"
             )
-
-
-@dataclass(frozen=True)
-class PseudoPositives:
-    """Extra L_cl positives per search session (CSR over search.parquet rows)."""
-
-    offsets: np.ndarray  # (n_sessions + 1,) int64
-    items: np.ndarray  # (offsets[-1],) item indices
 
 
 @dataclass

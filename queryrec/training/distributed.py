@@ -9,7 +9,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from queryrec.errors import QueryRecError
+from queryrec.device import resolve_device
 
 
 @dataclass(frozen=True)
@@ -29,22 +29,7 @@ class DistributedContext:
         return self.world_size > 1
 
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
 COLLECTIVE_TIMEOUT = timedelta(hours=2)
-
-
-def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
-    """The torch device for a `--device` choice (auto | cpu | cuda), used by training and
-    the diffusion jobs alike: `auto` picks CUDA when available, else the CPU; `cuda`
-    without a GPU, or any other choice, is a clear error. On CUDA the device is
-    `cuda:local_rank` (the process's GPU under torchrun)."""
-    if choice not in DEVICE_CHOICES:
-        raise QueryRecError(f"--device must be auto, cpu or cuda, not '{choice}'")
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise QueryRecError("--device cuda was asked for, but no CUDA device is available")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
 
 
 def init_distributed(device_choice: str) -> DistributedContext:

@@ -63,7 +63,7 @@ from queryrec.progress import say
 from queryrec.training.batches import BatchBuilder, SplitArrays
 from queryrec.training.checkpoint import GBDT_MODEL_FILE
 from queryrec.training.config import TrainConfig
-from queryrec.training.loop import TrainResult, _calibration, _jsonable, split_metrics
+from queryrec.training.results import TrainResult, calibration, jsonable, split_metrics
 
 CHUNK_ROWS = 8192  # samples per feature batch
 HISTORY_EVERY = 50  # boosting rounds between two `history` entries
@@ -348,7 +348,7 @@ def train_gbdt(
         train_seconds=train_seconds,
         # Each boosting round passes over every training row once (histograms).
         samples_per_second=len(train_rows) * rounds / train_seconds if train_seconds else 0.0,
-        calibration=_calibration(
+        calibration=calibration(
             splits["valid"], probabilities["valid"], splits["test"], probabilities["test"]
         ),
     )
@@ -362,7 +362,7 @@ def train_gbdt(
     run_dir.mkdir(parents=True, exist_ok=True)
     booster.save_model(str(run_dir / GBDT_MODEL_FILE), num_iteration=best)
     (run_dir / "metrics.json").write_text(
-        json.dumps(_jsonable(dataclasses.asdict(result)), indent=2) + "\n"
+        json.dumps(jsonable(dataclasses.asdict(result)), indent=2) + "\n"
     )
     return result
 

@@ -16,17 +16,19 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from queryrec.diffusion.augment import load_pseudo_positives, load_query_positives
 from queryrec.errors import QueryRecError
-from queryrec.evaluation.metrics import auc, evaluate, logloss
-from queryrec.evaluation.slices import last_query_without_click
+from queryrec.evaluation.metrics import auc, logloss
 from queryrec.features.dataset import PreparedDataset
+from queryrec.features.pseudo_positives import (
+    PseudoPositives,
+    load_pseudo_positives,
+    load_query_positives,
+)
 from queryrec.features.query_positives import QueryPositives
 from queryrec.models.config import ModelConfig
 from queryrec.models.ctr_model import CTRModel
@@ -34,32 +36,13 @@ from queryrec.models.registry import ModelSpec, build_model, model_config, model
 from queryrec.progress import bar as progress_bar
 from queryrec.progress import say
 from queryrec.training.batch_order import epoch_batches
-from queryrec.training.batches import BatchBuilder, PseudoPositives, SplitArrays
-from queryrec.training.calibration import CalibrationError, calibration_report
+from queryrec.training.batches import BatchBuilder, SplitArrays
 from queryrec.training.checkpoint import save_checkpoint
 from queryrec.training.config import TrainConfig
 from queryrec.training.distributed import DistributedContext, init_distributed
 from queryrec.training.objective import Objective, to_tensors
 from queryrec.training.optimizers import TrainingOptimizer, resolve_embedding_updates
-
-
-@dataclass
-class TrainResult:
-    """What a training run produced (also written to RUN_DIR/metrics.json)."""
-
-    model: str
-    seed: int
-    valid: dict[str, float]
-    test: dict[str, float]
-    slices: dict[str, dict[str, float]]
-    history: list[dict[str, float]]
-    best_epoch: int
-    train_seconds: float
-    samples_per_second: float
-    # Platt scaling fitted on validation, measured on test (queryrec.training.calibration);
-    # empty when a split has one class only.
-    calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
-    world_size: int = 1  # processes that trained it (DDP under torchrun)
+from queryrec.training.results import TrainResult, calibration, jsonable, split_metrics
 
 
 def predict(
@@ -80,16 +63,6 @@ def predict(
             logits = model.score(batch.inputs)
             out[rows] = torch.sigmoid(logits).float().cpu().numpy()
     return out
-
-
-def split_metrics(
-    dataset: PreparedDataset, arrays: SplitArrays, probabilities: np.ndarray
-) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Overall metrics and the slice "last query before t had no click"."""
-    overall = evaluate(arrays.user, arrays.label, probabilities)
-    in_slice = last_query_without_click(dataset, arrays.user, arrays.search_end)
-    sliced = evaluate(arrays.user[in_slice], arrays.label[in_slice], probabilities[in_slice])
-    return overall, {"no_click_recent_queries": sliced}
 
 
 def train(
@@ -117,13 +90,13 @@ def train(
             model,
             cfg.model,
             model_cfg,
-            _jsonable(dataclasses.asdict(cfg)),
+            jsonable(dataclasses.asdict(cfg)),
             dataset.content_hash,
             metrics,
             data_dir=dataset.root,
         )
         (run_dir / "metrics.json").write_text(
-            json.dumps(_jsonable(dataclasses.asdict(result)), indent=2) + "\n"
+            json.dumps(jsonable(dataclasses.asdict(result)), indent=2) + "\n"
         )
     return result
 
@@ -167,21 +140,10 @@ def fit(
         best_epoch=best_epoch,
         train_seconds=train_seconds,
         samples_per_second=trained * ctx.world_size / train_seconds if train_seconds else 0.0,
-        calibration=_calibration(valid_arrays, valid_probs, test_arrays, test_probs),
+        calibration=calibration(valid_arrays, valid_probs, test_arrays, test_probs),
         world_size=ctx.world_size,
     )
     return model, model_cfg, result, ctx.is_main
-
-
-def _calibration(
-    valid: SplitArrays, valid_probs: np.ndarray, test: SplitArrays, test_probs: np.ndarray
-) -> dict[str, Any]:
-    """The run's calibration report; empty (and said) when it cannot be fitted."""
-    try:
-        return calibration_report(valid_probs, valid.label, test_probs, test.label)
-    except CalibrationError as error:
-        say(f"[train] no calibration report: {error}")
-        return {}
 
 
 def _seeded_model(
@@ -379,10 +341,3 @@ def _validation_metrics(run: _Run, valid_arrays: SplitArrays) -> dict[str, float
     GAUC and the slice are computed once at the end."""
     probs = predict(run.model, run.builder, valid_arrays, run.cfg.eval_batch_size, run.ctx.device)
     return {"auc": auc(valid_arrays.label, probs), "logloss": logloss(valid_arrays.label, probs)}
-
-
-def _jsonable(value: Any) -> Any:
-    """Config/result dicts with tuples and numpy scalars made JSON-friendly."""
-    return json.loads(
-        json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v))
-    )

@@ -20,7 +20,7 @@ from queryrec.features.dataset import PreparedDataset
 from queryrec.features.graph_feeds import graph_feed
 from queryrec.features.model_inputs import EventTimelines, model_inputs
 from service.api import scorer_pb2 as pb
-from service.state_load import load_state
+from service.state.load import load_state
 from tests.service.harness import ServerThread
 
 T = 1_700_000_000_000

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from queryrec.cli.main import main
+from app.cli import main
 
 
 def _replace_line(path: Path, line_number: int, edit: Callable[[str], str]) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from queryrec.cli.main import main
+from app.cli import main
 from queryrec.data.kuaisar import ITEM_FEATURES, REC_INTER, SRC_INTER, USER_FEATURES
 from queryrec.data.prepare import PrepareConfig, run_prepare
 from queryrec.errors import SchemaMismatchError

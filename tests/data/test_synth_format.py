@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from queryrec.cli.main import main
+from app.cli import main
 from queryrec.data.kuaisar import (
     ALL_FILES,
     BEIJING_OFFSET_MS,

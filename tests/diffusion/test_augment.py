@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from queryrec.cli.main import main
-from queryrec.diffusion.augment import load_pseudo_positives
+from app.cli import main
 from queryrec.diffusion.category_reference import CategoryReference
 from queryrec.diffusion.quality import CATEGORY_REFERENCE, paired_gap
 from queryrec.diffusion.train import (
@@ -26,8 +25,9 @@ from queryrec.diffusion.x0 import CLICKED, SHOWN, UNSEEN, ItemUniverse, build_x0
 from queryrec.errors import QueryRecError
 from queryrec.features.dataset import PreparedDataset
 from queryrec.features.model_inputs import HistoryLengths
+from queryrec.features.pseudo_positives import PseudoPositives, load_pseudo_positives
 from queryrec.losses import contrastive_loss
-from queryrec.training.batches import AuxiliaryConfig, BatchBuilder, PseudoPositives
+from queryrec.training.batches import AuxiliaryConfig, BatchBuilder
 
 
 def test_x0_encodes_clicked_shown_and_unseen(tiny_data: Path) -> None:

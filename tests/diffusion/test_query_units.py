@@ -12,11 +12,11 @@ from typing import cast
 import numpy as np
 import pytest
 
-from queryrec.cli.main import main
-from queryrec.diffusion.augment import load_pseudo_positives
+from app.cli import main
 from queryrec.diffusion.query_units import QueryUnits, aggregate_queries, period_codes
 from queryrec.diffusion.x0 import CLICKED, UNSEEN, ItemUniverse, build_x0, sessions_in
 from queryrec.features.dataset import PreparedDataset
+from queryrec.features.pseudo_positives import load_pseudo_positives
 from queryrec.features.query_identity import normalised_query_ids
 
 # s0..s4: (words, ts, shown in display order, clicked). Cuts: valid from 100, test from 200.

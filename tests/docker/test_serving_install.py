@@ -51,11 +51,19 @@ def test_torch_is_not_installed(serving_venv: Path) -> None:
 
 def test_service_modules_import_and_health_probe_runs(serving_venv: Path) -> None:
     python = str(serving_venv / "bin" / "python")
-    imports = "import service.server, service.run, service.healthcheck, onnxruntime, redis, hiredis"
+    imports = "import service.transport.server, service.transport.run, service.transport.healthcheck, onnxruntime, redis, hiredis"
     done = subprocess.run([python, "-c", imports], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     # Nothing listens on port 1: the probe answers "no connection" (exit 2).
-    probe = [python, "-m", "service.healthcheck", "--addr", "127.0.0.1:1", "--timeout", "2"]
+    probe = [
+        python,
+        "-m",
+        "service.transport.healthcheck",
+        "--addr",
+        "127.0.0.1:1",
+        "--timeout",
+        "2",
+    ]
     done = subprocess.run(probe, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr
 

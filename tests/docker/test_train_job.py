@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from service.embedded_redis import EmbeddedRedis
+from service.state.embedded_redis import EmbeddedRedis
 from tests.docker.files import (
     COMPOSE,
     DOCKER,

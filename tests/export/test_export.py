@@ -13,10 +13,10 @@ import onnx
 import pytest
 import torch
 
+from app.cli import main
 from export.bundle import ExportOptions, export_bundle
 from export.parity import CTR_CANDIDATES, ENCODER_BATCHES
 from export.quantize import QuantizationRefused
-from queryrec.cli.main import main
 from queryrec.errors import BundleError
 from queryrec.features.bundle_format import read_manifest
 from queryrec.features.bundle_manifest import write_sealed
@@ -212,7 +212,7 @@ def test_parity_check_names_the_failing_graph_and_shape(
     bundle: Path, queryrec_run: Path, tiny_data: Path
 ) -> None:
     from export.parity import ParityError, check_parity
-    from service.bundle import load_bundle
+    from service.inference.bundle_loader import load_bundle
 
     model, _ = load_checkpoint(queryrec_run, PreparedDataset(tiny_data))
     loaded = load_bundle(bundle)

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from queryrec.diffusion.augment import load_pseudo_positives, load_query_positives
 from queryrec.errors import BundleError
 from queryrec.features.dataset import PreparedDataset
 from queryrec.features.model_inputs import HistoryLengths, model_inputs
+from queryrec.features.pseudo_positives import load_pseudo_positives, load_query_positives
 from queryrec.features.query_positives import (
     CLICKED,
     NO_RESULTS,

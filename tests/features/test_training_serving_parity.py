@@ -8,7 +8,7 @@ by user and time, each search with its clicked results), the window ends found o
 path: the same user's events written the way the service stores them (raw ids,
 `redis_keys` packing with the clicked results inside the query entry, newest first,
 capped like `LTRIM`), decoded as a Redis read decodes them, mapped with the bundle's id
-maps and built by `service.features.FeatureBuilder` (+ its encoder feed). The real Redis
+maps and built by `service.inference.features.FeatureBuilder` (+ its encoder feed). The real Redis
 and gRPC round trip is covered by `tests/clients/test_replay.py`.
 """
 
@@ -29,9 +29,9 @@ from queryrec.features.model_inputs import (
     inputs_from_windows,
     trim_query_columns,
 )
-from service import redis_keys as keys
-from service.features import FeatureBuilder, IdMaps
-from service.state import UserState
+from service.inference.features import FeatureBuilder, IdMaps
+from service.state import keys
+from service.state.redis_state import UserState
 
 T0 = 1_700_000_000_000
 KNOWN_ITEMS, KNOWN_WORDS, USERS, PROFILE_FIELDS = 30, 20, 6, 2

@@ -19,7 +19,7 @@ def test_powers_of_two_end_at_the_limit() -> None:
 
 def test_a_tiled_ctr_batch_scores_every_user_like_the_single_one(bundle: Path) -> None:
     """Tiling the one-user feed gives `users` identical requests: same scores each."""
-    from service.bundle import load_bundle
+    from service.inference.bundle_loader import load_bundle
 
     encoder_feed, feed = full_history_feeds(bundle, 5)
     # A full history: every query slot holds a search with words and clicked results.

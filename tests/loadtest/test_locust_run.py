@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from clients.launcher import ServerProcess
 from loadtest.run import (
     METHODS,
     Call,
@@ -24,10 +25,9 @@ from loadtest.run import (
     summarize,
     verdict,
 )
-from queryrec.demo import ServerProcess
 from queryrec.features.dataset import PreparedDataset
-from service.embedded_redis import EmbeddedRedis
-from service.state_load import load_state
+from service.state.embedded_redis import EmbeddedRedis
+from service.state.load import load_state
 
 STATS = {"p50", "p95", "p99", "p99.9", "max"}
 

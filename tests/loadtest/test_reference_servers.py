@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import redis
 
+from clients.launcher import ServerProcess
 from loadtest.reference_servers import ECHO_SCORE, KINDS, ReferenceServerProcess
-from queryrec.demo import ServerProcess
 from queryrec.features.dataset import PreparedDataset
 from service.api import scorer_pb2 as pb
 from service.api import scorer_pb2_grpc
-from service.state_load import load_state
+from service.state.load import load_state
 
 pytestmark = pytest.mark.slow  # four servers start (about 10 s on 2 cores)
 

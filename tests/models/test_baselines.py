@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from app.cli import main
 from export.bundle import ExportOptions, export_bundle
-from queryrec.cli.main import main
 from queryrec.errors import QueryRecError
 from tests.clients.test_replay import serves_what_it_scores_offline
 

@@ -13,7 +13,13 @@ from queryrec.features.dataset import PreparedDataset
 from queryrec.features.item_queries import item_query_table
 from queryrec.features.model_inputs import ModelInputs
 from queryrec.features.query_identity import normalised_query_ids
-from queryrec.models.iv4rec import IV4RecModel, IVItemTower, IVUserNet, gated_mix, stage_one_loss
+from queryrec.models.baselines.iv4rec import (
+    IV4RecModel,
+    IVItemTower,
+    IVUserNet,
+    gated_mix,
+    stage_one_loss,
+)
 from queryrec.models.registry import build_model, model_config
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from queryrec.features.dataset import PreparedDataset
-from queryrec.models.ple import FEED, SEARCH, ExtractionLevel, PLEModel
+from queryrec.models.baselines.ple import FEED, SEARCH, ExtractionLevel, PLEModel
 from queryrec.models.registry import build_model, model_config
 from queryrec.training.batches import BatchBuilder
 from queryrec.training.objective import to_tensors

@@ -12,14 +12,14 @@ import torch
 from torch import Tensor
 
 from queryrec.features.model_inputs import ModelInputs
-from queryrec.models.config import ModelConfig, Vocab
-from queryrec.models.sesrec import (
+from queryrec.models.baselines.sesrec import (
     CoAttention,
     SESRecModel,
     alignment_loss,
     split_interest,
     triplet_loss,
 )
+from queryrec.models.config import ModelConfig, Vocab
 
 
 def _lse(*values: float) -> float:
@@ -190,7 +190,7 @@ def test_model_is_finite_on_empty_histories_and_weights_its_losses() -> None:
 
 @pytest.fixture(scope="module")
 def sesrec_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from queryrec.cli.main import main
+    from app.cli import main
 
     run = tmp_path_factory.mktemp("runs") / "sesrec"
     args = ["train", "--data", str(tiny_data), "--model", "sesrec", "--out", str(run)]

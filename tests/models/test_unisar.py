@@ -11,11 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from queryrec.cli.main import main
+from app.cli import main
 from queryrec.features.model_inputs import ModelInputs
-from queryrec.models.config import ModelConfig, Vocab
-from queryrec.models.ctr_model import CTROutput
-from queryrec.models.unisar import (
+from queryrec.models.baselines.unisar import (
     PAD,
     REC,
     SEARCH,
@@ -26,6 +24,8 @@ from queryrec.models.unisar import (
     transition_alignment_loss,
     transition_masks,
 )
+from queryrec.models.config import ModelConfig, Vocab
+from queryrec.models.ctr_model import CTROutput
 
 VOCAB = Vocab(
     users=5, items=9, words=12, authors=3, categories=(3, 3, 3, 3), item_types=3, profile=(3,)

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import grpc
 
 from service.api import scorer_pb2, scorer_pb2_grpc
-from service.server import ScoringServer, create_server
 from service.settings import ServiceSettings
+from service.transport.server import ScoringServer, create_server
 
 T = TypeVar("T")
 

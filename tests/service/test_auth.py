@@ -1,5 +1,5 @@
 """Closing the API to strangers: the gRPC bearer token, mutual TLS, the public-bind rule
-and the admin token on /v1/score and /v1/model (`service.auth`, `service.admin`).
+and the admin token on /v1/score and /v1/model (`service.transport.auth`, `service.transport.admin`).
 
 Real servers on real sockets (`ServerThread`), real gRPC channels and a real Redis; the
 certificates are made here with `cryptography` (a CA for the server, one for the
@@ -25,17 +25,17 @@ from fastapi.testclient import TestClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from app.cli import main
 from clients.credentials import api_metadata
-from queryrec.cli.main import main
-from service.admin import build_admin_app, build_fleet_admin_app
 from service.api import scorer_pb2 as pb
 from service.api import scorer_pb2_grpc
-from service.auth import api_token, client_ca, is_loopback
 from service.errors import SettingsError
-from service.healthcheck import EXIT_SERVING
-from service.healthcheck import main as healthcheck
-from service.server import create_server
 from service.settings import ServiceSettings, load_settings
+from service.transport.admin import build_admin_app, build_fleet_admin_app
+from service.transport.auth import api_token, client_ca, is_loopback
+from service.transport.healthcheck import EXIT_SERVING
+from service.transport.healthcheck import main as healthcheck
+from service.transport.server import create_server
 from tests.service.harness import ServerThread
 from tests.service.test_tls import Pki, certificate, make_pki
 
@@ -335,10 +335,10 @@ def test_mutual_tls_refuses_a_certificate_of_another_ca(mutual: ServerThread, pk
 def test_the_health_probe_passes_mutual_tls_with_a_client_certificate(
     mutual: ServerThread, pki: Pki, clients_ca: ClientCa, tmp_path: Path
 ) -> None:
-    """`python -m service.healthcheck --tls-cert/--tls-key`: the image's probe can reach
+    """`python -m service.transport.healthcheck --tls-cert/--tls-key`: the image's probe can reach
     health on a server that requires client certificates; without one it cannot."""
-    from service.healthcheck import EXIT_CONNECTION, EXIT_SERVING
-    from service.healthcheck import main as probe
+    from service.transport.healthcheck import EXIT_CONNECTION, EXIT_SERVING
+    from service.transport.healthcheck import main as probe
 
     identity = clients_ca.issue("health-probe")
     (tmp_path / "probe.pem").write_bytes(identity.cert)
@@ -416,7 +416,7 @@ def test_loopback_admin_bind_leaves_them_open(guarded: ServerThread, token: str 
 
 
 class Answers:
-    """The supervisor's side of the fleet admin app (`service.admin.Fleet`), answering
+    """The supervisor's side of the fleet admin app (`service.transport.admin.Fleet`), answering
     every forwarded request with 200: these tests are about who gets that far."""
 
     async def readiness(self) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from service.batcher import MicroBatcher
 from service.errors import Overloaded
+from service.inference.batcher import MicroBatcher
 
 T = TypeVar("T")
 WAIT_S = 30  # a bound on waiting for an event that must come: a hang fails, nothing slower

@@ -30,11 +30,11 @@ import grpc
 import polars as pl
 import pytest
 
-from queryrec.cli.main import main
+from app.cli import main
 from queryrec.features.bundle_manifest import DIGEST_FILE, MANIFEST, reseal, write_sealed
 from queryrec.features.schema import sha256_file
-from service.bundle import load_bundle
 from service.errors import BundleError
+from service.inference.bundle_loader import load_bundle
 from tests.service.harness import ServerThread
 
 SEAL_BROKEN = "manifest.json: sha256 does not match manifest.sha256"
@@ -657,7 +657,7 @@ def test_a_broken_manifest_is_one_line_from_the_installed_command(
     broken = _broken(bundle, tmp_path, case)
     command = ["serve", "--bundle", str(broken), "--port", "0", "--device", "cpu", "--workers", "1"]
     done = subprocess.run(
-        [sys.executable, "-m", "queryrec.cli.main", *command],
+        [sys.executable, "-m", "app.cli", *command],
         capture_output=True,
         text=True,
         timeout=120,
@@ -731,6 +731,6 @@ def test_a_bundle_without_a_query_encoder_passes(tiny_data: Path, tmp_path: Path
 
 def test_every_manifest_dtype_has_an_onnx_runtime_type() -> None:
     from queryrec.features.bundle_format import DTYPES
-    from service.bundle import ORT_TYPES
+    from service.inference.bundle import ORT_TYPES
 
     assert set(ORT_TYPES) == DTYPES

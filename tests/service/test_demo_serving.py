@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from queryrec.demo import ServerProcess, print_summary, serve_and_replay
+from app.demo import print_summary, serve_and_replay
+from clients.launcher import ServerProcess
 from queryrec.errors import QueryRecError
 from queryrec.features.dataset import PreparedDataset
 

@@ -90,7 +90,7 @@ def test_sighup_reloads_and_sigterm_drains_and_exits_zero(bundle: Path, redis_ur
         "QUERYREC_ADMIN_PORT": "0",
         "PYTHONUNBUFFERED": "1",
     }
-    command = [sys.executable, "-m", "queryrec.cli.main", "serve", "--bundle", str(bundle)]
+    command = [sys.executable, "-m", "app.cli", "serve", "--bundle", str(bundle)]
     command += ["--redis", redis_url, "--port", "0"]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
@@ -132,7 +132,7 @@ def test_calls_sent_through_the_close_get_unavailable_never_cancelled(
     """16 clients that retry at once on any error keep calling while the server drains
     and closes: every call ends OK or UNAVAILABLE. Without holding refused calls until
     the GOAWAY is sent, about one call per busy connection was CANCELLED at each close
-    (service/server.py)."""
+    (service/transport/server.py)."""
     import asyncio
 
     # A budget far above a call's time: on a busy shared box no call is late, so every

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from service import embedded_redis
-from service.embedded_redis import EmbeddedRedis, find_redis_server
 from service.errors import EmbeddedRedisError
+from service.state import embedded_redis
+from service.state.embedded_redis import EmbeddedRedis, find_redis_server
 from tests.no_torch import run_without_torch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,7 +165,7 @@ def test_failed_start_reports_the_log_and_cleans_up(monkeypatch: pytest.MonkeyPa
 
 def test_forgotten_server_is_stopped_at_exit() -> None:
     code = (
-        "from service.embedded_redis import EmbeddedRedis\n"
+        "from service.state.embedded_redis import EmbeddedRedis\n"
         "server = EmbeddedRedis().start()\n"
         "print(server.pid, server.directory, flush=True)\n"
     )
@@ -180,7 +180,7 @@ def test_forgotten_server_is_stopped_at_exit() -> None:
 
 def test_imports_no_torch() -> None:
     done = run_without_torch(
-        "from service.embedded_redis import EmbeddedRedis\n"
+        "from service.state.embedded_redis import EmbeddedRedis\n"
         "with EmbeddedRedis() as server:\n"
         "    print(server.url)\n",
         cwd=REPO,

@@ -1,4 +1,4 @@
-"""`python -m service.healthcheck` against a real server: exit codes as grpc_health_probe's."""
+"""`python -m service.transport.healthcheck` against a real server: exit codes as grpc_health_probe's."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from service import healthcheck
-from service.healthcheck import (
+from service.transport import healthcheck
+from service.transport.healthcheck import (
     EXIT_CONNECTION,
     EXIT_RPC,
     EXIT_SERVING,
@@ -136,12 +136,12 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_module_entry_point(served: ServerThread, closed_port: int) -> None:
-    """`python -m service.healthcheck`, as the image's HEALTHCHECK runs it."""
+    """`python -m service.transport.healthcheck`, as the image's HEALTHCHECK runs it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUERYREC_")}
 
     def probe(addr: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "service.healthcheck", "--addr", addr],
+            [sys.executable, "-m", "service.transport.healthcheck", "--addr", addr],
             capture_output=True,
             text=True,
             cwd=REPO,

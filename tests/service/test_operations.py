@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from queryrec.features.bundle_manifest import write_sealed
-from service.admin import build_admin_app
 from service.api import scorer_pb2 as pb
+from service.transport.admin import build_admin_app
 from tests.service.harness import ServerThread
 
 TOKEN = "s3cret-token"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.degraded import reasons_table
+from service.inference.degraded import reasons_table
 from service.metrics import ServiceMetrics
 from service.settings import ServiceSettings, settings_table
 

@@ -1,12 +1,12 @@
 """The query-history entries of Redis: one decode for a whole list, empty searches too,
-and the search clicks a query entry carries after its words (service/redis_keys.py)."""
+and the search clicks a query entry carries after its words (service/state/keys.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from service import redis_keys as keys
+from service.state import keys
 
 
 def le(*values: int) -> bytes:

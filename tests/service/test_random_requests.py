@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.api import scorer_pb2 as pb
-from service.calls import TIME_FLOOR_MS
+from service.transport.calls import TIME_FLOOR_MS
 from tests.service.harness import ServerThread
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)

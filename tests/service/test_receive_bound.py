@@ -56,4 +56,4 @@ def test_a_call_that_never_sends_its_message_ends_at_the_receive_bound(
             release.set()
     codes = {error.code() for error in errors if isinstance(error, grpc.RpcError)}
     assert codes == {grpc.StatusCode.INVALID_ARGUMENT}
-    assert all("within 0.2 s" in (error.details() or "") for error in errors)  # type: ignore[union-attr]
+    assert all("within 0.2 s" in (error.details() or "") for error in errors)

@@ -1,5 +1,5 @@
 """RedisState under faults, against a real redis-server that the tests pause, kill and
-restart (service/embedded_redis.py): timeouts, outages without a connection storm,
+restart (service/state/embedded_redis.py): timeouts, outages without a connection storm,
 idempotent retried writes, a pool smaller than the load, AUTH without leaking it."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 import redis
 from redis.asyncio.connection import Connection
 
-from service import redis_keys as keys
-from service.embedded_redis import EmbeddedRedis
 from service.errors import StateUnavailable
-from service.state import UNAVAILABLE, WRITE_LATE, HistoryCaps, RedisState
+from service.state import keys
+from service.state.embedded_redis import EmbeddedRedis
+from service.state.redis_state import UNAVAILABLE, WRITE_LATE, HistoryCaps, RedisState
 from tests.service.redis_observers import Recorder, wait_for
 
 CAPS = HistoryCaps(queries=5, clicks=10, ttl_s=100)

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from service.api import scorer_pb2 as pb
-from service.embedded_redis import EmbeddedRedis
+from service.state.embedded_redis import EmbeddedRedis
 from tests.service.harness import ServerThread
 
 T = 1_700_000_000_000

@@ -20,7 +20,7 @@ import onnxruntime as ort
 import pytest
 
 from service.api import scorer_pb2 as pb
-from service.model_holder import release_freed_memory
+from service.inference.model_holder import release_freed_memory
 from tests.service.harness import ServerThread
 
 T = 1_700_000_000_000

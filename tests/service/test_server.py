@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.api import scorer_pb2 as pb
-from service.scoring import now_ms
+from service.inference.scoring import now_ms
 from tests.service.harness import ServerThread
 
 HOUR_MS = 3_600_000
@@ -267,7 +267,7 @@ def test_health_is_serving_only_after_warm_up(bundle: Path, redis_url: str) -> N
 def test_without_redis_scores_are_degraded_and_writes_unavailable(
     bundle: Path, raw: dict[str, list[int]]
 ) -> None:
-    from service.embedded_redis import EmbeddedRedis
+    from service.state.embedded_redis import EmbeddedRedis
 
     redis_server = EmbeddedRedis().start()
     harness = ServerThread(bundle, redis_server.url, budget_ms=2000)
@@ -302,7 +302,7 @@ def test_a_slow_redis_degrades_instead_of_failing(bundle: Path, raw: dict[str, l
     cannot do this: on Redis 6.2 it also holds CLIENT UNPAUSE, so a pause can only be
     lifted by waiting it out.)
     """
-    from service.embedded_redis import EmbeddedRedis
+    from service.state.embedded_redis import EmbeddedRedis
 
     with EmbeddedRedis() as redis_server:
         harness = ServerThread(bundle, redis_server.url, budget_ms=100)

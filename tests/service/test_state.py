@@ -14,11 +14,11 @@ from redis.asyncio.connection import AbstractConnection as AsyncConnection
 from redis.asyncio.connection import SSLConnection
 
 from queryrec.features.dataset import PreparedDataset
-from service import redis_keys as keys
-from service.embedded_redis import EmbeddedRedis
 from service.errors import SearchNotFound, StateUnavailable
-from service.state import HistoryCaps, RedisState, redacted_url
-from service.state_load import default_redis_password, load_state, parse_time
+from service.state import keys
+from service.state.embedded_redis import EmbeddedRedis
+from service.state.load import default_redis_password, load_state, parse_time
+from service.state.redis_state import HistoryCaps, RedisState, redacted_url
 
 CAPS = HistoryCaps(queries=3, clicks=4, ttl_s=100)
 COMMANDS = ("lrange", "hgetall", "get", "lpush", "multi")

@@ -1,4 +1,4 @@
-"""RedisState on a real local Redis Cluster (service/embedded_cluster.py): URLs, one
+"""RedisState on a real local Redis Cluster (service/state/embedded_cluster.py): URLs, one
 pipelined round trip per node, routing of writes by key, faults per master, MOVED / ASK.
 
 The gRPC server against a cluster (state load, Score, RecordQuery, a killed master, a
@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from redis.asyncio.cluster import ClusterNode
 
-from service import redis_keys as keys
-from service.embedded_cluster import SLOTS, EmbeddedCluster, slot_ranges
 from service.errors import SearchNotFound, SettingsError, StateUnavailable
-from service.state import LATE, REFUSED, UNAVAILABLE, HistoryCaps, RedisState
-from service.state_cluster import is_cluster_url, parse_cluster_url
+from service.state import keys
+from service.state.cluster import is_cluster_url, parse_cluster_url
+from service.state.embedded_cluster import SLOTS, EmbeddedCluster, slot_ranges
+from service.state.redis_state import LATE, REFUSED, UNAVAILABLE, HistoryCaps, RedisState
 from tests.service.redis_observers import Recorder, wait_for
 
 CAPS = HistoryCaps(queries=3, clicks=4, ttl_s=100)

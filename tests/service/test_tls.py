@@ -25,7 +25,7 @@ from grpclib.client import Channel, UnaryUnaryMethod
 
 from service.api import scorer_pb2 as pb
 from service.api import scorer_pb2_grpc
-from service.healthcheck import EXIT_CONNECTION, EXIT_SERVING, main
+from service.transport.healthcheck import EXIT_CONNECTION, EXIT_SERVING, main
 from tests.service.harness import ServerThread
 
 ITEMS = [1, 2, 3]

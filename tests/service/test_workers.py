@@ -22,7 +22,7 @@ import grpc
 import httpx
 import pytest
 
-from queryrec.cli.main import main
+from app.cli import main
 from service.api import scorer_pb2 as pb
 from service.api import scorer_pb2_grpc
 from tests.service.test_operations import metric_samples, version_copy
@@ -73,7 +73,7 @@ def start_fleet(bundle: Path, redis_url: str | None) -> Fleet:
         "QUERYREC_BUDGET_MS": "10000",  # whole answers on a busy test machine
         "PYTHONUNBUFFERED": "1",
     }
-    command = [sys.executable, "-m", "queryrec.cli.main", "serve", "--workers", "2"]
+    command = [sys.executable, "-m", "app.cli", "serve", "--workers", "2"]
     command += ["--bundle", str(bundle), "--port", "0"]
     if redis_url is not None:
         command += ["--redis", redis_url]
@@ -237,7 +237,7 @@ def test_a_dying_worker_is_one_line_and_stops_the_rest(bundle: Path) -> None:
     try:
         kids = children(fleet.process.pid)
         assert sum("redis-server" in command for _, command in kids) == 1, kids
-        workers = {pid for pid, command in kids if "service.workers" in command}
+        workers = {pid for pid, command in kids if "service.transport.workers" in command}
         assert workers == {entry["pid"] for entry in fleet.workers.values()}
         assert all(children(pid) == [] for pid in workers)
         victim = fleet.workers[1]["pid"]
@@ -317,7 +317,7 @@ def test_workers_drain_and_exit_when_the_supervisor_is_killed(bundle: Path, redi
 def test_one_worker_is_the_single_process_server(bundle: Path, redis_url: str) -> None:
     """`--workers 1`: no supervisor, no worker processes, the port not shared."""
     env = {**os.environ, "QUERYREC_ADMIN_PORT": "none", "QUERYREC_DRAIN_DELAY_S": "0"}
-    command = [sys.executable, "-m", "queryrec.cli.main", "serve", "--workers", "1"]
+    command = [sys.executable, "-m", "app.cli", "serve", "--workers", "1"]
     command += ["--bundle", str(bundle), "--redis", redis_url, "--port", "0"]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env

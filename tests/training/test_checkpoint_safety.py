@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from queryrec.cli.main import main
+from app.cli import main
 from queryrec.errors import QueryRecError
 from queryrec.features.dataset import PreparedDataset
 from queryrec.training.checkpoint import (

@@ -75,7 +75,7 @@ def test_bench_under_torchrun_trains_as_ddp_and_rank0_alone_writes(
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "queryrec.cli.main", "bench", "--data", str(tiny_data), "--out", str(out),
+        "-m", "app.cli", "bench", "--data", str(tiny_data), "--out", str(out),
         "--models", "din,lightgbm", "--seeds", "1", "--epochs", "1", "--device", "cpu",
     ]  # fmt: skip
     done = subprocess.run(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from queryrec.cli.main import main
+from app.cli import main
 from queryrec.errors import SchemaMismatchError
 from queryrec.features.dataset import PreparedDataset
 from queryrec.features.model_inputs import HistoryLengths
@@ -16,7 +16,8 @@ from queryrec.models.registry import ABLATION_MODELS, MODELS, build_model, model
 from queryrec.training.batches import AuxiliaryConfig, BatchBuilder, TrainingBatch
 from queryrec.training.checkpoint import load_checkpoint
 from queryrec.training.config import TrainConfig
-from queryrec.training.loop import TrainResult, predict, train
+from queryrec.training.loop import predict, train
+from queryrec.training.results import TrainResult
 
 LENGTHS = HistoryLengths(clicks=50, queries=20, tokens=8)
 
@@ -274,7 +275,7 @@ def test_training_only_inputs_never_reach_evaluation_batches(
 
 
 def test_cli_defaults_mirror_the_config() -> None:
-    from queryrec.cli.main import (
+    from app.cli import (
         DEFAULT_CL_POSITIVES,
         DEFAULT_NEXT_NEGATIVES,
         DEFAULT_SPARSE_CATCH_UP,

@@ -23,7 +23,7 @@ Adaptations (choices for this data and task, not the authors'):
 1. Task: feed CTR only. The original trains a rec and a search task jointly through a
    shared PLE layer; the search task is left out: the evaluated and served task is the
    feed, the alignment losses already train on the search logs, the PLE baseline
-   (`queryrec.models.ple`) is the one that measures a jointly trained search task, and a
+   (`queryrec.models.baselines.ple`) is the one that measures a jointly trained search task, and a
    second pass of the user encoder per step over search samples would double the cost.
 2. Head: this repository's DIN backbone (its target attention over the raw 50-click
    history and its MLP over the standard fields) instead of PLE + task towers; the feed

@@ -4,7 +4,7 @@
 embedded one when no URL is configured), binds (port 0 picks a free port: tests do) and
 returns a `ScoringServer`; `await server.start()` starts the admin API, warms every batch
 shape and only then sets health to SERVING. Every refusal is a status code with a
-message (`service.calls`); a request whose bytes do not parse is INVALID_ARGUMENT; the
+message (`service.transport.calls`); a request whose bytes do not parse is INVALID_ARGUMENT; the
 server keeps serving after each.
 
 Shutdown (`drain()`, on SIGTERM): health NOT_SERVING and /readyz 503 first, keep serving
@@ -38,21 +38,22 @@ from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.admin import AdminServer, build_admin_app
 from service.api import scorer_pb2 as pb
-from service.auth import api_token, client_ca, interceptors, is_loopback, read_token
-from service.bundle import Bundle, load_bundle
-from service.calls import GRPC_CODES, Calls
 from service.deadline import finish_by
-from service.embedded_redis import EmbeddedRedis
 from service.errors import BundleError, Rejected, SettingsError, StateUnavailable
-from service.health import NOT_SERVING, SERVING, Health
+from service.inference.bundle import Bundle
+from service.inference.bundle_loader import load_bundle
+from service.inference.model_holder import ModelHolder, ReloadResult
+from service.inference.scoring import Scorer
 from service.logs import DegradedBursts, Summaries, event, limited_event
 from service.metrics import MetricsObserver, ServiceMetrics
-from service.model_holder import ModelHolder, ReloadResult
-from service.scoring import Scorer
 from service.settings import ServiceSettings
-from service.state import HistoryCaps, RedisState
+from service.state.embedded_redis import EmbeddedRedis
+from service.state.redis_state import HistoryCaps, RedisState
+from service.transport.admin import AdminServer, build_admin_app
+from service.transport.auth import api_token, client_ca, interceptors, is_loopback, read_token
+from service.transport.calls import GRPC_CODES, Calls
+from service.transport.health import NOT_SERVING, SERVING, Health
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Scorer"].full_name
 HEALTH_SERVICE = "grpc.health.v1.Health"
@@ -406,9 +407,9 @@ async def create_server(
     """Load the bundle, connect Redis, bind the port; health NOT_SERVING until `start()`.
 
     `reuse_port`: bind with SO_REUSEPORT, for a worker of `serve --workers N`
-    (`service.workers`), which shares its concrete port with the other workers.
+    (`service.transport.workers`), which shares its concrete port with the other workers.
     A public bind without authentication fails first, before anything loads
-    (`service.auth.api_token`)."""
+    (`service.transport.auth.api_token`)."""
     token = api_token(settings)
     admin_token = read_token(settings, "admin_token")
     if bundle is None:

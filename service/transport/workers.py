@@ -2,7 +2,7 @@
 
 One Python process serves on about one core (the event loop, protobuf and the feature
 code hold the GIL), so a machine is used by several processes. Each worker is the
-one-process server of `service.run.serve`, unchanged but for two things: its gRPC socket
+one-process server of `service.transport.process.serve`, unchanged but for two things: its gRPC socket
 is bound with SO_REUSEPORT to the same host:port as the others (the kernel spreads new
 connections over them), and it reports to this supervisor instead of printing.
 
@@ -14,7 +14,7 @@ The supervisor (the process `queryrec serve` started) holds no model:
 - Redis: with no QUERYREC_REDIS_URL it starts the embedded redis-server once and gives
   every worker its URL. Metrics: a fresh PROMETHEUS_MULTIPROC_DIR in the workers'
   environment (prometheus-client's multiprocess mode; `service.metrics`).
-- Workers: `python -m service.workers INDEX FD`, started by the supervisor (spawned, never
+- Workers: `python -m service.transport.workers INDEX FD`, started by the supervisor (spawned, never
   forked: gRPC does not survive a fork), the settings pickled on stdin (secrets stay off
   command lines and environments). The worker writes JSON lines to pipe FD: `listening`
   (with its private admin port), `ready` (with its model version), `failed` (the one-line
@@ -66,14 +66,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from pydantic import SecretStr
 
-from service.admin import AdminServer, build_fleet_admin_app
-from service.auth import api_token, read_token
-from service.embedded_redis import EmbeddedRedis
 from service.errors import QueryRecError, SettingsError
 from service.logs import configure_logging, event, serving_line
-from service.run import serve
-from service.server import ScoringServer
 from service.settings import ServiceSettings
+from service.state.embedded_redis import EmbeddedRedis
+from service.transport.admin import AdminServer, build_fleet_admin_app
+from service.transport.auth import api_token, read_token
+from service.transport.process import serve
+from service.transport.server import ScoringServer
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 KILL_MARGIN_S = 30.0  # past drain delay + grace, a worker still running is killed
@@ -306,7 +306,7 @@ class Supervisor:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "service.workers",
+                "service.transport.workers",
                 str(index),
                 str(write_fd),
                 stdin=asyncio.subprocess.PIPE,
@@ -445,7 +445,7 @@ class Supervisor:
             if worker.listening.is_set():
                 worker.signal(signal.SIGHUP)
 
-    # The admin API (service.admin.Fleet).
+    # The admin API (service.transport.admin.Fleet).
     async def _call(
         self, worker: Worker, method: str, path: str, body: Any = None, timeout: float = 60.0
     ) -> tuple[int, Any]:
@@ -592,7 +592,7 @@ def _drain_when_orphaned(fd: int) -> None:
 
 
 def worker_main(argv: list[str]) -> int:
-    """`python -m service.workers INDEX FD` (started by `Supervisor`): one server."""
+    """`python -m service.transport.workers INDEX FD` (started by `Supervisor`): one server."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor owns the terminal's ^C
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until `serve` installs the reload
     index, report_fd = int(argv[0]), int(argv[1])

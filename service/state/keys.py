@@ -89,7 +89,7 @@ let the retry be recognised (module docstring, "Appends are idempotent")."""
 
 APPEND_SCRIPT = """
 -- KEYS[1]: the list; ARGV: cap, ttl_s, window, then the call's entries in LPUSH
--- argument order (the last one becomes the newest). The rule: service/redis_keys.py.
+-- argument order (the last one becomes the newest). The rule: service/state/keys.py.
 local key = KEYS[1]
 local cap = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
@@ -137,7 +137,7 @@ SEARCH_CLICKS_SCRIPT = """
 -- KEYS[1]: the query list; ARGV: the search's timestamp (its 8 little-endian bytes), cap
 -- (clicks per search), ttl_s, then the clicked items (8 bytes each). -> the clicks the
 -- search holds now, or -1 (nothing changed) when no entry has that timestamp. The rule:
--- service/redis_keys.py.
+-- service/state/keys.py.
 local key = KEYS[1]
 local stamp = ARGV[1]
 local cap = tonumber(ARGV[2])

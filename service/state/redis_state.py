@@ -1,6 +1,6 @@
 """User state in Redis behind one small interface: append histories, read a batch of users.
 
-Writes are one `EVALSHA` per call of a script of `service/redis_keys.py`: appends run
+Writes are one `EVALSHA` per call of a script of `service/state/keys.py`: appends run
 `APPEND_SCRIPT` (atomic in Redis, capped (`LTRIM`), refreshing the TTL, and idempotent, so
 that a write retried after a timeout is not stored twice), search clicks run
 `SEARCH_CLICKS_SCRIPT` (the clicked results of one stored search, written into its query
@@ -32,7 +32,7 @@ Faults, without a connection storm:
   message of `ping`, which only operators see.
 
 Redis Cluster (`redis+cluster://host:port[,host:port...]`, TLS: `rediss+cluster://`):
-the same interface over redis-py's cluster client, routed by `service.state_cluster`. A
+the same interface over redis-py's cluster client, routed by `service.state.cluster`. A
 read of many users is one pipelined round trip per node (the nodes concurrently), and
 the fault model above holds per master: a dead master fails its own users at once
 (`UserState.unavailable`, or `StateUnavailable` when every user of the call is on failed
@@ -63,10 +63,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service import redis_keys as keys
 from service.deadline import finish_by
 from service.errors import SearchNotFound, StateUnavailable
-from service.state_cluster import (
+from service.state import keys
+from service.state.cluster import (
     ClusterEvents,
     ClusterRouter,
     Failure,

@@ -1,12 +1,6 @@
-"""`queryrec serve`: run the gRPC server (and its admin API) until SIGTERM / SIGINT.
-
-One process (`QUERYREC_WORKERS=1`): `serve` below. More (the default: one per CPU core):
-a supervisor runs that many of them on one port (`service.workers`), each one `serve`
-with hooks that report to the supervisor instead of printing the listening line.
-
-SIGTERM / SIGINT: graceful drain (`ScoringServer.drain`), then exit 0. SIGHUP: reload
-the bundle from its folder (a new export written there, or a symlink switched).
-"""
+"""One server process from start to drained: bind, warm up, serve until SIGTERM / SIGINT,
+drain, stop; SIGHUP reloads the bundle from its folder. `queryrec serve` runs it once
+(`run.serve_forever`); a supervisor runs it in each worker (`workers`)."""
 
 from __future__ import annotations
 
@@ -15,10 +9,10 @@ import logging
 import signal
 from typing import Protocol
 
-from service.logs import configure_logging, event, serving_line
-from service.model_holder import ReloadRefused
-from service.server import ScoringServer, create_server
+from service.inference.model_holder import ReloadRefused
+from service.logs import event, serving_line
 from service.settings import ServiceSettings
+from service.transport.server import ScoringServer, create_server
 
 
 class ServeHooks(Protocol):
@@ -29,20 +23,6 @@ class ServeHooks(Protocol):
 
     def ready(self, server: ScoringServer) -> None:
         """Warmed up and SERVING."""
-
-
-def serve_forever(settings: ServiceSettings) -> int:
-    """Serve until SIGTERM / SIGINT; -> the exit code (0: a clean shutdown).
-
-    QueryRecError (a bad setting or bundle, Redis unreachable) propagates: one line."""
-    configure_logging()
-    from service.workers import supervise, worker_count  # imports this module
-
-    count = worker_count(settings)
-    if count > 1:
-        return supervise(settings, count)
-    asyncio.run(serve(settings))
-    return 0
 
 
 async def serve(

@@ -9,7 +9,7 @@
   SERVING / NOT_SERVING. Reflection is not open: it lists the API, so it is behind the
   token like the Scorer.
 - Mutual TLS (`QUERYREC_TLS_CLIENT_CA_FILE`, read by `client_ca`): the handshake requires
-  a client certificate that chains to that CA bundle (`service.server._bind`).
+  a client certificate that chains to that CA bundle (`service.transport.server._bind`).
 - The rule (`api_token`): on a loopback bind (`is_loopback`) neither is needed; on any
   other bind `serve` refuses to start, with one line naming the setting, unless a
   token or mutual TLS is configured, or `QUERYREC_ALLOW_UNAUTHENTICATED=true` says that

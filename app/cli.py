@@ -224,7 +224,7 @@ def bench_command(
     ] = False,
 ) -> None:
     """Train every model for N seeds; write the paper-style comparison."""
-    from queryrec.bench import run_bench
+    from app.bench import run_bench
     from queryrec.training.config import TrainConfig
 
     names = tuple(name.strip() for name in models.split(",") if name.strip())
@@ -429,8 +429,8 @@ def serve_command(
 ) -> None:
     """Serve Score / RecordQuery / RecordClicks over gRPC until SIGTERM / SIGINT (graceful
     drain), with the admin HTTP API (health, readiness, metrics, reload); SIGHUP reloads."""
-    from service.run import serve_forever
     from service.settings import load_settings
+    from service.transport.run import serve_forever
 
     settings = load_settings(
         bundle=bundle,
@@ -469,7 +469,7 @@ def state_load_command(
     """Bulk-load every user's query (with each search's clicked results) and click
     histories and profile into Redis."""
     from queryrec.features.dataset import PreparedDataset
-    from service.state_load import (
+    from service.state.load import (
         default_redis_password,
         default_redis_url,
         load_state,
@@ -538,7 +538,7 @@ def demo(
 ) -> None:
     """The main job end to end on `small`: synth, prepare, train DIN and QueryRec, export,
     serve, state load, replay (served vs offline score of every impression)."""
-    from queryrec.demo import run_demo
+    from app.demo import run_demo
 
     run_demo(workdir, preset, epochs)
 

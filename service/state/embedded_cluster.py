@@ -38,8 +38,8 @@ from typing import Any, Self
 
 import redis
 
-from service.embedded_redis import HOST, EmbeddedRedis
 from service.errors import EmbeddedRedisError
+from service.state.embedded_redis import HOST, EmbeddedRedis
 
 SLOTS = 16384
 """Hash slots of every Redis Cluster (the key space is CRC16(key) mod 16384)."""
@@ -323,7 +323,7 @@ class EmbeddedCluster:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m service.embedded_cluster [--masters N]`: start a private local cluster,
+    """`python -m service.state.embedded_cluster [--masters N]`: start a private local cluster,
     print its URL (for QUERYREC_REDIS_URL / `state load --redis`), run until Ctrl-C or
     SIGTERM, then stop every node."""
     import argparse

@@ -12,13 +12,13 @@ URLs: `redis+cluster://[user:password@]host:port[,host:port...][?option=value]` 
 discover the cluster. Options are redis-py's URL options, as for `redis://`.
 
 A batch of users is grouped by the node that holds each user's slot (a user's keys share
-one slot: `service.redis_keys` hash-tags them) and each node gets ONE pipelined round
+one slot: `service.state.keys` hash-tags them) and each node gets ONE pipelined round
 trip, the nodes concurrently. redis-py's `ClusterPipeline` does the same grouping, but a
 node that cannot be reached fails its whole `execute()` (and its retry closes every
 node's connections); here a node's failure stays that node's: its units come back as a
 `Failure` and the other nodes' units are answered normally.
 
-Faults per node (the single-node model of `service.state`, one per master):
+Faults per node (the single-node model of `service.state.redis_state`, one per master):
 - A connection failure (refused, reset) of a node (after one immediate retry: a pooled
   connection the server closed is replaced without a fault) marks THAT node down, and
   one background task pings it with jittered exponential backoff on its own connection.

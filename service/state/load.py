@@ -4,11 +4,11 @@ Reads a prepared dataset (torch-free), keeps the events strictly before `as_of` 
 the start of the test split, so that a replay of the test split continues from there),
 caps them like the server does (the newest L queries, H clicks, and with each query its
 search's clicked results, distinct, in display order, at most `max_search_clicks`), maps
-model indices back to raw ids (Redis holds raw ids, `service.redis_keys`) and writes
+model indices back to raw ids (Redis holds raw ids, `service.state.keys`) and writes
 users in pipelined chunks of `chunk` users: per user DEL + RPUSH (newest first) + EXPIRE
 for both lists and HSET for the profile. Existing keys of a loaded user are replaced.
 
-A Redis Cluster URL (`redis+cluster://host:port[,host:port...]`, `service.state_cluster`)
+A Redis Cluster URL (`redis+cluster://host:port[,host:port...]`, `service.state.cluster`)
 loads through redis-py's cluster client: each chunk's pipeline is split by node (a user's
 keys share one slot, so the per-user DEL of three keys stays one command).
 
@@ -31,10 +31,10 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from queryrec.features.dataset import PreparedDataset
 from queryrec.progress import bar as progress_bar
-from service import redis_keys as keys
 from service.errors import SettingsError, StateUnavailable
-from service.state import redacted_url
-from service.state_cluster import is_cluster_url, parse_cluster_url, parse_single_url
+from service.state import keys
+from service.state.cluster import is_cluster_url, parse_cluster_url, parse_single_url
+from service.state.redis_state import redacted_url
 
 UNMAPPED_RAW_ID = 1 << 62
 """Stands for an item or word index without a raw id (as in `queryrec replay`)."""

@@ -150,7 +150,7 @@ class EmbeddedRedis:
         password: require AUTH with this password (`requirepass`); None: no AUTH.
         config: more redis.conf directives, name -> value, passed as `--name value`
             after the defaults (so they may override them), e.g. the cluster mode's
-            (`service.embedded_cluster`). A relative file name in a value lands in the
+            (`service.state.embedded_cluster`). A relative file name in a value lands in the
             server's private directory (its `dir`).
         pick_port: returns a free port to try (called again after a failed bind); None:
             one the OS picks. The cluster mode needs port + 10000 free too.

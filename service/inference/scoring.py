@@ -12,7 +12,7 @@ The budget (min(configured budget, gRPC deadline)) bounds the whole call (DESIGN
    within what is left of the budget.
 Stages 1 and 2 degrade: late or failed, the request is scored without the query
 representation (the "no query" vector; without Redis also without click history), and
-the answer carries stable reason codes (`service.degraded`). Stage 3 is the answer
+the answer carries stable reason codes (`service.inference.degraded`). Stage 3 is the answer
 itself and has no cheaper fallback: if its expected queue wait exceeds the time left the
 request is refused at once (`Overloaded` -> RESOURCE_EXHAUSTED), and if it does not
 finish in time it fails (`TimeoutError` -> DEADLINE_EXCEEDED), never waits longer.
@@ -31,17 +31,17 @@ import numpy as np
 
 from queryrec.features.bundle_format import ENCODER_FILE
 from queryrec.features.model_inputs import ModelInputs
-from service.batcher import BatchObserver, MicroBatcher
-from service.bundle import Bundle
 from service.deadline import finish_by
-from service.degraded import Degraded
 from service.errors import BundleError, Overloaded, StateUnavailable
-from service.features import Encoded, FeatureBuilder, UserRow, split_encoded
+from service.inference.batcher import BatchObserver, MicroBatcher
+from service.inference.bundle import Bundle
+from service.inference.degraded import Degraded
+from service.inference.features import Encoded, FeatureBuilder, UserRow, split_encoded
 from service.logs import event, limited_event
 from service.metrics import ServiceMetrics
-from service.redis_keys import unpack_query_repr
 from service.settings import ServiceSettings
-from service.state import LATE, RedisState, UserState
+from service.state.keys import unpack_query_repr
+from service.state.redis_state import LATE, RedisState, UserState
 
 # Kept back from the budget for serialising and sending the answer.
 RESPONSE_MARGIN_S = 0.001

@@ -29,7 +29,8 @@ from queryrec.models.registry import DEFAULT_BENCH_MODELS, model_spec
 from queryrec.progress import say
 from queryrec.training.config import TrainConfig
 from queryrec.training.distributed import DistributedContext, init_distributed
-from queryrec.training.loop import TrainResult, train
+from queryrec.training.loop import train
+from queryrec.training.results import TrainResult
 
 REFERENCE_MODEL = "din"
 FULL_MODEL = "queryrec"  # what the ablations are paired against, seed by seed
@@ -134,8 +135,9 @@ def _diffusion_first(
 ) -> dict[str, Any] | None:
     """Train the diffusion model and augment the dataset when a model needs the
     pseudo-positives and the dataset has none; -> the augmentation-quality results."""
-    from queryrec.diffusion.augment import augment, load_pseudo_positives
+    from queryrec.diffusion.augment import augment
     from queryrec.diffusion.commands import run_diffusion_train
+    from queryrec.features.pseudo_positives import load_pseudo_positives
 
     wanted = [
         m for m in models if model_spec(m).contrastive_loss and model_spec(m).diffusion_positives

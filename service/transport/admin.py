@@ -21,7 +21,7 @@ Prometheus call them without credentials.
   bind they need the token, and with none set they are off (403).
 
 `build_admin_app` serves one server process. `build_fleet_admin_app` is the same API for
-the supervisor of `serve --workers N` (service.workers): readiness and reload fan out to
+the supervisor of `serve --workers N` (service.transport.workers): readiness and reload fan out to
 every worker, /metrics merges the workers' files, the rest is answered by one worker.
 """
 
@@ -43,15 +43,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from service.api import scorer_pb2 as pb
-from service.auth import is_loopback
-from service.calls import HTTP_CODES, Calls
 from service.errors import Rejected, SettingsError
+from service.inference.model_holder import ModelHolder, ReloadRefused, ReloadResult
 from service.metrics import ServiceMetrics
-from service.model_holder import ModelHolder, ReloadRefused, ReloadResult
+from service.transport.auth import is_loopback
+from service.transport.calls import HTTP_CODES, Calls
 
 
 class Operations(Protocol):
-    """What the admin API needs from the server (service.server.ScoringServer)."""
+    """What the admin API needs from the server (service.transport.server.ScoringServer)."""
 
     holder: ModelHolder
     calls: Calls
@@ -73,7 +73,7 @@ class ScoreBody(BaseModel):
 
 
 class Fleet(Protocol):
-    """What the supervisor's admin API needs from the supervisor (service.workers).
+    """What the supervisor's admin API needs from the supervisor (service.transport.workers).
 
     Every answer is an HTTP status and a JSON body, as the workers gave it or merged."""
 

@@ -34,9 +34,9 @@ from queryrec.features.model_inputs import (
     trim_query_columns,
 )
 from queryrec.features.query_positives import QueryPositives
-from service.bundle import Bundle
-from service.redis_keys import VERSION_BYTES
-from service.state import UserState
+from service.inference.bundle import Bundle
+from service.state.keys import VERSION_BYTES
+from service.state.redis_state import UserState
 
 _ONE_ROW = np.zeros(1, dtype=np.int64)
 

@@ -1,4 +1,4 @@
-"""`python -m service.healthcheck`: is the scoring server SERVING? (the image's HEALTHCHECK)
+"""`python -m service.transport.healthcheck`: is the scoring server SERVING? (the image's HEALTHCHECK)
 
 One `grpc.health.v1.Health/Check` call, read the way `grpc_health_probe` reads it, so a
 Docker HEALTHCHECK, a Kubernetes exec probe or an operator's script can use either tool
@@ -47,7 +47,7 @@ EXIT_UNHEALTHY = 4
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = "50051"
 DEFAULT_TIMEOUT_S = 1.0
-PROG = "python -m service.healthcheck"
+PROG = "python -m service.transport.healthcheck"
 # A server bound to a wildcard address is reached over loopback from inside its container.
 _WILDCARDS = {"": DEFAULT_HOST, "0.0.0.0": DEFAULT_HOST, "::": "[::1]", "[::]": "[::1]"}
 

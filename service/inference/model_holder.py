@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.errors import QueryRecError
+from service.inference.scoring import Scorer
 from service.logs import event
 from service.metrics import ServiceMetrics
-from service.scoring import Scorer
 
 
 def release_freed_memory() -> bool:

@@ -1,6 +1,6 @@
 """The four RPCs as transport-free calls: validate, run within the budget, answer.
 
-gRPC (`service.server`) and the admin API's JSON mirror (`service.admin`) both call
+gRPC (`service.transport.server`) and the admin API's JSON mirror (`service.transport.admin`) both call
 these, so the rules live once. Every refusal is a `Rejected(kind, message)`; the
 transports map the kind to their status codes with the tables below. Messages name the
 field or the state and nothing internal (no hosts, ports or exception text).
@@ -16,11 +16,11 @@ import grpc
 
 from service.api import scorer_pb2 as pb
 from service.errors import Overloaded, Rejected, SearchNotFound, StateUnavailable
+from service.inference.model_holder import ModelHolder
+from service.inference.scoring import RESPONSE_MARGIN_S, now_ms
 from service.logs import DegradedBursts, limited_event
-from service.model_holder import ModelHolder
-from service.scoring import RESPONSE_MARGIN_S, now_ms
 from service.settings import ServiceSettings
-from service.state import RedisState
+from service.state.redis_state import RedisState
 
 TIME_FLOOR_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: no event of this service is older
 
@@ -140,7 +140,7 @@ class Calls:
         self, write: Callable[[float], Awaitable[int]], remaining_s: float | None
     ) -> int:
         """The write within min(write budget, deadline); UNAVAILABLE when Redis did not
-        store it (the caller retries; writes are idempotent, service/redis_keys.py)."""
+        store it (the caller retries; writes are idempotent, service/state/keys.py)."""
         limit = self.settings.write_budget_ms / 1e3
         if remaining_s is not None:
             limit = min(limit, remaining_s - RESPONSE_MARGIN_S)

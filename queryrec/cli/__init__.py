@@ -1,1 +1,0 @@
-"""The `queryrec` command line: one Typer app, every subcommand callable in-process."""
