@@ -15,7 +15,7 @@ the freed C heap pages go back to the operating system (`release_freed_memory`).
 metrics keep no per-model children: `queryrec_model_info` drops the old bundle's label
 set (multiprocess mode, which cannot drop one, keeps it at 0). The guarantee: memory does not grow with the number of reloads; the
 resident memory after many reloads stays within 1.2x of that after the first
-(tests/service/test_reload_memory.py holds both: every retired Scorer and its sessions
+(tests/service/inference/test_reload_memory.py holds both: every retired Scorer and its sessions
 are freed without a collection, the number of live sessions and metric samples stays
 constant, and RSS after 20 reloads is within 1.2x; benchmarks/reload_memory.py measures
 it against `queryrec serve`).

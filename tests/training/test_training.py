@@ -27,7 +27,7 @@ def dataset(tiny_data: Path) -> PreparedDataset:
     return PreparedDataset(tiny_data)
 
 
-# The baselines' own classes run through the CLI in tests/models/test_baselines.py; here
+# The baselines' own classes run through the CLI in tests/models/baselines/test_baselines.py; here
 # the CTRModel rows and every served-QueryRec row (the ablations of the paper's table).
 ONE_EPOCH_MODELS = sorted(
     name for name, spec in MODELS.items() if spec.architecture in ("ctr", "queryrec")

@@ -23,7 +23,7 @@ from service.transport.healthcheck import (
 )
 from tests.service.harness import ServerThread
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from service.state import embedded_redis
 from service.state.embedded_redis import EmbeddedRedis, find_redis_server
 from tests.no_torch import run_without_torch
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _process_exists(pid: int) -> bool:

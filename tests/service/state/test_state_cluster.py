@@ -2,7 +2,7 @@
 pipelined round trip per node, routing of writes by key, faults per master, MOVED / ASK.
 
 The gRPC server against a cluster (state load, Score, RecordQuery, a killed master, a
-slot migration under traffic) is tests/service/test_redis_cluster.py.
+slot migration under traffic) is tests/service/state/test_redis_cluster.py.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from service.transport.healthcheck import EXIT_SERVING
 from service.transport.healthcheck import main as healthcheck
 from service.transport.server import create_server
 from tests.service.harness import ServerThread
-from tests.service.test_tls import Pki, certificate, make_pki
+from tests.service.transport.test_tls import Pki, certificate, make_pki
 
 TOKEN = "api-s3cret"
 ADMIN_TOKEN = "admin-s3cret"

@@ -25,7 +25,7 @@ import pytest
 from app.cli import main
 from service.api import scorer_pb2 as pb
 from service.api import scorer_pb2_grpc
-from tests.service.test_operations import metric_samples, version_copy
+from tests.service.transport.test_operations import metric_samples, version_copy
 
 TOKEN = "workers-token"
 CALLS = 40  # fresh connections: all of them on one of two workers has odds 2**-39

@@ -661,7 +661,7 @@ def test_a_broken_manifest_is_one_line_from_the_installed_command(
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[3])},
     )
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()

@@ -1,0 +1,1 @@
+"""Tests of the top floor: the CLI, the demo and the bench."""

@@ -1,0 +1,1 @@
+"""Tests of the comparison baselines (queryrec/models/baselines)."""

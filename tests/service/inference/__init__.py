@@ -1,0 +1,1 @@
+"""Tests of service/inference (real Redis and real gRPC where their behaviour is tested)."""

@@ -1,0 +1,1 @@
+"""Tests of service/state (real Redis and real gRPC where their behaviour is tested)."""

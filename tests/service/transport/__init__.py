@@ -1,0 +1,1 @@
+"""Tests of service/transport (real Redis and real gRPC where their behaviour is tested)."""
