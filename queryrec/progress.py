@@ -12,9 +12,6 @@ from tqdm import tqdm
 
 T = TypeVar("T")
 
-LOG_INTERVAL_S = 30.0
-"""Least seconds between two progress updates written to a log (not a terminal)."""
-
 
 def say(message: str) -> None:
     """One progress line on stderr."""
@@ -34,6 +31,22 @@ def step(prefix: str, what: str) -> Iterator[None]:
     print(f" done in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
 
 
+class _LogLine(tqdm):  # type: ignore[misc]  # tqdm ships no type information
+    """A bar for a log (not a terminal): silent while it runs, then one line with the
+    final count, rate and postfix (an epoch's loss) when it closes."""
+
+    _closing = False
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        if self._closing:
+            self.fp.write(self.__str__() if msg is None else msg)
+        return True
+
+    def close(self) -> None:
+        self._closing = True
+        super().close()
+
+
 def bar(
     iterable: Iterable[T] | None = None,
     *,
@@ -42,12 +55,10 @@ def bar(
     **options: Any,
 ) -> tqdm[T]:
     """A tqdm progress bar on stderr (or `file`): redrawn in place in a terminal; in a log
-    (not a terminal) one update at most every `LOG_INTERVAL_S`, so that a job's log holds
-    a few progress lines, not one per update. `enabled` False: no output at all."""
+    (not a terminal) one line when it ends (an epoch, a stage), none while it runs, so
+    that a job's log holds results, not redraws. `enabled` False: no output at all."""
     stream = sys.stderr if file is None else file
-    interactive = stream.isatty()
-    options.setdefault("mininterval", 0.1 if interactive else LOG_INTERVAL_S)
-    if not interactive:
-        options.setdefault("maxinterval", LOG_INTERVAL_S)
-        options.setdefault("ascii", True)
-    return tqdm(iterable, file=stream, disable=not enabled, **options)
+    if stream.isatty():
+        return tqdm(iterable, file=stream, disable=not enabled, **options)
+    options.setdefault("ascii", True)
+    return _LogLine(iterable, file=stream, disable=not enabled, **options)

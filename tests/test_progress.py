@@ -1,4 +1,4 @@
-"""Progress bars: redrawn in a terminal, a few lines in a log."""
+"""Progress bars: redrawn in a terminal, one line per bar in a log."""
 
 from __future__ import annotations
 
@@ -7,13 +7,27 @@ import io
 from queryrec.progress import bar
 
 
-def test_a_bar_in_a_log_writes_a_few_lines_not_one_per_update() -> None:
+def test_a_bar_in_a_log_writes_one_line_when_it_ends() -> None:
     log = io.StringIO()  # not a terminal
-    for _ in bar(range(10_000), file=log, desc="work"):
-        pass
-    updates = [part for part in log.getvalue().replace("\r", "\n").splitlines() if part.strip()]
-    assert 1 <= len(updates) <= 3, updates  # the first draw and the final one
-    assert "10000/10000" in updates[-1]
+    progress = bar(range(10_000), file=log, desc="epoch 1")
+    for _ in progress:
+        progress.set_postfix(loss=0.5)
+    assert log.getvalue().count("\n") == 1
+    assert "\r" not in log.getvalue()
+    assert "epoch 1" in log.getvalue()
+    assert "10000/10000" in log.getvalue()
+    assert "loss=0.5" in log.getvalue()
+
+
+def test_a_manual_bar_in_a_log_is_silent_until_closed() -> None:
+    log = io.StringIO()
+    progress = bar(total=3, file=log, desc="state load")
+    progress.update(2)
+    assert log.getvalue() == ""
+    progress.update(1)
+    progress.close()
+    assert log.getvalue().count("\n") == 1
+    assert "3/3" in log.getvalue()
 
 
 def test_a_disabled_bar_writes_nothing() -> None:
