@@ -162,7 +162,7 @@ def test_builds_and_copied_paths_exist(services: dict[str, dict[str, Any]]) -> N
         dockerfile = context / service["build"]["dockerfile"]
         assert dockerfile.is_file(), f"{name}: {dockerfile}"
         built.add(dockerfile)
-    # Every Dockerfile but the GPU one is built by the stack (that one: README "GPU").
+    # Every Dockerfile but the GPU one is built by the stack (that one: docs/deployment.md "GPU").
     assert built == set(DOCKERFILES) - {DOCKER / "Dockerfile.gpu"}
     for dockerfile in DOCKERFILES:
         for stage in read_dockerfile(dockerfile).stages:

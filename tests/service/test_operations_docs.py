@@ -1,4 +1,4 @@
-"""The README's Operations section matches the code it documents."""
+"""docs/serving.md documents the service as the code has it: settings, reasons, metrics."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from service.inference.degraded import reasons_table
 from service.metrics import ServiceMetrics
 from service.settings import ServiceSettings, settings_table
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+SERVING_DOC = Path(__file__).resolve().parents[2] / "docs" / "serving.md"
 
 
 def generated_block(name: str) -> str:
-    text = README.read_text()
+    text = SERVING_DOC.read_text()
     match = re.search(rf"<!-- {name}:start -->\n(.*?)\n<!-- {name}:end -->", text, re.DOTALL)
-    assert match, f"README.md has no {name} block"
+    assert match, f"docs/serving.md has no {name} block"
     return match.group(1)
 
 
@@ -27,7 +27,7 @@ def generated_block(name: str) -> str:
 def test_generated_tables_are_current(block: str, table: object) -> None:
     assert callable(table)
     assert generated_block(block) == table(), (
-        f"README.md's {block} table is stale: run scripts/readme_tables.py"
+        f"docs/serving.md's {block} table is stale: run .venv/bin/python scripts/docs_tables.py"
     )
 
 
@@ -36,7 +36,7 @@ def test_every_setting_is_documented_with_a_description() -> None:
         assert info.description, name
 
 
-def test_every_metric_is_in_the_readme() -> None:
-    text = README.read_text()
+def test_every_metric_is_in_the_serving_doc() -> None:
+    text = SERVING_DOC.read_text()
     names = {family.name for family in ServiceMetrics().registry.collect()}
     assert names and sorted(name for name in names if f"`{name}" not in text) == []

@@ -25,7 +25,7 @@ from tests.service.harness import ServerThread
 
 T = 1_700_000_000_000
 RELOADS = 20  # the RSS test's reloads (about 0.3 s each on a 2-core machine)
-RSS_BOUND = 1.2  # RSS after the last reload / after the first (README "Reloading the model")
+RSS_BOUND = 1.2  # RSS after the last reload / after the first (docs/serving.md, reload)
 
 
 @pytest.fixture(params=["loop"])
