@@ -38,7 +38,8 @@ from service.inference.bundle_loader import load_bundle
 from service.inference.features import FeatureBuilder
 from service.state.embedded_redis import EmbeddedRedis
 from service.state.load import load_state
-from service.state.redis_state import HistoryCaps, RedisState, UserState
+from service.state.single_node import RedisState
+from service.state.store import HistoryCaps, UserState
 
 BATCH, BATCHES = 1024, 60
 

@@ -36,9 +36,10 @@ from queryrec.features.dataset import PreparedDataset
 from service.api import scorer_pb2, scorer_pb2_grpc
 from service.inference.bundle_loader import load_bundle
 from service.inference.features import Encoded, FeatureBuilder, UserRow, split_encoded
+from service.state.by_url import open_state
 from service.state.embedded_redis import EmbeddedRedis
 from service.state.load import LoadReport, load_state
-from service.state.redis_state import HistoryCaps, RedisState
+from service.state.store import HistoryCaps
 
 
 def process_cpu_s(pid: int) -> float:
@@ -79,7 +80,7 @@ def stage_cpu(
     caps = HistoryCaps(int(lengths["query_history"]), int(lengths["click_history"]), 3600)
 
     async def read_all() -> list[UserRow]:
-        state = RedisState(url, caps)
+        state = open_state(url, caps)
         rows = []
         for user, _, ts in pages:
             (one,) = await state.read([user], bundle.model_version)

@@ -26,16 +26,17 @@ from typing import Any
 
 import numpy as np
 
+from service.state.by_url import open_state
 from service.state.embedded_cluster import EmbeddedCluster
 from service.state.embedded_redis import EmbeddedRedis
-from service.state.redis_state import HistoryCaps, RedisState
+from service.state.store import HistoryCaps, StateStore
 
 CAPS = HistoryCaps(queries=20, clicks=50, ttl_s=3600)
 CACHE = "enc-bench"
 ROUND = 50  # reads per target before switching to the other
 
 
-async def fill(state: RedisState, users: list[int], seed: int) -> None:
+async def fill(state: StateStore, users: list[int], seed: int) -> None:
     """Every user's histories, profile and cached vector, through the service's writes."""
     rng = np.random.default_rng(seed)
 
@@ -48,14 +49,14 @@ async def fill(state: RedisState, users: list[int], seed: int) -> None:
 
     for lo in range(0, len(users), 50):
         await asyncio.gather(*(one(user) for user in users[lo : lo + 50]))
-    profiles: Any = state.cluster.client if state.cluster is not None else state.client
+    profiles: Any = state.client
     async with profiles.pipeline(transaction=False) as pipe:
         for user in users:
             pipe.hset(f"qr:{{{user}}}:p", mapping={"age": 3, "gender": 1, "city": 7})
         await pipe.execute()
 
 
-async def timed_reads(state: RedisState, batches: list[list[int]]) -> tuple[list[float], float]:
+async def timed_reads(state: StateStore, batches: list[list[int]]) -> tuple[list[float], float]:
     """(wall ms of each read, client CPU ms per read)."""
     walls = []
     cpu = time.process_time()
@@ -80,7 +81,7 @@ def summary(walls: list[float], cpu_ms: list[float]) -> dict[str, float]:
 async def measure(
     urls: dict[str, str], users: list[int], batch: int, repeats: int
 ) -> dict[str, Any]:
-    states = {name: RedisState(url, CAPS, pool_size=64) for name, url in urls.items()}
+    states = {name: open_state(url, CAPS, pool_size=64) for name, url in urls.items()}
     try:
         for state in states.values():
             await state.ping()

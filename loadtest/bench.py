@@ -303,7 +303,7 @@ def full_history_feeds(
     candidates, built by the service's feature path (`service.inference.features.inline_feeds`)."""
     from service.inference.bundle_loader import load_bundle
     from service.inference.features import FeatureBuilder, inline_feeds
-    from service.state.redis_state import UserState
+    from service.state.store import UserState
 
     bundle = load_bundle(bundle_dir, device="cpu", threads=1)
     features = FeatureBuilder.for_bundle(bundle)
@@ -348,7 +348,8 @@ def state_ms(bundle_dir: Path, redis_url: str, candidates: int, users: int = FLO
     in by zeros of their shapes: the graphs' own time is not counted here)."""
     from service.inference.bundle_loader import load_bundle
     from service.inference.features import FeatureBuilder, split_encoded
-    from service.state.redis_state import HistoryCaps, RedisState
+    from service.state.by_url import open_state
+    from service.state.store import HistoryCaps
 
     bundle = load_bundle(bundle_dir, device="cpu", threads=1)
     features = FeatureBuilder.for_bundle(bundle)
@@ -362,7 +363,7 @@ def state_ms(bundle_dir: Path, redis_url: str, candidates: int, users: int = FLO
     at = int(time.time() * 1000)
 
     async def one_pass() -> None:
-        state = RedisState(redis_url, caps)
+        state = open_state(redis_url, caps)
         try:
             for user in sample.tolist():
                 (one,) = await state.read([user], None)

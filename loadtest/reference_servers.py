@@ -10,7 +10,7 @@ them and `queryrec serve`:
   server on the same transport can be faster: this is the ceiling, and its CPU
   per call is the transport's share of the floor (`loadtest.bench`).
 - `naive-onnx`: what a team writes first. One request at a time, inline on the event
-  loop: the Redis read (`service.state.redis_state.RedisState.read`, no query-vector cache), the
+  loop: the Redis read (`service.state.store.StateStore.read`, no query-vector cache), the
   service's feature path (`service.inference.features.FeatureBuilder` and `inline_feeds`: reused,
   so the inputs are exactly the service's), then one ONNX Runtime call per graph
   (encoder, then CTR) with one intra-op thread; no batching, no cache, no budget, no
@@ -57,7 +57,8 @@ from service.errors import SearchNotFound, StateUnavailable
 from service.inference.bundle import Bundle
 from service.inference.bundle_loader import load_bundle
 from service.inference.features import FeatureBuilder, UserRow, inline_feeds, split_encoded
-from service.state.redis_state import HistoryCaps, RedisState
+from service.state.by_url import open_state
+from service.state.store import HistoryCaps, StateStore
 from service.transport.health import SERVING, Health
 
 if TYPE_CHECKING:
@@ -193,7 +194,7 @@ class NaiveScorer(scorer_pb2_grpc.ScorerServicer):
     """Redis read, features, model, one request at a time on the event loop."""
 
     def __init__(
-        self, bundle: Bundle, state: RedisState, model: Model, features: FeatureBuilder
+        self, bundle: Bundle, state: StateStore, model: Model, features: FeatureBuilder
     ) -> None:
         self.features = features
         self.model_version = bundle.model_version
@@ -276,7 +277,7 @@ async def serve(
     data_dir: Path | None = None,
 ) -> None:
     """Build the server of `kind`, serve until SIGTERM / SIGINT, then stop."""
-    state: RedisState | None = None
+    state: StateStore | None = None
     servicer: scorer_pb2_grpc.ScorerServicer
     if kind == "echo":
         servicer = EchoScorer()
@@ -292,7 +293,7 @@ async def serve(
             if run_dir is None:
                 raise SystemExit("--kind naive-torch needs --run RUN_DIR (the trained run)")
             model = TorchModel(run_dir, data_dir, features, platt(bundle))
-        state = RedisState(redis_url, history_caps(bundle))
+        state = open_state(redis_url, history_caps(bundle))
         await state.ping()
         servicer = NaiveScorer(bundle, state, model, features)
     server = grpc.aio.server()

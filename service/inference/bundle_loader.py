@@ -16,7 +16,7 @@ from queryrec.features.bundle_format import CTR_FILE, ENCODER_FILE, IdMap, one_l
 from service.errors import BundleError
 from service.inference.bundle import ORT_TYPES, Bundle, open_bundle
 from service.inference.features import FeatureBuilder, UserRow, split_encoded
-from service.state.redis_state import UserState
+from service.state.store import UserState
 
 SMOKE_REQUEST_MS = 1_700_000_000_000  # any time: the smoke histories end just before it
 SMOKE_CANDIDATES = (3, 2)  # candidates of the smoke requests (1 user: the first count)

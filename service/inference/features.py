@@ -36,7 +36,7 @@ from queryrec.features.model_inputs import (
 from queryrec.features.query_positives import QueryPositives
 from service.inference.bundle import Bundle
 from service.state.keys import VERSION_BYTES
-from service.state.redis_state import UserState
+from service.state.store import UserState
 
 _ONE_ROW = np.zeros(1, dtype=np.int64)
 

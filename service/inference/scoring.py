@@ -41,7 +41,7 @@ from service.logs import event, limited_event
 from service.metrics import ServiceMetrics
 from service.settings import ServiceSettings
 from service.state.keys import unpack_query_repr
-from service.state.redis_state import LATE, RedisState, UserState
+from service.state.store import LATE, StateStore, UserState
 
 # Kept back from the budget for serialising and sending the answer.
 RESPONSE_MARGIN_S = 0.001
@@ -99,7 +99,7 @@ class Scorer:
     def __init__(
         self,
         bundle: Bundle,
-        state: RedisState,
+        state: StateStore,
         settings: ServiceSettings,
         metrics: ServiceMetrics | None = None,
         observer: BatchObserver | None = None,
@@ -114,7 +114,7 @@ class Scorer:
         # cancelled: a cancelled command costs its connection, and reconnecting to a
         # stopped Redis costs every call a connect); until it ends, calls do not read
         # Redis and degrade at once (redis_timeout). A cluster has per-node timeouts.
-        self._cancel_late = state.cluster is not None
+        self._cancel_late = state.cancel_late_reads
         self._late_read: asyncio.Future[list[UserState]] | None = None
         self._active = 0  # Score calls inside this scorer now
         self._idle: asyncio.Event | None = None  # set when retiring and no call is active

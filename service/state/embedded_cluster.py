@@ -18,7 +18,7 @@ uncovered; the remaining masters keep serving theirs instead of the whole cluste
 master as failed quickly (`wait_failed`).
 
     with EmbeddedCluster(masters=3) as cluster:
-        state = RedisState(cluster.url, caps)   # redis+cluster://127.0.0.1:p1,...
+        state = open_state(cluster.url, caps)   # redis+cluster://127.0.0.1:p1,...
 
 Slot migration (`migrate_slot`, or its three steps `begin_migration`, `migrate_keys`,
 `finish_migration`) follows the Redis Cluster specification: target `SETSLOT IMPORTING`,
@@ -129,7 +129,7 @@ class EmbeddedCluster:
     @property
     def url(self) -> str:
         """`redis+cluster://127.0.0.1:p1,127.0.0.1:p2,...` naming every master (the
-        form `RedisState` and `state load` accept). Killed nodes stay in it: a client
+        form `open_state` and `state load` accept). Killed nodes stay in it: a client
         needs one answering node to discover the cluster."""
         return f"{CLUSTER_SCHEME}://" + ",".join(f"{HOST}:{node.port}" for node in self.nodes)
 

@@ -8,7 +8,7 @@ model indices back to raw ids (Redis holds raw ids, `service.state.keys`) and wr
 users in pipelined chunks of `chunk` users: per user DEL + RPUSH (newest first) + EXPIRE
 for both lists and HSET for the profile. Existing keys of a loaded user are replaced.
 
-A Redis Cluster URL (`redis+cluster://host:port[,host:port...]`, `service.state.cluster`)
+A Redis Cluster URL (`redis+cluster://host:port[,host:port...]`, `service.state.urls`)
 loads through redis-py's cluster client: each chunk's pipeline is split by node (a user's
 keys share one slot, so the per-user DEL of three keys stays one command).
 
@@ -33,8 +33,7 @@ from queryrec.features.dataset import PreparedDataset
 from queryrec.progress import bar as progress_bar
 from service.errors import SettingsError, StateUnavailable
 from service.state import keys
-from service.state.cluster import is_cluster_url, parse_cluster_url, parse_single_url
-from service.state.redis_state import redacted_url
+from service.state.urls import is_cluster_url, parse_cluster_url, parse_single_url, redacted_url
 
 UNMAPPED_RAW_ID = 1 << 62
 """Stands for an item or word index without a raw id (as in `queryrec replay`)."""

@@ -20,7 +20,7 @@ from service.inference.model_holder import ModelHolder
 from service.inference.scoring import RESPONSE_MARGIN_S, now_ms
 from service.logs import DegradedBursts, limited_event
 from service.settings import ServiceSettings
-from service.state.redis_state import RedisState
+from service.state.store import StateStore
 
 TIME_FLOOR_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: no event of this service is older
 
@@ -49,7 +49,7 @@ class Calls:
     def __init__(
         self,
         holder: ModelHolder,
-        state: RedisState,
+        state: StateStore,
         settings: ServiceSettings,
         bursts: DegradedBursts | None = None,
     ) -> None:

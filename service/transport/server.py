@@ -48,8 +48,9 @@ from service.inference.scoring import Scorer
 from service.logs import DegradedBursts, Summaries, event, limited_event
 from service.metrics import MetricsObserver, ServiceMetrics
 from service.settings import ServiceSettings
+from service.state.by_url import open_state
 from service.state.embedded_redis import EmbeddedRedis
-from service.state.redis_state import HistoryCaps, RedisState
+from service.state.store import HistoryCaps, StateStore
 from service.transport.admin import AdminServer, build_admin_app
 from service.transport.auth import api_token, client_ca, interceptors, is_loopback, read_token
 from service.transport.calls import GRPC_CODES, Calls
@@ -88,7 +89,7 @@ class ScoringServer:
     settings: ServiceSettings
     holder: ModelHolder
     calls: Calls
-    state: RedisState
+    state: StateStore
     health: Health
     metrics: ServiceMetrics
     embedded_redis: EmbeddedRedis | None = None
@@ -373,7 +374,7 @@ def _bind(server: grpc.aio.Server, settings: ServiceSettings) -> int:
 
 def scorer_factory(
     settings: ServiceSettings,
-    state: RedisState,
+    state: StateStore,
     metrics: ServiceMetrics,
     observer: MetricsObserver,
 ) -> Callable[[Path], Scorer]:
@@ -434,7 +435,7 @@ async def create_server(
         embedded = EmbeddedRedis()
         embedded.start()
         url = embedded.url
-    state = RedisState(
+    state = open_state(
         url,
         caps,
         password=password,

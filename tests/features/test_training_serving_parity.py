@@ -31,7 +31,7 @@ from queryrec.features.model_inputs import (
 )
 from service.inference.features import FeatureBuilder, IdMaps
 from service.state import keys
-from service.state.redis_state import UserState
+from service.state.store import UserState
 
 T0 = 1_700_000_000_000
 KNOWN_ITEMS, KNOWN_WORDS, USERS, PROFILE_FIELDS = 30, 20, 6, 2

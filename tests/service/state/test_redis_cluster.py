@@ -31,7 +31,7 @@ from service.api import scorer_pb2 as pb
 from service.state import keys
 from service.state.embedded_cluster import EmbeddedCluster
 from service.state.load import load_state
-from service.state.redis_state import UNAVAILABLE
+from service.state.store import UNAVAILABLE
 from tests.service.harness import ServerThread
 
 T = 1_700_000_000_000  # request time of every Score (after every loaded and recorded event)

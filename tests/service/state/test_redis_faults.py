@@ -15,7 +15,8 @@ from redis.asyncio.connection import Connection
 from service.errors import StateUnavailable
 from service.state import keys
 from service.state.embedded_redis import EmbeddedRedis
-from service.state.redis_state import UNAVAILABLE, WRITE_LATE, HistoryCaps, RedisState
+from service.state.single_node import RedisState
+from service.state.store import UNAVAILABLE, WRITE_LATE, HistoryCaps
 from tests.service.redis_observers import Recorder, wait_for
 
 CAPS = HistoryCaps(queries=5, clicks=10, ttl_s=100)

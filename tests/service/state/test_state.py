@@ -18,7 +18,9 @@ from service.errors import SearchNotFound, StateUnavailable
 from service.state import keys
 from service.state.embedded_redis import EmbeddedRedis
 from service.state.load import default_redis_password, load_state, parse_time
-from service.state.redis_state import HistoryCaps, RedisState, redacted_url
+from service.state.single_node import RedisState
+from service.state.store import HistoryCaps
+from service.state.urls import redacted_url
 
 CAPS = HistoryCaps(queries=3, clicks=4, ttl_s=100)
 COMMANDS = ("lrange", "hgetall", "get", "lpush", "multi")

@@ -1,4 +1,4 @@
-"""RedisState on a real local Redis Cluster (service/state/embedded_cluster.py): URLs, one
+"""ClusterState on a real local Redis Cluster (service/state/embedded_cluster.py): URLs, one
 pipelined round trip per node, routing of writes by key, faults per master, MOVED / ASK.
 
 The gRPC server against a cluster (state load, Score, RecordQuery, a killed master, a
@@ -19,9 +19,10 @@ from redis.asyncio.cluster import ClusterNode
 
 from service.errors import SearchNotFound, SettingsError, StateUnavailable
 from service.state import keys
-from service.state.cluster import is_cluster_url, parse_cluster_url
+from service.state.cluster import ClusterState
 from service.state.embedded_cluster import SLOTS, EmbeddedCluster, slot_ranges
-from service.state.redis_state import LATE, REFUSED, UNAVAILABLE, HistoryCaps, RedisState
+from service.state.store import LATE, REFUSED, UNAVAILABLE, HistoryCaps
+from service.state.urls import is_cluster_url, parse_cluster_url
 from tests.service.redis_observers import Recorder, wait_for
 
 CAPS = HistoryCaps(queries=3, clicks=4, ttl_s=100)
@@ -75,13 +76,13 @@ def test_cluster_urls_name_the_startup_nodes_and_redis_py_options() -> None:
 )
 def test_a_bad_cluster_url_is_a_settings_error_without_the_password(url: str, why: str) -> None:
     with pytest.raises(SettingsError, match=why) as info:
-        RedisState(url, CAPS)
+        ClusterState(url, CAPS)
     assert "w0rd" not in str(info.value) and "***" in str(info.value)
 
 
 def test_a_cluster_state_connects_lazily_and_a_missing_cluster_is_unavailable() -> None:
     async def go() -> None:
-        state = RedisState("redis+cluster://127.0.0.1:1,127.0.0.1:2", CAPS, timeout_s=0.5)
+        state = ClusterState("redis+cluster://127.0.0.1:1,127.0.0.1:2", CAPS, timeout_s=0.5)
         try:
             assert state.available  # nothing known yet
             with pytest.raises(StateUnavailable, match="cannot be discovered"):
@@ -162,7 +163,7 @@ def test_a_batch_read_is_one_pipeline_per_node_and_the_nodes_run_concurrently(
         raise AssertionError(f"a command outside the pipelines: {args[:1]}")
 
     async def go() -> list[Any]:
-        state = RedisState(shared_cluster.url, CAPS)
+        state = ClusterState(shared_cluster.url, CAPS)
         try:
             for user in users:
                 await state.append_clicks(user, 10, [user])
@@ -196,7 +197,7 @@ def test_appends_and_cached_vectors_land_on_the_node_of_their_slot(
     users = [u + 2000 for u in USERS[:12]]
 
     async def go() -> list[Any]:
-        state = RedisState(shared_cluster.url, CAPS)
+        state = ClusterState(shared_cluster.url, CAPS)
         try:
             for user in users:
                 for i in range(5):
@@ -236,7 +237,7 @@ def test_search_clicks_land_in_the_entry_on_the_node_of_their_slot(
     sha = hashlib.sha1(keys.SEARCH_CLICKS_SCRIPT.encode()).hexdigest()
 
     async def go() -> list[Any]:
-        state = RedisState(shared_cluster.url, CAPS)
+        state = ClusterState(shared_cluster.url, CAPS)
         try:
             for user in users:
                 await state.append_query(user, 100, [user])
@@ -279,7 +280,7 @@ def test_ask_and_moved_during_a_slot_migration_are_followed(
         )
 
     async def go() -> None:
-        state = RedisState(shared_cluster.url, CAPS)
+        state = ClusterState(shared_cluster.url, CAPS)
         try:
             await state.append_query(user, 1, [1])
             await state.append_clicks(user, 1, [10])
@@ -327,7 +328,7 @@ def test_a_dead_master_fails_only_its_users_and_a_takeover_ends_the_outage(
     heir = next(i for i in range(3) if i != dead)
 
     async def go() -> None:
-        state = RedisState(cluster.url, CAPS, reconnect_max_s=0.2, events=events)
+        state = ClusterState(cluster.url, CAPS, reconnect_max_s=0.2, events=events)
         try:
             await state.ping()
             for user in USERS:
