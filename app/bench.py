@@ -14,9 +14,11 @@ Writes to BENCH_DIR:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +56,15 @@ def run_bench(
     seeds: int = 3,
     base: TrainConfig | None = None,
     *,
+    per_model: Mapping[str, TrainConfig] | None = None,
+    diffusion: DiffusionTrainConfig | None = None,
     diffusion_autoencoder: bool = False,
 ) -> dict[str, Any]:
     """Train every (model, seed) in turn; write results.json, RESULTS.md and the plots.
+
+    Each model trains with `per_model[name]` where given (an experiment file's settings,
+    app.experiment_file), else with `base`; its model and seed are set here. The diffusion
+    job, when it runs, fits `diffusion` (default: DiffusionTrainConfig()) on `base.device`.
 
     With `diffusion_autoencoder`, the diffusion job's quality table also holds the
     autoencoder reference; off by default, as it trains a second network as long as the
@@ -80,13 +88,18 @@ def run_bench(
     quality = None
     if ctx.is_main:
         quality = _diffusion_first(
-            dataset, models, out_dir / "diffusion", base.device, diffusion_autoencoder
+            dataset,
+            models,
+            out_dir / "diffusion",
+            dataclasses.replace(diffusion or DiffusionTrainConfig(), device=base.device),
+            diffusion_autoencoder,
         )
     _wait_for_rank0(ctx)
     for name in models:
         alone = model_spec(name).architecture == "lightgbm"  # no DDP: rank 0 fits it
         for seed in range(seeds):
-            cfg = TrainConfig(**{**base.__dict__, "model": name, "seed": seed})
+            own = (per_model or {}).get(name, base)
+            cfg = dataclasses.replace(own, model=name, seed=seed)
             if alone and not ctx.is_main:
                 _wait_for_rank0(ctx)
                 continue
@@ -130,7 +143,7 @@ def _diffusion_first(
     dataset: PreparedDataset,
     models: tuple[str, ...],
     out_dir: Path,
-    device: str,
+    cfg: DiffusionTrainConfig,
     autoencoder: bool,
 ) -> dict[str, Any] | None:
     """Train the diffusion model and augment the dataset when a model needs the
@@ -148,11 +161,11 @@ def _diffusion_first(
     run_diffusion_train(
         dataset.root,
         out_dir,
-        DiffusionTrainConfig(device=device),
+        cfg,
         references=True,
         autoencoder=autoencoder,
     )
-    augment(dataset.root, out_dir, device=device, progress=False)
+    augment(dataset.root, out_dir, device=cfg.device, progress=False)
     quality: dict[str, Any] = json.loads((out_dir / "results.json").read_text())
     return quality
 

@@ -20,48 +20,56 @@ DEFAULT_MODELS = (
     "din", "sesrec", "unisar", "lightgbm", "lightgbm-query", "queryrec-paper", "queryrec",
 )  # fmt: skip
 
-# Mirror AuxiliaryConfig's and TrainConfig's defaults without importing torch at start-up
-# (a test checks they agree).
-DEFAULT_CL_POSITIVES, DEFAULT_NEXT_NEGATIVES = "session", "feed"
-DEFAULT_SPARSE_DECAY = 10.0  # TrainConfig.sparse_decay
-DEFAULT_SPARSE_CATCH_UP = False  # TrainConfig.sparse_momentum_catch_up
-# The auxiliary-loss options `train` and `bench` share.
-ClPositivesOption = Annotated[
-    str,
+# What a user tunes in `train` and `bench`, defined once. Their defaults are None: unset,
+# the experiment file's value (--config) or else the config's default applies, so a flag
+# wins over the file. Everything else is a key of the file (app/experiment_file.py).
+ConfigOption = Annotated[
+    Path | None,
     typer.Option(
-        "--cl-positives",
-        help="L_cl positives: session (clicks of the last search) | query (pooled I+_q).",
+        "--config",
+        help="Experiment file (TOML) for every other setting: [train], [aux], [model], "
+        "[lightgbm], [diffusion], [bench], [models.NAME] (experiments/ holds the reported "
+        "runs). Flags win over it.",
     ),
 ]
-NextNegativesOption = Annotated[
-    str,
+DeviceOption = Annotated[
+    str | None, typer.Option("--device", help="auto | cpu | cuda (default auto).")
+]
+EpochsOption = Annotated[
+    int | None,
+    typer.Option("--epochs", help="Upper bound per run; early stopping on validation AUC (4)."),
+]
+PatienceOption = Annotated[
+    int | None,
+    typer.Option("--patience", help="Epochs without a validation-AUC gain before stopping (1)."),
+]
+LearningRateOption = Annotated[
+    float | None, typer.Option("--learning-rate", help="Adam learning rate (1e-3).")
+]
+BatchSizeOption = Annotated[
+    int | None, typer.Option("--batch-size", help="Training batch size per process (1024).")
+]
+NextWeightOption = Annotated[
+    float | None,
     typer.Option(
-        "--next-negatives", help="L_next r- source: feed (any user's) | user (own non-clicks)."
+        "--next-weight",
+        help="lambda_2, the weight of L_next (default: the model's own, "
+        "queryrec.models.registry; 0 for the served queryrec).",
     ),
 ]
-EmbeddingUpdatesOption = Annotated[
-    str,
+ClWeightOption = Annotated[
+    float | None,
     typer.Option(
-        "--embedding-updates",
-        help="Large id tables: sparse (lazy Adam on the touched rows) | dense (Adam) | "
-        "auto (sparse on CPU, dense on CUDA).",
+        "--cl-weight", help="lambda_3, the weight of L_cl (default: the model's own, 0.01)."
     ),
 ]
-
-SparseDecayOption = Annotated[
-    float,
-    typer.Option(
-        "--sparse-decay",
-        help="Decoupled (AdamW) decay of the sparse tables' rows per step, applied lazily "
-        "(0 = off).",
-    ),
+ClTemperatureOption = Annotated[
+    float | None,
+    typer.Option("--cl-temperature", help="beta, the temperature of L_cl's softmax (0.1)."),
 ]
-SparseCatchUpOption = Annotated[
-    bool,
-    typer.Option(
-        "--sparse-catch-up/--no-sparse-catch-up",
-        help="Lazy Adam also takes the momentum steps a sparse row missed, as dense Adam does.",
-    ),
+MaxTrainSamplesOption = Annotated[
+    int | None,
+    typer.Option("--max-train-samples", help="Train on a random subset of this size per epoch."),
 ]
 
 app = typer.Typer(
@@ -159,38 +167,35 @@ def train_command(
     ],
     out: Annotated[Path, typer.Option("--out", help="Run folder (checkpoint, metrics).")],
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
-    epochs: Annotated[
-        int, typer.Option("--epochs", help="Upper bound; early stopping on validation AUC.")
-    ] = 4,
-    max_train_samples: Annotated[
-        int | None,
-        typer.Option(
-            "--max-train-samples", help="Train on a random subset of this size per epoch."
-        ),
-    ] = None,
-    cl_positives: ClPositivesOption = DEFAULT_CL_POSITIVES,
-    next_negatives: NextNegativesOption = DEFAULT_NEXT_NEGATIVES,
-    embedding_updates: EmbeddingUpdatesOption = "auto",
-    sparse_decay: SparseDecayOption = DEFAULT_SPARSE_DECAY,
-    sparse_catch_up: SparseCatchUpOption = DEFAULT_SPARSE_CATCH_UP,
+    config: ConfigOption = None,
+    device: DeviceOption = None,
+    epochs: EpochsOption = None,
+    patience: PatienceOption = None,
+    learning_rate: LearningRateOption = None,
+    batch_size: BatchSizeOption = None,
+    next_weight: NextWeightOption = None,
+    cl_weight: ClWeightOption = None,
+    cl_temperature: ClTemperatureOption = None,
+    max_train_samples: MaxTrainSamplesOption = None,
 ) -> None:
     """Train one model; under torchrun it runs as DDP (gloo on CPU, NCCL on GPUs)."""
+    from app.experiment_file import load_experiment
     from queryrec.models.registry import model_spec
-    from queryrec.training.config import TrainConfig
     from queryrec.training.loop import train
 
     model_spec(model)  # a clear error for an unknown name before any data is read
-    cfg = TrainConfig(
-        model=model,
-        seed=seed,
+    cfg = load_experiment(config).train_config(
+        model,
+        seed,
         device=device,
         epochs=epochs,
+        patience=patience,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        next_weight=next_weight,
+        cl_weight=cl_weight,
+        temperature=cl_temperature,
         max_train_samples=max_train_samples,
-        aux=auxiliary_config(cl_positives, next_negatives),
-        embedding_updates=embedding_updates,
-        sparse_decay=sparse_decay,
-        sparse_momentum_catch_up=sparse_catch_up,
     )
     result = train(data, out, cfg)
     print(
@@ -204,40 +209,61 @@ def bench_command(
     data: Annotated[Path, typer.Option("--data", help="Dataset folder from 'data prepare'.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for results.json, RESULTS.md, plots.")],
     models: Annotated[
-        str, typer.Option("--models", help="Comma-separated model names.")
-    ] = ",".join(DEFAULT_MODELS),
-    seeds: Annotated[int, typer.Option("--seeds", help="Seeds per model (0..N-1).")] = 3,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
-    epochs: Annotated[int, typer.Option("--epochs", help="Upper bound per run.")] = 4,
-    cl_positives: ClPositivesOption = DEFAULT_CL_POSITIVES,
-    next_negatives: NextNegativesOption = DEFAULT_NEXT_NEGATIVES,
-    embedding_updates: EmbeddingUpdatesOption = "auto",
-    sparse_decay: SparseDecayOption = DEFAULT_SPARSE_DECAY,
-    sparse_catch_up: SparseCatchUpOption = DEFAULT_SPARSE_CATCH_UP,
-    diffusion_autoencoder: Annotated[
-        bool,
+        str | None,
         typer.Option(
-            "--diffusion-autoencoder/--no-diffusion-autoencoder",
-            help="Also train the diffusion job's autoencoder reference for its quality "
-            "table (as long again as the denoiser).",
+            "--models",
+            help="Comma-separated model names (default: [bench] models of --config, else "
+            + ",".join(DEFAULT_MODELS)
+            + ").",
         ),
-    ] = False,
+    ] = None,
+    seeds: Annotated[
+        int | None, typer.Option("--seeds", help="Seeds per model, 0..N-1 (3).")
+    ] = None,
+    config: ConfigOption = None,
+    device: DeviceOption = None,
+    epochs: EpochsOption = None,
+    patience: PatienceOption = None,
+    learning_rate: LearningRateOption = None,
+    batch_size: BatchSizeOption = None,
+    next_weight: NextWeightOption = None,
+    cl_weight: ClWeightOption = None,
+    cl_temperature: ClTemperatureOption = None,
+    max_train_samples: MaxTrainSamplesOption = None,
 ) -> None:
     """Train every model for N seeds; write the paper-style comparison."""
     from app.bench import run_bench
-    from queryrec.training.config import TrainConfig
+    from app.experiment_file import load_experiment
 
-    names = tuple(name.strip() for name in models.split(",") if name.strip())
-    base = TrainConfig(
-        device=device,
-        epochs=epochs,
-        progress=False,
-        aux=auxiliary_config(cl_positives, next_negatives),
-        embedding_updates=embedding_updates,
-        sparse_decay=sparse_decay,
-        sparse_momentum_catch_up=sparse_catch_up,
+    experiment = load_experiment(config)
+    names = (
+        tuple(name.strip() for name in models.split(",") if name.strip())
+        if models is not None
+        else tuple(experiment.bench.get("models", DEFAULT_MODELS))
     )
-    results = run_bench(data, out, names, seeds, base, diffusion_autoencoder=diffusion_autoencoder)
+    flags: dict[str, Any] = {
+        "device": device,
+        "epochs": epochs,
+        "patience": patience,
+        "learning_rate": learning_rate,
+        "batch_size": batch_size,
+        "next_weight": next_weight,
+        "cl_weight": cl_weight,
+        "temperature": cl_temperature,
+        "max_train_samples": max_train_samples,
+    }
+    configs = {name: experiment.train_config(name, progress=False, **flags) for name in names}
+    base = next(iter(configs.values()), None)
+    results = run_bench(
+        data,
+        out,
+        names,
+        seeds if seeds is not None else int(experiment.bench.get("seeds", 3)),
+        base,
+        per_model=configs,
+        diffusion=experiment.diffusion_config(),
+        diffusion_autoencoder=bool(experiment.bench.get("diffusion_autoencoder", False)),
+    )
     if results:  # under torchrun only rank 0 writes (and returns) the results
         print((out / "RESULTS.md").read_text())
 
@@ -258,15 +284,26 @@ def export_command(
         typer.Option("--data", help="Dataset folder, if not the one the run recorded."),
     ] = None,
     force: Annotated[
+        bool, typer.Option("--force", help="Replace a non-empty --out (as data synth/prepare).")
+    ] = False,
+    accept_int8_drop: Annotated[
         bool,
-        typer.Option("--force", help="Replace a non-empty --out; accept an INT8 AUC drop."),
+        typer.Option(
+            "--accept-int8-drop",
+            help="With --quantize int8: export even when the INT8 graph's test AUC drops by "
+            "more than the guard (0.002).",
+        ),
     ] = False,
 ) -> None:
     """Export a trained model to ONNX (parity-checked) and write the versioned bundle."""
     from export.bundle import ExportOptions, export_bundle, manifest_summary
 
     options = ExportOptions(
-        quantize=quantize, calibrate=calibrate, force=force, replace=force, data_dir=data
+        quantize=quantize,
+        calibrate=calibrate,
+        force=accept_int8_drop,
+        replace=force,
+        data_dir=data,
     )
     manifest = export_bundle(run, out, options)
     print(manifest_summary(manifest, out))
@@ -276,50 +313,31 @@ def export_command(
 def diffusion_train_command(
     data: Annotated[Path, typer.Option("--data", help="Dataset folder from 'data prepare'.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the trained denoiser.")],
-    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 15,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Experiment file (TOML): its [diffusion] table sets any DiffusionTrainConfig "
+            "field (position_weight, pointwise, hide_share, query_words, ...). Flags win.",
+        ),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs (15).")] = None,
     max_items: Annotated[
-        int, typer.Option("--max-items", help="Item universe: the most-shown items.")
-    ] = 4096,
-    k: Annotated[int, typer.Option("--k", help="Pseudo-positives per query; metrics @K.")] = 4,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
-    position_weight: Annotated[
-        float,
-        typer.Option(
-            "--position-weight",
-            help="x0 grades shown items by display position, -1 + w / log2(2 + position); "
-            "0: every shown item -1.",
-        ),
-    ] = 0.5,
-    pointwise: Annotated[
-        int,
-        typer.Option(
-            "--pointwise", help="Width of the denoiser's per-item path; 0: DiffRec's MLP alone."
-        ),
-    ] = 16,
-    hide_share: Annotated[
-        float,
-        typer.Option(
-            "--hide-share",
-            help="Share of each training query's shown items taken out of its view; "
-            "learned as clicked or not (docs/RESULTS.md). 0: off.",
-        ),
-    ] = 0.5,
-    query_words: Annotated[
-        bool,
-        typer.Option(
-            "--query-words/--no-query-words",
-            help="Condition the denoiser on the query's words (beside the timestep).",
-        ),
-    ] = False,
+        int | None, typer.Option("--max-items", help="Item universe: the most-shown items (4096).")
+    ] = None,
+    k: Annotated[
+        int | None, typer.Option("--k", help="Pseudo-positives per query; metrics @K (4).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (0).")] = None,
+    device: DeviceOption = None,
     unit: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--unit",
-            help="One x0 per search session, or per query (every session of the normalised "
-            "query, any user: the paper's unit).",
+            help="session: one x0 per search session (default); query: per query (every "
+            "session of the normalised query, any user: the paper's unit).",
         ),
-    ] = "session",
+    ] = None,
     references: Annotated[
         bool,
         typer.Option(
@@ -329,23 +347,14 @@ def diffusion_train_command(
     ] = True,
 ) -> None:
     """Train the denoiser on the training split's clicked queries."""
+    from app.experiment_file import load_experiment
     from queryrec.diffusion.commands import run_diffusion_train
-    from queryrec.diffusion.train import DiffusionTrainConfig
 
     try:
-        cfg = DiffusionTrainConfig(
-            epochs=epochs,
-            max_items=max_items,
-            k=k,
-            seed=seed,
-            device=device,
-            position_weight=position_weight,
-            pointwise=pointwise,
-            hide_share=hide_share,
-            query_words=query_words,
-            unit=unit,
+        cfg = load_experiment(config).diffusion_config(
+            epochs=epochs, max_items=max_items, k=k, seed=seed, device=device, unit=unit
         )
-    except ValueError as error:
+    except QueryRecError as error:
         raise QueryRecError(f"diffusion train: {error}") from error
     run_diffusion_train(data, out, cfg, references)
 
@@ -541,17 +550,6 @@ def demo(
     from app.demo import run_demo
 
     run_demo(workdir, preset, epochs)
-
-
-def auxiliary_config(cl_positives: str, next_negatives: str) -> Any:
-    """The AuxiliaryConfig for `--cl-positives` / `--next-negatives` (a one-line error when
-    a value is not one of the choices)."""
-    from queryrec.training.batches import AuxiliaryConfig
-
-    try:
-        return AuxiliaryConfig(cl_positive_source=cl_positives, next_negative_source=next_negatives)
-    except ValueError as error:
-        raise QueryRecError(str(error)) from error
 
 
 def main(argv: list[str] | None = None) -> int:

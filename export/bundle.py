@@ -62,8 +62,8 @@ CTR_LAYOUT = (
 class ExportOptions:
     quantize: str = "none"  # none | int8
     calibrate: str = "platt"  # platt | none (export.calibration)
-    force: bool = False  # accept an INT8 AUC drop above the guard
-    replace: bool = False  # replace a non-empty output folder
+    force: bool = False  # accept an INT8 AUC drop above the guard (`export --accept-int8-drop`)
+    replace: bool = False  # replace a non-empty output folder (`export --force`)
     data_dir: Path | None = None  # the dataset, if not the one the run recorded
     max_auc_drop: float = MAX_AUC_DROP  # INT8 guard on test AUC
 

@@ -23,7 +23,7 @@ import torch
 
 from queryrec.errors import QueryRecError, SchemaMismatchError
 from queryrec.features.dataset import PreparedDataset
-from queryrec.models.config import ModelConfig, Vocab
+from queryrec.models.config import ModelConfig
 from queryrec.models.ctr_model import CTRModel
 from queryrec.models.registry import build_model
 
@@ -155,13 +155,7 @@ def load_checkpoint(
             f"{path}: trained on dataset {payload['schema_hash'][:12]}, "
             f"but {dataset.root} is {dataset.content_hash[:12]}"
         )
-    raw_cfg = dict(payload["model_config"])
-    vocab = raw_cfg.pop("vocab")
-    vocab["categories"] = tuple(vocab["categories"])
-    vocab["profile"] = tuple(vocab["profile"])
-    for key in ("mlp", "attention_mlp"):
-        raw_cfg[key] = tuple(raw_cfg[key])
-    cfg = ModelConfig(vocab=Vocab(**vocab), **raw_cfg)
+    cfg = ModelConfig.from_dict(payload["model_config"])
     model = build_model(payload["model_name"], dataset, cfg)
     model.load_state_dict(payload["state_dict"])  # feature tables are non-persistent buffers
     model.eval()

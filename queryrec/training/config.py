@@ -28,7 +28,7 @@ class TrainConfig:
     # `ModelSpec.cl_weight`, chosen per model on validation: docs/RESULTS.md).
     next_weight: float | None = None
     cl_weight: float | None = None
-    temperature: float = 0.1  # beta of L_cl
+    temperature: float = 0.1  # beta of L_cl (PAPER.md: s(q, i) / beta); `--cl-temperature`
     aux: AuxiliaryConfig = field(default_factory=AuxiliaryConfig)
     device: str = "auto"  # auto | cpu | cuda
     # auto | dense | sparse: lazy Adam for the large id tables (queryrec.training.optimizers);
@@ -46,7 +46,10 @@ class TrainConfig:
     sparse_momentum_catch_up: bool = False
     max_train_samples: int | None = None  # cap for quick runs (a random subset)
     progress: bool = True
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
+    # ModelConfig fields (a baseline's loss weights: its typed settings, e.g.
+    # {"ple": PLEConfig(search_weight=0.2)}); for the LightGBM rows GBDTParams fields.
+    # Set from an experiment file's [model] / [lightgbm] tables (app.experiment_file).
+    model_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
@@ -54,6 +57,16 @@ class TrainConfig:
         check_embedding_updates(self.embedding_updates)
         if self.epochs < 1 or self.batch_size < 1:
             raise QueryRecError("epochs and batch size must be positive")
+        if self.patience < 0 or self.eval_batch_size < 1:
+            raise QueryRecError("patience must be >= 0 and eval_batch_size positive")
+        if not self.learning_rate > 0 or self.weight_decay < 0:
+            raise QueryRecError("learning_rate must be > 0 and weight_decay >= 0")
+        for name in ("next_weight", "cl_weight"):
+            weight = getattr(self, name)
+            if weight is not None and weight < 0:
+                raise QueryRecError(f"{name} must be >= 0, not {weight}")
+        if not self.temperature > 0:
+            raise QueryRecError(f"temperature (beta of L_cl) must be > 0, not {self.temperature}")
         if self.sparse_decay < 0 or self.sparse_decay * self.learning_rate >= 1:
             raise QueryRecError("sparse_decay must be >= 0 with sparse_decay * learning_rate < 1")
         if self.sparse_min_rows < 1:

@@ -167,7 +167,9 @@ def test_word_conditioned_denoiser_trains_and_augments(tiny_data: Path, tmp_path
     shutil.copytree(tiny_data, data)
     model, common = tmp_path / "diffusion", ["--data", str(data)]
     train = ["diffusion", "train", *common, "--out", str(model), "--epochs", "1"]
-    assert main([*train, "--query-words", "--no-references"]) == 0
+    words = tmp_path / "words.toml"
+    words.write_text("[diffusion]\nquery_words = true\n")  # a research knob: a file key
+    assert main([*train, "--config", str(words), "--no-references"]) == 0
     dataset = PreparedDataset(data)
     loaded = load_model(model, dataset, torch.device("cpu"))
     rows = sessions_in(dataset, 0, int(dataset.schema["split"]["valid_start_ms"]), clicked=False)

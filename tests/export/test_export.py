@@ -324,3 +324,34 @@ def test_model_inputs_round_trip_through_the_bundle(
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
     # The service's and offline scoring's batches cut the empty query slots: same scores.
     np.testing.assert_allclose(served(trim_query_columns(inputs)), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("flags", "replace", "accept_drop"),
+    [
+        ([], False, False),
+        (["--force"], True, False),
+        (["--accept-int8-drop"], False, True),
+        (["--force", "--accept-int8-drop"], True, True),
+    ],
+)
+def test_export_flags_each_do_one_thing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    flags: list[str],
+    replace: bool,
+    accept_drop: bool,
+) -> None:
+    """--force only replaces a non-empty --out (as in data synth / prepare);
+    --accept-int8-drop only accepts an INT8 AUC drop above the guard."""
+    seen: list[ExportOptions] = []
+
+    def fake_export(run: Path, out: Path, options: ExportOptions) -> dict[str, Any]:
+        seen.append(options)
+        return {}
+
+    monkeypatch.setattr("export.bundle.export_bundle", fake_export)
+    monkeypatch.setattr("export.bundle.manifest_summary", lambda manifest, out: "ok")
+    args = ["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "b")]
+    assert main([*args, "--quantize", "int8", *flags]) == 0
+    assert (seen[-1].replace, seen[-1].force) == (replace, accept_drop)

@@ -274,33 +274,19 @@ def test_training_only_inputs_never_reach_evaluation_batches(
         np.testing.assert_array_equal(batch.label, arrays.label[rows])
 
 
-def test_cli_defaults_mirror_the_config() -> None:
-    from app.cli import (
-        DEFAULT_CL_POSITIVES,
-        DEFAULT_NEXT_NEGATIVES,
-        DEFAULT_SPARSE_CATCH_UP,
-        DEFAULT_SPARSE_DECAY,
-    )
-
-    aux = AuxiliaryConfig()
-    assert (
-        aux.cl_positive_source,
-        aux.next_negative_source,
-        TrainConfig().sparse_decay,
-        TrainConfig().sparse_momentum_catch_up,
-    ) == (
-        DEFAULT_CL_POSITIVES,
-        DEFAULT_NEXT_NEGATIVES,
-        DEFAULT_SPARSE_DECAY,
-        DEFAULT_SPARSE_CATCH_UP,
-    )
-
-
 def test_train_takes_the_cl_positive_source_and_refuses_an_unknown_one(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["train", "--data", str(tiny_data), "--model", "queryrec-no-diffusion", "--epochs", "1"]
-    assert main([*args, "--out", str(tmp_path / "q"), "--cl-positives", "query"]) == 0
+    pooled, bogus = tmp_path / "pooled.toml", tmp_path / "bogus.toml"
+    pooled.write_text('[aux]\ncl_positive_source = "query"\n')
+    bogus.write_text('[aux]\ncl_positive_source = "everyone"\n')
+    assert main([*args, "--out", str(tmp_path / "q"), "--config", str(pooled)]) == 0
     assert (tmp_path / "q" / "checkpoint.pt").is_file()
-    assert main([*args, "--out", str(tmp_path / "x"), "--cl-positives", "everyone"]) == 2
-    assert "cl_positive_source must be session or query" in capsys.readouterr().err
+    saved = torch.load(tmp_path / "q" / "checkpoint.pt", weights_only=True)["train_config"]
+    assert saved["aux"]["cl_positive_source"] == "query"
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "x"), "--config", str(bogus)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(bogus) in err
+    assert "cl_positive_source must be session or query" in err

@@ -25,8 +25,8 @@ Adaptations to this data (choices, docs/RESULTS.md "Baselines"):
 - The item-side decomposition also applies to the click-history items (IV4REC+(I) does
   it for history items, IV4REC+(UI) for the candidate; here one item vector for both).
 - Gates are element-wise (d outputs); an item without any training query keeps e.
-- Loss: L_ctr + w_u MSE_user + w_i MSE_item, w = cfg.extra["iv_user_weight"],
-  ["iv_item_weight"] (default 1 each, as the authors add the terms unweighted).
+- Loss: L_ctr + w_u MSE_user + w_i MSE_item, w = cfg.iv4rec.user_weight, .item_weight
+  (`IV4RecConfig`; default 1 each, as the authors add the terms unweighted).
 - The head sees our DIN fields (user, hour, caption, profile) next to the candidate and
   the recombined user vector.
 """
@@ -186,13 +186,13 @@ class IV4RecModel(CTRModel):
             raise ValueError("IV4REC+ reads the query history: build it with use_query=True")
         n_fields = 3 + len(cfg.vocab.profile)
         super().__init__(cfg, IVDINBackbone(cfg, n_fields), item_side)
-        queries = int(cfg.extra.get("iv_item_queries", 4))
+        queries = cfg.iv4rec.item_queries
         table = torch.from_numpy(item_query_table(dataset, queries, cfg.query_tokens))
         self.items = IVItemTower(cfg, self.words, item_side, table)
         self.sas = None  # the user's instrument encoder replaces QueryRec's SAS encoder
         self.iv_user = IVUserNet(cfg)
-        self.user_weight = float(cfg.extra.get("iv_user_weight", 1.0))
-        self.item_weight = float(cfg.extra.get("iv_item_weight", 1.0))
+        self.user_weight = cfg.iv4rec.user_weight
+        self.item_weight = cfg.iv4rec.item_weight
         self.init_embeddings()
 
     def query_representation(self, inputs: ModelInputs[Tensor]) -> Tensor:

@@ -20,7 +20,7 @@ Adaptations to this data (choices, docs/RESULTS.md "Baselines"):
   impression, label = clicked in that session (`queryrec.training.extra_inputs`); each
   training step draws as many as the feed batch holds, uniformly. The feed clicks before
   the search are its history.
-- Loss: L_ctr(feed) + w * L_search with w = cfg.extra["ple_search_weight"], default 0.1,
+- Loss: L_ctr(feed) + w * L_search with w = cfg.ple.search_weight (`PLEConfig`), 0.1,
   not PLE's equal weights: with w = 1 the search task takes over the shared embeddings
   and the feed loss barely moves (validation AUC 0.598 against 0.635 without it).
 - Sizes, chosen on validation AUC of `small` (60k training samples, 1 epoch, seed 0;
@@ -92,11 +92,9 @@ class PLEBackbone(nn.Module):
 
     def __init__(self, cfg: ModelConfig, n_fields: int):
         super().__init__()
-        extra = cfg.extra
-        expert = (int(extra.get("ple_expert_width", 200)),)
-        levels = int(extra.get("ple_levels", 1))
-        shared = int(extra.get("ple_shared_experts", 2))
-        per_task = int(extra.get("ple_task_experts", 2))
+        settings = cfg.ple
+        expert = (settings.expert_width,)
+        levels, shared, per_task = settings.levels, settings.shared_experts, settings.task_experts
         self.dim = cfg.dim
         self.attention = TargetAttention(cfg.dim, cfg.attention_mlp, cfg.dropout)
         width = (n_fields + 3) * cfg.dim  # fields, candidate, interest, query field
@@ -104,7 +102,7 @@ class PLEBackbone(nn.Module):
         for _ in range(levels):
             self.levels.append(ExtractionLevel(width, expert, shared, per_task))
             width = expert[-1]
-        tower = (int(extra.get("ple_tower_width", 80)),)
+        tower = (settings.tower_width,)
         self.towers = nn.ModuleList(MLP(width, tower, cfg.dropout, out_dim=1) for _ in range(TASKS))
 
     def task_logits(
@@ -149,7 +147,7 @@ class PLEModel(CTRModel):
     def __init__(self, cfg: ModelConfig, item_side: dict[str, Tensor]):
         super().__init__(cfg, PLEBackbone(cfg, 3 + len(cfg.vocab.profile)), item_side)
         self.search_query = QueryVector(self.words, project=True)
-        self.search_weight = float(cfg.extra.get("ple_search_weight", 0.1))
+        self.search_weight = cfg.ple.search_weight
 
     def forward_with_query(
         self, inputs: ModelInputs[Tensor], aux_items: Tensor | None = None

@@ -31,11 +31,11 @@ Adaptations to this project (the data, the shared tables and the one training lo
   recent event, instead of post-LayerNorm blocks with absolute positions. All-padding rows
   attend to themselves only, which keeps them finite.
 - For CPU cost, the rec encoder reads the 20 most recent feed clicks
-  (`sesrec_rec_length`) and the search encoder the 10 most recent queries
-  (`sesrec_search_length`); the authors use up to 150 and 25. (Most users of `small` have
+  (`SESRecConfig.rec_length`) and the search encoder the 10 most recent queries
+  (`SESRecConfig.search_length`); the authors use up to 150 and 25. (Most users of `small` have
   about 4 queries before t; the DIN pooling below still reads the whole click history.)
 - The alignment loss uses in-batch negatives: the other (query, clicked item) pairs of the
-  batch (at most `sesrec_max_pairs` = 512, drawn at random when there are more), leaving
+  batch (at most `SESRecConfig.max_pairs` = 512, drawn at random when there are more), leaving
   out pairs with the same query words or the same item (they are positives too), instead
   of 1024 queries and items drawn from the dataset; its temperature is fixed, not learned.
 - The co-attention masks padded positions out of the affinity sums as well as out of the
@@ -49,9 +49,9 @@ Adaptations to this project (the data, the shared tables and the one training lo
 - The loss is the project's pointwise L_ctr on feed impressions (the paper trains with
   sampled negatives for ranking), plus the two terms, weighted.
 
-Weights and sizes come from `cfg.extra` (`DEFAULTS`); the loss weights, margin and
-temperature default to the authors' released configs: `sesrec_cl_weight` (0.1),
-`sesrec_triplet_weight` (0.001), `sesrec_margin` (0.1), `sesrec_temperature` (0.1).
+Weights and sizes come from `cfg.sesrec` (`models.config.SESRecConfig`); the loss
+weights, margin and temperature default to the authors' released configs: `cl_weight`
+(0.1), `triplet_weight` (0.001), `margin` (0.1), `temperature` (0.1).
 """
 
 from __future__ import annotations
@@ -69,15 +69,6 @@ from queryrec.models.layers import masked_mean
 from queryrec.models.query_vector import QueryVector
 from queryrec.models.sas_encoder import SASBlock
 
-DEFAULTS = {
-    "sesrec_cl_weight": 0.1,  # weight of the query-item alignment (InfoNCE) loss
-    "sesrec_triplet_weight": 0.001,  # weight of the interest-contrast (triplet) loss
-    "sesrec_margin": 0.1,  # triplet margin
-    "sesrec_temperature": 0.1,  # InfoNCE temperature
-    "sesrec_max_pairs": 512.0,  # (query, clicked item) pairs the alignment loss uses
-    "sesrec_rec_length": 20.0,  # most recent feed clicks the rec encoder reads
-    "sesrec_search_length": 10.0,  # most recent queries the search encoder reads
-}
 EXTRA_INTERESTS = 5  # rec similar, rec dissimilar, search all, search similar, dissimilar
 
 
@@ -223,14 +214,14 @@ class SESRecModel(CTRModel):
         n_fields = 3 + len(cfg.vocab.profile)  # CTRModel.n_fields, before self.cfg exists
         super().__init__(cfg, DINBackbone(cfg, n_fields, EXTRA_INTERESTS), item_side)
         d = cfg.dim
-        knob = {name: float(cfg.extra.get(name, default)) for name, default in DEFAULTS.items()}
-        self.cl_weight = knob["sesrec_cl_weight"]
-        self.triplet_weight = knob["sesrec_triplet_weight"]
-        self.margin = knob["sesrec_margin"]
-        self.temperature = knob["sesrec_temperature"]
-        self.max_pairs = int(knob["sesrec_max_pairs"])
-        self.rec_length = min(int(knob["sesrec_rec_length"]), cfg.click_history)
-        self.search_length = min(int(knob["sesrec_search_length"]), cfg.query_history)
+        settings = cfg.sesrec
+        self.cl_weight = settings.cl_weight
+        self.triplet_weight = settings.triplet_weight
+        self.margin = settings.margin
+        self.temperature = settings.temperature
+        self.max_pairs = settings.max_pairs
+        self.rec_length = min(settings.rec_length, cfg.click_history)
+        self.search_length = min(settings.search_length, cfg.query_history)
         self.search_query = QueryVector(self.words, project=True)
         self.rec_encoder = SequenceEncoder(cfg, self.rec_length, blocks=1)
         self.search_encoder = SequenceEncoder(cfg, self.search_length, blocks=1)

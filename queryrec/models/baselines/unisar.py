@@ -29,8 +29,8 @@ Adaptations (choices for this data and task, not the authors'):
    history and its MLP over the standard fields) instead of PLE + task towers; the feed
    and search interest vectors are its two extra fields. The original's learned "rec
    query" input is dropped (a constant in a single-task model).
-3. Behaviours: the last R = `unisar_feed_length` (10) feed clicks and the last
-   S = `unisar_search_length` (10) searches before t (the authors use 30 and 30; shorter
+3. Behaviours: the last R = `UniSARConfig.feed_length` (10) feed clicks and the last
+   S = `UniSARConfig.search_length` (10) searches before t (the authors use 30 and 30; shorter
    for CPU cost: every block runs at every position). A feed click is its base item
    vector (id, author, type, categories); a search is its query vector (masked mean of
    the words, projected, as QueryRec's) plus the mean base vector of the items clicked
@@ -56,18 +56,17 @@ Adaptations (choices for this data and task, not the authors'):
    means of LayerNorm outputs have length about sqrt(d), at which tanh saturates from
    the first step and the loss sat above chance; unscaled, validation AUC after 100k
    samples fell to 0.641 (0.660 without the term, 0.668 scaled). Only users with both
-   types take part, at most `unisar_align_users` (256) per batch, drawn at random.
+   types take part, at most `UniSARConfig.align_users` (256) per batch, drawn at random.
 8. Query-item alignment: in-batch negatives (the other sampled pairs; a pair with the
    same item, or from the same query slot, is no negative) instead of sampled negative
-   items and queries, over at most `unisar_qi_pairs` (512) pairs drawn per batch.
+   items and queries, over at most `UniSARConfig.qi_pairs` (512) pairs drawn per batch.
 9. Temperatures are fixed (learnable in the released code); sizes d = cfg.dim,
    cfg.sas_heads heads and one block per part (the authors' KuaiSAR config: 1 layer,
    2 heads).
 
-Settings (`cfg.extra`): unisar_align_weight 0.1, unisar_align_temperature 0.1,
-unisar_qi_weight 0.001, unisar_qi_temperature 0.5 (the authors' KuaiSAR values),
-unisar_align_users 256, unisar_qi_pairs 512, unisar_feed_length 10,
-unisar_search_length 10. Loss terms, already weighted and computed in training mode
+Settings (`cfg.unisar`, `models.config.UniSARConfig`): align_weight 0.1,
+align_temperature 0.1, qi_weight 0.001, qi_temperature 0.5 (the authors' KuaiSAR values),
+align_users 256, qi_pairs 512, feed_length 10, search_length 10. Loss terms, already weighted and computed in training mode
 only: "L_unisar_align" (both sides summed) and "L_unisar_qi".
 
 Served: the search clicks are part of the service's query entries and the minutes come
@@ -91,17 +90,6 @@ from queryrec.models.query_vector import QueryVector
 
 PAD, REC, SEARCH = 0, 1, 2  # behaviour types in the merged sequence
 NEG = -1e4  # masked logit: finite, far below any tanh(.) / tau used here
-
-DEFAULTS: dict[str, float] = {
-    "unisar_align_weight": 0.1,
-    "unisar_align_temperature": 0.1,
-    "unisar_qi_weight": 0.001,
-    "unisar_qi_temperature": 0.5,
-    "unisar_qi_pairs": 512,
-    "unisar_align_users": 256,
-    "unisar_feed_length": 10,
-    "unisar_search_length": 10,
-}
 
 
 class Merged(NamedTuple):
@@ -332,18 +320,15 @@ class UniSARModel(CTRModel):
         d = cfg.dim
         n_fields = 3 + len(cfg.vocab.profile)
         super().__init__(cfg, DINBackbone(cfg, n_fields, 2), item_side)
-        unknown = sorted(k for k in cfg.extra if k.startswith("unisar_") and k not in DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown UniSAR settings {unknown}; choose from {sorted(DEFAULTS)}")
-        knobs = {**DEFAULTS, **{k: v for k, v in cfg.extra.items() if k in DEFAULTS}}
-        self.align_weight = float(knobs["unisar_align_weight"])
-        self.align_temperature = float(knobs["unisar_align_temperature"])
-        self.qi_weight = float(knobs["unisar_qi_weight"])
-        self.qi_temperature = float(knobs["unisar_qi_temperature"])
-        self.qi_pairs = int(knobs["unisar_qi_pairs"])
-        self.align_users = int(knobs["unisar_align_users"])
-        self.feed_length = int(knobs["unisar_feed_length"])
-        self.search_length = int(knobs["unisar_search_length"])
+        settings = cfg.unisar
+        self.align_weight = settings.align_weight
+        self.align_temperature = settings.align_temperature
+        self.qi_weight = settings.qi_weight
+        self.qi_temperature = settings.qi_temperature
+        self.qi_pairs = settings.qi_pairs
+        self.align_users = settings.align_users
+        self.feed_length = settings.feed_length
+        self.search_length = settings.search_length
 
         heads, dropout = cfg.sas_heads, cfg.dropout
         self.search_query = QueryVector(self.words, cfg.project_query_vector)

@@ -10,6 +10,7 @@ import torch
 
 from queryrec.features.dataset import PreparedDataset
 from queryrec.models.baselines.ple import FEED, SEARCH, ExtractionLevel, PLEModel
+from queryrec.models.config import PLEConfig
 from queryrec.models.registry import build_model, model_config
 from queryrec.training.batches import BatchBuilder
 from queryrec.training.objective import to_tensors
@@ -68,7 +69,7 @@ def test_search_impressions_are_the_training_sessions_shown_items(
 def test_the_search_loss_is_the_weighted_cross_entropy_of_the_search_task(
     dataset: PreparedDataset,
 ) -> None:
-    cfg = model_config("ple", dataset.schema, extra={"ple_search_weight": 0.5})
+    cfg = model_config("ple", dataset.schema, ple=PLEConfig(search_weight=0.5))
     torch.manual_seed(0)
     model = build_model("ple", dataset, cfg)
     assert isinstance(model, PLEModel)

@@ -19,7 +19,7 @@ from queryrec.models.baselines.sesrec import (
     split_interest,
     triplet_loss,
 )
-from queryrec.models.config import ModelConfig, Vocab
+from queryrec.models.config import ModelConfig, SESRecConfig, Vocab
 
 
 def _lse(*values: float) -> float:
@@ -119,7 +119,7 @@ def test_triplet_loss_by_hand() -> None:
     assert triplet_loss(anchor, positive, negative, rows & False, 0.1).item() == 0.0
 
 
-def _tiny_model(**extra: float) -> SESRecModel:
+def _tiny_model(**settings: float) -> SESRecModel:
     vocab = Vocab(
         users=5, items=30, words=20, authors=6, categories=(4, 4, 4, 4), item_types=3, profile=(3,)
     )
@@ -129,7 +129,13 @@ def _tiny_model(**extra: float) -> SESRecModel:
         "categories": torch.randint(0, 4, (30, 4)),
         "caption": torch.randint(0, 20, (30, 5)) * (torch.rand(30, 5) > 0.3),
     }
-    cfg = ModelConfig(vocab=vocab, dim=8, click_history=6, query_history=3, extra=dict(extra))
+    cfg = ModelConfig(
+        vocab=vocab,
+        dim=8,
+        click_history=6,
+        query_history=3,
+        sesrec=SESRecConfig(**settings),
+    )
     return SESRecModel(cfg, side)
 
 
@@ -164,7 +170,7 @@ def test_model_is_finite_on_empty_histories_and_weights_its_losses() -> None:
     torch.manual_seed(0)
     batch = _tiny_batch()
     torch.manual_seed(1)
-    model = _tiny_model(sesrec_cl_weight=1.0, sesrec_triplet_weight=1.0)
+    model = _tiny_model(cl_weight=1.0, triplet_weight=1.0)
     logits, losses = _forward(model, batch)
     assert logits.shape == (4,) and torch.isfinite(logits).all()
     assert set(losses) == {"L_sesrec_cl", "L_sesrec_triplet"}
@@ -173,7 +179,7 @@ def test_model_is_finite_on_empty_histories_and_weights_its_losses() -> None:
     for name, parameter in model.named_parameters():
         assert parameter.grad is None or torch.isfinite(parameter.grad).all(), name
     torch.manual_seed(1)
-    halved = _tiny_model(sesrec_cl_weight=0.5, sesrec_triplet_weight=0.25)
+    halved = _tiny_model(cl_weight=0.5, triplet_weight=0.25)
     _, halved_losses = _forward(halved, batch)
     for name, factor in (("L_sesrec_cl", 0.5), ("L_sesrec_triplet", 0.25)):
         assert halved_losses[name].item() == pytest.approx(factor * losses[name].item())

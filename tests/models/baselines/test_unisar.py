@@ -24,7 +24,7 @@ from queryrec.models.baselines.unisar import (
     transition_alignment_loss,
     transition_masks,
 )
-from queryrec.models.config import ModelConfig, Vocab
+from queryrec.models.config import ModelConfig, UniSARConfig, Vocab
 from queryrec.models.ctr_model import CTROutput
 
 VOCAB = Vocab(
@@ -173,7 +173,7 @@ def test_losses_without_two_views_are_zero_and_keep_the_graph() -> None:
 # --- the model on a hand-made batch --------------------------------------------------
 
 
-def _model(**extra: float) -> UniSARModel:
+def _model(**settings: float) -> UniSARModel:
     cfg = ModelConfig(
         vocab=VOCAB,
         dim=8,
@@ -184,7 +184,7 @@ def _model(**extra: float) -> UniSARModel:
         mlp=(16,),
         attention_mlp=(8,),
         sas_heads=2,
-        extra={"unisar_feed_length": 4, "unisar_search_length": 4, **extra},
+        unisar=UniSARConfig(**{"feed_length": 4, "search_length": 4, **settings}),
     )
     side = {
         "author": torch.tensor([0, 1, 1, 2, 2, 1, 2, 1, 2]),
@@ -248,19 +248,15 @@ def test_more_left_padding_changes_no_logit() -> None:
 
 def test_loss_terms_are_weighted_by_the_config() -> None:
     base = _forward(_model().train(), _batch()).losses
-    doubled = _forward(
-        _model(unisar_align_weight=0.2, unisar_qi_weight=0.002).train(), _batch()
-    ).losses
+    doubled = _forward(_model(align_weight=0.2, qi_weight=0.002).train(), _batch()).losses
     for name in base:
         assert doubled[name].item() == pytest.approx(2 * base[name].item(), rel=1e-5)
-    assert _forward(_model(unisar_qi_weight=0.0).train(), _batch()).losses.keys() == {
-        "L_unisar_align"
-    }
+    assert _forward(_model(qi_weight=0.0).train(), _batch()).losses.keys() == {"L_unisar_align"}
 
 
 def test_unknown_setting_and_missing_inputs_are_refused() -> None:
-    with pytest.raises(ValueError, match="unisar_feed_lenght"):
-        _model(unisar_feed_lenght=3)
+    with pytest.raises(TypeError, match="feed_lenght"):
+        _model(feed_lenght=3)
     assert UniSARModel.reads == {"query_clicks", "query_minutes", "click_minutes"}
     for name in sorted(UniSARModel.reads):
         with pytest.raises(ValueError, match=rf"UniSAR needs the inputs \['{name}'\]"):
