@@ -1,5 +1,6 @@
 """The CPU image's install, built in a fresh virtual environment the way its Dockerfile
-builds it: the CLI serves, and torch is not there (the image really is torch-free)."""
+builds it: the CLI serves, and neither torch nor the offline-only libraries (lightgbm,
+scipy, scikit-learn, pyarrow) are there: the serving install holds what serving imports."""
 
 from __future__ import annotations
 
@@ -10,9 +11,28 @@ import pytest
 
 pytestmark = pytest.mark.slow  # a fresh `pip install '.[serve]'`: a minute or more
 
-SITE_PACKAGES_BUDGET_MB = 900
-"""Upper bound on the serving install's site-packages (README "Deploy with Docker" lists
-the measured size); a dependency that drags in torch or CUDA libraries breaks it."""
+SITE_PACKAGES_BUDGET_MB = 450
+"""Upper bound on the serving install's site-packages (docker/README.md "Image size" has
+the measured size and how to measure it; docs/deployment.md the operator's view): 436 MB,
+polars' runtime 178 MB and onnxruntime 80 MB of it. A dependency that drags in torch,
+CUDA libraries or the offline stack breaks it."""
+
+OFFLINE_ONLY = ("torch", "lightgbm", "scipy", "sklearn", "pyarrow")
+"""Modules the service never imports (pyproject.toml keeps them out of the core and the
+`serve` extra): training's (torch, lightgbm), the offline tools' (scipy, scikit-learn) and
+pyarrow, which nothing imports."""
+
+OFFLINE_ONLY_DISTRIBUTIONS = (
+    "torch",
+    "lightgbm",
+    "scipy",
+    "scikit_learn",
+    "pyarrow",
+    "joblib",  # scikit-learn's
+    "threadpoolctl",  # scikit-learn's
+    "nvidia",
+    "triton",
+)
 
 
 def site_packages(venv: Path) -> Path:
@@ -49,6 +69,20 @@ def test_torch_is_not_installed(serving_venv: Path) -> None:
     assert not {name for name in installed if name.startswith(("torch", "nvidia", "triton"))}
 
 
+@pytest.mark.parametrize("module", OFFLINE_ONLY)
+def test_offline_only_module_is_not_installed(serving_venv: Path, module: str) -> None:
+    python = str(serving_venv / "bin" / "python")
+    find = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is not None)"
+    done = subprocess.run([python, "-c", find], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{module} is installed in the serving venv: {done.stderr}"
+
+
+def test_no_offline_only_distribution_is_installed(serving_venv: Path) -> None:
+    installed = {p.name.lower() for p in site_packages(serving_venv).glob("*.dist-info")}
+    found = {name for name in installed if name.startswith(OFFLINE_ONLY_DISTRIBUTIONS)}
+    assert not found, sorted(found)
+
+
 def test_service_modules_import_and_health_probe_runs(serving_venv: Path) -> None:
     python = str(serving_venv / "bin" / "python")
     imports = "import service.transport.server, service.transport.run, service.transport.healthcheck, onnxruntime, redis, hiredis"
@@ -71,7 +105,7 @@ def test_service_modules_import_and_health_probe_runs(serving_venv: Path) -> Non
 def test_site_packages_size_within_budget(serving_venv: Path) -> None:
     size = size_mb(site_packages(serving_venv))
     print(f"serving install: site-packages {size:.0f} MB")
-    assert size < SITE_PACKAGES_BUDGET_MB, f"{size:.0f} MB"
+    assert size <= SITE_PACKAGES_BUDGET_MB, f"{size:.0f} MB"
 
 
 def test_every_distribution_came_as_a_published_wheel(serving_venv: Path) -> None:
