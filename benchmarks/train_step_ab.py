@@ -13,11 +13,11 @@ Variants:
 - `default`: what `queryrec train` does on the CPU (lazy Adam with the lazy decoupled
   decay `TrainConfig.sparse_decay` on the tables of at least `SPARSE_MIN_ROWS` rows,
   dense Adam for the rest);
-- `no-decay`: the same without the decoupled decay (`--sparse-decay 0`);
+- `no-decay`: the same without the decoupled decay (`sparse_decay = 0` in `[train]`);
 - `sparse-adam`: those tables stepped by `torch.optim.SparseAdam` with the lazy L2 added
   to the coalesced gradient first (the path before `LazyAdam`; no decoupled decay);
 - `threshold-10k`: sparse updates for tables of at least 10,000 rows (words and users too);
-- `dense`: dense Adam on every table (`--embedding-updates dense`).
+- `dense`: dense Adam on every table (`embedding_updates = "dense"` in `[train]`).
 
 Uses the dataset of `benchmarks/prepare_kuaisar_small.py`; writes
 bench-work/train_step_ab.json.

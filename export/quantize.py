@@ -61,7 +61,8 @@ def quantize_with_guard(
         int8_path.unlink()
         raise QuantizationRefused(
             f"int8 quantization lowers test AUC by {drop:.4f} ({fp32['auc']:.4f} -> "
-            f"{int8['auc']:.4f}), more than {max_auc_drop}; not exported (--force accepts it)"
+            f"{int8['auc']:.4f}), more than {max_auc_drop}; not exported "
+            "(--accept-int8-drop accepts it)"
         )
     int8_path.replace(ctr_path)
     return record

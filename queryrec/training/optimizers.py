@@ -4,12 +4,13 @@ At the real release's scale (`kuaisar-small`: 2.03 M items, 120 k authors) the i
 table dominates the step when it is updated densely: `loss.backward()` makes a (2 M, d)
 gradient and Adam reads and writes every row of its weights and two moment buffers each
 step, although a batch touches a few thousand rows. With sparse updates
-(`--embedding-updates sparse`) every `nn.Embedding` of at least `SPARSE_MIN_ROWS` rows is
-switched to `sparse=True`, so backward makes a sparse gradient of the touched rows only,
-and those tables are stepped by lazy Adam (`queryrec.training.lazy_adam.LazyAdam`:
-`torch.optim.SparseAdam`'s math on the touched rows, in fewer passes), the rest by the
-usual dense Adam. This is the CTR field's standard (sparse embedding tables with a lazy /
-row-wise optimizer, dense optimizer for the network).
+(`embedding_updates = "sparse"` in `[train]` of an experiment file) every `nn.Embedding`
+of at least `SPARSE_MIN_ROWS` rows is switched to `sparse=True`, so backward makes a
+sparse gradient of the touched rows only, and those tables are stepped by lazy Adam
+(`queryrec.training.lazy_adam.LazyAdam`: `torch.optim.SparseAdam`'s math on the touched
+rows, in fewer passes), the rest by the usual dense Adam. This is the CTR field's
+standard (sparse embedding tables with a lazy / row-wise optimizer, dense optimizer for
+the network).
 
 Weight decay, a choice (docs/RESULTS.md, the deviations table): dense Adam here uses
 coupled L2 (`weight_decay` adds `wd * w` to every row's gradient, touched or not; Adam's
@@ -44,20 +45,23 @@ would be larger than the table, and coalescing it costs more than a dense update
 
 
 def check_embedding_updates(choice: str) -> None:
-    """A clear error for an unknown `--embedding-updates` choice."""
+    """A clear error for an unknown `embedding_updates` choice (`[train]` key)."""
     if choice not in EMBEDDING_UPDATES:
-        raise QueryRecError(f"--embedding-updates must be auto, dense or sparse, not '{choice}'")
+        raise QueryRecError(
+            f"embedding_updates ([train] key) must be auto, dense or sparse, not '{choice}'"
+        )
 
 
 def resolve_embedding_updates(choice: str, device: torch.device, distributed: bool) -> str:
-    """`dense` or `sparse` for a `--embedding-updates` choice (see the module docstring)."""
+    """`dense` or `sparse` for an `embedding_updates` choice (see the module docstring)."""
     check_embedding_updates(choice)
     if choice == "auto":
         return "dense" if device.type == "cuda" else "sparse"
     if choice == "sparse" and distributed and device.type == "cuda":
         raise QueryRecError(
-            "--embedding-updates sparse cannot run under DDP on CUDA: NCCL does not "
-            "all-reduce sparse gradients; use --embedding-updates dense (or auto) on GPUs"
+            'embedding_updates = "sparse" ([train] key) cannot run under DDP on CUDA: NCCL '
+            'does not all-reduce sparse gradients; set embedding_updates = "dense" (or "auto") '
+            "for GPUs"
         )
     return choice
 

@@ -69,5 +69,5 @@ def test_auto_is_sparse_on_cpu_dense_on_cuda_and_nccl_refuses_sparse() -> None:
     assert resolve_embedding_updates("sparse", cuda, distributed=False) == "sparse"
     with pytest.raises(QueryRecError, match="NCCL"):
         resolve_embedding_updates("sparse", cuda, distributed=True)
-    with pytest.raises(QueryRecError, match="--embedding-updates"):
+    with pytest.raises(QueryRecError, match=r"embedding_updates \(\[train\] key\) must be"):
         resolve_embedding_updates("lazy", cpu, distributed=False)
