@@ -23,6 +23,7 @@ DEFAULT_MODELS = (
 # What a user tunes in `train` and `bench`, defined once. Their defaults are None: unset,
 # the experiment file's value (--config) or else the config's default applies, so a flag
 # wins over the file. Everything else is a key of the file (app/experiment_file.py).
+DataOption = Annotated[Path, typer.Option("--data", help="Dataset folder from 'data prepare'.")]
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
@@ -156,7 +157,7 @@ def data_prepare(
 
 @app.command("train")
 def train_command(
-    data: Annotated[Path, typer.Option("--data", help="Dataset folder from 'data prepare'.")],
+    data: DataOption,
     model: Annotated[
         str,
         typer.Option(
@@ -206,7 +207,7 @@ def train_command(
 
 @app.command("bench")
 def bench_command(
-    data: Annotated[Path, typer.Option("--data", help="Dataset folder from 'data prepare'.")],
+    data: DataOption,
     out: Annotated[Path, typer.Option("--out", help="Folder for results.json, RESULTS.md, plots.")],
     models: Annotated[
         str | None,
@@ -311,7 +312,7 @@ def export_command(
 
 @diffusion_app.command("train")
 def diffusion_train_command(
-    data: Annotated[Path, typer.Option("--data", help="Dataset folder from 'data prepare'.")],
+    data: DataOption,
     out: Annotated[Path, typer.Option("--out", help="Folder for the trained denoiser.")],
     config: Annotated[
         Path | None,
@@ -361,7 +362,7 @@ def diffusion_train_command(
 
 @diffusion_app.command("quality")
 def diffusion_quality_command(
-    data: Annotated[Path, typer.Option("--data", help="Dataset folder from 'data prepare'.")],
+    data: DataOption,
     model: Annotated[Path, typer.Option("--model", help="Folder from 'diffusion train'.")],
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
 ) -> None:
@@ -373,7 +374,7 @@ def diffusion_quality_command(
 
 @diffusion_app.command("augment")
 def diffusion_augment_command(
-    data: Annotated[Path, typer.Option("--data", help="Dataset folder from 'data prepare'.")],
+    data: DataOption,
     model: Annotated[
         Path | None, typer.Option("--model", help="Folder from 'diffusion train'.")
     ] = None,
@@ -457,7 +458,7 @@ def serve_command(
 
 @state_app.command("load")
 def state_load_command(
-    data: Annotated[Path, typer.Option("--data", help="Dataset folder from 'data prepare'.")],
+    data: DataOption,
     redis_url: Annotated[
         str | None, typer.Option("--redis", help="Redis URL (or QUERYREC_REDIS_URL).")
     ] = None,
@@ -507,7 +508,7 @@ def state_load_command(
 
 @app.command("replay")
 def replay_command(
-    data: Annotated[Path, typer.Option("--data", help="Dataset folder from 'data prepare'.")],
+    data: DataOption,
     target: Annotated[str, typer.Option("--target", help="HOST:PORT of 'queryrec serve'.")],
     bundle: Annotated[
         Path | None,
