@@ -212,7 +212,8 @@ class ServiceSettings(BaseSettings):
         ge=1,
         le=1024,
         description="server processes sharing the gRPC port (SO_REUSEPORT) behind one admin "
-        "API; unset: one per CPU core; 1: a single process",
+        "API; unset: one per CPU of the container's quota (cgroup; else per core); 1: a single "
+        "process",
     )
     # Lifecycle.
     drain_delay_s: float = Field(

@@ -22,16 +22,22 @@ class ServeHooks(Protocol):
         """Bound, admin API up, signal handlers installed; warming up."""
 
     def ready(self, server: ScoringServer) -> None:
-        """Warmed up and SERVING."""
+        """Warmed up: SERVING, or (`held`) waiting for `ScoringServer.release`."""
 
 
 async def serve(
-    settings: ServiceSettings, hooks: ServeHooks | None = None, *, reuse_port: bool = False
+    settings: ServiceSettings,
+    hooks: ServeHooks | None = None,
+    *,
+    reuse_port: bool = False,
+    held: bool = False,
 ) -> None:
     """One server process from start to drained. Without `hooks` it prints the one line
     a supervisor (or `queryrec demo`) waits for once it serves; `reuse_port` binds with
-    SO_REUSEPORT (a worker of `serve --workers N`)."""
+    SO_REUSEPORT and `held` keeps health NOT_SERVING after the warm-up until
+    `server.release()` (both: a worker of `serve --workers N`)."""
     server = await create_server(settings, reuse_port=reuse_port)
+    server.held = held
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -58,6 +58,7 @@ from service.transport.health import NOT_SERVING, SERVING, Health
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Scorer"].full_name
 HEALTH_SERVICE = "grpc.health.v1.Health"
+WAITING_FOR_FLEET = "waiting_for_fleet"  # a held worker's /readyz reason (`release`)
 READY_PING_S = 0.25  # how long /readyz waits for Redis's PING
 # After the drain delay, new calls are refused with UNAVAILABLE for at least this long
 # before the listener closes: calls already on the wire then get UNAVAILABLE from the
@@ -97,6 +98,9 @@ class ScoringServer:
     accepting: bool = True  # False: new calls get UNAVAILABLE
     draining: bool = False  # health NOT_SERVING, /readyz 503, still serving
     warmed: bool = False
+    # A worker of `serve --workers N`: warmed, health stays NOT_SERVING (and /readyz says
+    # `waiting_for_fleet`) until its supervisor says every worker is ready (`release`).
+    held: bool = False
     _in_flight: int = field(default=0, init=False)  # calls being answered (held ones not)
     _idle: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _closing: asyncio.Event = field(default_factory=asyncio.Event, init=False)  # GOAWAY sent
@@ -141,14 +145,25 @@ class ScoringServer:
         began = time.perf_counter()
         await asyncio.get_running_loop().run_in_executor(None, self.scorer.warm_up)
         self.warmed = True
-        if not self.draining:
+        if not self.draining and not self.held:
             await self.health.set_all(SERVING)
             self.metrics.ready.set(1)
         event(
             "ready",
             model_version=self.scorer.model_version,
             warm_up_s=round(time.perf_counter() - began, 3),
+            **({"held": True} if self.held else {}),  # NOT_SERVING until `release`
         )
+
+    async def release(self) -> None:
+        """A held worker: its supervisor says the whole fleet is ready, so report SERVING
+        (unless draining). Before this, the supervisor's /readyz already answers 200: a
+        load balancer may see /readyz ready a moment before this worker's gRPC health
+        says SERVING, never a worker SERVING while the fleet is not ready."""
+        self.held = False
+        if self.warmed and not self.draining:
+            await self.health.set_all(SERVING)
+            self.metrics.ready.set(1)
 
     async def readiness(self) -> dict[str, Any]:
         """/readyz: ready when warmed, not draining and Redis answers; else the reasons.
@@ -156,6 +171,8 @@ class ScoringServer:
         reasons = []
         if not self.warmed:
             reasons.append("warming_up")
+        if self.held:
+            reasons.append(WAITING_FOR_FLEET)
         if self.draining or not self.accepting:
             reasons.append("draining")
         redis_ok = self.state.available  # known down: no PING while it reconnects

@@ -18,12 +18,26 @@ The supervisor (the process `queryrec serve` started) holds no model:
   forked: gRPC does not survive a fork), the settings pickled on stdin (secrets stay off
   command lines and environments). The worker writes JSON lines to pipe FD: `listening`
   (with its private admin port), `ready` (with its model version), `failed` (the one-line
-  error of a bad setting or bundle). Its stdin stays open: end of file means the
-  supervisor is gone (even SIGKILLed), and the worker drains and exits.
+  error of a bad setting or bundle), `serving` (released, below). Its stdin stays open:
+  the line `serve` releases it (below); end of file means the supervisor is gone (even
+  SIGKILLed), and the worker drains and exits.
 - Start: worker 0 first; the others once it listens (bundle verified, Redis answered,
   port bound). A bad bundle or setting therefore fails once, with the one line and exit
-  2 of a single process, not N times at once. The listening line is printed when every
-  worker is ready.
+  2 of a single process, not N times at once.
+- Readiness: a load balancer's gRPC health check on the shared port reaches whichever
+  worker the kernel picks, so a worker must not say SERVING before the fleet is ready.
+  A worker is started held (`ScoringServer.held`): warmed, its health stays NOT_SERVING
+  and its /readyz says `waiting_for_fleet`. When every worker has reported `ready`, the
+  supervisor first marks the fleet released (its /readyz can now be 200), then writes
+  `serve` to each worker's stdin; each sets SERVING and reports `serving`. So a SERVING
+  worker implies a released fleet: gRPC SERVING never comes while /readyz says not
+  ready (the other way round, /readyz 200 may lead a worker's SERVING by one pipe
+  write). The listening line is printed when every worker reported `serving`. A reload
+  leaves health alone; a drain takes both down (the supervisor's /readyz at the signal,
+  each worker's health when the SIGTERM reaches it). `--workers 1` has no supervisor
+  and no hold: the single process is unchanged.
+- Worker count (`worker_count`): QUERYREC_WORKERS, else one per CPU the process may use:
+  its affinity mask, capped by the container's cgroup CPU quota (`cpu_allowance`).
 - Admin API (QUERYREC_ADMIN_HOST / _PORT / _TOKEN) lives here, in the supervisor, so
   there is one whatever the worker count. Each worker has a private one on 127.0.0.1,
   port 0, behind a random token only the supervisor knows, and the supervisor asks them:
@@ -60,6 +74,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from math import ceil
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -73,13 +89,16 @@ from service.state.embedded_redis import EmbeddedRedis
 from service.transport.admin import AdminServer, build_fleet_admin_app
 from service.transport.auth import api_token, read_token
 from service.transport.process import serve
-from service.transport.server import ScoringServer
+from service.transport.server import WAITING_FOR_FLEET, ScoringServer
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 KILL_MARGIN_S = 30.0  # past drain delay + grace, a worker still running is killed
 READY_TIMEOUT_S = 2.0  # a worker's /readyz (its own Redis PING waits 0.25 s)
 CALL_TIMEOUT_S = 60.0  # /v1/model, /v1/score answered by a worker
 RELOAD_TIMEOUT_S = 900.0  # one worker's reload: load, verify, warm a bundle
+RELEASE = b"serve\n"  # supervisor -> worker, on its stdin: the whole fleet is ready
+PROC = Path("/proc")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def available_cores() -> int:
@@ -92,9 +111,132 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _quota_v2(folder: Path) -> float | None:
+    """cgroup v2 `cpu.max` of one folder: "QUOTA PERIOD" -> CPUs; "max ...": None."""
+    text = _read(folder / "cpu.max")
+    if text is None:
+        return None
+    fields = text.split()
+    if len(fields) != 2 or fields[0] == "max":
+        return None
+    try:
+        quota, period = int(fields[0]), int(fields[1])
+    except ValueError:
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def _quota_v1(folder: Path) -> float | None:
+    """cgroup v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us` of one folder (-1: None)."""
+    quota, period = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
+    if quota is None or period is None:
+        return None
+    try:
+        q, p = int(quota), int(period)
+    except ValueError:
+        return None
+    return q / p if q > 0 and p > 0 else None
+
+
+def _tightest(folder: Path, top: Path, quota: Callable[[Path], float | None]) -> float | None:
+    """The smallest quota of `folder` and its parents up to `top` (a parent's limit
+    bounds its children); None when none of them has one."""
+    found: list[float] = []
+    while True:
+        limit = quota(folder)
+        if limit is not None:
+            found.append(limit)
+        if folder == top or top not in folder.parents:
+            break
+        folder = folder.parent
+    return min(found) if found else None
+
+
+def _v1_mount(proc: Path, cgroup_root: Path) -> tuple[Path, str]:
+    """(mount point, cgroup path at that mount's root) of the v1 `cpu` controller, from
+    /proc/self/mountinfo; without one, <cgroup_root>/cpu and "/"."""
+    for line in (_read(proc / "self" / "mountinfo") or "").splitlines():
+        before, _, after = line.partition(" - ")
+        fields, tail = before.split(), after.split()
+        cgroup_v1 = len(fields) >= 5 and len(tail) >= 3 and tail[0] == "cgroup"
+        if cgroup_v1 and "cpu" in tail[2].split(","):
+            return Path(fields[4]), fields[3]
+    return cgroup_root / "cpu", "/"
+
+
+def cgroup_cpu_quota(proc: Path = PROC, cgroup_root: Path = CGROUP_ROOT) -> float | None:
+    """CPUs the container's cgroup CPU quota allows (1.5: 150 ms of CPU per 100 ms);
+    None without a quota or where it cannot be read.
+
+    The process's cgroup comes from <proc>/self/cgroup. cgroup v2: the `0::/path` line,
+    `cpu.max` of <cgroup_root>/path and each parent up to the root ("max PERIOD": no
+    limit); the tightest limit wins. cgroup v1: the line naming the `cpu` controller,
+    under that controller's mount (<proc>/self/mountinfo), `cpu.cfs_quota_us` /
+    `cpu.cfs_period_us` (quota -1: no limit), walking up the same way.
+
+    Written here, not taken from a library: the ones that read the quota (joblib's loky
+    `cpu_count`, for instance) read fixed paths at the cgroup root only (not the
+    process's own cgroup of /proc/self/cgroup, nor its parents) and cannot be pointed
+    at a test tree; psutil and the standard library do not read it at all."""
+    text = _read(proc / "self" / "cgroup")
+    if text is None:
+        return None
+    v1_path: str | None = None
+    for line in text.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":
+            folder = cgroup_root / path.lstrip("/")
+            limit = _tightest(folder, cgroup_root, _quota_v2)
+            if limit is not None:
+                return limit
+        elif "cpu" in controllers.split(","):
+            v1_path = path
+    if v1_path is None:
+        return None
+    mount, mount_root = _v1_mount(proc, cgroup_root)
+    relative = v1_path
+    if mount_root != "/" and (relative == mount_root or relative.startswith(mount_root + "/")):
+        relative = relative[len(mount_root) :]
+    return _tightest(mount / relative.lstrip("/"), mount, _quota_v1)
+
+
+def cpu_allowance(proc: Path = PROC, cgroup_root: Path = CGROUP_ROOT) -> tuple[int, str]:
+    """(CPUs to run workers on, where that came from: "quota" or "affinity").
+
+    max(1, min(affinity cores, ceil(quota))). Rounded up: a quota of 1.5 CPUs gives 2
+    workers, so the whole quota is usable (a worker also waits on Redis and the network
+    and rarely keeps a core busy; CFS spreads the quota over them), where rounding down
+    would leave a third of it idle and turn any quota under one CPU into one worker
+    anyway. The cost is some CFS throttling when every worker is busy at once."""
+    cores = available_cores()
+    quota = cgroup_cpu_quota(proc, cgroup_root)
+    if quota is not None and ceil(quota) < cores:
+        return max(1, ceil(quota)), "quota"
+    return max(1, cores), "affinity"
+
+
 def worker_count(settings: ServiceSettings) -> int:
-    """Server processes to run: QUERYREC_WORKERS, else one per core."""
-    return settings.workers if settings.workers is not None else available_cores()
+    """Server processes to run: QUERYREC_WORKERS, else one per CPU of the container's
+    quota and the process's affinity (`cpu_allowance`; logged once, `worker_count`)."""
+    if settings.workers is not None:
+        return settings.workers
+    count, source = cpu_allowance(PROC, CGROUP_ROOT)
+    event(
+        "worker_count",
+        workers=count,
+        source=source,
+        cores=available_cores(),
+        cpu_quota=cgroup_cpu_quota(PROC, CGROUP_ROOT),
+    )
+    return count
 
 
 def supervise(settings: ServiceSettings, count: int) -> int:
@@ -168,7 +310,8 @@ class Worker:
     index: int
     process: asyncio.subprocess.Process
     listening: asyncio.Event = field(default_factory=asyncio.Event)
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # warmed, held
+    serving: asyncio.Event = field(default_factory=asyncio.Event)  # released: SERVING
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     admin_port: int | None = None
     model_version: str | None = None
@@ -198,6 +341,7 @@ class Supervisor:
         self.workers: list[Worker] = []
         self.port = settings.port
         self.draining = False  # SIGTERM / SIGINT received (or a worker died): shutting down
+        self.released = False  # every worker was ready: told to serve, /readyz may be 200
         self.embedded: EmbeddedRedis | None = None
         self.admin: AdminServer | None = None
         self._token = secrets.token_urlsafe(32)  # of the workers' private admin APIs
@@ -274,6 +418,15 @@ class Supervisor:
         if any(not w.running for w in self.workers) or len(self.workers) < self.count:
             return await self._abandon_start()
         if not self.draining:
+            self._release()
+            await self._until(
+                lambda: (
+                    all(w.serving.is_set() for w in self.workers)
+                    or any(not w.running for w in self.workers)
+                    or self.draining
+                )
+            )
+        if not self.draining and all(w.running for w in self.workers):
             versions = sorted({str(w.model_version) for w in self.workers})
             admin = f", admin on port {self.admin.port}" if self.admin is not None else ""
             redis = "embedded" if self.embedded else "external"
@@ -364,9 +517,21 @@ class Supervisor:
         elif kind == "ready":
             worker.model_version = str(message["model_version"])
             worker.ready.set()
+        elif kind == "serving":
+            worker.serving.set()
         elif kind == "failed":
             worker.failure = str(message["error"])
         self._changed.set()
+
+    def _release(self) -> None:
+        """Every worker is ready: the fleet is released first (/readyz may answer 200),
+        then each worker is told to report SERVING (`serve` on its stdin). In this order
+        no worker says SERVING while /readyz says not ready."""
+        self.released = True
+        for worker in self.workers:
+            if worker.running and worker.process.stdin is not None:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    worker.process.stdin.write(RELEASE)
 
     async def _until(self, condition: Callable[[], bool]) -> None:
         """Wait until `condition()` holds; it is checked after every worker event."""
@@ -470,11 +635,18 @@ class Supervisor:
     async def readiness(self) -> dict[str, Any]:
         """/readyz: ready when every worker is; the reasons of all, and each worker's."""
         reports = await asyncio.gather(*(self._worker_readiness(w) for w in self.workers))
+        if self.released:  # a worker's `waiting_for_fleet`: its release is on the way
+            for report in reports:
+                if WAITING_FOR_FLEET in report.get("reasons", []):
+                    report["reasons"] = [r for r in report["reasons"] if r != WAITING_FOR_FLEET]
+                    report["ready"] = not report["reasons"]
         reasons: list[str] = ["draining"] if self.draining else []
         for report in reports:
             reasons += [r for r in report.get("reasons", []) if r not in reasons]
         if len(reports) < self.count and "warming_up" not in reasons:
             reasons.append("warming_up")  # workers not started yet
+        if not self.released and not reasons:
+            reasons.append(WAITING_FOR_FLEET)  # ready, not yet released (a moment)
         versions = {r.get("model_version") for r in reports}
         serving = len(reports) == self.count and all(r.get("serving") for r in reports)
         return {
@@ -553,17 +725,50 @@ class Supervisor:
 
 # The worker's side.
 class _Reporter:
-    """A worker's end of its report pipe: one JSON line per message (`ServeHooks`)."""
+    """A worker's end of its report pipe: one JSON line per message (`ServeHooks`); and
+    the release of its held server when the supervisor says so (`release_requested`)."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: ScoringServer | None = None
+        self._release_asked = False
+        self._releases: set[asyncio.Task[None]] = set()
 
     def send(self, kind: str, **fields: Any) -> None:
         with contextlib.suppress(OSError):  # the supervisor is gone: stdin tells as well
             os.write(self.fd, json.dumps({"event": kind, **fields}).encode() + b"\n")
 
     def listening(self, server: ScoringServer) -> None:
+        with self._lock:
+            self._loop, self._server = asyncio.get_running_loop(), server
+            asked = self._release_asked
+        if asked:  # cannot happen (the release follows `ready`), but would be honoured
+            self._release()
         self.send("listening", admin_port=server.admin.port if server.admin else None)
+
+    def release_requested(self) -> None:
+        """From the stdin thread: the supervisor says every worker is ready."""
+        with self._lock:
+            self._release_asked = True
+            loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
+                loop.call_soon_threadsafe(self._release)
+
+    def _release(self) -> None:
+        """On the loop: release the server, then report `serving`."""
+        server = self._server
+        assert self._loop is not None and server is not None
+
+        async def release() -> None:
+            await server.release()
+            self.send("serving", serving=not server.draining)
+
+        task = self._loop.create_task(release())
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     def ready(self, server: ScoringServer) -> None:
         self.send("ready", model_version=server.scorer.model_version)
@@ -581,13 +786,18 @@ class _WorkerTag(logging.Filter):
         return True
 
 
-def _drain_when_orphaned(fd: int) -> None:
-    """Blocks on stdin; its end means the supervisor is gone: drain like on SIGTERM.
-    Reads the descriptor, not `sys.stdin`: a daemon thread inside the buffered reader
-    would hold its lock when the interpreter finalizes (a fatal error)."""
+def _follow_supervisor(fd: int, reporter: _Reporter) -> None:
+    """Blocks on stdin: a `serve` line releases the server (`RELEASE`); the end of stdin
+    means the supervisor is gone: drain like on SIGTERM. Reads the descriptor, not
+    `sys.stdin`: a daemon thread inside the buffered reader would hold its lock when the
+    interpreter finalizes (a fatal error). Nothing past the settings' pickle is lost to
+    that reader's buffer: the release is written only after this worker's `ready`."""
+    pending = b""
     with contextlib.suppress(OSError):
-        while os.read(fd, 4096):
-            pass
+        while chunk := os.read(fd, 4096):
+            *lines, pending = (pending + chunk).split(b"\n")
+            if RELEASE.rstrip(b"\n") in lines:
+                reporter.release_requested()
     os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -600,12 +810,15 @@ def worker_main(argv: list[str]) -> int:
     configure_logging()
     for handler in logging.getLogger().handlers:
         handler.addFilter(_WorkerTag(index))
-    threading.Thread(
-        target=_drain_when_orphaned, args=(sys.stdin.fileno(),), name="orphan-watch", daemon=True
-    ).start()
     reporter = _Reporter(report_fd)
+    threading.Thread(
+        target=_follow_supervisor,
+        args=(sys.stdin.fileno(), reporter),
+        name="supervisor-watch",
+        daemon=True,
+    ).start()
     try:
-        asyncio.run(serve(settings, reporter, reuse_port=True))
+        asyncio.run(serve(settings, reporter, reuse_port=True, held=True))
     except QueryRecError as error:
         reporter.send("failed", error=str(error))
         return 2
