@@ -1,6 +1,6 @@
 """`queryrec serve`: run the gRPC server (and its admin API) until SIGTERM / SIGINT.
 
-One process (`QUERYREC_WORKERS=1`): `process.serve`. More (the default: one per CPU core):
+One process (`QUERYREC_WORKERS=1`): `process.serve`. More (the default: one per CPU of the container's quota):
 a supervisor runs that many of them on one port (`service.transport.workers`), each one `process.serve`
 with hooks that report to the supervisor instead of printing the listening line.
 
