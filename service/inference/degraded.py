@@ -11,13 +11,16 @@ from enum import StrEnum
 
 
 class Degraded(StrEnum):
-    """Why an answer was scored without the query representation (and maybe history)."""
+    """Why an answer was scored without the query representation (and maybe history), or
+    without the CTR model (the items' priors)."""
 
     REDIS_TIMEOUT = "redis_timeout"
     REDIS_UNAVAILABLE = "redis_unavailable"
     ENCODER_TIMEOUT = "encoder_timeout"
     ENCODER_OVERLOADED = "encoder_overloaded"
     ENCODER_FAILED = "encoder_failed"
+    CTR_TIMEOUT = "ctr_timeout"
+    CTR_OVERLOADED = "ctr_overloaded"
 
 
 MEANING: dict[Degraded, str] = {
@@ -32,6 +35,10 @@ MEANING: dict[Degraded, str] = {
     'for it, so the request did not queue; scored with the "no query" vector',
     Degraded.ENCODER_FAILED: "the encoder graph raised (the log has the detail); scored with "
     'the "no query" vector',
+    Degraded.CTR_TIMEOUT: "the CTR model did not finish within the budget; answered at the "
+    "budget with each item's prior (the model's score for a user without history)",
+    Degraded.CTR_OVERLOADED: "the CTR queue's expected wait exceeded the time left, so the "
+    "request did not queue; answered at once with each item's prior",
 }
 
 

@@ -10,12 +10,19 @@ The budget (min(configured budget, gRPC deadline)) bounds the whole call (DESIGN
    budget has passed;
 3. the CTR micro-batcher scores the request's candidates together with other requests',
    within what is left of the budget.
-Stages 1 and 2 degrade: late or failed, the request is scored without the query
-representation (the "no query" vector; without Redis also without click history), and
-the answer carries stable reason codes (`service.inference.degraded`). Stage 3 is the answer
-itself and has no cheaper fallback: if its expected queue wait exceeds the time left the
-request is refused at once (`Overloaded` -> RESOURCE_EXHAUSTED), and if it does not
-finish in time it fails (`TimeoutError` -> DEADLINE_EXCEEDED), never waits longer.
+Every stage degrades instead of failing or answering late, with stable reason codes
+(`service.inference.degraded`): a late or failed Redis read or encoder scores the request
+without the query representation (the "no query" vector; without Redis also without click
+history); a CTR stage that cannot finish in time answers with each item's prior, the
+model's score for a user without history, computed once per model at load
+(`item_priors`): at once when the CTR queue's expected wait exceeds the time left
+(`ctr_overloaded`), at the budget when the call does not finish (`ctr_timeout`).
+
+How a call on the event loop is bounded (the CPU default, where ONNX Runtime runs on the
+loop and cannot be interrupted): a call waits on its own timer (`deadline.finish_by`);
+the batcher starts a model call only for requests whose caller still waits and admits a
+request only when its expected wait fits the time left; so a request is answered at the
+latest one model call (the one running when its timer is due) after its budget.
 """
 
 from __future__ import annotations
@@ -47,6 +54,10 @@ from service.state.store import LATE, StateStore, UserState
 RESPONSE_MARGIN_S = 0.001
 GPU_CTR_MAX_PAIRS = 4096
 """Pairs per CTR call with CUDA when `ctr_max_pairs` is not set."""
+PRIOR_CHUNK = 4096
+"""Items per CTR call when the items' priors are computed."""
+PRIORS_LOG_S = 1.0
+"""Computing the priors takes at least this long: one log line says so."""
 
 
 @dataclass
@@ -125,6 +136,7 @@ class Scorer:
         self.no_query: Encoded | None = None  # the encoder outputs of a user without a search
         if bundle.encoder is not None:
             self.no_query = self._encode_batch([self._empty_row()])[0]
+        self.item_priors = self._item_priors()
         on_loop = runs_on_loop(settings, bundle)
         self.ctr_max_pairs = ctr_max_pairs(settings, bundle)
         self.encoder: MicroBatcher[UserRow, Encoded] = MicroBatcher(
@@ -174,6 +186,26 @@ class Scorer:
         except TimeoutError:
             event("retire_timeout", logging.WARNING, model_version=self.model_version)
         await self.stop()
+
+    def _item_priors(self) -> np.ndarray:
+        """(n_items,) float32: every item's score for a user without history, query or
+        profile (the empty row at hour 0), the CTR stage's fallback. One CTR call per
+        `PRIOR_CHUNK` items, once per model (at start and on reload)."""
+        began = time.perf_counter()
+        count = int(self.bundle.manifest["vocab_sizes"]["items"])
+        row = self._empty_row()
+        encoded = None if self.no_query is None else [self.no_query]
+        chunks = [
+            self.bundle.ctr.run(None, self.features.ctr_feed([row], encoded, [indices]))[0]
+            for indices in np.array_split(
+                np.arange(count, dtype=np.int64), max(1, -(-count // PRIOR_CHUNK))
+            )
+        ]
+        priors = np.concatenate(chunks).astype(np.float32)
+        seconds = time.perf_counter() - began
+        if seconds >= PRIORS_LOG_S:  # millions of items: say where the start-up time went
+            event("item_priors", items=count, seconds=round(seconds, 1))
+        return priors
 
     def _empty_row(self) -> UserRow:
         """A request's row without any history (warm-up and the "no query" outputs)."""
@@ -247,7 +279,9 @@ class Scorer:
             if encoded is not None and not reasons:  # without Redis: no history, "no query"
                 encoder_until = start + budget_s * self.settings.encoder_share
                 encoded = await self._encoded(raw_user, row, state, encoder_until, reasons)
-            scores = await self._ctr(row, encoded, items, start + budget_s - RESPONSE_MARGIN_S)
+            scores = await self._ctr(
+                row, encoded, items, start + budget_s - RESPONSE_MARGIN_S, reasons
+            )
         finally:
             self._active -= 1
             if self._active == 0 and self._idle is not None:
@@ -341,12 +375,24 @@ class Scorer:
         task.add_done_callback(self._background.discard)
 
     async def _ctr(
-        self, row: UserRow, encoded: Encoded | None, items: np.ndarray, deadline: float
+        self,
+        row: UserRow,
+        encoded: Encoded | None,
+        items: np.ndarray,
+        deadline: float,
+        reasons: list[str],
     ) -> np.ndarray:
-        """The CTR micro-batch, done by `deadline` (loop time): refused at once when its
-        expected wait ends later (Overloaded), TimeoutError when it does not finish."""
-        pending = self.ctr.enqueue((row, encoded, items), units=len(items), deadline=deadline)
-        return await finish_by(pending, deadline)
+        """The CTR micro-batch, done by `deadline` (loop time); the items' priors and a
+        reason code appended to `reasons` when its expected wait ends later (at once) or
+        it does not finish in time (at the deadline)."""
+        try:
+            pending = self.ctr.enqueue((row, encoded, items), units=len(items), deadline=deadline)
+            return await finish_by(pending, deadline)
+        except Overloaded:
+            reasons.append(Degraded.CTR_OVERLOADED)
+        except TimeoutError:
+            reasons.append(Degraded.CTR_TIMEOUT)
+        return self.item_priors[items]
 
     def _encode_batch(self, rows: list[UserRow]) -> Sequence[Encoded]:
         assert self.bundle.encoder is not None
