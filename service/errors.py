@@ -35,7 +35,13 @@ class SearchNotFound(QueryRecError):
 
 
 class Overloaded(QueryRecError):
-    """A micro-batcher's queue is full (RESOURCE_EXHAUSTED)."""
+    """A micro-batcher cannot take a request: it is stopped, or busy beyond the request's
+    deadline (Score degrades), or its queue is full (`QueueFull`)."""
+
+
+class QueueFull(Overloaded):
+    """A micro-batcher's queue holds `max_queue` requests: the service is overloaded
+    (RESOURCE_EXHAUSTED: the caller backs off or goes elsewhere)."""
 
 
 class Rejected(QueryRecError):

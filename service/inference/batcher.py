@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from service.errors import Overloaded
+from service.errors import Overloaded, QueueFull
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -176,7 +176,7 @@ class MicroBatcher(Generic[In, Out]):
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self._queue.qsize() >= self.max_queue:
-            raise Overloaded(f"{self.name} queue is full ({self.max_queue} waiting)")
+            raise QueueFull(f"{self.name} queue is full ({self.max_queue} waiting)")
         if deadline is not None and self._busy() and now + self.expected_wait(units) > deadline:
             if self.observer is not None:
                 self.observer.refused(self.name)

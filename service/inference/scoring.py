@@ -16,7 +16,8 @@ without the query representation (the "no query" vector; without Redis also with
 history); a CTR stage that cannot finish in time answers with each item's prior, the
 model's score for a user without history, computed once per model at load
 (`item_priors`): at once when the CTR queue's expected wait exceeds the time left
-(`ctr_overloaded`), at the budget when the call does not finish (`ctr_timeout`).
+(`ctr_overloaded`), at the budget when the call does not finish (`ctr_timeout`). A full
+queue (`max_queue` requests waiting) is overload, not lateness: RESOURCE_EXHAUSTED.
 
 How a call on the event loop is bounded (the CPU default, where ONNX Runtime runs on the
 loop and cannot be interrupted): a call waits on its own timer (`deadline.finish_by`);
@@ -39,7 +40,7 @@ import numpy as np
 from queryrec.features.bundle_format import ENCODER_FILE
 from queryrec.features.model_inputs import ModelInputs
 from service.deadline import finish_by
-from service.errors import BundleError, Overloaded, StateUnavailable
+from service.errors import BundleError, Overloaded, QueueFull, StateUnavailable
 from service.inference.batcher import BatchObserver, MicroBatcher
 from service.inference.bundle import Bundle
 from service.inference.degraded import Degraded
@@ -384,10 +385,13 @@ class Scorer:
     ) -> np.ndarray:
         """The CTR micro-batch, done by `deadline` (loop time); the items' priors and a
         reason code appended to `reasons` when its expected wait ends later (at once) or
-        it does not finish in time (at the deadline)."""
+        it does not finish in time (at the deadline). QueueFull (its queue holds
+        `max_queue` requests) propagates: that is overload, answered RESOURCE_EXHAUSTED."""
         try:
             pending = self.ctr.enqueue((row, encoded, items), units=len(items), deadline=deadline)
             return await finish_by(pending, deadline)
+        except QueueFull:  # overload: RESOURCE_EXHAUSTED, so that callers back off
+            raise
         except Overloaded:
             reasons.append(Degraded.CTR_OVERLOADED)
         except TimeoutError:

@@ -228,3 +228,14 @@ def test_on_the_loop_work_queued_behind_a_slow_call_is_dropped_not_run(
         assert all(code.startswith("OK") for code in codes), codes
         assert any("ctr_timeout" in code for code in codes), codes
         assert slow.calls < 6
+
+
+def test_a_full_ctr_queue_is_overload_not_lateness(
+    started: ServerThread, raw: dict[str, list[int]]
+) -> None:
+    """A queue holding `max_queue` requests refuses with RESOURCE_EXHAUSTED (callers back
+    off), unlike a queue that is merely too slow for one request's budget."""
+    assert started.server is not None
+    started.server.scorer.ctr.max_queue = 0  # every request finds the queue full
+    request = pb.ScoreRequest(user_id=raw["users"][0], item_ids=raw["items"][:5])
+    assert timed_score(started, request)[0] == "RESOURCE_EXHAUSTED"
