@@ -34,6 +34,7 @@ import numpy as np
 import polars as pl
 
 from clients.credentials import Metadata, api_metadata
+from clients.retries import RETRY_OPTIONS
 from queryrec.errors import QueryRecError
 from queryrec.evaluation.bundle_scoring import open_bundle_graphs, score_split
 from queryrec.evaluation.metrics import auc
@@ -148,7 +149,7 @@ async def replay(
     bar = progress_bar(total=len(users), desc="replay", unit="user", enabled=progress)
     start = time.perf_counter()
     metadata = api_metadata()  # the server's API token, when the environment names one
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with grpc.aio.insecure_channel(target, options=RETRY_OPTIONS) as channel:
         stub = scorer_pb2_grpc.ScorerStub(channel)
         next_user = iter(users)
 
