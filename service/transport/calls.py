@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from service.api import scorer_pb2 as pb
-from service.errors import Overloaded, Rejected, SearchNotFound, StateUnavailable
+from service.errors import QueueFull, Rejected, SearchNotFound, StateUnavailable
 from service.inference.model_holder import ModelHolder
 from service.inference.scoring import RESPONSE_MARGIN_S, now_ms
 from service.logs import DegradedBursts, limited_event
@@ -71,10 +71,8 @@ class Calls:
         scorer = self.holder.current  # taken once: a reload meanwhile does not affect this call
         try:
             result = await scorer.score(request.user_id, items, at, budget)
-        except Overloaded:
+        except QueueFull:  # lateness is answered degraded inside `score`; this is overload
             raise Rejected("overloaded", "the service is at capacity; retry with backoff") from None
-        except TimeoutError:
-            raise Rejected("deadline", "scoring did not finish within the budget") from None
         except Exception as error:  # a bug or a failing CTR graph: logged, not shown
             limited_event("score_failed", logging.ERROR, error=f"{type(error).__name__}: {error}")
             raise Rejected("internal", "scoring failed") from None
