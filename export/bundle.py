@@ -24,9 +24,23 @@ from typing import Any
 import onnxruntime as ort
 import torch
 
-from export.calibration import calibrate_ctr
-from export.graphs import CTRGraph, QueryEncoderGraph, encoder_outputs
-from export.onnx_export import OPSET, GraphSpec, export_ctr, export_encoder
+from export.calibration import calibrate_ctr, insert_platt
+from export.graphs import (
+    CTRGraph,
+    CTRPairGraph,
+    CTRUserGraph,
+    QueryEncoderGraph,
+    encoder_outputs,
+    splits,
+)
+from export.onnx_export import (
+    OPSET,
+    GraphSpec,
+    export_ctr,
+    export_encoder,
+    export_pair_graph,
+    export_user_graph,
+)
 from export.parity import check_parity
 from export.quantize import MAX_AUC_DROP, quantize_with_guard
 from queryrec.errors import OutputExistsError, QueryRecError
@@ -34,6 +48,8 @@ from queryrec.evaluation.bundle_scoring import cpu_session
 from queryrec.features.bundle_format import (
     ARTIFACTS,
     CTR_FILE,
+    CTR_PAIR_FILE,
+    CTR_USER_FILE,
     ENCODER_FILE,
     FORMAT_VERSION,
     QUERY_POSITIVES_FILE,
@@ -119,13 +135,17 @@ def _build(
     options: ExportOptions,
 ) -> dict[str, Any]:
     """Every file of the bundle into `work`, manifest last; -> the manifest."""
-    graphs = _export_graphs(model, payload["model_name"], work)
+    # The split graphs are not quantised: an INT8 bundle is served by ctr.onnx alone.
+    graphs = _export_graphs(model, payload["model_name"], work, split=options.quantize != "int8")
     encoder = cpu_session(work / ENCODER_FILE) if "query_encoder" in graphs else None
     ctr = cpu_session(work / CTR_FILE)
+    split = None
+    if "ctr_user" in graphs:
+        split = (cpu_session(work / CTR_USER_FILE), cpu_session(work / CTR_PAIR_FILE))
     say(
         "[export] parity check: ONNX Runtime vs PyTorch at encoder batches 1, 3, 37, 128 and 1-500 candidates"
     )
-    cases = check_parity(model, encoder, ctr)
+    cases = check_parity(model, encoder, ctr, split=split)
     worst = max(c.max_abs_diff for c in cases)
     say(f"[export] parity ok: max abs diff {worst:.2e} over {len(cases)} cases")
     _copy_artifacts(dataset, work)
@@ -146,6 +166,9 @@ def _build(
         manifest["calibration"] = calibrate_ctr(
             work / CTR_FILE, dataset, manifest, encoder, query_positives=table
         )
+        if split is not None:  # the same (a, b) on the pair graph's output
+            calibration = manifest["calibration"]
+            insert_platt(work / CTR_PAIR_FILE, float(calibration["a"]), float(calibration["b"]))
     manifest["quantization"] = {"mode": "none"}
     if options.quantize == "int8":
         manifest["quantization"] = quantize_with_guard(
@@ -161,9 +184,12 @@ def _build(
     return manifest
 
 
-def _export_graphs(model: Any, name: str, work: Path) -> dict[str, tuple[str, GraphSpec]]:
-    """query_encoder.onnx (models with a query tower) and ctr.onnx; -> graph key ->
-    (file, input and output spec)."""
+def _export_graphs(
+    model: Any, name: str, work: Path, *, split: bool
+) -> dict[str, tuple[str, GraphSpec]]:
+    """query_encoder.onnx (models with a query tower), ctr.onnx and, with `split` for a
+    model whose CTR graph splits, ctr_user.onnx and ctr_pair.onnx; -> graph key -> (file,
+    input and output spec)."""
     graphs: dict[str, tuple[str, GraphSpec]] = {}
     if encoder_outputs(model):
         say(f"[export] {name}: query encoder -> {ENCODER_FILE}")
@@ -172,7 +198,16 @@ def _export_graphs(model: Any, name: str, work: Path) -> dict[str, tuple[str, Gr
             export_encoder(QueryEncoderGraph(model), work / ENCODER_FILE),
         )
     say(f"[export] {name}: CTR graph -> {CTR_FILE}")
-    graphs["ctr"] = (CTR_FILE, export_ctr(CTRGraph(model), model, work / CTR_FILE))
+    ctr = CTRGraph(model)
+    graphs["ctr"] = (CTR_FILE, export_ctr(ctr, model, work / CTR_FILE))
+    if split and splits(model):
+        say(f"[export] {name}: split CTR graph -> {CTR_USER_FILE}, {CTR_PAIR_FILE}")
+        user, pair = CTRUserGraph(model), CTRPairGraph(model)
+        graphs["ctr_user"] = (CTR_USER_FILE, export_user_graph(user, model, work / CTR_USER_FILE))
+        graphs["ctr_pair"] = (
+            CTR_PAIR_FILE,
+            export_pair_graph(pair, user, model, work / CTR_PAIR_FILE),
+        )
     return graphs
 
 

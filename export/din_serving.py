@@ -21,7 +21,10 @@ docs/BENCHMARKS.md "Serving graphs"). This module computes the identical functio
 4. **The CTR MLP's first layer split by where its inputs live.** Seven of its eleven
    input fields (user, hour, profile, query) are per user: their share of the first
    layer is computed once per user row and gathered per pair; only the candidate's four
-   fields are multiplied per pair.
+   fields are multiplied per pair. The parts that depend on the user's history alone
+   (`user_first`, `history_rows`) are separate methods, so that the split graphs compute
+   them once per history version (`export.graphs.CTRUserGraph`) and the per-request graph
+   runs only `pair_logits`.
 
 Applies to the DIN backbone with a one-hidden-layer activation unit (the configuration
 every model here uses); `export.graphs.CTRGraph` falls back to the backbone's own
@@ -114,19 +117,48 @@ class DINServingHead(nn.Module):
         pair_user: Tensor,
         pair_first: Tensor | None = None,
     ) -> Tensor:
-        """`pair_first` (N, M1): what fields outside `pair_fields` add to the first layer
-        per pair, already multiplied by their weights (the caller folded them)."""
-        interest = self._interest(candidate, history, pair_user)  # (N, d)
-        # CTR MLP: first layer split into the per-user and per-pair parts.
-        user_part = user_fields.flatten(1) @ self.first_user  # (U, M1)
+        """The whole head in one call (the single CTR graph); `pair_first` (N, M1): what
+        fields outside `pair_fields` add to the first layer per pair, already multiplied
+        by their weights (the caller folded them)."""
+        user_first = self.user_first(user_fields)
+        rows = self.history_rows(history)
+        return self.pair_logits(user_first, rows, pair_fields, candidate, pair_user, pair_first)
+
+    def user_first(self, user_fields: Tensor) -> Tensor:
+        """The user side of the CTR MLP's first layer: user_fields (U, F_u, d) -> (U, M1),
+        the fields' share plus the layer's bias (candidate-independent: the split graphs
+        compute it once per user history, `export.graphs.CTRUserGraph`)."""
+        return user_fields.flatten(1) @ self.first_user + self.first_bias
+
+    @staticmethod
+    def history_rows(history: Tensor) -> Tensor:
+        """history (U, H, d), zero padding rows -> (U, H, d + 1): each row with the
+        trailing 1 that multiplies the unit's candidate-only row (candidate-independent)."""
+        ones = history.new_ones(history.shape[0], history.shape[1], 1)
+        return torch.cat([history, ones], dim=-1)
+
+    def pair_logits(
+        self,
+        user_first: Tensor,
+        rows: Tensor,
+        pair_fields: Tensor,
+        candidate: Tensor,
+        pair_user: Tensor,
+        pair_first: Tensor | None = None,
+    ) -> Tensor:
+        """The per-pair work: user_first (U, M1) and rows (U, H, d + 1) of `user_first` /
+        `history_rows`, pair_fields (N, F_p, d), candidate (N, d), pair_user (N,) ->
+        logits (N,)."""
+        interest = self._interest(candidate, rows, pair_user)  # (N, d)
         pair_in = torch.cat([pair_fields, interest.unsqueeze(1)], dim=1).flatten(1)
-        first = pair_in @ self.first_pair + user_part.index_select(0, pair_user)
+        first = pair_in @ self.first_pair + user_first.index_select(0, pair_user)
         if pair_first is not None:
             first = first + pair_first
-        return self.head_rest(first + self.first_bias).squeeze(-1)  # (N,)
+        return self.head_rest(first).squeeze(-1)  # (N,)
 
-    def _interest(self, candidate: Tensor, history: Tensor, pair_user: Tensor) -> Tensor:
-        """The pooled interest: candidate (N, d), history (U, H, d), pair_user (N,) -> (N, d).
+    def _interest(self, candidate: Tensor, history_rows: Tensor, pair_user: Tensor) -> Tensor:
+        """The pooled interest: candidate (N, d), history_rows (U, H, d + 1) (`history_rows`),
+        pair_user (N,) -> (N, d).
 
         Per candidate, M'(c) = [c[:, None] W_p^T + W_hd^T ; c W_cd^T + b] (d + 1, A + 2),
         and the unit's pre-activation is [h_j, 1] @ M'(c) for the pair's history rows.
@@ -136,8 +168,7 @@ class DINServingHead(nn.Module):
         per_dim = candidate.unsqueeze(-1) * self.unit_hist + self.unit_hist_bias  # (N, d, A+2)
         constant = candidate @ self.unit_cand + self.unit_bias  # (N, A + 2)
         unit = torch.cat([per_dim, constant.unsqueeze(1)], dim=1)  # (N, d + 1, A + 2)
-        ones = history.new_ones(history.shape[0], history.shape[1], 1)
-        rows = torch.cat([history, ones], dim=-1).index_select(0, pair_user)  # (N, H, d + 1)
+        rows = history_rows.index_select(0, pair_user)  # (N, H, d + 1)
         hidden = torch.relu(torch.bmm(rows, unit))  # (N, H, A + 2)
         scores = self._unit_output(hidden.reshape(-1, width)).reshape(rows.shape[0], -1)
         # Pooled interest; padded rows are zero so their scores do not count.

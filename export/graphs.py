@@ -73,6 +73,39 @@ def ctr_inputs(model: CTRModel) -> tuple[str, ...]:
     return (*encoder_outputs(model), *user, "pair_user", "item")
 
 
+def splits(model: CTRModel) -> bool:
+    """Whether the model's CTR graph also exports as the split pair (`CTRUserGraph`,
+    `CTRPairGraph`): a model with an encoder graph (the service caches the user side
+    beside the encoder's outputs), served by the DIN rewrite, without the candidate's
+    target attention over the SAS states (its per-slot states would be the user side's
+    largest part; that option is off in the served model)."""
+    if not encoder_outputs(model) or not supports(model.backbone):
+        return False
+    return not (isinstance(model, QueryRecModel) and model.cfg.target_attention)
+
+
+def user_side_outputs(model: CTRModel) -> tuple[str, ...]:
+    """The user graph's outputs: the CTR computation's candidate-independent part."""
+    names: tuple[str, ...] = ("user_first", "history_rows")
+    if isinstance(model, QueryRecModel) and model.counts is not None:
+        names += ("count_keys", "click_total")
+    return names
+
+
+def user_graph_inputs(model: CTRModel) -> tuple[str, ...]:
+    """The user graph's inputs: the CTR graph's user-level inputs except the hour (the
+    hour is folded into a table the pair graph reads, so that the user side does not
+    change with the clock)."""
+    return tuple(n for n in ctr_inputs(model) if n not in ("hour", "pair_user", "item"))
+
+
+def pair_graph_inputs(model: CTRModel) -> tuple[str, ...]:
+    """The pair graph's inputs: the user side, the query vector (e_q * candidate is a
+    pair field), the hour, then the pairs."""
+    query = ("query_repr",) if model.cfg.use_query else ()
+    return (*user_side_outputs(model), *query, "hour", "pair_user", "item")
+
+
 class QueryEncoderGraph(nn.Module):
     """(query_tokens (U, L, T), query_age (U, L)[, query_clicks (U, L, K)]) -> the
     encoder outputs (`encoder_outputs`)."""
@@ -98,6 +131,7 @@ class CTRGraph(nn.Module):
     inputs in the order of `ctr_inputs(model)`."""
 
     counts_first: Tensor  # (R, M1) each count-field row's share of the head's first layer
+    hour_first: Tensor  # (24, M1) each hour's share of the head's first layer
     item_base: Tensor  # (N_items, d) id + author + type + categories part of each item
     item_caption: Tensor  # (N_items, d) caption part of each item
 
@@ -138,6 +172,7 @@ class CTRGraph(nn.Module):
         if supports(model.backbone):
             user_slots, pair_slots = self._slots(model)
             self.din_head = DINServingHead(model.backbone, user_slots, pair_slots)  # type: ignore[arg-type]
+            self._fold_hour(model.backbone)
             if self.counts is not None:
                 self._fold_counts(model.backbone, pair_slots[-2] + 1)
         elif self.queryrec is not None:
@@ -151,10 +186,11 @@ class CTRGraph(nn.Module):
         """Where the user-level and per-pair fields sit in the trained order. Extra fields
         (after the interest at 4 + P): the query e_q (per user), then per pair e_q *
         candidate, the attended query and its product, the match counts; the interest is
-        computed by the head and goes last among the pair fields."""
+        computed by the head and goes last among the pair fields. The hour (slot 1) is
+        neither: it is folded into a table (`_fold_hour`)."""
         p = len(model.profile)
         candidate, interest, extra = 3 + p, 4 + p, 5 + p
-        user_slots = [0, 1, *range(3, 3 + p)]
+        user_slots = [0, *range(3, 3 + p)]
         pair_slots = [2, candidate]
         if self.uses_query:
             user_slots.append(extra)
@@ -163,6 +199,19 @@ class CTRGraph(nn.Module):
                 width += 2 * model.cfg.target_attention  # (the counts follow: folded)
             pair_slots += list(range(extra + 1, extra + width))
         return user_slots, [*pair_slots, interest]
+
+    def _fold_hour(self, backbone: nn.Module) -> None:
+        """The hour field (slot 1) enters the head's first layer linearly: fold its table
+        into that layer, (24, M1), so that the hour is one row added per user row, and
+        the rest of the user side does not depend on the clock."""
+        net = cast(nn.Module, backbone.head).net
+        assert isinstance(net, nn.Sequential)
+        first = net[0]
+        assert isinstance(first, nn.Linear)
+        d = self.hour.weight.shape[1]
+        with torch.no_grad():
+            folded = self.hour.weight @ first.weight[:, d : 2 * d].t()  # (24, M1)
+        self.register_buffer("hour_first", folded.contiguous())
 
     def _fold_counts(self, backbone: nn.Module, first_slot: int) -> None:
         """The count fields (slots first_slot .. + FIELDS - 1) enter the head's first
@@ -188,65 +237,97 @@ class CTRGraph(nn.Module):
         if self.whole is not None:
             inputs = _user_inputs(named).replace(item=named["item"], pair_user=named["pair_user"])
             return self._probability(self.whole.score(inputs))
+        if self.din_head is not None:
+            return self._probability(self.pair_logits(self.user_side(named), named))
         user, hour, profile = named["user"], named["hour"], named["profile"]
         click_history, pair_user, item = named["click_history"], named["pair_user"], named["item"]
         # Per user row (U, ...), gathered per pair (N, ...) below.
         user_fields = [self.user(user), self.hour(hour)]
         profile_fields = [table(profile[:, i]) for i, table in enumerate(self.profile)]
         history = self.item_base[click_history]  # (U, H, d)
-        # Per pair.
         candidate = self.item_base[item]  # (N, d)
         caption = self.item_caption[item]  # (N, d)
-        target = candidate + caption
-        if self.din_head is not None:
-            user_fields = [*user_fields, *profile_fields]
-            pair_fields = [caption, candidate]
-            if self.uses_query:
-                query_repr = named["query_repr"]
-                user_fields.append(query_repr)
-                pair_fields.append(query_repr.index_select(0, pair_user) * target)
-            pair_first = None
-            if self.queryrec is not None:
-                more, pair_first = self._queryrec_fields(named, target)
-                pair_fields += more
-            history = history * (click_history > 0).unsqueeze(-1).to(history.dtype)
-            logits = self.din_head(
-                torch.stack(user_fields, dim=1),
-                torch.stack(pair_fields, dim=1),
-                candidate,
-                history,
-                pair_user,
-                pair_first,
-            )
-            return self._probability(logits)
         fields = [f[pair_user] for f in user_fields] + [caption]
         fields += [f[pair_user] for f in profile_fields]
         extra: list[Tensor] = []
         if self.uses_query:
             query = named["query_repr"][pair_user]  # (N, d)
-            extra = [query, query * target]
+            extra = [query, query * (candidate + caption)]
         logits = self.backbone(fields, candidate, history, click_history > 0, extra, pair_user)
         return self._probability(logits)
 
+    def user_side(self, named: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The DIN path's candidate-independent part, by `user_side_outputs` name: the user
+        fields' share of the head's first layer (U, M1) (hour excluded), the history rows
+        (U, H, d + 1), and the user's count multisets (`ServingCounts.user_multisets`)."""
+        assert self.din_head is not None
+        profile = named["profile"]
+        user_fields = [self.user(named["user"])]
+        user_fields += [table(profile[:, i]) for i, table in enumerate(self.profile)]
+        if self.uses_query:
+            user_fields.append(named["query_repr"])
+        click_history = named["click_history"]
+        history = self.item_base[click_history]  # (U, H, d)
+        history = history * (click_history > 0).unsqueeze(-1).to(history.dtype)
+        side = {
+            "user_first": self.din_head.user_first(torch.stack(user_fields, dim=1)),
+            "history_rows": self.din_head.history_rows(history),
+        }
+        if self.counts is not None:
+            assert self.queryrec is not None
+            inputs = _user_inputs(named)
+            clicks = self.queryrec.query_clicks(inputs)
+            valid = self.queryrec.slot_valid(inputs.query_tokens, clicks)  # (U, L)
+            keys, total = self.counts.user_multisets(
+                click_history, inputs.query_tokens, clicks, valid
+            )
+            side.update(count_keys=keys, click_total=total)
+        return side
+
+    def pair_logits(self, side: dict[str, Tensor], named: dict[str, Tensor]) -> Tensor:
+        """The DIN path's per-pair part: the user side (`user_side`) and the hour, query
+        vector, pair_user and item of `named` -> logits (N,)."""
+        assert self.din_head is not None
+        pair_user, item = named["pair_user"], named["item"]
+        candidate = self.item_base[item]  # (N, d)
+        caption = self.item_caption[item]  # (N, d)
+        target = candidate + caption
+        pair_fields = [caption, candidate]
+        if self.uses_query:
+            pair_fields.append(named["query_repr"].index_select(0, pair_user) * target)
+        pair_first = None
+        if self.queryrec is not None:
+            more, pair_first = self._queryrec_fields(side, named, target)
+            pair_fields += more
+        user_first = side["user_first"] + F.embedding(named["hour"], self.hour_first)
+        return self.din_head.pair_logits(
+            user_first,
+            side["history_rows"],
+            torch.stack(pair_fields, dim=1),
+            candidate,
+            pair_user,
+            pair_first,
+        )
+
     def _queryrec_fields(
-        self, named: dict[str, Tensor], target: Tensor
+        self, side: dict[str, Tensor], named: dict[str, Tensor], target: Tensor
     ) -> tuple[list[Tensor], Tensor | None]:
         """The served QueryRec's per-pair fields after e_q * candidate (the attended query
-        and its product with the candidate) and what the match-count fields add to the
-        head's first layer (N, M1) (None without counts)."""
+        and its product with the candidate; the single graph only, `splits`) and what the
+        match-count fields add to the head's first layer (N, M1) (None without counts)."""
         assert self.queryrec is not None
         pair_user = named["pair_user"]
-        inputs = _user_inputs(named)
-        clicks = self.queryrec.query_clicks(inputs)
-        valid = self.queryrec.slot_valid(inputs.query_tokens, clicks)  # (U, L)
         fields: list[Tensor] = []
         if self.search_attention is not None:
+            inputs = _user_inputs(named)
+            clicks = self.queryrec.query_clicks(inputs)
+            valid = self.queryrec.slot_valid(inputs.query_tokens, clicks)  # (U, L)
             attended = self.search_attention(named["query_states"], valid, target, pair_user)
             fields += [attended, attended * target]
         if self.counts is None:
             return fields, None
-        rows = self.counts(
-            named["click_history"], inputs.query_tokens, clicks, valid, pair_user, named["item"]
+        rows = self.counts.lookup(
+            side["count_keys"], side["click_total"], pair_user, named["item"]
         )  # (N, FIELDS)
         return fields, F.embedding(rows, self.counts_first).sum(dim=1)  # (N, M1)
 
@@ -255,6 +336,43 @@ class CTRGraph(nn.Module):
             return torch.sigmoid(logits)
         a, b = self.platt
         return torch.sigmoid(a * logits + b)
+
+
+class CTRUserGraph(CTRGraph):
+    """The split CTR graph's user side: `user_graph_inputs(model)` (U user rows) -> the
+    `user_side_outputs(model)` tensors, all float32 (`CTRGraph.user_side`). Depends only
+    on the user's history, profile and query vector: the service computes it once per
+    history version and caches it beside the query vector. (A subclass, not a wrapper:
+    the exporter resolves the weights by their paths in the module tree.)"""
+
+    def __init__(self, model: CTRModel):
+        super().__init__(model)
+        if not splits(model) or self.din_head is None:
+            raise ValueError("this model's CTR graph does not split (export.graphs.splits)")
+        self.names = user_graph_inputs(model)
+        self.outputs = user_side_outputs(model)
+
+    def forward(self, *tensors: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        side = self.user_side(dict(zip(self.names, tensors, strict=True)))
+        return tuple(side[name] for name in self.outputs)
+
+
+class CTRPairGraph(CTRGraph):
+    """The split CTR graph's per-request side: the user side of `CTRUserGraph`, the
+    query vector, the hour (U,) and the pairs -> P(click) (N,) float32
+    (`CTRGraph.pair_logits`): `CTRPairGraph(CTRUserGraph(x))` == `CTRGraph(x)`."""
+
+    def __init__(self, model: CTRModel, platt: tuple[float, float] | None = None):
+        super().__init__(model, platt)
+        if not splits(model) or self.din_head is None:
+            raise ValueError("this model's CTR graph does not split (export.graphs.splits)")
+        self.names = pair_graph_inputs(model)
+        self.side_names = user_side_outputs(model)
+
+    def forward(self, *tensors: Tensor) -> Tensor:
+        named = dict(zip(self.names, tensors, strict=True))
+        side = {name: named[name] for name in self.side_names}
+        return self._probability(self.pair_logits(side, named))
 
 
 def _user_inputs(named: dict[str, Tensor]) -> ModelInputs[Tensor]:

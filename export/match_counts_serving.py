@@ -81,6 +81,8 @@ class ServingCounts(nn.Module):
         a, b, c, d = 0, n1, n1 + n2, n1 + 2 * n2
         self.words_at = n1 + 3 * n2  # search words; then history caption and newest words
         self.width = self.words_at + 3 * WORD_KEYS
+        if self.width >= 1 << 24:  # user_multisets hands keys on as float32
+            raise ValueError(f"{self.width} count keys: float32 holds keys below 2**24 exactly")
         level_1, level_2 = (
             item_categories[:, LEVEL_1 : LEVEL_1 + 1],
             item_categories[:, LEVEL_2 : LEVEL_2 + 1],
@@ -140,6 +142,18 @@ class ServingCounts(nn.Module):
         rows of `fields` (N, FIELDS) that embed each candidate's counts: column c is
         field `order[c]` (the head folds the embeddings into its first layer,
         `export.graphs`)."""
+        keys, total = self.user_multisets(click_history, query_tokens, clicks, valid)
+        return self.lookup(keys, total, pair_user, item)
+
+    def user_multisets(
+        self, click_history: Tensor, query_tokens: Tensor, clicks: Tensor, valid: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The user side (candidate-independent): the key (U, K) of every multiset entry
+        at its table offset, `width` (a column nobody looks up) for padding and invalid
+        entries (every weight is 0 or 1, so a key alone says it all), and the feed clicks
+        counted (U,). float32 keys: exact, since the table is narrower than 2**24
+        (checked at init), so that the split graphs' user side is one float32 vector per
+        user (`export.graphs.CTRUserGraph`)."""
         users = click_history.shape[0]
         history_valid = (click_history > 0).to(torch.float32)  # (U, H)
         history = F.embedding(click_history, self.history_keys)  # (U, H, 2 + Tc)
@@ -169,14 +183,23 @@ class ServingCounts(nn.Module):
             ],
             dim=1,
         )
-        table = torch.zeros(users, self.width, dtype=torch.float32, device=keys.device)
-        table = table.scatter_add(1, keys, weights).reshape(-1)  # (U * width,)
-        # Per candidate: its keys, looked up in its user's table.
+        keys = torch.where(weights > 0, keys, self.width)
+        return keys.to(torch.float32), history_valid.sum(dim=1)
+
+    def lookup(self, keys: Tensor, total: Tensor, pair_user: Tensor, item: Tensor) -> Tensor:
+        """The per-pair side: the user multisets of `user_multisets` (U, K), (U,),
+        pair_user (N,), item (N,) -> the rows of `fields` (N, FIELDS), as `forward`."""
+        users, row = keys.shape[0], self.width + 1  # + the column of unused entries
+        table = torch.zeros(users, row, dtype=torch.float32, device=keys.device)
+        table = table.scatter_add(1, keys.long(), torch.ones_like(keys)).reshape(-1)
+        # Per candidate: its keys, looked up in its user's table (index_select: one
+        # Gather, where indexing exports as a much slower GatherND).
         looked = F.embedding(item, self.candidate_keys)  # (N, 4 + 3 Tc)
-        found = table[(pair_user.unsqueeze(1) * self.width + looked).reshape(-1)]
-        found = found.reshape(looked.shape) * F.embedding(item, self.candidate_wanted)
+        flat = (pair_user.unsqueeze(1) * row + looked).reshape(-1)
+        found = table.index_select(0, flat).reshape(looked.shape)
+        found = found * F.embedding(item, self.candidate_wanted)
         words_found = found[:, 4:].reshape(found.shape[0], 3, -1).sum(dim=-1)  # (N, 3)
-        total = history_valid.sum(dim=1).index_select(0, pair_user)  # (N,) feed clicks
+        total = total.index_select(0, pair_user)  # (N,) feed clicks
         in_level_2, history_words = found[:, 1], words_found[:, 1]
         counted = torch.cat([found[:, :3], words_found[:, :2]], dim=1)  # (N, 5): _COUNTED
         rows = counted.clamp(max=LARGEST_COUNT).long() + torch.arange(

@@ -23,9 +23,17 @@ import numpy as np
 import torch
 from torch.export import Dim
 
-from export.graphs import CTRGraph, QueryEncoderGraph, ctr_inputs, encoder_inputs, encoder_outputs
+from export.graphs import (
+    CTRGraph,
+    CTRPairGraph,
+    CTRUserGraph,
+    QueryEncoderGraph,
+    ctr_inputs,
+    encoder_inputs,
+    encoder_outputs,
+)
 from export.parity import draw_inputs
-from queryrec.features.graph_feeds import graph_feed
+from queryrec.features.graph_feeds import COMPUTED_INPUTS, graph_feed
 from queryrec.features.model_inputs import ModelInputs
 from queryrec.models.config import ModelConfig
 from queryrec.models.ctr_model import CTRModel
@@ -47,12 +55,16 @@ AXES: dict[str, tuple[str, ...]] = {
     "click_minutes": ("users", "click_history"),
     "query_repr": ("users", "dim"),
     "query_states": ("users", "L", "dim"),
+    "user_first": ("users", "first_layer"),
+    "history_rows": ("users", "click_history", "history_row"),
+    "count_keys": ("users", "keys"),
+    "click_total": ("users",),
     "pair_user": ("pairs",),
     "item": ("pairs",),
     "probability": ("pairs",),
 }
-DYNAMIC = ("users", "pairs", "L")
-FLOAT_NAMES = ("query_repr", "query_states", "probability")
+DYNAMIC = ("users", "pairs", "L", "keys")
+FLOAT_NAMES = (*COMPUTED_INPUTS, "probability")
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,8 @@ def graph_spec(cfg: ModelConfig, inputs: tuple[str, ...], outputs: tuple[str, ..
         "query_tokens": cfg.query_tokens,
         "query_clicks": cfg.query_clicks,
         "dim": cfg.dim,
+        "first_layer": cfg.mlp[0],
+        "history_row": cfg.dim + 1,
     }
 
     def describe(name: str) -> dict[str, object]:
@@ -94,6 +108,36 @@ def export_encoder(graph: QueryEncoderGraph, path: Path) -> GraphSpec:
 
 def export_ctr(graph: CTRGraph, model: CTRModel, path: Path) -> GraphSpec:
     """Write ctr.onnx; dynamic users, pairs and history-length axes."""
+    example, encoded = _ctr_example(model)
+    names = ctr_inputs(model)
+    _export_named(graph, example, encoded, names, ("probability",), path, model.cfg)
+    return graph_spec(model.cfg, names, ("probability",))
+
+
+def export_user_graph(graph: CTRUserGraph, model: CTRModel, path: Path) -> GraphSpec:
+    """Write ctr_user.onnx (the split CTR graph's user side); dynamic users and
+    history-length axes (the count keys' axis follows the history length)."""
+    example, encoded = _ctr_example(model)
+    _export_named(graph, example, encoded, graph.names, graph.outputs, path, model.cfg)
+    return graph_spec(model.cfg, graph.names, graph.outputs)
+
+
+def export_pair_graph(
+    graph: CTRPairGraph, user: CTRUserGraph, model: CTRModel, path: Path
+) -> GraphSpec:
+    """Write ctr_pair.onnx (the split CTR graph's per-request side), its example user side
+    computed by `user`; dynamic users, pairs and count-key axes."""
+    example, encoded = _ctr_example(model)
+    feed = graph_feed(user.names, example, encoded)
+    with torch.no_grad():
+        side = user(*(torch.from_numpy(feed[name]) for name in user.names))
+    computed = {**encoded, **{n: v.numpy() for n, v in zip(user.outputs, side, strict=True)}}
+    _export_named(graph, example, computed, graph.names, ("probability",), path, model.cfg)
+    return graph_spec(model.cfg, graph.names, ("probability",))
+
+
+def _ctr_example(model: CTRModel) -> tuple[ModelInputs[np.ndarray], dict[str, np.ndarray]]:
+    """The CTR graphs' export example: 3 user rows, 5 pairs, random encoder outputs."""
     rng = np.random.default_rng(0)
     example = draw_inputs(model, 3, 5, rng)
     encoded = {
@@ -104,9 +148,7 @@ def export_ctr(graph: CTRGraph, model: CTRModel, path: Path) -> GraphSpec:
         ).astype(np.float32)
         for name in encoder_outputs(model)
     }
-    names = ctr_inputs(model)
-    _export_named(graph, example, encoded, names, ("probability",), path, model.cfg)
-    return graph_spec(model.cfg, names, ("probability",))
+    return example, encoded
 
 
 def _export_named(
@@ -124,6 +166,7 @@ def _export_named(
         "users": Dim("users", min=1, max=1 << 20),
         "pairs": Dim("pairs", min=1, max=1 << 24),
         "L": Dim("L", min=1, max=cfg.query_history),
+        "keys": Dim("keys", min=1, max=1 << 20),
     }
     feed = graph_feed(names, example, encoded)
     dynamic = {

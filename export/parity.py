@@ -9,7 +9,10 @@ export:
   and the SAS states of the served QueryRec), for batches of 1, 3, 37 and 128 users with
   random history lengths (left padding), query lengths, ages and clicked results;
 - CTR: ORT `ctr.onnx` on (users, pairs) vs `CTRModel.score` on the same inputs (which
-  gathers each pair's user row), for 1, 7, 100 and 500 candidates over 1 or 3 users.
+  gathers each pair's user row), for 1, 7, 100 and 500 candidates over 1 or 3 users, the
+  first user row without any click and every third candidate the unknown item;
+- the split CTR graph, when exported: ORT `ctr_pair.onnx` fed the outputs of ORT
+  `ctr_user.onnx` vs the same `CTRModel.score`, on the same cases.
 Any max abs difference above the tolerance fails the export with the place it happened.
 """
 
@@ -20,7 +23,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from export.graphs import ctr_inputs, encoder_inputs, encoder_outputs
+from export.graphs import (
+    ctr_inputs,
+    encoder_inputs,
+    encoder_outputs,
+    pair_graph_inputs,
+    user_graph_inputs,
+)
 from queryrec.errors import QueryRecError
 from queryrec.evaluation.bundle_scoring import GraphSession
 from queryrec.features.graph_feeds import graph_feed
@@ -107,11 +116,13 @@ def check_parity(
     seed: int = 1234,
     tolerance: float = TOLERANCE,
     platt: tuple[float, float] | None = None,
+    split: tuple[GraphSession, GraphSession] | None = None,
 ) -> list[ParityCase]:
     """Run every case; raise ParityError naming the worst one if any exceeds `tolerance`.
 
     `platt` (a, b): the CTR graph is calibrated (`export.calibration`), so the model's
-    probability is compared as sigmoid(a * logit + b)."""
+    probability is compared as sigmoid(a * logit + b). `split`: the sessions of
+    ctr_user.onnx and ctr_pair.onnx, checked on the same cases."""
     a, b = platt if platt is not None else (1.0, 0.0)
     rng = np.random.default_rng(seed)
     model.eval()
@@ -127,12 +138,18 @@ def check_parity(
                     cases.append(_case("query_encoder", f"{name} users={users}", want[name], value))
         for pairs in CTR_CANDIDATES:
             for users in (1, 3):
-                inputs = draw_inputs(model, users, pairs, rng)
+                inputs = _with_empty_history_and_unknown_items(
+                    draw_inputs(model, users, pairs, rng)
+                )
                 tensors = inputs.map(torch.from_numpy)
                 expected = torch.sigmoid(a * model.score(tensors) + b).numpy()
                 encoded = encoder_reference(model, tensors) if outputs else {}
-                got = ctr.run(None, graph_feed(ctr_inputs(model), inputs, encoded))[0]
-                cases.append(_case("ctr", f"users={users} pairs={pairs}", expected, got))
+                single = ctr.run(None, graph_feed(ctr_inputs(model), inputs, encoded))[0]
+                shape = f"users={users} pairs={pairs}"
+                cases.append(_case("ctr", shape, expected, single))
+                if split is not None:
+                    pair = run_split(model, *split, inputs, encoded)
+                    cases.append(_case("ctr_user+ctr_pair", shape, expected, pair))
     worst = max(cases, key=lambda c: c.max_abs_diff)
     if not worst.max_abs_diff <= tolerance:  # also catches NaN
         raise ParityError(
@@ -140,6 +157,33 @@ def check_parity(
             f"PyTorch by {worst.max_abs_diff:.3g} (tolerance {tolerance:g})"
         )
     return cases
+
+
+def run_split(
+    model: CTRModel,
+    user: GraphSession,
+    pair: GraphSession,
+    inputs: ModelInputs[np.ndarray],
+    encoded: dict[str, np.ndarray],
+) -> np.ndarray:
+    """P(click) per pair from the split CTR graph: ctr_user.onnx, then ctr_pair.onnx."""
+    names = [o for o in pair_graph_inputs(model) if o not in ("hour", "pair_user", "item")]
+    side_names = [n for n in names if n not in encoded]
+    side = user.run(side_names, graph_feed(user_graph_inputs(model), inputs, encoded))
+    computed = {**encoded, **dict(zip(side_names, side, strict=True))}
+    return np.asarray(pair.run(None, graph_feed(pair_graph_inputs(model), inputs, computed))[0])
+
+
+def _with_empty_history_and_unknown_items(
+    inputs: ModelInputs[np.ndarray],
+) -> ModelInputs[np.ndarray]:
+    """The first user row without any click (its searches kept) and every third
+    candidate the unknown item (index 1)."""
+    history = inputs.click_history.copy()
+    history[0] = 0
+    item = inputs.item.copy()
+    item[::3] = 1
+    return inputs.replace(click_history=history, item=item)
 
 
 def _case(graph: str, shape: str, want: np.ndarray, got: np.ndarray) -> ParityCase:

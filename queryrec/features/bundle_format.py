@@ -47,7 +47,7 @@ from queryrec.features.bundle_manifest import MANIFEST as MANIFEST
 from queryrec.features.bundle_manifest import one_line as one_line
 from queryrec.features.bundle_manifest import parse_manifest, read_sealed
 from queryrec.features.bundle_manifest import write_sealed as write_sealed
-from queryrec.features.graph_feeds import ENCODER_OUTPUTS
+from queryrec.features.graph_feeds import COMPUTED_INPUTS, ENCODER_OUTPUTS, USER_SIDE
 from queryrec.features.model_inputs import OPTIONAL_INPUTS, USER_INPUTS, HistoryLengths
 from queryrec.features.query_positives import QueryPositives
 from queryrec.features.schema import UNKNOWN_INDEX, sha256_file
@@ -55,6 +55,10 @@ from queryrec.features.schema import UNKNOWN_INDEX, sha256_file
 QUERY_POSITIVES_FILE = "features/query_positives.parquet"
 ENCODER_FILE = "query_encoder.onnx"
 CTR_FILE = "ctr.onnx"
+CTR_USER_FILE = "ctr_user.onnx"
+"""The split CTR graph's user side (optional: models `export.graphs.splits` accepts)."""
+CTR_PAIR_FILE = "ctr_pair.onnx"
+"""The split CTR graph's per-request side; present exactly when `CTR_USER_FILE` is."""
 ARTIFACTS = (
     "schema.json",
     "maps/users.parquet",
@@ -73,8 +77,9 @@ FIXED_AXES: dict[tuple[str, int], str] = {
     ("click_minutes", 1): "max_lengths.click_history",
     ("profile", 1): "profile_fields",
 }
-GRAPH_INPUTS = frozenset({*USER_INPUTS, *OPTIONAL_INPUTS, "pair_user", "item", *ENCODER_OUTPUTS})
-"""The names a graph input may have: `ModelInputs` fields and the encoder's outputs."""
+GRAPH_INPUTS = frozenset({*USER_INPUTS, *OPTIONAL_INPUTS, "pair_user", "item", *COMPUTED_INPUTS})
+"""The names a graph input may have: `ModelInputs` fields, the encoder's outputs and the
+split CTR graph's user side."""
 
 
 class IdMap:
@@ -187,6 +192,8 @@ def check_manifest_fields(manifest: Mapping[str, Any], path: Path) -> None:
     expected = {"ctr": CTR_FILE}
     if ENCODER_FILE in manifest["files"]:
         expected["query_encoder"] = ENCODER_FILE
+    if CTR_USER_FILE in manifest["files"] or CTR_PAIR_FILE in manifest["files"]:
+        expected.update(ctr_user=CTR_USER_FILE, ctr_pair=CTR_PAIR_FILE)
     if set(graphs) != set(expected):
         raise BundleError(
             f"{path}: graphs lists {sorted(graphs)}, but the bundle's files make it "
@@ -202,6 +209,8 @@ def check_manifest_fields(manifest: Mapping[str, Any], path: Path) -> None:
             )
     _check_fixed_axes(manifest, graphs, path)
     _check_encoder_link(graphs, path)
+    if "ctr_user" in graphs:
+        _check_split_link(graphs, path)
     positives = manifest.get("query_positives")
     if positives is not None and (
         positives != QUERY_POSITIVES_FILE or positives not in manifest["files"]
@@ -250,6 +259,32 @@ def _check_encoder_link(graphs: dict[str, Any], path: Path) -> None:
             raise BundleError(
                 f"{path}: graphs.ctr.inputs.{name}.shape {taken[name]['shape']} does not take "
                 f"the encoder's output (graphs.query_encoder.outputs.{name} shape {spec['shape']})"
+            )
+
+
+def _check_split_link(graphs: dict[str, Any], path: Path) -> None:
+    """The split pair: the pair graph takes the user graph's outputs, exactly, at their
+    shapes, and both read the encoder's outputs only where the single CTR graph does."""
+    side = graphs["ctr_user"]["outputs"]
+    taken = {n: v for n, v in graphs["ctr_pair"]["inputs"].items() if n in USER_SIDE}
+    if set(side) != set(taken) or not set(side) <= set(USER_SIDE):
+        raise BundleError(
+            f"{path}: graphs.ctr_pair takes the user side {sorted(taken)}, but graphs.ctr_user "
+            f"gives {sorted(side)}"
+        )
+    for name, spec in side.items():
+        if spec["shape"][1:] != taken[name]["shape"][1:]:
+            raise BundleError(
+                f"{path}: graphs.ctr_pair.inputs.{name}.shape {taken[name]['shape']} does not "
+                f"take graphs.ctr_user.outputs.{name} (shape {spec['shape']})"
+            )
+    for key in ("ctr_user", "ctr_pair"):
+        extra = {n for n in graphs[key]["inputs"] if n in ENCODER_OUTPUTS} - set(
+            graphs["ctr"]["inputs"]
+        )
+        if extra:
+            raise BundleError(
+                f"{path}: graphs.{key} reads {sorted(extra)}, which graphs.ctr does not"
             )
 
 

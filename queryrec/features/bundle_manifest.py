@@ -257,9 +257,12 @@ class Manifest(_Record):
     max_lengths: MaxLengths
     reads: Annotated[list[Name], Field(max_length=64)]
     profile_fields: Annotated[list[Name], Field(max_length=256)]
-    # ctr, and query_encoder for models with a query tower (which graphs a bundle has
-    # follows from its files: `bundle_format.check_manifest_fields`)
-    graphs: Annotated[dict[Literal["ctr", "query_encoder"], Graph], Field(min_length=1)]
+    # ctr; query_encoder for models with a query tower; ctr_user and ctr_pair, the split
+    # CTR graph, for models whose graph splits (which graphs a bundle has follows from
+    # its files: `bundle_format.check_manifest_fields`)
+    graphs: Annotated[
+        dict[Literal["ctr", "query_encoder", "ctr_user", "ctr_pair"], Graph], Field(min_length=1)
+    ]
     ctr_layout: Text
     offline_metrics: dict[str, Any]
     exporter: Exporter

@@ -20,6 +20,11 @@ from queryrec.features.model_inputs import ModelInputs
 
 ENCODER_OUTPUTS = ("query_repr", "query_states")
 """The encoder outputs a CTR graph may take as inputs."""
+USER_SIDE = ("user_first", "history_rows", "count_keys", "click_total")
+"""The split CTR graph's user side (`export.graphs.CTRUserGraph` outputs, all float32),
+inputs of its pair graph."""
+COMPUTED_INPUTS = (*ENCODER_OUTPUTS, *USER_SIDE)
+"""Graph inputs that another graph computes (float32), not `ModelInputs` fields."""
 
 
 def graph_feed(
@@ -27,13 +32,14 @@ def graph_feed(
     inputs: ModelInputs[np.ndarray],
     encoded: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """The feed of a graph whose inputs are `names`: each from `encoded` (the encoder's
-    outputs for the same user rows) or the `ModelInputs` field of that name."""
+    """The feed of a graph whose inputs are `names`: each from `encoded` (what another
+    graph computed for the same user rows: the encoder's outputs, the split CTR graph's
+    user side) or the `ModelInputs` field of that name."""
     feed: dict[str, np.ndarray] = {}
     for name in names:
-        if name in ENCODER_OUTPUTS:
+        if name in COMPUTED_INPUTS:
             if encoded is None or name not in encoded:
-                raise ValueError(f"the graph reads the encoder output {name!r}, not given")
+                raise ValueError(f"the graph reads the computed input {name!r}, not given")
             # np.asarray: no copy when the dtype is already right (this runs per batch)
             feed[name] = np.asarray(encoded[name], dtype=np.float32)
             continue

@@ -34,6 +34,8 @@ import polars as pl
 
 from queryrec.features.bundle_format import (
     CTR_FILE,
+    CTR_PAIR_FILE,
+    CTR_USER_FILE,
     ENCODER_FILE,
     MANIFEST,
     IdMap,
@@ -102,6 +104,9 @@ class Bundle:
     items: IdMap
     words: IdMap
     schema: dict[str, Any]
+    # The split CTR graph (user side, per-request side), when the bundle has it.
+    ctr_user: ort.InferenceSession | None = None
+    ctr_pair: ort.InferenceSession | None = None
 
     @property
     def model_version(self) -> str:
@@ -145,9 +150,15 @@ def open_bundle(root: Path, *, device: str = "auto", threads: int = 1) -> Bundle
 
     encoder = session(ENCODER_FILE) if ENCODER_FILE in manifest["files"] else None
     ctr = session(CTR_FILE)
+    split = CTR_USER_FILE in manifest["files"]
+    ctr_user = session(CTR_USER_FILE) if split else None
+    ctr_pair = session(CTR_PAIR_FILE) if split else None
     if encoder is not None:
         check_graph(encoder, root, manifest, "query_encoder")
     check_graph(ctr, root, manifest, "ctr")
+    if ctr_user is not None and ctr_pair is not None:
+        check_graph(ctr_user, root, manifest, "ctr_user")
+        check_graph(ctr_pair, root, manifest, "ctr_pair")
     bundle = Bundle(
         root=root,
         manifest=manifest,
@@ -157,6 +168,8 @@ def open_bundle(root: Path, *, device: str = "auto", threads: int = 1) -> Bundle
         items=maps["items"],
         words=maps["words"],
         schema=schema,
+        ctr_user=ctr_user,
+        ctr_pair=ctr_pair,
     )
     return bundle
 

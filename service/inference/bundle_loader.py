@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from queryrec.features.bundle_format import CTR_FILE, ENCODER_FILE, IdMap, one_line
+from queryrec.features.bundle_format import (
+    CTR_FILE,
+    CTR_PAIR_FILE,
+    CTR_USER_FILE,
+    ENCODER_FILE,
+    IdMap,
+    one_line,
+)
 from service.errors import BundleError
 from service.inference.bundle import ORT_TYPES, Bundle, open_bundle
 from service.inference.features import FeatureBuilder, UserRow, split_encoded
@@ -20,6 +27,8 @@ from service.state.store import UserState
 
 SMOKE_REQUEST_MS = 1_700_000_000_000  # any time: the smoke histories end just before it
 SMOKE_CANDIDATES = (3, 2)  # candidates of the smoke requests (1 user: the first count)
+SPLIT_TOLERANCE = 1e-5
+"""The split CTR graph may differ from ctr.onnx by this much on the smoke batches."""
 
 
 def load_bundle(root: Path, *, device: str = "auto", threads: int = 1) -> Bundle:
@@ -38,7 +47,9 @@ def smoke_run(bundle: Bundle) -> None:
     maps hold) and a user without any: encoder batches [full], [empty] (the "no query"
     vector) and [full, empty]; CTR batches of 1 user with 3 candidates and 2 users with
     3 + 2. The feed's names and dtypes must be the graph's inputs; outputs must have
-    the declared shapes and finite values (CTR: probabilities in [0, 1])."""
+    the declared shapes and finite values (CTR: probabilities in [0, 1]). The split CTR
+    graph, when present, runs the same CTR batches (user side, then pairs) and must give
+    ctr.onnx's probabilities within `SPLIT_TOLERANCE`."""
     builder = FeatureBuilder.for_bundle(bundle)
     full, empty = _smoke_rows(builder, bundle)
     graphs = bundle.manifest["graphs"]
@@ -72,6 +83,32 @@ def smoke_run(bundle: Bundle) -> None:
                 f"({float(probability.min()):.3g} .. {float(probability.max()):.3g}), "
                 "not probabilities"
             )
+        if bundle.ctr_user is not None and bundle.ctr_pair is not None:
+            sizes = {"users": len(rows), "pairs": sum(counts)}
+            side = _run(
+                bundle.ctr_user,
+                bundle.root / CTR_USER_FILE,
+                graphs["ctr_user"]["outputs"],
+                builder.user_feed(rows, encoded),
+                sizes,
+            )
+            names = list(graphs["ctr_user"]["outputs"])
+            with_side = [dict(encoded[i]) if encoded else {} for i in range(len(rows))]
+            for i, own in enumerate(with_side):
+                own.update({name: value[i] for name, value in zip(names, side, strict=True)})
+            (split_probability,) = _run(
+                bundle.ctr_pair,
+                bundle.root / CTR_PAIR_FILE,
+                graphs["ctr_pair"]["outputs"],
+                builder.pair_feed(rows, with_side, [bundle.items(raw) for raw in split]),
+                sizes,
+            )
+            worst = float(np.max(np.abs(split_probability - probability)))
+            if not worst <= SPLIT_TOLERANCE:
+                raise BundleError(
+                    f"{bundle.root / CTR_PAIR_FILE}: smoke run (users={len(rows)}) differs "
+                    f"from {CTR_FILE} by {worst:.3g} (tolerance {SPLIT_TOLERANCE:g})"
+                )
 
 
 def _smoke_rows(builder: FeatureBuilder, bundle: Bundle) -> tuple[UserRow, UserRow]:

@@ -13,6 +13,10 @@ The encoder's outputs for one request (`Encoded`) are what the service caches pe
 history version: `query_repr` (d,) and, for the served QueryRec, `query_states` (n, d),
 the SAS outputs of the request's n searches (the slots before them are padding, whose
 states are zero); a CTR batch left-pads each request's states to the batch's slot count.
+With the split CTR graph (`ctr_user.onnx`, `ctr_pair.onnx`) the same dict also carries
+the request's user side (`USER_SIDE`, the user graph's outputs), cached with it; the
+history version then digests every input of the user graph too (click history, user,
+profile), so a feed click invalidates it as a search does.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 
 from queryrec.features.bundle_format import IdMap, history_lengths, read_query_positives
 from queryrec.features.dataset import profile_table
-from queryrec.features.graph_feeds import graph_feed
+from queryrec.features.graph_feeds import COMPUTED_INPUTS, graph_feed
 from queryrec.features.model_inputs import (
     EventTimelines,
     HistoryLengths,
@@ -48,7 +52,9 @@ class GraphSession(Protocol):
 
 
 Encoded = dict[str, np.ndarray]
-"""One request's encoder outputs by name: query_repr (d,), query_states (n, d)."""
+"""One request's encoder outputs by name: query_repr (d,), query_states (n, d); with the
+split CTR graph also its user side: user_first (M1,), history_rows (H, d + 1),
+count_keys (K,), click_total ()."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,8 @@ class FeatureBuilder:
         encoder_names: tuple[str, ...] = ("query_tokens", "query_age"),
         ctr_names: tuple[str, ...] = (),
         query_positives: QueryPositives | None = None,
+        user_names: tuple[str, ...] = (),
+        pair_names: tuple[str, ...] = (),
     ):
         self.lengths = lengths
         self.maps = maps
@@ -91,6 +99,12 @@ class FeatureBuilder:
         self.encoder_names = encoder_names  # the encoder graph's inputs, in order
         self.ctr_names = ctr_names  # the CTR graph's inputs, in order
         self.query_positives = query_positives  # the bundle's table by query, if any
+        self.user_names = user_names  # the split CTR graph's user side inputs, in order
+        self.pair_names = pair_names  # its per-request side's inputs, in order
+        # What the history version digests: every model input a cached value depends on.
+        self.version_names = tuple(
+            n for n in dict.fromkeys((*encoder_names, *user_names)) if n not in COMPUTED_INPUTS
+        )
 
     @classmethod
     def for_bundle(cls, bundle: Bundle) -> FeatureBuilder:
@@ -109,6 +123,8 @@ class FeatureBuilder:
             encoder,
             tuple(graphs["ctr"]["inputs"]),
             read_query_positives(bundle.root, manifest),
+            tuple(graphs["ctr_user"]["inputs"]) if "ctr_user" in graphs else (),
+            tuple(graphs["ctr_pair"]["inputs"]) if "ctr_pair" in graphs else (),
         )
 
     def timelines(self, user: int, state: UserState) -> EventTimelines:
@@ -137,7 +153,7 @@ class FeatureBuilder:
             query_positives=self.query_positives,
         )
         digest = hashlib.blake2b(digest_size=VERSION_BYTES)
-        for name in self.encoder_names:
+        for name in self.version_names:
             digest.update(getattr(inputs, name).tobytes())
         return UserRow(
             inputs=inputs,
@@ -177,6 +193,33 @@ class FeatureBuilder:
                     [left_pad(e["query_states"], slots) for e in encoded]
                 )
         return graph_feed(self.ctr_names, inputs, by_name)
+
+    def user_feed(
+        self, rows: list[UserRow], encoded: list[Encoded] | None
+    ) -> dict[str, np.ndarray]:
+        """Requests' user rows and encoder outputs (None: a bundle without an encoder) ->
+        the split CTR graph's user side feed. Not trimmed: every query slot is fed, so
+        that the count keys (whose number follows the slot count) have one width per
+        bundle and cache as one vector."""
+        by_name = None
+        if encoded is not None:
+            by_name = {"query_repr": np.stack([e["query_repr"] for e in encoded])}
+        return graph_feed(self.user_names, stack_rows(rows), by_name)
+
+    def pair_feed(
+        self, rows: list[UserRow], encoded: list[Encoded], items: list[np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Requests' user rows, their encoder outputs with the user side, and item indices
+        per request -> the split CTR graph's per-request feed (the flat layout of
+        `ctr_feed`)."""
+        counts = np.array([len(i) for i in items])
+        inputs = stack_rows(rows).replace(
+            item=np.concatenate(items),
+            pair_user=np.repeat(np.arange(len(rows), dtype=np.int64), counts),
+        )
+        computed = [n for n in self.pair_names if n in COMPUTED_INPUTS]
+        by_name = {name: np.stack([e[name] for e in encoded]) for name in computed}
+        return graph_feed(self.pair_names, inputs, by_name)
 
 
 def split_encoded(

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from queryrec.features.bundle_format import ENCODER_FILE
+from queryrec.features.bundle_format import CTR_USER_FILE, ENCODER_FILE
 from queryrec.features.model_inputs import ModelInputs
 from service.deadline import finish_by
 from service.errors import BundleError, Overloaded, QueueFull, StateUnavailable
@@ -75,6 +75,7 @@ class QueryPathCounts:
     cache_hits: int = 0
     encoded: int = 0
     no_query: int = 0
+    user_sides: int = 0  # user sides computed by the split CTR graph's user graph
 
 
 def runs_on_loop(settings: ServiceSettings, bundle: Bundle) -> bool:
@@ -94,11 +95,22 @@ def ctr_max_pairs(settings: ServiceSettings, bundle: Bundle) -> int:
 
 
 def encoder_version(bundle: Bundle) -> str:
-    """What a cached query vector depends on: the encoder graph and the word id map (the
-    history version digests word indices). Re-exporting only the CTR head keeps it."""
+    """What a cached value depends on: the encoder graph and the word id map (the history
+    version digests word indices), and with the split CTR graph its user side graph.
+    Re-exporting only the CTR head of a bundle without the split keeps it."""
     files = bundle.manifest["files"]
-    digest = hashlib.sha256(f"{files.get(ENCODER_FILE)}:{files.get('maps/words.parquet')}".encode())
-    return f"enc-{digest.hexdigest()[:16]}"
+    key = f"{files.get(ENCODER_FILE)}:{files.get('maps/words.parquet')}"
+    if CTR_USER_FILE in files:
+        key += f":{files[CTR_USER_FILE]}"
+    return f"enc-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def serves_split(bundle: Bundle) -> bool:
+    """Whether the service scores with the split CTR graph: the bundle has it and an
+    encoder (whose cached outputs the user side is cached beside; without one, ctr.onnx)."""
+    return (
+        bundle.ctr_user is not None and bundle.ctr_pair is not None and bundle.encoder is not None
+    )
 
 
 class Scorer:
@@ -137,6 +149,14 @@ class Scorer:
         self.no_query: Encoded | None = None  # the encoder outputs of a user without a search
         if bundle.encoder is not None:
             self.no_query = self._encode_batch([self._empty_row()])[0]
+        # The split CTR graph: the user side's outputs and each one's shape for one user.
+        self.split = serves_split(bundle)
+        self.side_names: list[str] = list(graphs["ctr_user"]["outputs"]) if self.split else []
+        self._side_shapes: dict[str, tuple[int, ...]] = {}
+        if self.split:
+            assert self.no_query is not None
+            empty = self._user_side_batch([self._empty_row()], [self.no_query])[0]
+            self._side_shapes = {name: value.shape for name, value in empty.items()}
         self.item_priors = self._item_priors()
         on_loop = runs_on_loop(settings, bundle)
         self.ctr_max_pairs = ctr_max_pairs(settings, bundle)
@@ -263,6 +283,12 @@ class Scorer:
             for users in sorted({1, min(pairs, 8)}):
                 items = np.array_split(np.ones(pairs, dtype=np.int64), users)
                 encoded = None if self.no_query is None else [self.no_query] * users
+                if self.split:
+                    assert encoded is not None
+                    self._ctr_batch(
+                        [(row, dict(e), i) for e, i in zip(encoded, items, strict=True)]
+                    )
+                    continue
                 self.bundle.ctr.run(None, self.features.ctr_feed([row] * users, encoded, items))
 
     async def score(
@@ -280,9 +306,16 @@ class Scorer:
             if encoded is not None and not reasons:  # without Redis: no history, "no query"
                 encoder_until = start + budget_s * self.settings.encoder_share
                 encoded = await self._encoded(raw_user, row, state, encoder_until, reasons)
+            fresh_side = False
+            if self.split:  # the CTR batch adds the user side to this request's own dict
+                assert encoded is not None
+                encoded = dict(encoded)
+                fresh_side = self.side_names[0] not in encoded
             scores = await self._ctr(
                 row, encoded, items, start + budget_s - RESPONSE_MARGIN_S, reasons
             )
+            if fresh_side and not reasons and encoded and self.side_names[0] in encoded:
+                self._cache_in_background(raw_user, row, encoded)
         finally:
             self._active -= 1
             if self._active == 0 and self._idle is not None:
@@ -331,14 +364,18 @@ class Scorer:
         (loop time; late, refused or failed: "no query" and a reason code appended to
         `reasons`)."""
         assert self.no_query is not None
-        if row.query_count == 0:
+        # Without the split a user without searches has nothing cached: "no query" at once.
+        if row.query_count == 0 and not self.split:
             self.counts.no_query += 1
             return self.no_query
-        cached = _cached(state.cached_query_repr, row.history_version, self._width)
+        cached = self._from_cache(state.cached_query_repr, row.history_version)
         if cached is not None:
             self.counts.cache_hits += 1
             self.metrics.cache_hits.inc()
             return cached
+        if row.query_count == 0:  # the user side is computed by the CTR stage
+            self.counts.no_query += 1
+            return self.no_query
         self.metrics.cache_misses.inc()
         try:
             encoded = await finish_by(self.encoder.enqueue(row, deadline=until), until)
@@ -353,7 +390,8 @@ class Scorer:
             reasons.append(Degraded.ENCODER_FAILED)
             return self.no_query
         self.counts.encoded += 1
-        self._cache_in_background(raw_user, row, encoded)
+        if not self.split:  # with the split: cached with the user side, after the CTR stage
+            self._cache_in_background(raw_user, row, encoded)
         return encoded
 
     @property
@@ -364,11 +402,13 @@ class Scorer:
 
     def _cache_in_background(self, raw_user: int, row: UserRow, encoded: Encoded) -> None:
         """Store the new outputs without making the request wait for the write: the query
-        vector, then the states of the request's searches, as one float32 vector."""
+        vector, then the states of the request's searches or (split CTR graph) the user
+        side in the user graph's output order, as one float32 vector."""
         version = self._cache_version
         if version is None:
             return
-        flat = np.concatenate([encoded[name].ravel() for name in self.encoder_outputs])
+        names = [*self.encoder_outputs, *self.side_names]
+        flat = np.concatenate([np.ravel(encoded[name]) for name in names])
         task = asyncio.get_running_loop().create_task(
             self.state.cache_query_reprs(version, [(raw_user, row.history_version, flat)])
         )
@@ -411,22 +451,54 @@ class Scorer:
         if self.no_query is not None:
             encoded = [e if e is not None else self.no_query for _, e, _ in requests]
         items = [i for _, _, i in requests]
-        probs = self.bundle.ctr.run(None, self.features.ctr_feed(rows, encoded, items))[0]
+        if self.split:
+            assert encoded is not None and self.bundle.ctr_pair is not None
+            missing = [i for i, e in enumerate(encoded) if self.side_names[0] not in e]
+            if missing:  # one user-graph call for the requests whose side is not cached
+                sides = self._user_side_batch(
+                    [rows[i] for i in missing], [encoded[i] for i in missing]
+                )
+                for i, side in zip(missing, sides, strict=True):
+                    encoded[i].update(side)
+                self.counts.user_sides += len(missing)
+            feed = self.features.pair_feed(rows, encoded, items)
+            probs = self.bundle.ctr_pair.run(None, feed)[0]
+        else:
+            probs = self.bundle.ctr.run(None, self.features.ctr_feed(rows, encoded, items))[0]
         return np.split(probs, np.cumsum([len(i) for i in items])[:-1])
 
+    def _user_side_batch(self, rows: list[UserRow], encoded: list[Encoded]) -> list[Encoded]:
+        """The split CTR graph's user side of each row (one `ctr_user.onnx` call)."""
+        assert self.bundle.ctr_user is not None
+        outputs = self.bundle.ctr_user.run(None, self.features.user_feed(rows, encoded))
+        return [
+            {name: value[i] for name, value in zip(self.side_names, outputs, strict=True)}
+            for i in range(len(rows))
+        ]
 
-def _cached(value: bytes | None, version: bytes, width: int) -> Encoded | None:
-    """A cached value of this history version -> the encoder outputs it holds (the query
-    vector (d,), then the states of the request's searches (n, d) when stored)."""
-    if value is None:
-        return None
-    stored_version, vector = unpack_query_repr(value)
-    if stored_version != version:
-        return None
-    cached: Encoded = {"query_repr": vector[:width]}
-    if len(vector) > width:
-        cached["query_states"] = vector[width:].reshape(-1, width)
-    return cached
+    def _from_cache(self, value: bytes | None, version: bytes) -> Encoded | None:
+        """A cached value of this history version -> what it holds: the query vector (d,),
+        then the states of the request's searches (n, d) when stored or (split CTR graph)
+        the user side; None when absent, of another version or of another layout."""
+        if value is None:
+            return None
+        stored_version, vector = unpack_query_repr(value)
+        if stored_version != version:
+            return None
+        width = self._width
+        cached: Encoded = {"query_repr": vector[:width]}
+        if not self.split:
+            if len(vector) > width:
+                cached["query_states"] = vector[width:].reshape(-1, width)
+            return cached
+        sizes = [int(np.prod(shape)) for shape in self._side_shapes.values()]
+        if len(vector) != width + sum(sizes):  # written before the split: recompute
+            return None
+        offset = width
+        for (name, shape), size in zip(self._side_shapes.items(), sizes, strict=True):
+            cached[name] = vector[offset : offset + size].reshape(shape)
+            offset += size
+        return cached
 
 
 def _powers_of_two(limit: int) -> list[int]:

@@ -34,7 +34,7 @@ def test_manifest_describes_the_bundle(bundle: Path, queryrec_run: Path) -> None
     assert manifest["format_version"] == 2
     assert manifest["model_name"] == "queryrec"
     assert manifest["model_version"].startswith("queryrec-")
-    assert set(manifest["graphs"]) == {"query_encoder", "ctr"}
+    assert set(manifest["graphs"]) == {"query_encoder", "ctr", "ctr_user", "ctr_pair"}
     # Every graph input is a `ModelInputs` field by name, or an encoder output.
     encoder = manifest["graphs"]["query_encoder"]
     assert list(encoder["inputs"]) == [
@@ -46,12 +46,20 @@ def test_manifest_describes_the_bundle(bundle: Path, queryrec_run: Path) -> None
         "query_repr", "user", "hour", "profile", "click_history",
         "query_tokens", "query_age", "query_clicks", "pair_user", "item",
     ]  # fmt: skip
+    # The split CTR graph: the user side (no hour, no candidates), then the pairs.
+    user, pair = manifest["graphs"]["ctr_user"], manifest["graphs"]["ctr_pair"]
+    assert list(user["inputs"]) == [
+        "query_repr", "user", "profile", "click_history", "query_tokens", "query_age",
+        "query_clicks",
+    ]  # fmt: skip
+    assert list(user["outputs"]) == ["user_first", "history_rows", "count_keys", "click_total"]
+    assert list(pair["inputs"]) == [*user["outputs"], "query_repr", "hour", "pair_user", "item"]
     assert manifest["reads"] == ["query_click_source", "query_clicks"]
     assert manifest["max_lengths"]["query_clicks"] == manifest["model_config"]["query_clicks"]
     metrics = json.loads((queryrec_run / "metrics.json").read_text())
     assert manifest["offline_metrics"]["test"]["auc"] == metrics["test"]["auc"]
     assert {"schema.json", "maps/items.parquet", "ctr.onnx"} <= set(manifest["files"])
-    for name in ("query_encoder.onnx", "ctr.onnx"):
+    for name in ("query_encoder.onnx", "ctr.onnx", "ctr_user.onnx", "ctr_pair.onnx"):
         graph = onnx.load(str(bundle / name))
         assert graph.opset_import[0].version >= 17
         first = graph.graph.input[0].type.tensor_type.shape.dim[0]
@@ -64,6 +72,8 @@ def test_parity_ran_at_the_odd_shapes(bundle: Path) -> None:
     outputs = ("query_repr",)
     assert {f"{name} users={b}" for name in outputs for b in ENCODER_BATCHES} <= shapes
     assert {f"users=3 pairs={n}" for n in CTR_CANDIDATES} <= shapes
+    split = {case["shape"] for case in parity["cases"] if case["graph"] == "ctr_user+ctr_pair"}
+    assert {f"users={u} pairs={n}" for u in (1, 3) for n in CTR_CANDIDATES} == split
     assert parity["max_abs_diff"] <= 1e-5
 
 
@@ -155,6 +165,7 @@ def test_int8_guard_refuses_then_force_accepts(queryrec_run: Path, tmp_path: Pat
     manifest = export_bundle(queryrec_run, tmp_path / "forced", forced)
     quant = manifest["quantization"]
     assert quant["mode"] == "int8" and quant["forced"] is True
+    assert "ctr_user" not in manifest["graphs"]  # not quantised: served by ctr.onnx alone
     # fp32: the calibrated graph's test AUC, the trained model's own (Platt is monotone);
     # int8 scores the same split with weights rounded, not a different model.
     trained = json.loads((queryrec_run / "metrics.json").read_text())["test"]["auc"]

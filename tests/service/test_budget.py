@@ -63,11 +63,20 @@ def started(bundle: Path, redis_client_url: str) -> Iterator[ServerThread]:
 
 
 def slow_down(harness: ServerThread, graph: str, delay_s: float = SLOW_S) -> SlowSession:
+    """Make one graph slow: "encoder", or "ctr" (the graph the CTR stage runs per request:
+    ctr_pair with the split CTR graph)."""
     assert harness.server is not None
     bundle = harness.server.scorer.bundle
+    graph = ctr_graph(harness) if graph == "ctr" else graph
     slow = SlowSession(getattr(bundle, graph), delay_s)
     setattr(bundle, graph, slow)
     return slow
+
+
+def ctr_graph(harness: ServerThread) -> str:
+    """The Bundle attribute of the graph the CTR stage runs per request."""
+    assert harness.server is not None
+    return "ctr_pair" if harness.server.scorer.split else "ctr"
 
 
 def timed_score(harness: ServerThread, request: pb.ScoreRequest) -> tuple[str, float]:
@@ -176,12 +185,12 @@ def test_a_stale_slow_estimate_does_not_refuse_forever(
     themselves (the idle batcher admits, and the next call refreshes the estimate)."""
     assert started.server is not None
     bundle = started.server.scorer.bundle
-    fast = bundle.ctr
+    fast = getattr(bundle, ctr_graph(started))
     slow = slow_down(started, "ctr", delay_s=1.0)
     request = pb.ScoreRequest(user_id=raw["users"][0], item_ids=raw["items"][:5])
     assert timed_score(started, request)[0] == "OK+ctr_timeout"
     assert slow.finished.wait(30)
-    bundle.ctr = fast
+    setattr(bundle, ctr_graph(started), fast)
     codes = [timed_score(started, request)[0] for _ in range(5)]
     assert codes == ["OK"] * 5
 

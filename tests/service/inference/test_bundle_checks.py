@@ -305,7 +305,18 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "graph missing from the manifest": (
         _drop("graphs.query_encoder"),
-        "graphs lists ['ctr'], but the bundle's files make it ['ctr', 'query_encoder']",
+        "graphs lists ['ctr', 'ctr_pair', 'ctr_user'], but the bundle's files make it "
+        "['ctr', 'ctr_pair', 'ctr_user', 'query_encoder']",
+    ),
+    "split graph missing from the manifest": (
+        _drop("graphs.ctr_pair"),
+        "graphs lists ['ctr', 'ctr_user', 'query_encoder'], but the bundle's files make it "
+        "['ctr', 'ctr_pair', 'ctr_user', 'query_encoder']",
+    ),
+    "pair graph not taking the user side": (
+        _drop("graphs.ctr_pair.inputs.count_keys"),
+        "graphs.ctr_pair takes the user side ['click_total', 'history_rows', 'user_first'], "
+        "but graphs.ctr_user gives ['click_total', 'count_keys', 'history_rows', 'user_first']",
     ),
     "graph file renamed": (
         _set("graphs.ctr.file", "other.onnx"),
@@ -541,11 +552,12 @@ MANIFEST_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "graphs.ctr missing": (
         _drop("graphs.ctr"),
-        "graphs lists ['query_encoder'], but the bundle's files make it",
+        "graphs lists ['ctr_pair', 'ctr_user', 'query_encoder'], but the bundle's files make it",
     ),
     "graphs with an unknown graph": (
         _set("graphs.ranker", {"file": "ctr.onnx", "inputs": {}, "outputs": {}}),
-        "field graphs.ranker (the name): Input should be 'ctr' or 'query_encoder'",
+        "field graphs.ranker (the name): Input should be 'ctr', 'query_encoder', 'ctr_user' "
+        "or 'ctr_pair'",
     ),
     "shape with a zero size": (
         _set("graphs.ctr.inputs.item.shape", [0]),
@@ -704,6 +716,26 @@ def test_the_good_bundle_passes_every_check(bundle: Path) -> None:
     loaded = load_bundle(bundle, device="cpu")
     assert loaded.encoder is not None
     assert loaded.profiles().height > 0
+
+
+def test_a_pair_graph_that_disagrees_with_the_single_graph_is_refused(
+    bundle: Path, tmp_path: Path
+) -> None:
+    """A split CTR graph whose scores are not ctr.onnx's (here: another calibration slope
+    in ctr_pair.onnx, the files rehashed) is refused at load, naming the file."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    graph = onnx.load(str(copy / "ctr_pair.onnx"))
+    (slope,) = [i for i in graph.graph.initializer if i.name == "calibration_a"]
+    slope.CopyFrom(numpy_helper.from_array(np.array(3.0, dtype=np.float32), "calibration_a"))
+    onnx.save(graph, str(copy / "ctr_pair.onnx"))
+    _rehash(copy, "ctr_pair.onnx")
+    with pytest.raises(BundleError, match=r"ctr_pair.onnx: smoke run \(users=1\) differs from"):
+        load_bundle(copy, device="cpu")
 
 
 def test_an_exported_bundle_is_sealed_and_holds_only_its_listed_files(bundle: Path) -> None:
