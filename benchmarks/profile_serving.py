@@ -41,9 +41,12 @@ from service.state.load import load_state
 
 # Stage of a sample: the first of these (innermost first) found in its stack.
 STAGES = (
+    ("ctr user graph (ONNX Runtime, on a cache miss)", "_user_side_batch"),
     ("ctr graph (ONNX Runtime)", "_ctr_batch"),
     ("encoder graph (ONNX Runtime)", "_encode_batch"),
     ("CTR inputs", "ctr_feed"),
+    ("CTR inputs", "pair_feed"),
+    ("CTR inputs", "user_feed"),
     ("encoder inputs", "encoder_feed"),
     ("features (Redis state -> model inputs)", "user_row"),
     ("Redis read and decode", "read (service/state/single_node.py"),

@@ -56,14 +56,16 @@ AXES: dict[str, tuple[str, ...]] = {
     "query_repr": ("users", "dim"),
     "query_states": ("users", "L", "dim"),
     "user_first": ("users", "first_layer"),
-    "history_rows": ("users", "click_history", "history_row"),
+    # H: the pair graph takes the history trimmed to its longest valid part (the service
+    # cuts the left padding, which adds nothing to the pooled interest)
+    "history_rows": ("users", "H", "history_row"),
     "count_keys": ("users", "keys"),
     "click_total": ("users",),
     "pair_user": ("pairs",),
     "item": ("pairs",),
     "probability": ("pairs",),
 }
-DYNAMIC = ("users", "pairs", "L", "keys")
+DYNAMIC = ("users", "pairs", "L", "keys", "H")
 FLOAT_NAMES = (*COMPUTED_INPUTS, "probability")
 
 
@@ -119,7 +121,11 @@ def export_user_graph(graph: CTRUserGraph, model: CTRModel, path: Path) -> Graph
     history-length axes (the count keys' axis follows the history length)."""
     example, encoded = _ctr_example(model)
     _export_named(graph, example, encoded, graph.names, graph.outputs, path, model.cfg)
-    return graph_spec(model.cfg, graph.names, graph.outputs)
+    spec = graph_spec(model.cfg, graph.names, graph.outputs)
+    # Every history row comes out (the input is the whole padded history); the pair
+    # graph takes them trimmed (its H axis is dynamic).
+    spec.outputs["history_rows"]["shape"][1] = model.cfg.click_history  # type: ignore[index]
+    return spec
 
 
 def export_pair_graph(
@@ -166,6 +172,7 @@ def _export_named(
         "users": Dim("users", min=1, max=1 << 20),
         "pairs": Dim("pairs", min=1, max=1 << 24),
         "L": Dim("L", min=1, max=cfg.query_history),
+        "H": Dim("H", min=1, max=cfg.click_history),
         "keys": Dim("keys", min=1, max=1 << 20),
     }
     feed = graph_feed(names, example, encoded)

@@ -32,7 +32,7 @@ from export.graphs import (
 )
 from queryrec.errors import QueryRecError
 from queryrec.evaluation.bundle_scoring import GraphSession
-from queryrec.features.graph_feeds import graph_feed
+from queryrec.features.graph_feeds import cut_history_padding, graph_feed
 from queryrec.features.model_inputs import ModelInputs
 from queryrec.models.ctr_model import CTRModel
 from queryrec.models.queryrec_model import QueryRecModel
@@ -166,11 +166,13 @@ def run_split(
     inputs: ModelInputs[np.ndarray],
     encoded: dict[str, np.ndarray],
 ) -> np.ndarray:
-    """P(click) per pair from the split CTR graph: ctr_user.onnx, then ctr_pair.onnx."""
+    """P(click) per pair from the split CTR graph: ctr_user.onnx, then ctr_pair.onnx on
+    the history rows cut as the service cuts them (`cut_history_padding`)."""
     names = [o for o in pair_graph_inputs(model) if o not in ("hour", "pair_user", "item")]
     side_names = [n for n in names if n not in encoded]
     side = user.run(side_names, graph_feed(user_graph_inputs(model), inputs, encoded))
     computed = {**encoded, **dict(zip(side_names, side, strict=True))}
+    computed["history_rows"] = cut_history_padding(computed["history_rows"], inputs.click_history)
     return np.asarray(pair.run(None, graph_feed(pair_graph_inputs(model), inputs, computed))[0])
 
 

@@ -273,7 +273,11 @@ def _check_split_link(graphs: dict[str, Any], path: Path) -> None:
             f"gives {sorted(side)}"
         )
     for name, spec in side.items():
-        if spec["shape"][1:] != taken[name]["shape"][1:]:
+        given, wanted = spec["shape"][1:], taken[name]["shape"][1:]
+        # a named (dynamic) axis of the pair graph takes any size of the user side's
+        if len(given) != len(wanted) or any(
+            isinstance(w, int) and w != g for g, w in zip(given, wanted, strict=True)
+        ):
             raise BundleError(
                 f"{path}: graphs.ctr_pair.inputs.{name}.shape {taken[name]['shape']} does not "
                 f"take graphs.ctr_user.outputs.{name} (shape {spec['shape']})"

@@ -50,3 +50,13 @@ def graph_feed(
             raise ValueError(f"the graph reads the input {name!r}, which these inputs lack")
         feed[name] = np.asarray(value, dtype=np.int64)
     return feed
+
+
+def cut_history_padding(history_rows: np.ndarray, click_history: np.ndarray) -> np.ndarray:
+    """The split CTR graph's `history_rows` (U, H, d + 1) of user rows whose left-padded
+    click histories are `click_history` (U, H) -> (U, k, d + 1): the last k rows, k the
+    longest click history among them (at least 1). A padding row adds nothing to the
+    pooled interest (its vector part is zero), and the activation unit's per-pair work
+    grows with the rows fed, so the pair graph takes only these (its H axis is dynamic)."""
+    clicks = max(1, int(np.count_nonzero(click_history, axis=1).max(initial=0)))
+    return np.ascontiguousarray(history_rows[:, history_rows.shape[1] - clicks :])

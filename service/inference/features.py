@@ -29,7 +29,7 @@ import numpy as np
 
 from queryrec.features.bundle_format import IdMap, history_lengths, read_query_positives
 from queryrec.features.dataset import profile_table
-from queryrec.features.graph_feeds import COMPUTED_INPUTS, graph_feed
+from queryrec.features.graph_feeds import COMPUTED_INPUTS, cut_history_padding, graph_feed
 from queryrec.features.model_inputs import (
     EventTimelines,
     HistoryLengths,
@@ -90,6 +90,7 @@ class FeatureBuilder:
         query_positives: QueryPositives | None = None,
         user_names: tuple[str, ...] = (),
         pair_names: tuple[str, ...] = (),
+        cut_history: bool = False,
     ):
         self.lengths = lengths
         self.maps = maps
@@ -101,6 +102,7 @@ class FeatureBuilder:
         self.query_positives = query_positives  # the bundle's table by query, if any
         self.user_names = user_names  # the split CTR graph's user side inputs, in order
         self.pair_names = pair_names  # its per-request side's inputs, in order
+        self.cut_history = cut_history  # the pair graph takes a shorter history (dynamic H)
         # What the history version digests: every model input a cached value depends on.
         self.version_names = tuple(
             n for n in dict.fromkeys((*encoder_names, *user_names)) if n not in COMPUTED_INPUTS
@@ -125,6 +127,8 @@ class FeatureBuilder:
             read_query_positives(bundle.root, manifest),
             tuple(graphs["ctr_user"]["inputs"]) if "ctr_user" in graphs else (),
             tuple(graphs["ctr_pair"]["inputs"]) if "ctr_pair" in graphs else (),
+            "ctr_pair" in graphs
+            and isinstance(graphs["ctr_pair"]["inputs"]["history_rows"]["shape"][1], str),
         )
 
     def timelines(self, user: int, state: UserState) -> EventTimelines:
@@ -211,7 +215,8 @@ class FeatureBuilder:
     ) -> dict[str, np.ndarray]:
         """Requests' user rows, their encoder outputs with the user side, and item indices
         per request -> the split CTR graph's per-request feed (the flat layout of
-        `ctr_feed`)."""
+        `ctr_feed`), the history rows without the padding no request needs
+        (`cut_history_padding`)."""
         counts = np.array([len(i) for i in items])
         inputs = stack_rows(rows).replace(
             item=np.concatenate(items),
@@ -219,6 +224,10 @@ class FeatureBuilder:
         )
         computed = [n for n in self.pair_names if n in COMPUTED_INPUTS]
         by_name = {name: np.stack([e[name] for e in encoded]) for name in computed}
+        if self.cut_history:
+            by_name["history_rows"] = cut_history_padding(
+                by_name["history_rows"], inputs.click_history
+            )
         return graph_feed(self.pair_names, inputs, by_name)
 
 

@@ -119,6 +119,16 @@ def test_a_user_without_searches_has_the_user_side_cached_too(
     np.testing.assert_allclose(first, single_graph_scores(served, user, items), atol=1e-5)
 
 
+def test_a_user_without_any_history_is_scored_as_by_the_single_graph(
+    served: ServerThread, raw: dict[str, list[int]]
+) -> None:
+    """No click and no search: the pair graph gets one padding history row."""
+    user, items = 660_000_009, raw["items"][:9]
+    np.testing.assert_allclose(
+        score(served, user, items), single_graph_scores(served, user, items), atol=1e-5
+    )
+
+
 def test_a_feed_click_or_a_search_invalidates_the_cached_user_side(
     served: ServerThread, raw: dict[str, list[int]]
 ) -> None:

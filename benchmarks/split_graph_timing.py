@@ -1,0 +1,100 @@
+"""The CTR stage per request: the single graph against the split graphs, CPU per call.
+
+    python -m benchmarks.split_graph_timing --bundle BUNDLE_DIR [--candidates 100,500]
+        [--clicks 50,33] [--rounds 7] [--out bench-work/split_graph_timing.json]
+
+One ONNX Runtime session per graph with the service's options (1 intra-op thread, not
+spinning), one user row built by the server's feature path with every query slot filled
+and `--clicks` feed clicks (50: a full history; 33: the demo data's mean at the test
+split), the service's feeds (`FeatureBuilder.ctr_feed`, `user_feed`, `pair_feed`, the
+last cutting the history's left padding). Per round and graph: 20 warm-up calls, then
+300 timed calls, CPU time of this process (`time.process_time`), graphs in turn so that
+the machine's clock drifts alike for all; the medians over `--rounds` rounds are
+printed and written. What a Score pays: `ctr.onnx` without the split; `ctr_pair.onnx`
+on a cache hit with it, plus `ctr_user.onnx` on a miss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.ctr_graph_profile import full_row
+from service.inference.bundle_loader import load_bundle
+from service.inference.features import Encoded, FeatureBuilder, UserRow
+
+CALLS = 300
+WARM_UP = 20
+
+
+def with_clicks(row: UserRow, clicks: int) -> UserRow:
+    """The row with only its newest `clicks` feed clicks (the rest left padding)."""
+    history = row.inputs.click_history.copy()
+    history[:, : history.shape[1] - clicks] = 0
+    return UserRow(row.inputs.replace(click_history=history), row.query_count, b"")
+
+
+def cpu_ms_per_call(session: Any, feed: dict[str, np.ndarray]) -> float:
+    for _ in range(WARM_UP):
+        session.run(None, feed)
+    began = time.process_time()
+    for _ in range(CALLS):
+        session.run(None, feed)
+    return (time.process_time() - began) / CALLS * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--candidates", default="100,500")
+    parser.add_argument("--clicks", default="50,33")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=Path("bench-work/split_graph_timing.json"))
+    args = parser.parse_args()
+    bundle = load_bundle(args.bundle, device="cpu")
+    if bundle.ctr_user is None or bundle.ctr_pair is None:
+        raise SystemExit(f"{args.bundle}: no split CTR graph (ctr_user.onnx, ctr_pair.onnx)")
+    builder = FeatureBuilder.for_bundle(bundle)
+    outputs = list(bundle.manifest["graphs"]["ctr_user"]["outputs"])
+    d = int(bundle.manifest["model_config"]["dim"])
+    results: list[dict[str, Any]] = []
+    for clicks in (int(c) for c in args.clicks.split(",")):
+        row = with_clicks(full_row(builder), clicks)
+        encoded: Encoded = {"query_repr": np.zeros(d, np.float32)}
+        user_feed = builder.user_feed([row], [encoded])
+        side = bundle.ctr_user.run(None, user_feed)
+        with_side = {**encoded, **{n: v[0] for n, v in zip(outputs, side, strict=True)}}
+        for n in (int(c) for c in args.candidates.split(",")):
+            items = [np.arange(3, 3 + n, dtype=np.int64)]
+            graphs = {
+                "ctr.onnx": (bundle.ctr, builder.ctr_feed([row], [encoded], items)),
+                "ctr_pair.onnx": (bundle.ctr_pair, builder.pair_feed([row], [with_side], items)),
+                "ctr_user.onnx": (bundle.ctr_user, user_feed),
+            }
+            single = graphs["ctr.onnx"][0].run(None, graphs["ctr.onnx"][1])[0]
+            split = graphs["ctr_pair.onnx"][0].run(None, graphs["ctr_pair.onnx"][1])[0]
+            times: dict[str, list[float]] = {name: [] for name in graphs}
+            for _ in range(args.rounds):
+                for name, (session, feed) in graphs.items():
+                    times[name].append(cpu_ms_per_call(session, feed))
+            medians = {name: round(float(np.median(t)), 3) for name, t in times.items()}
+            result = {
+                "clicks": clicks,
+                "candidates": n,
+                "cpu_ms": medians,
+                "hit_vs_single": round(medians["ctr.onnx"] / medians["ctr_pair.onnx"], 2),
+                "max_abs_diff": float(np.max(np.abs(single - split))),
+            }
+            results.append(result)
+            print(json.dumps(result))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"bundle": str(args.bundle), "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
