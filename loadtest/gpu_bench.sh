@@ -9,8 +9,9 @@
 #
 # 1. the GPU and the providers ONNX Runtime sees (exit 3 without a CUDA provider);
 # 2. graph throughput on CUDA: encoder users/s at batch 1..4096, CTR pairs/s at
-#    1..4096 users x 100 candidates (loadtest.graph_throughput), and the same on the
-#    CPU up to 64 as the in-run reference;
+#    1..4096 users x 100 candidates (loadtest.graph_throughput), for the single CTR graph
+#    and, with the split CTR graph, its pair graph (a cache hit) and user graph (what a
+#    miss adds, users/s); the same on the CPU up to 64 as the in-run reference;
 # 3. the end-to-end sweep at 100 candidates with the load generator on the same host:
 #    echo, naive-onnx (always on the CPU), and queryrec serve on CUDA (QUERYREC_DEVICE=cuda: model calls in
 #    worker threads, CTR batches up to 4096 pairs) with one worker and with its default

@@ -9,7 +9,10 @@ user with a full history (`loadtest.bench.full_history_feeds`, every query and c
 slot filled) tiled to the batch:
 - encoder: batches of 1, 2, 4, ... `--max-batch` users -> users/s;
 - CTR: 1, 2, 4, ... users x `--candidates` candidates each, as long as the pairs stay
-  within `--max-batch` x `--candidates` -> pairs/s.
+  within `--max-batch` x `--candidates` -> pairs/s;
+- with the split CTR graph (`ctr_user.onnx`, `ctr_pair.onnx`): the pair graph at the
+  same shapes on the user's cached side (a Score's CTR call on a cache hit) -> pairs/s,
+  and the user graph at 1, 2, 4, ... `--max-batch` users (what a miss adds) -> users/s.
 Each shape runs 3 warm-up calls, then calls for about `--seconds`; the median call time
 is what is reported (p50 ms, and the rate it implies). This is what `gpu_bench.sh` runs
 on a GPU machine; on the CPU it gives the same table for comparison.
@@ -93,16 +96,51 @@ def measure(
                 {"users": users, "p50_ms": call_s * 1e3, "users_per_s": users / call_s}
             )
             say(f"encoder {users} users: {call_s * 1e3:.3f} ms, {users / call_s:,.0f} users/s")
-    ctr = bundle.ctr
-    for users in powers_of_two(max_batch):
-        feed = ctr_batch(ctr_feed, users, candidates)
-        pairs = users * candidates
-        call_s = median_call_s(functools.partial(ctr.run, None, feed), seconds)
-        result["ctr"].append(
-            {"users": users, "pairs": pairs, "p50_ms": call_s * 1e3, "pairs_per_s": pairs / call_s}
-        )
-        say(f"ctr {users} x {candidates}: {call_s * 1e3:.3f} ms, {pairs / call_s:,.0f} pairs/s")
+    graphs = {"ctr": (bundle.ctr, ctr_feed)}
+    if bundle.ctr_user is not None and bundle.ctr_pair is not None:
+        user_feed, pair_feed = split_feeds(bundle.manifest["graphs"], bundle.ctr_user, ctr_feed)
+        graphs["ctr_pair"] = (bundle.ctr_pair, pair_feed)
+        result["ctr_user"] = []
+        for users in powers_of_two(max_batch):
+            feed = tile_rows(user_feed, users)
+            call_s = median_call_s(functools.partial(bundle.ctr_user.run, None, feed), seconds)
+            result["ctr_user"].append(
+                {"users": users, "p50_ms": call_s * 1e3, "users_per_s": users / call_s}
+            )
+            say(f"ctr_user {users} users: {call_s * 1e3:.3f} ms, {users / call_s:,.0f} users/s")
+    for name, (session, one_user) in graphs.items():
+        result.setdefault(name, [])
+        for users in powers_of_two(max_batch):
+            feed = ctr_batch(one_user, users, candidates)
+            pairs = users * candidates
+            call_s = median_call_s(functools.partial(session.run, None, feed), seconds)
+            result[name].append(
+                {
+                    "users": users,
+                    "pairs": pairs,
+                    "p50_ms": call_s * 1e3,
+                    "pairs_per_s": pairs / call_s,
+                }
+            )
+            say(
+                f"{name} {users} x {candidates}: {call_s * 1e3:.3f} ms, {pairs / call_s:,.0f} pairs/s"
+            )
     return result
+
+
+def split_feeds(
+    graphs: dict[str, Any], user_graph: Any, ctr_feed: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The one-user CTR feed -> the split graphs' one-user feeds: the user graph's (its
+    inputs are the CTR graph's but the hour and the pairs) and the pair graph's (the user
+    side computed here, the query vector, the hour and the pairs)."""
+    user_feed = {name: ctr_feed[name] for name in graphs["ctr_user"]["inputs"]}
+    side = dict(zip(graphs["ctr_user"]["outputs"], user_graph.run(None, user_feed), strict=True))
+    pair_feed = {
+        name: side[name] if name in side else ctr_feed[name]
+        for name in graphs["ctr_pair"]["inputs"]
+    }
+    return user_feed, pair_feed
 
 
 def say(text: str) -> None:

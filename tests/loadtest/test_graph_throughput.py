@@ -33,6 +33,21 @@ def test_a_tiled_ctr_batch_scores_every_user_like_the_single_one(bundle: Path) -
     np.testing.assert_allclose(three.reshape(3, 5), np.tile(one, (3, 1)), rtol=1e-5, atol=1e-6)
 
 
+def test_the_split_feeds_score_as_the_single_graph(bundle: Path) -> None:
+    from loadtest.graph_throughput import split_feeds
+    from service.inference.bundle_loader import load_bundle
+
+    loaded = load_bundle(bundle, device="cpu")
+    assert loaded.ctr_user is not None and loaded.ctr_pair is not None
+    _, feed = full_history_feeds(bundle, 5)
+    _, pair_feed = split_feeds(loaded.manifest["graphs"], loaded.ctr_user, feed)
+    np.testing.assert_allclose(
+        loaded.ctr_pair.run(None, ctr_batch(pair_feed, 2, 5))[0],
+        loaded.ctr.run(None, ctr_batch(feed, 2, 5))[0],
+        atol=1e-6,
+    )
+
+
 def test_the_cli_writes_a_row_per_shape(bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "throughput.json"
     main(
@@ -57,3 +72,6 @@ def test_the_cli_writes_a_row_per_shape(bundle: Path, tmp_path: Path) -> None:
     # The bundle's model (queryrec) has a query tower: its encoder is measured too.
     assert [row["users"] for row in table["encoder"]] == [1, 2, 4]
     assert all(row["users_per_s"] > 0 for row in table["encoder"])
+    # ... and its CTR graph is split: the pair graph at the same shapes, the user graph.
+    assert [row["pairs"] for row in table["ctr_pair"]] == [3, 6, 12]
+    assert [row["users"] for row in table["ctr_user"]] == [1, 2, 4]
