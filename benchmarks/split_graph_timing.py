@@ -4,10 +4,12 @@
         [--clicks 50,33] [--rounds 7] [--out bench-work/split_graph_timing.json]
 
 One ONNX Runtime session per graph with the service's options (1 intra-op thread, not
-spinning), one user row built by the server's feature path with every query slot filled
-and `--clicks` feed clicks (50: a full history; 33: the demo data's mean at the test
-split), the service's feeds (`FeatureBuilder.ctr_feed`, `user_feed`, `pair_feed`, the
-last cutting the history's left padding). Per round and graph: 20 warm-up calls, then
+spinning), one user built by the server's feature path with every query slot filled
+(`loadtest.bench.full_history_feeds`) and only its newest `--clicks` feed clicks (50: a
+full history; 33: the demo data's mean at the test split), the split graphs fed as the
+load test feeds them (`loadtest.graph_throughput.split_feeds`) with the history's left
+padding cut as the service cuts it (`cut_history_padding`). Per round and graph: 20
+warm-up calls, then
 300 timed calls, CPU time of this process (`time.process_time`), graphs in turn so that
 the machine's clock drifts alike for all; the medians over `--rounds` rounds are
 printed and written. What a Score pays: `ctr.onnx` without the split; `ctr_pair.onnx`
@@ -24,19 +26,21 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.ctr_graph_profile import full_row
+from loadtest.bench import full_history_feeds
+from loadtest.graph_throughput import split_feeds
+from queryrec.features.graph_feeds import cut_history_padding
 from service.inference.bundle_loader import load_bundle
-from service.inference.features import Encoded, FeatureBuilder, UserRow
 
 CALLS = 300
 WARM_UP = 20
 
 
-def with_clicks(row: UserRow, clicks: int) -> UserRow:
-    """The row with only its newest `clicks` feed clicks (the rest left padding)."""
-    history = row.inputs.click_history.copy()
+def with_clicks(ctr_feed: dict[str, np.ndarray], clicks: int) -> dict[str, np.ndarray]:
+    """The one-user CTR feed with only its newest `clicks` feed clicks (the rest left
+    padding)."""
+    history = ctr_feed["click_history"].copy()
     history[:, : history.shape[1] - clicks] = 0
-    return UserRow(row.inputs.replace(click_history=history), row.query_count, b"")
+    return {**ctr_feed, "click_history": history}
 
 
 def cpu_ms_per_call(session: Any, feed: dict[str, np.ndarray]) -> float:
@@ -59,28 +63,26 @@ def main() -> None:
     bundle = load_bundle(args.bundle, device="cpu")
     if bundle.ctr_user is None or bundle.ctr_pair is None:
         raise SystemExit(f"{args.bundle}: no split CTR graph (ctr_user.onnx, ctr_pair.onnx)")
-    builder = FeatureBuilder.for_bundle(bundle)
-    outputs = list(bundle.manifest["graphs"]["ctr_user"]["outputs"])
-    d = int(bundle.manifest["model_config"]["dim"])
+    graphs = bundle.manifest["graphs"]
     results: list[dict[str, Any]] = []
     for clicks in (int(c) for c in args.clicks.split(",")):
-        row = with_clicks(full_row(builder), clicks)
-        encoded: Encoded = {"query_repr": np.zeros(d, np.float32)}
-        user_feed = builder.user_feed([row], [encoded])
-        side = bundle.ctr_user.run(None, user_feed)
-        with_side = {**encoded, **{n: v[0] for n, v in zip(outputs, side, strict=True)}}
         for n in (int(c) for c in args.candidates.split(",")):
-            items = [np.arange(3, 3 + n, dtype=np.int64)]
-            graphs = {
-                "ctr.onnx": (bundle.ctr, builder.ctr_feed([row], [encoded], items)),
-                "ctr_pair.onnx": (bundle.ctr_pair, builder.pair_feed([row], [with_side], items)),
+            _, full = full_history_feeds(args.bundle, n)
+            ctr_feed = with_clicks(full, clicks)
+            user_feed, pair_feed = split_feeds(graphs, bundle.ctr_user, ctr_feed)
+            pair_feed["history_rows"] = cut_history_padding(
+                pair_feed["history_rows"], ctr_feed["click_history"]
+            )
+            sessions = {
+                "ctr.onnx": (bundle.ctr, ctr_feed),
+                "ctr_pair.onnx": (bundle.ctr_pair, pair_feed),
                 "ctr_user.onnx": (bundle.ctr_user, user_feed),
             }
-            single = graphs["ctr.onnx"][0].run(None, graphs["ctr.onnx"][1])[0]
-            split = graphs["ctr_pair.onnx"][0].run(None, graphs["ctr_pair.onnx"][1])[0]
-            times: dict[str, list[float]] = {name: [] for name in graphs}
+            single = bundle.ctr.run(None, ctr_feed)[0]
+            split = bundle.ctr_pair.run(None, pair_feed)[0]
+            times: dict[str, list[float]] = {name: [] for name in sessions}
             for _ in range(args.rounds):
-                for name, (session, feed) in graphs.items():
+                for name, (session, feed) in sessions.items():
                     times[name].append(cpu_ms_per_call(session, feed))
             medians = {name: round(float(np.median(t)), 3) for name, t in times.items()}
             result = {
