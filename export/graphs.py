@@ -204,10 +204,7 @@ class CTRGraph(nn.Module):
         """The hour field (slot 1) enters the head's first layer linearly: fold its table
         into that layer, (24, M1), so that the hour is one row added per user row, and
         the rest of the user side does not depend on the clock."""
-        net = cast(nn.Module, backbone.head).net
-        assert isinstance(net, nn.Sequential)
-        first = net[0]
-        assert isinstance(first, nn.Linear)
+        first = _first_layer(backbone)
         d = self.hour.weight.shape[1]
         with torch.no_grad():
             folded = self.hour.weight @ first.weight[:, d : 2 * d].t()  # (24, M1)
@@ -219,10 +216,7 @@ class CTRGraph(nn.Module):
         so that a candidate's count fields are one lookup per field of (M1,) rows, summed
         (`export.match_counts_serving`)."""
         assert self.counts is not None
-        net = cast(nn.Module, backbone.head).net
-        assert isinstance(net, nn.Sequential)
-        first = net[0]
-        assert isinstance(first, nn.Linear)
+        first = _first_layer(backbone)
         d = self.counts.fields.shape[1]
         with torch.no_grad():
             weights = torch.split(first.weight, d, dim=1)  # (M1, d) per field slot
@@ -373,6 +367,15 @@ class CTRPairGraph(CTRGraph):
         named = dict(zip(self.names, tensors, strict=True))
         side = {name: named[name] for name in self.side_names}
         return self._probability(self.pair_logits(side, named))
+
+
+def _first_layer(backbone: nn.Module) -> nn.Linear:
+    """The first layer of the backbone's CTR MLP (where fields with a linear share fold)."""
+    net = cast(nn.Module, backbone.head).net
+    assert isinstance(net, nn.Sequential)
+    first = net[0]
+    assert isinstance(first, nn.Linear)
+    return first
 
 
 def _user_inputs(named: dict[str, Tensor]) -> ModelInputs[Tensor]:

@@ -41,6 +41,14 @@ def score(harness: ServerThread, user: int, items: list[int]) -> list[float]:
     return list(harness.score(user, items, request_time_ms=T, timeout=30).scores)
 
 
+def record_clicks(harness: ServerThread, user: int, items: list[int], at: int) -> None:
+    harness.stub.RecordClicks(pb.RecordClicksRequest(user_id=user, item_ids=items, timestamp_ms=at))
+
+
+def record_search(harness: ServerThread, user: int, words: list[int], at: int) -> None:
+    harness.stub.RecordQuery(pb.RecordQueryRequest(user_id=user, token_ids=words, timestamp_ms=at))
+
+
 def drain(harness: ServerThread) -> None:
     """Wait, in the server's loop, for the scorer's fire-and-forget cache writes."""
 
@@ -83,12 +91,8 @@ def test_the_user_side_is_cached_with_the_query_vector_and_reused(
 ) -> None:
     counts = scorer_of(served).counts
     user, items = 660_000_001, raw["items"][:7]
-    served.stub.RecordQuery(
-        pb.RecordQueryRequest(user_id=user, token_ids=raw["words"][:3], timestamp_ms=T - 60_000)
-    )
-    served.stub.RecordClicks(
-        pb.RecordClicksRequest(user_id=user, item_ids=raw["items"][10:14], timestamp_ms=T - 5_000)
-    )
+    record_search(served, user, raw["words"][:3], T - 60_000)
+    record_clicks(served, user, raw["items"][10:14], T - 5_000)
     sides, hits = counts.user_sides, counts.cache_hits
     first = score(served, user, items)
     assert counts.user_sides == sides + 1
@@ -108,9 +112,7 @@ def test_a_user_without_searches_has_the_user_side_cached_too(
 ) -> None:
     counts = scorer_of(served).counts
     user, items = 660_000_002, raw["items"][:5]
-    served.stub.RecordClicks(
-        pb.RecordClicksRequest(user_id=user, item_ids=raw["items"][20:23], timestamp_ms=T - 5_000)
-    )
+    record_clicks(served, user, raw["items"][20:23], T - 5_000)
     sides, hits = counts.user_sides, counts.cache_hits
     first = score(served, user, items)
     drain(served)
@@ -134,22 +136,16 @@ def test_a_feed_click_or_a_search_invalidates_the_cached_user_side(
 ) -> None:
     counts = scorer_of(served).counts
     user, items = 660_000_003, raw["items"][:6]
-    served.stub.RecordQuery(
-        pb.RecordQueryRequest(user_id=user, token_ids=raw["words"][4:6], timestamp_ms=T - 90_000)
-    )
+    record_search(served, user, raw["words"][4:6], T - 90_000)
     score(served, user, items)
     drain(served)
     sides = counts.user_sides
-    served.stub.RecordClicks(
-        pb.RecordClicksRequest(user_id=user, item_ids=raw["items"][30:32], timestamp_ms=T - 4_000)
-    )
+    record_clicks(served, user, raw["items"][30:32], T - 4_000)
     after_click = score(served, user, items)
     assert counts.user_sides == sides + 1  # the history changed: recomputed
     np.testing.assert_allclose(after_click, single_graph_scores(served, user, items), atol=1e-5)
     drain(served)
-    served.stub.RecordQuery(
-        pb.RecordQueryRequest(user_id=user, token_ids=raw["words"][6:8], timestamp_ms=T - 3_000)
-    )
+    record_search(served, user, raw["words"][6:8], T - 3_000)
     after_search = score(served, user, items)
     assert counts.user_sides == sides + 2
     np.testing.assert_allclose(after_search, single_graph_scores(served, user, items), atol=1e-5)
@@ -175,9 +171,7 @@ def test_a_reload_with_another_user_graph_recomputes_the_user_side(
 ) -> None:
     with ServerThread(bundle, redis_url, budget_ms=5000, max_candidates=50) as harness:
         user, items = 660_000_004, raw["items"][:4]
-        harness.stub.RecordQuery(
-            pb.RecordQueryRequest(user_id=user, token_ids=raw["words"][:2], timestamp_ms=T - 9_000)
-        )
+        record_search(harness, user, raw["words"][:2], T - 9_000)
         before = score(harness, user, items)
         drain(harness)
         old_version = scorer_of(harness)._cache_version
