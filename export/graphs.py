@@ -200,6 +200,11 @@ class CTRGraph(nn.Module):
             pair_slots += list(range(extra + 1, extra + width))
         return user_slots, [*pair_slots, interest]
 
+    def _require_split(self, model: CTRModel) -> None:
+        """ValueError unless the model's CTR graph splits (`splits`; the split graphs)."""
+        if not splits(model) or self.din_head is None:
+            raise ValueError("this model's CTR graph does not split (export.graphs.splits)")
+
     def _fold_hour(self, backbone: nn.Module) -> None:
         """The hour field (slot 1) enters the head's first layer linearly: fold its table
         into that layer, (24, M1), so that the hour is one row added per user row, and
@@ -341,8 +346,7 @@ class CTRUserGraph(CTRGraph):
 
     def __init__(self, model: CTRModel):
         super().__init__(model)
-        if not splits(model) or self.din_head is None:
-            raise ValueError("this model's CTR graph does not split (export.graphs.splits)")
+        self._require_split(model)
         self.names = user_graph_inputs(model)
         self.outputs = user_side_outputs(model)
 
@@ -358,8 +362,7 @@ class CTRPairGraph(CTRGraph):
 
     def __init__(self, model: CTRModel, platt: tuple[float, float] | None = None):
         super().__init__(model, platt)
-        if not splits(model) or self.din_head is None:
-            raise ValueError("this model's CTR graph does not split (export.graphs.splits)")
+        self._require_split(model)
         self.names = pair_graph_inputs(model)
         self.side_names = user_side_outputs(model)
 

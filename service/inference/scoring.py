@@ -318,7 +318,7 @@ class Scorer:
             scores = await self._ctr(
                 row, encoded, items, start + budget_s - RESPONSE_MARGIN_S, reasons
             )
-            if fresh_side and not reasons and encoded and self.side_names[0] in encoded:
+            if fresh_side and not reasons and encoded is not None and self.side_names[0] in encoded:
                 self._cache_in_background(raw_user, row, encoded)
         finally:
             self._active -= 1
